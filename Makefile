@@ -1,0 +1,29 @@
+# Two commands set everything up: `make demo` and `make test`. Both create .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m experiments.main --config=digits --workdir=runs/digits
+
+test: $(STAMP)
+	$(PY) -m pytest -q -x
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) -m experiments.benchmarks.acquisition
+	$(PY) -m experiments.benchmarks.train_step
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

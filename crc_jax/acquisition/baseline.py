@@ -1,0 +1,48 @@
+"""Random sampling and predictive-entropy sampling (Wang & Shang, 2014)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from crc_jax.acquisition.context import Context, check_budget
+from crc_jax.acquisition.registry import register
+
+
+def predict_probs(ctx: Context, indices: np.ndarray) -> np.ndarray:
+    """Softmax predictions of the trained model on pool indices, in batches."""
+    apply = jax.jit(ctx.apply_fn)
+    out = []
+    for start in range(0, len(indices), ctx.batch_size):
+        logits = apply(ctx.variables, jnp.asarray(ctx.x[indices[start:start + ctx.batch_size]]))
+        out.append(np.asarray(jax.nn.softmax(logits, axis=-1)))
+    return np.concatenate(out) if out else np.zeros((0, ctx.num_classes), np.float32)
+
+
+def top_k(indices: np.ndarray, scores: np.ndarray, budget: int) -> np.ndarray:
+    """The `budget` indices with the highest scores; ties broken by the lower index."""
+    order = np.lexsort((indices, -scores))
+    return indices[order[:budget]]
+
+
+@register("random")
+def make_random():
+    def random_strategy(ctx: Context, budget: int, key) -> np.ndarray:
+        check_budget(ctx, budget)
+        perm = np.asarray(jax.random.permutation(key, len(ctx.unlabeled)))
+        return np.asarray(ctx.unlabeled)[perm[:budget]]
+
+    return random_strategy
+
+
+@register("entropy")
+def make_entropy():
+    def entropy_strategy(ctx: Context, budget: int, key) -> np.ndarray:
+        del key
+        check_budget(ctx, budget)
+        p = predict_probs(ctx, ctx.unlabeled)
+        h = -np.sum(p * np.log(np.clip(p, 1e-12, 1.0)), axis=-1)
+        return top_k(np.asarray(ctx.unlabeled), h, budget)
+
+    return entropy_strategy

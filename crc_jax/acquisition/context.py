@@ -1,0 +1,59 @@
+"""What a strategy sees: the model trained at this step and the pool, nothing else.
+
+A strategy never trains, loads data or writes files. It returns pool indices; it may
+leave numbers worth keeping (CRC's group scores, say) in `ctx.record`, which the loop
+writes into the journal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """The model and pool at one acquisition step.
+
+    apply_fn:     (variables, x) -> logits (N, C), evaluation mode (no dropout, BN running stats).
+    variables:    {"params": ..., "batch_stats": ...} of the model trained at this step.
+    x:            every pool image, (N, ...) NumPy; indices below point into it.
+    labeled:      indices already labeled, in acquisition order.
+    unlabeled:    indices still unlabeled, sorted.
+    num_classes:  C.
+    features_fn:  (variables, x) -> penultimate features (N, d), the input of the final
+                  dense layer "head"; the fast path of last-layer NTKs uses it.
+    oracle:       index array -> labels. Only the pseudo-AL setting (paper Table 3) may read
+                  it, because that setting is defined with class-balanced groups.
+    model:        the Flax module (for strategies that need its structure), or None.
+    batch_size:   how many images to push through the model at once.
+    record:       a dict a strategy may fill with JSON-serializable extras for the journal.
+    """
+
+    apply_fn: Callable[[Any, Any], Any]
+    variables: Any
+    x: np.ndarray
+    labeled: np.ndarray
+    unlabeled: np.ndarray
+    num_classes: int
+    features_fn: Optional[Callable[[Any, Any], Any]] = None
+    oracle: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    model: Any = None
+    batch_size: int = 512
+    record: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def params(self):
+        return self.variables["params"]
+
+
+def check_budget(ctx: Context, budget: int, group_size: int = 1) -> None:
+    """Reject a budget the pool cannot satisfy, or a group size that does not divide it."""
+    if budget <= 0:
+        raise ValueError(f"budget must be positive, got {budget}")
+    if budget > len(ctx.unlabeled):
+        raise ValueError(f"budget {budget} exceeds the {len(ctx.unlabeled)} unlabeled samples")
+    if group_size <= 0 or budget % group_size:
+        raise ValueError(f"group size {group_size} must be positive and divide the budget {budget}")

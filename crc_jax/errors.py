@@ -1,0 +1,20 @@
+"""Errors a user can act on: a bad config value or bad input data.
+
+The CLI turns these into one line on stderr and exit status 2.
+"""
+
+
+class ConfigError(ValueError):
+    """A config field holds a value that is not allowed. The message names the dotted field."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"config.{field}: {message}" if field else message)
+
+
+class DataError(ValueError):
+    """Input data (images, labels, a data directory) that cannot be used, and why."""
+
+
+class RunDirError(RuntimeError):
+    """A run directory that cannot be used: another config, a corrupt journal, a second writer."""

@@ -1,0 +1,60 @@
+"""Optimizers from config.train, composed from optax pieces.
+
+    sgd:  chain(add_decayed_weights(wd, mask=kernels), sgd(lr_schedule, momentum, nesterov))
+    adam: chain(add_decayed_weights(wd, mask=kernels), adam(lr_schedule))
+
+Weight decay touches only the kernels of conv/dense layers, never biases or BatchNorm
+scales (FixMatch, Sohn et al. 2020). The "fixmatch_cosine" schedule is lr * cos(7 pi k / (16 K)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+
+def kernel_mask(params):
+    """True for parameters named 'kernel' (conv and dense weights), False elsewhere."""
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict({k: k[-1] == "kernel" for k in flat})
+
+
+def learning_rate_schedule(name: str, lr: float, num_train_steps: int):
+    if name == "constant":
+        return optax.constant_schedule(lr)
+    if name == "fixmatch_cosine":
+        total = max(int(num_train_steps), 1)
+        return lambda step: lr * jnp.cos(7.0 * math.pi * step / (16.0 * total))
+    if name == "cosine":
+        return optax.cosine_decay_schedule(lr, max(int(num_train_steps), 1))
+    raise ValueError(f"unknown learning-rate schedule {name!r}")
+
+
+def make_optimizer(train_config, num_train_steps: int) -> optax.GradientTransformation:
+    """The optimizer config.train describes, with weight decay on kernels only."""
+    schedule = learning_rate_schedule(train_config.schedule, train_config.lr, num_train_steps)
+    if train_config.optimizer == "sgd":
+        base = optax.sgd(schedule, momentum=train_config.momentum or None,
+                         nesterov=bool(train_config.nesterov))
+    elif train_config.optimizer == "adam":
+        base = optax.adam(schedule)
+    else:
+        raise ValueError(f"unknown optimizer {train_config.optimizer!r}")
+    parts = []
+    if train_config.weight_decay:
+        parts.append(optax.add_decayed_weights(train_config.weight_decay, mask=kernel_mask))
+    parts.append(base)
+    return optax.chain(*parts)
+
+
+def cross_entropy(logits, labels):
+    """Mean softmax cross-entropy against integer labels."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def global_norm(tree):
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))

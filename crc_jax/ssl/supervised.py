@@ -1,0 +1,52 @@
+"""Supervised training on the labeled set only: the baseline "SSL algorithm".
+
+loss = CE(f(weak(x_l)), y_l); weak augmentation when config.train.augment is set.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+
+from crc_jax import optim
+from crc_jax.data import augment
+from crc_jax.ssl.base import Algorithm, register
+from crc_jax.state import TrainState, create_train_state
+
+
+def supervised_loss(params, state: TrainState, x, y):
+    """Cross-entropy on a labeled batch; returns (loss, new batch statistics)."""
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, x, train=True,
+        mutable=["batch_stats"])
+    return optim.cross_entropy(logits, y), updates.get("batch_stats", state.batch_stats)
+
+
+def make_train_step(*, augment_fn):
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def train_step(state: TrainState, batch, key):
+        x = augment_fn(key, batch["x_l"])
+        (loss, batch_stats), grads = jax.value_and_grad(supervised_loss, has_aux=True)(
+            state.params, state, x, batch["y_l"])
+        state = state.apply_gradients(grads=grads).replace(batch_stats=batch_stats)
+        state = state.update_ema()
+        return state, {"loss": loss}
+
+    return train_step
+
+
+@register("supervised")
+def make_supervised(*, config, model, num_train_steps: int, flip: bool = False) -> Algorithm:
+    tc = config.train
+    tx = optim.make_optimizer(tc, num_train_steps)
+    augment_fn = augment.weak_fn(flip=flip) if tc.augment else (lambda key, x: x)
+    ema = float(tc.ema_decay)
+    return Algorithm(
+        name="supervised",
+        labeled_batch=int(tc.batch_size),
+        unlabeled_batch=0,
+        init_state=lambda key, x: create_train_state(model, key, x, tx, ema_decay=ema),
+        train_step=make_train_step(augment_fn=augment_fn),
+        eval_variables=lambda state: state.variables(ema=ema > 0),
+    )

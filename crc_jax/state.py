@@ -1,0 +1,54 @@
+"""The train state: everything that changes during training, in one pytree.
+
+Parameters, optimizer state, BatchNorm statistics and an exponential moving average
+(EMA) of both. FixMatch evaluates with the EMA; Mean Teacher's teacher is the EMA.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from flax.training import train_state
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any
+    ema_params: Any
+    ema_batch_stats: Any
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
+
+    def update_ema(self) -> "TrainState":
+        """ema <- d * ema + (1 - d) * current, for params and batch statistics."""
+        d = self.ema_decay
+        mix = lambda e, p: d * e + (1.0 - d) * p  # noqa: E731
+        return self.replace(
+            ema_params=jax.tree_util.tree_map(mix, self.ema_params, self.params),
+            ema_batch_stats=jax.tree_util.tree_map(mix, self.ema_batch_stats, self.batch_stats),
+        )
+
+    def variables(self, *, ema: bool = False) -> dict:
+        """Flax variables for `model.apply`: the EMA copy or the current one."""
+        if ema:
+            return {"params": self.ema_params, "batch_stats": self.ema_batch_stats}
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def create_train_state(model, key: jax.Array, sample_x, tx: optax.GradientTransformation,
+                       *, ema_decay: float = 0.0) -> TrainState:
+    """Initialize `model` on `sample_x` (a batch of one or more inputs) and wrap it."""
+    variables = model.init(key, jnp.asarray(sample_x), train=False)
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=params,
+        tx=tx,
+        batch_stats=batch_stats,
+        ema_params=params,
+        ema_batch_stats=batch_stats,
+        ema_decay=float(ema_decay),
+    )

@@ -1,0 +1,65 @@
+"""Shared defaults for every experiment config. Each field is read somewhere; see README.
+
+Field names other issues and users rely on: seed, trials, strategies, dataset.name,
+dataset.data_dir, model.name, ssl.name, al.initial_size (Q0), al.query_size (Q),
+al.group_size (G), al.steps, train.max_epochs, train.patience.
+"""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.trials = 3
+    # Strategies run side by side; "name:key=value,..." passes options (see crc_jax.acquisition).
+    c.strategies = ("random", "entropy", "crc")
+    c.smoke = False  # shrink everything to a tiny CPU-sized run (tests, laptops)
+
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = "digits"        # digits | moons | svhn | cifar10 | cifar100
+    c.dataset.data_dir = ""          # a prepared TFDS directory; "" = TFDS default
+    c.dataset.train_size = 0         # use a random subset of this many pool images; 0 = all
+    c.dataset.test_size = 0          # evaluate on this many test images; 0 = all
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "cnn"             # wrn28_2 | cnn | mlp
+    c.model.width = 0                # 0 = the model's default width
+
+    c.ssl = ml_collections.ConfigDict()
+    c.ssl.name = "supervised"        # supervised | fixmatch | mean_teacher | pi_model
+    c.ssl.unlabeled_ratio = 7        # mu: unlabeled images per labeled image in a step
+    c.ssl.threshold = 0.95           # FixMatch tau
+    c.ssl.unlabeled_weight = 1.0     # FixMatch lambda_u / consistency weight (MT, Pi)
+    c.ssl.rampup_fraction = 0.4      # MT / Pi: fraction of training the ramp-up lasts
+
+    c.al = ml_collections.ConfigDict()
+    c.al.initial_size = 20           # Q0, class-balanced at step 0
+    c.al.query_size = 10             # Q, labels acquired per step
+    c.al.group_size = 5              # G, CRC group size; must divide Q
+    c.al.steps = 3                   # acquisitions after the initial step
+    c.al.pseudo_al = False           # Table 3: class-balanced groups (reads the oracle)
+
+    # Per-strategy options, e.g. acquisition.crc.subset = "all".
+    c.acquisition = ml_collections.ConfigDict()
+    c.acquisition.crc = ml_collections.ConfigDict({"subset": "last", "max_groups": 0})
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 64          # B, labeled images per step
+    c.train.steps_per_epoch = 50     # train steps per "epoch" (SSL epochs are step counts)
+    c.train.max_epochs = 30
+    c.train.patience = 10            # epochs without improvement before stopping; 0 = never stop early
+    c.train.watch = "test"           # split watched for early stopping: test (the paper) | val
+    c.train.val_size = 0             # labeled-free validation images held out of the pool (watch=val)
+    c.train.optimizer = "adam"       # sgd | adam
+    c.train.lr = 3e-3
+    c.train.momentum = 0.9
+    c.train.nesterov = True
+    c.train.weight_decay = 0.0
+    c.train.schedule = "constant"    # constant | cosine | fixmatch_cosine
+    c.train.ema_decay = 0.0          # EMA of weights used for evaluation; 0 = off
+    c.train.augment = True           # weak augmentation of labeled batches
+    c.train.eval_batch_size = 512
+    c.train.checkpoint_every = 0     # epochs between in-training checkpoints; 0 = off
+    c.train.progress = True          # progress bars
+    return c
