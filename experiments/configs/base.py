@@ -32,6 +32,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.ssl.threshold = 0.95           # FixMatch tau
     c.ssl.unlabeled_weight = 1.0     # FixMatch lambda_u / consistency weight (MT, Pi)
     c.ssl.rampup_fraction = 0.4      # MT / Pi: fraction of training the ramp-up lasts
+    c.ssl.teacher_ema = 0.95         # MT: teacher = EMA of the student with this decay
+    c.ssl.weak_noise = 0.05          # 2-D points only: std of the Gaussian noise of a weak view
+    c.ssl.strong_noise = 0.2         # 2-D points only: std of the noise of a FixMatch strong view
 
     c.al = ml_collections.ConfigDict()
     c.al.initial_size = 20           # Q0, class-balanced at step 0
@@ -63,3 +66,26 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 0     # epochs between in-training checkpoints; 0 = off
     c.train.progress = True          # progress bars
     return c
+
+
+def apply_smoke(config) -> None:
+    """Shrink a config in place to a CPU-sized run when config.smoke is set.
+
+    Keeps the experiment's structure (data set, SSL algorithm, strategies, Q0/Q/G ratios)
+    and shrinks the model, the pool, the number of trials and the training length, so
+    every paper config runs end to end in seconds on tfds.testing.mock_data.
+    """
+    if not config.smoke:
+        return
+    config.trials = 1
+    config.model.name = "cnn"
+    config.model.width = 4
+    config.dataset.train_size = config.dataset.train_size or 0
+    config.dataset.test_size = min(config.dataset.test_size or 64, 64)
+    config.al.steps = min(config.al.steps, 2)
+    config.train.max_epochs = 2
+    config.train.steps_per_epoch = 2
+    config.train.patience = 1
+    config.train.batch_size = min(config.train.batch_size, 16)
+    config.ssl.unlabeled_ratio = min(config.ssl.unlabeled_ratio, 2)
+    config.train.progress = False

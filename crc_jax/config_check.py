@@ -1,0 +1,102 @@
+"""Config validation, run before any heavy work.
+
+Every bad value raises `ConfigError` naming the dotted field and what is allowed; the
+CLI prints that one line and exits with status 2. Checks that need the data set's size
+(budget larger than the pool) run in `check_pool_budget` once the data is loaded.
+"""
+
+from __future__ import annotations
+
+from crc_jax import acquisition, data, models, ssl
+from crc_jax.errors import ConfigError
+
+WATCHABLE = ("test", "val")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine", "fixmatch_cosine")
+
+
+def _int(config, field: str, *, minimum: int) -> int:
+    node = config
+    *parents, leaf = field.split(".")
+    for p in parents:
+        node = node[p]
+    value = node[leaf]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(field, f"must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _choice(value, field: str, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(field, f"{value!r} is not one of: {', '.join(map(str, allowed))}")
+
+
+def validate(config) -> None:
+    """Raise ConfigError on the first bad field of `config`."""
+    _choice(config.dataset.name, "dataset.name", data.names())
+    _choice(config.model.name, "model.name", models.names())
+    available = ssl.names()
+    if config.ssl.name in ssl.PLANNED and config.ssl.name not in available:
+        raise ConfigError("ssl.name", f"{config.ssl.name!r} is not available yet; "
+                                      f"available: {', '.join(available)}")
+    _choice(config.ssl.name, "ssl.name", available)
+
+    _int(config, "seed", minimum=0)
+    _int(config, "trials", minimum=1)
+    strategies = list(config.strategies)
+    if not strategies:
+        raise ConfigError("strategies", "needs at least one strategy")
+    for spec in strategies:
+        try:
+            name, _ = acquisition.parse_spec(spec)
+        except ValueError as err:
+            raise ConfigError("strategies", str(err)) from None
+        _choice(name, "strategies", acquisition.names())
+    if len(set(strategies)) != len(strategies):
+        raise ConfigError("strategies", f"lists a strategy twice: {strategies}")
+
+    num_classes = data.num_classes(config.dataset.name)
+    q0 = _int(config, "al.initial_size", minimum=1)
+    q = _int(config, "al.query_size", minimum=1)
+    g = _int(config, "al.group_size", minimum=1)
+    _int(config, "al.steps", minimum=0)
+    if q0 % num_classes:
+        raise ConfigError("al.initial_size", f"{q0} must be divisible by the {num_classes} "
+                                             f"classes of {config.dataset.name} (Q0/C per class)")
+    if q % g:
+        raise ConfigError("al.group_size", f"{g} must divide al.query_size ({q})")
+    if config.al.pseudo_al and q % num_classes:
+        raise ConfigError("al.query_size", f"{q} must be divisible by the {num_classes} classes "
+                                           "in the pseudo-AL setting (R per class)")
+    _int(config, "dataset.train_size", minimum=0)
+    _int(config, "dataset.test_size", minimum=0)
+
+    tc = config.train
+    _int(config, "train.batch_size", minimum=1)
+    _int(config, "train.steps_per_epoch", minimum=1)
+    _int(config, "train.max_epochs", minimum=1)
+    _int(config, "train.patience", minimum=0)
+    _int(config, "train.eval_batch_size", minimum=1)
+    _int(config, "train.val_size", minimum=0)
+    _int(config, "train.checkpoint_every", minimum=0)
+    _choice(tc.watch, "train.watch", WATCHABLE)
+    if tc.watch == "val" and tc.val_size == 0:
+        raise ConfigError("train.val_size", "must be > 0 when train.watch is 'val'")
+    _choice(tc.optimizer, "train.optimizer", OPTIMIZERS)
+    _choice(tc.schedule, "train.schedule", SCHEDULES)
+    if not tc.lr > 0:
+        raise ConfigError("train.lr", f"must be > 0, got {tc.lr}")
+    if not 0.0 <= tc.ema_decay < 1.0:
+        raise ConfigError("train.ema_decay", f"must be in [0, 1), got {tc.ema_decay}")
+    if config.ssl.name != "supervised":
+        _int(config, "ssl.unlabeled_ratio", minimum=1)
+        if not 0.0 <= config.ssl.threshold <= 1.0:
+            raise ConfigError("ssl.threshold", f"must be in [0, 1], got {config.ssl.threshold}")
+
+
+def check_pool_budget(config, pool_size: int) -> None:
+    """Q0 + steps * Q labels must fit in the pool (after any validation hold-out)."""
+    total = config.al.initial_size + config.al.steps * config.al.query_size
+    if total > pool_size:
+        raise ConfigError("al.steps", f"Q0 + steps*Q = {total} labels exceed the pool of "
+                                      f"{pool_size} images of {config.dataset.name}")

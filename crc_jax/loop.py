@@ -1,0 +1,213 @@
+"""The active-learning loop (paper §4.1, DESIGN.md "The protocol").
+
+For each strategy and trial: step 0 labels Q0 images sampled class-balanced (the same
+images for every strategy of a trial); then, `al.steps` times, the model is trained
+from scratch, evaluated, and the strategy acquires Q labels. Every completed step is one
+journal line (written whole and fsynced) before the next begins, so rerunning the same
+command resumes after the last completed step and draws the same randomness: keys are
+folded from (seed, trial, step), never carried in process state.
+
+Layout: WORKDIR/config.json, WORKDIR/<strategy>/trial_<k>/journal.jsonl, WORKDIR/summary.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from crc_jax import acquisition, config_check, data, models, ssl
+from crc_jax.data.pool import Pool
+from crc_jax.errors import RunDirError
+from crc_jax.journal import Journal
+from crc_jax.rundir import RunDir
+from crc_jax.train import fit
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FIELDS = ("strategy", "trial", "step", "num_labeled", "test_accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything shared by all strategies and trials of one run (built once: jit caches)."""
+
+    config: Any
+    dataset: Any
+    pool_x: np.ndarray
+    pool_y: np.ndarray
+    watch: tuple
+    test: tuple
+    model: Any
+    algorithm: Any
+    eval_apply: Callable
+    features_fn: Callable
+
+
+def strategy_dirname(spec: str) -> str:
+    """A file-system-safe folder name for a strategy spec ('crc:subset=all' -> 'crc-subset=all')."""
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "-", spec.replace(":", "-").replace(",", "-"))
+
+
+def build_setup(config) -> Setup:
+    """Load data, hold out the validation split, build the model and the SSL algorithm."""
+    ds = data.load(config.dataset.name, data_dir=config.dataset.data_dir,
+                   train_size=config.dataset.train_size, test_size=config.dataset.test_size,
+                   seed=config.seed)
+    pool_x, pool_y = ds.x_train, ds.y_train
+    test = (ds.x_test, ds.y_test)
+    watch = test
+    if config.train.watch == "val":
+        rng = np.random.default_rng([config.seed, 7919])
+        order = rng.permutation(len(pool_x))
+        val, rest = order[:config.train.val_size], np.sort(order[config.train.val_size:])
+        watch = (pool_x[val], pool_y[val])
+        pool_x, pool_y = pool_x[rest], pool_y[rest]
+    config_check.check_pool_budget(config, len(pool_x))
+
+    options = {"width": config.model.width} if config.model.width else {}
+    model = models.get(config.model.name, num_classes=ds.num_classes, **options)
+    num_train_steps = config.train.max_epochs * config.train.steps_per_epoch
+    algorithm = ssl.create(config, model, num_train_steps=num_train_steps, flip=ds.flip)
+
+    def eval_apply(variables, x):
+        return model.apply(variables, x, train=False)
+
+    def features_fn(variables, x):
+        return model.apply(variables, x, train=False, return_features=True)[1]
+
+    return Setup(config=config, dataset=ds, pool_x=pool_x, pool_y=pool_y, watch=watch,
+                 test=test, model=model, algorithm=algorithm, eval_apply=eval_apply,
+                 features_fn=features_fn)
+
+
+def make_strategy(config, spec: str):
+    """The strategy callable for a spec, with config.al.group_size and acquisition.<name> options."""
+    name, spec_options = acquisition.parse_spec(spec)
+    options = dict(config.acquisition.get(name, {}))
+    if acquisition.STRATEGIES.accepts(name, "group_size"):
+        options["group_size"] = config.al.group_size
+    if config.al.pseudo_al and acquisition.STRATEGIES.accepts(name, "class_balanced"):
+        options["class_balanced"] = True
+    options.update(spec_options)
+    return acquisition.STRATEGIES.get(name, **options)
+
+
+def _check_acquired(acquired: np.ndarray, pool: Pool, budget: int, spec: str) -> np.ndarray:
+    acquired = np.asarray(acquired, dtype=np.int64)
+    unlabeled = set(pool.unlabeled.tolist())
+    if (acquired.ndim != 1 or len(acquired) != budget or len(set(acquired.tolist())) != budget
+            or not set(acquired.tolist()) <= unlabeled):
+        raise RuntimeError(f"strategy {spec!r} returned an invalid selection: it must be "
+                           f"{budget} distinct unlabeled indices")
+    return acquired
+
+
+def replay(journal_entries: list, pool: Pool, initial: np.ndarray, path: Path) -> None:
+    """Re-label what the journal records, checking it belongs to this run."""
+    first = journal_entries[0]
+    if first.get("initial") != initial.tolist():
+        raise RunDirError(f"{path}: its initial labeled set differs from this config's "
+                          "(a journal from another data set or seed)")
+    pool.label(initial)
+    for entry in journal_entries:
+        acquired = np.asarray(entry.get("acquired", []), dtype=np.int64)
+        if len(acquired):
+            labels = pool.label(acquired)
+            if labels.tolist() != entry["labels"]:
+                raise RunDirError(f"{path}: step {entry['step']} records labels that differ "
+                                  "from the data set's (a journal from another data set)")
+
+
+def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path) -> list[dict]:
+    """Run (or resume) one trial of one strategy; returns its journal entries."""
+    config = setup.config
+    al = config.al
+    journal = Journal(trial_dir / "journal.jsonl")
+    entries = journal.read()
+    pool = Pool(setup.pool_y, setup.dataset.num_classes)
+    initial = pool.initial_indices(al.initial_size, np.random.default_rng([config.seed, trial]))
+    if entries:
+        replay(entries, pool, initial, journal.path)
+        log.info("%s trial %d: resuming after step %d", spec, trial, len(entries) - 1)
+    else:
+        pool.label(initial)
+    strategy = make_strategy(config, spec)
+    trial_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), trial)
+
+    for step in range(len(entries), al.steps + 1):
+        started = time.time()
+        train_key, acquire_key = jax.random.split(jax.random.fold_in(trial_key, step))
+        labeled = pool.labeled
+        result = fit(setup.algorithm, x_labeled=setup.pool_x[labeled],
+                     y_labeled=pool.labeled_labels.astype(np.int32),
+                     x_unlabeled=setup.pool_x[pool.unlabeled], watch=setup.watch,
+                     test=setup.test, train_config=config.train, key=train_key,
+                     eval_apply=setup.eval_apply,
+                     desc=f"{spec} t{trial} s{step} n={len(labeled)}")
+        entry = {"step": step, "num_labeled": int(len(labeled)),
+                 "test_accuracy": float(result.test_accuracy),
+                 "test_loss": float(result.test_loss),
+                 "watch_accuracy": float(result.watch_accuracy),
+                 "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                 "min_test_loss_epoch": result.min_test_loss_epoch}
+        if step == 0:
+            entry["initial"] = initial.tolist()
+            entry["initial_labels"] = pool.oracle_labels(initial).tolist()
+        if step < al.steps:
+            ctx = acquisition.Context(
+                apply_fn=setup.eval_apply, variables=result.variables, x=setup.pool_x,
+                labeled=pool.labeled.copy(), unlabeled=pool.unlabeled.copy(),
+                num_classes=setup.dataset.num_classes, features_fn=setup.features_fn,
+                oracle=pool.oracle_labels if al.pseudo_al else None, model=setup.model,
+                batch_size=config.train.eval_batch_size)
+            acquired = _check_acquired(strategy(ctx, al.query_size, acquire_key), pool,
+                                       al.query_size, spec)
+            entry["acquired"] = acquired.tolist()
+            entry["labels"] = pool.label(acquired).tolist()
+            if ctx.record:
+                entry["record"] = ctx.record
+        entry["seconds"] = round(time.time() - started, 2)
+        journal.append(entry)
+        entries.append(entry)
+        log.info("%s trial %d step %d: %d labels, test accuracy %.4f (%d epochs)", spec, trial,
+                 step, len(labeled), result.test_accuracy, result.epochs_run)
+    return entries
+
+
+def summary_rows(spec: str, trial: int, entries: list) -> list[dict]:
+    return [{"strategy": spec, "trial": trial, "step": e["step"],
+             "num_labeled": e["num_labeled"], "test_accuracy": e["test_accuracy"]}
+            for e in entries]
+
+
+def write_summary(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def run(config, workdir) -> list[dict]:
+    """Validate, then run every strategy x trial into `workdir`; returns the summary rows."""
+    config_check.validate(config)
+    workdir = Path(workdir)
+    with RunDir(workdir) as rundir:
+        rundir.bind_config(config.to_dict())
+        setup = build_setup(config)
+        rows = []
+        for spec in config.strategies:
+            for trial in range(config.trials):
+                trial_dir = workdir / strategy_dirname(spec) / f"trial_{trial}"
+                rows += summary_rows(spec, trial, run_trial(setup, spec, trial, trial_dir))
+        write_summary(workdir / "summary.csv", rows)
+    return rows

@@ -1,0 +1,87 @@
+"""A run directory: its config.json, and the lock that keeps one writer per directory.
+
+Rerunning the same config on a directory resumes it; another config is refused. The
+lock is an advisory `flock`, released by the kernel when the process dies, so a crashed
+run never leaves it stuck.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+from crc_jax.errors import RunDirError
+
+# Fields that do not change results: a resumed run may differ in these.
+COSMETIC_FIELDS = ("train.progress",)
+
+
+def _comparable(config_dict: dict) -> dict:
+    out = json.loads(json.dumps(config_dict, sort_keys=True))
+    for dotted in COSMETIC_FIELDS:
+        node = out
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return out
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        name = f"{prefix}{k}"
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out += _diff(a[k], b[k], name + ".")
+        elif a.get(k) != b.get(k):
+            out.append(f"{name}: {a.get(k)!r} -> {b.get(k)!r}")
+    return out
+
+
+class RunDir:
+    """Owns `path` for the lifetime of the object (use as a context manager)."""
+
+    def __init__(self, path: os.PathLike):
+        self.path = Path(path)
+        self._lock_fd = None
+
+    def __enter__(self) -> "RunDir":
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise RunDirError(f"workdir {self.path}: cannot be written ({err.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunDirError(f"workdir {self.path} is in use by another process; "
+                              "wait for it or choose another --workdir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def bind_config(self, config_dict: dict) -> None:
+        """Write config.json, or check that the existing one describes the same run."""
+        path = self.path / "config.json"
+        if path.exists():
+            old = json.loads(path.read_text())
+            changes = _diff(_comparable(old), _comparable(config_dict))
+            if changes:
+                raise RunDirError(
+                    f"workdir {self.path} holds a run with another config ({'; '.join(changes[:3])}"
+                    f"{'; ...' if len(changes) > 3 else ''}); use a new --workdir")
+            return
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(config_dict, indent=2, sort_keys=True))
+        os.replace(tmp, path)

@@ -1,0 +1,139 @@
+"""Paper-style reports from one or more run directories.
+
+    python -m experiments.report runs/digits [runs/other ...] --out runs/digits
+
+Writes report.md (a table: rows strategies, columns labeled counts, cells mean ± std of
+test accuracy over trials, like the paper's Tables 4-6), report.csv (the same numbers)
+and learning_curve.png (accuracy vs labeled count, one line per strategy, ± std shaded).
+Following the paper's selection rule (§4.1), the trial with the median final accuracy
+of each strategy is named as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def load_rows(workdirs) -> list[dict]:
+    rows = []
+    for workdir in workdirs:
+        path = Path(workdir) / "summary.csv"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: run experiments.main on {workdir} first")
+        with open(path) as f:
+            for r in csv.DictReader(f):
+                rows.append({"strategy": r["strategy"], "trial": int(r["trial"]),
+                             "step": int(r["step"]), "num_labeled": int(r["num_labeled"]),
+                             "test_accuracy": float(r["test_accuracy"])})
+    return rows
+
+
+def aggregate(rows: list[dict]) -> tuple[list[str], list[int], dict]:
+    """strategies (in first-seen order), labeled counts, {(strategy, n): accuracies}."""
+    strategies, counts, cells = [], set(), defaultdict(list)
+    for r in rows:
+        if r["strategy"] not in strategies:
+            strategies.append(r["strategy"])
+        counts.add(r["num_labeled"])
+        cells[(r["strategy"], r["num_labeled"])].append(100.0 * r["test_accuracy"])
+    return strategies, sorted(counts), cells
+
+
+def median_trials(rows: list[dict]) -> dict:
+    """strategy -> trial whose accuracy at the largest labeled count is the median."""
+    final = defaultdict(dict)
+    for r in rows:
+        s, t = r["strategy"], r["trial"]
+        if r["num_labeled"] >= final[s].get(t, (-1, 0))[0]:
+            final[s][t] = (r["num_labeled"], r["test_accuracy"])
+    out = {}
+    for s, trials in final.items():
+        ordered = sorted(trials, key=lambda t: (trials[t][1], t))
+        out[s] = ordered[(len(ordered) - 1) // 2]
+    return out
+
+
+def _cell(values) -> str:
+    if not values:
+        return "–"
+    return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    strategies, counts, cells = aggregate(rows)
+    trials = {s: len({r["trial"] for r in rows if r["strategy"] == s}) for s in strategies}
+    head = "| Accuracy (%) / # labeled | " + " | ".join(str(n) for n in counts) + " |"
+    lines = [head, "|---|" + "---|" * len(counts)]
+    for s in strategies:
+        lines.append(f"| {s} (n={trials[s]}) | "
+                     + " | ".join(_cell(cells[(s, n)]) for n in counts) + " |")
+    medians = median_trials(rows)
+    note = ("Cells: mean ± std of test accuracy over trials, columns: number of labeled "
+            "images. Median trial (paper §4.1 selection rule): "
+            + ", ".join(f"{s}: trial {t}" for s, t in medians.items()) + ".")
+    return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    strategies, counts, cells = aggregate(rows)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["strategy", "num_labeled", "mean_accuracy", "std_accuracy", "trials"])
+        for s in strategies:
+            for n in counts:
+                v = cells[(s, n)]
+                if v:
+                    w.writerow([s, n, f"{np.mean(v):.4f}", f"{np.std(v):.4f}", len(v)])
+
+
+def plot_learning_curves(rows: list[dict], path: Path, title: str = "") -> None:
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib.pyplot as plt
+
+    strategies, counts, cells = aggregate(rows)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for s in strategies:
+        ns = [n for n in counts if cells[(s, n)]]
+        mean = np.array([np.mean(cells[(s, n)]) for n in ns])
+        std = np.array([np.std(cells[(s, n)]) for n in ns])
+        ax.plot(ns, mean, marker="o", label=s)
+        ax.fill_between(ns, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("number of labeled images")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title or "Learning curves (mean ± std over trials)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(workdirs, *, out_dir) -> str:
+    """Write report.md, report.csv and learning_curve.png into out_dir; return the table."""
+    rows = load_rows(workdirs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(rows)
+    title = " + ".join(Path(w).name for w in workdirs)
+    (out / "report.md").write_text(f"# {title}\n\n{table}\n![learning curves](learning_curve.png)\n")
+    write_csv(rows, out / "report.csv")
+    plot_learning_curves(rows, out / "learning_curve.png", title=f"{title}: learning curves")
+    return table
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workdirs", nargs="+")
+    parser.add_argument("--out", default=None, help="output folder (default: the first workdir)")
+    args = parser.parse_args(argv)
+    print(write_report(args.workdirs, out_dir=args.out or args.workdirs[0]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The command line: bad configs are one line and exit 2; a killed run resumes identically."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--config=digits", "--config.trials=1", "--config.al.steps=2",
+        "--config.train.max_epochs=3", "--config.train.steps_per_epoch=4",
+        "--config.train.patience=0", "--config.train.progress=False"]
+
+
+def run_main(args, workdir, **kwargs):
+    return subprocess.run([sys.executable, "-m", "experiments.main", *args, f"--workdir={workdir}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+BAD = {
+    "group size does not divide Q": (["--config.al.group_size=3"], "config.al.group_size"),
+    "Q0 not divisible by classes": (["--config.al.initial_size=15"], "config.al.initial_size"),
+    "budget larger than the pool": (["--config.al.steps=100000"], "config.al.steps"),
+    "unknown dataset": (["--config.dataset.name=mnist"], "config.dataset.name"),
+    "unknown model": (["--config.model.name=resnet50"], "config.model.name"),
+    "unknown ssl": (["--config.ssl.name=mixmatch"], "config.ssl.name"),
+    "unknown strategy": (["--config.strategies=('random','coreset')"], "config.strategies"),
+    "negative query size": (["--config.al.query_size=-5"], "config.al.query_size"),
+    "negative trials": (["--config.trials=-1"], "config.trials"),
+    "bad watched split": (["--config.train.watch=train"], "config.train.watch"),
+    "unknown override key": (["--config.al.budget=3"], "budget"),
+    "unknown config name": (["--config=no_such_config"], "no_such_config"),
+}
+
+
+def test_bad_configs_give_one_line_and_exit_2(tmp_path):
+    def attempt(item):
+        name, (args, expected) = item
+        base = [a for a in TINY if not (a.startswith("--config=") and args[0].startswith("--config="))]
+        return name, expected, run_main(base + args, tmp_path / name.replace(" ", "_"))
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(attempt, BAD.items()))
+    assert len(results) >= 8
+    for name, expected, proc in results:
+        err = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2, (name, proc.returncode, proc.stderr[-2000:])
+        assert len(err) >= 1 and err[-1].startswith("error:"), (name, proc.stderr[-2000:])
+        assert expected in err[-1], (name, err[-1])
+        assert not (tmp_path / name.replace(" ", "_") / "summary.csv").exists()
+
+
+def test_unwritable_workdir_exit_2(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    proc = run_main(TINY, blocker / "run")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: workdir")
+
+
+def journal_entries(workdir):
+    out = {}
+    for path in sorted(Path(workdir).glob("*/trial_*/journal.jsonl")):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        for line in lines:
+            line.pop("seconds")
+            line.pop("crc32")
+        out[str(path.relative_to(workdir))] = lines
+    return out
+
+
+def test_sigkill_mid_trial_then_resume_gives_identical_journals(tmp_path):
+    args = TINY + ["--config.strategies=('entropy',)"]
+    reference = run_main(args, tmp_path / "ref")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    journal = killed_dir / "entropy" / "trial_0" / "journal.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.main", *args,
+                             f"--workdir={killed_dir}"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists() and journal.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed mid-trial"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    lines_at_kill = journal.read_text().count("\n")
+    assert 1 <= lines_at_kill < 3
+
+    resumed = run_main(args, killed_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming after step" in resumed.stderr
+    assert journal_entries(killed_dir) == journal_entries(tmp_path / "ref")
+    assert ((killed_dir / "summary.csv").read_text()
+            == (tmp_path / "ref" / "summary.csv").read_text())
+    for name in ("report.md", "report.csv", "learning_curve.png"):
+        assert (killed_dir / name).stat().st_size > 0
+
+
+def test_other_config_on_existing_workdir_is_refused(tmp_path):
+    first = run_main(TINY + ["--config.strategies=('random',)", "--config.al.steps=0"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_main(TINY + ["--config.strategies=('random',)", "--config.al.steps=1"], tmp_path)
+    assert second.returncode == 2
+    assert "another config" in second.stderr.strip().splitlines()[-1]
