@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import json
 import logging
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +30,7 @@ from crc_jax import acquisition, config_check, data, models, ssl
 from crc_jax.data.pool import Pool
 from crc_jax.errors import RunDirError
 from crc_jax.journal import Journal
-from crc_jax.rundir import RunDir
+from crc_jax.rundir import RunDir, comparable_config
 from crc_jax.train import fit
 
 log = logging.getLogger(__name__)
@@ -126,6 +129,25 @@ def replay(journal_entries: list, pool: Pool, initial: np.ndarray, path: Path) -
                                   "from the data set's (a journal from another data set)")
 
 
+def make_checkpointer(config, spec: str, trial: int, step: int, trial_dir: Path):
+    """The in-training checkpointer of one AL step, or None when train.checkpoint_every is 0."""
+    if not config.train.checkpoint_every:
+        return None
+    from crc_jax.checkpoint import TrainCheckpointer
+
+    body = json.dumps([comparable_config(config.to_dict()), spec, trial, step], sort_keys=True)
+    return TrainCheckpointer(trial_dir / "checkpoints" / f"step_{step}",
+                             every=config.train.checkpoint_every,
+                             fingerprint=hashlib.sha256(body.encode()).hexdigest()[:16])
+
+
+def remove_stale_checkpoints(trial_dir: Path, completed_steps: int) -> None:
+    """Drop checkpoints of steps the journal already records (a crash after the append)."""
+    for path in (trial_dir / "checkpoints").glob("step_*"):
+        if int(path.name.split("_")[1]) < completed_steps:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path) -> list[dict]:
     """Run (or resume) one trial of one strategy; returns its journal entries."""
     config = setup.config
@@ -142,16 +164,20 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path) -> list[dict
     strategy = make_strategy(config, spec)
     trial_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), trial)
 
+    remove_stale_checkpoints(trial_dir, len(entries))
+
     for step in range(len(entries), al.steps + 1):
         started = time.time()
         train_key, acquire_key = jax.random.split(jax.random.fold_in(trial_key, step))
         labeled = pool.labeled
+        checkpointer = make_checkpointer(config, spec, trial, step, trial_dir)
         result = fit(setup.algorithm, x_labeled=setup.pool_x[labeled],
                      y_labeled=pool.labeled_labels.astype(np.int32),
                      x_unlabeled=setup.pool_x[pool.unlabeled], watch=setup.watch,
                      test=setup.test, train_config=config.train, key=train_key,
                      eval_apply=setup.eval_apply,
-                     desc=f"{spec} t{trial} s{step} n={len(labeled)}")
+                     desc=f"{spec} t{trial} s{step} n={len(labeled)}",
+                     checkpointer=checkpointer)
         entry = {"step": step, "num_labeled": int(len(labeled)),
                  "test_accuracy": float(result.test_accuracy),
                  "test_loss": float(result.test_loss),
@@ -177,6 +203,8 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path) -> list[dict
         entry["seconds"] = round(time.time() - started, 2)
         journal.append(entry)
         entries.append(entry)
+        if checkpointer is not None:
+            checkpointer.close(remove=True)
         log.info("%s trial %d step %d: %d labels, test accuracy %.4f (%d epochs)", spec, trial,
                  step, len(labeled), result.test_accuracy, result.epochs_run)
     return entries

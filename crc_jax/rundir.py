@@ -18,7 +18,8 @@ from crc_jax.errors import RunDirError
 COSMETIC_FIELDS = ("train.progress",)
 
 
-def _comparable(config_dict: dict) -> dict:
+def comparable_config(config_dict: dict) -> dict:
+    """The config without the fields that do not change results."""
     out = json.loads(json.dumps(config_dict, sort_keys=True))
     for dotted in COSMETIC_FIELDS:
         node = out
@@ -76,7 +77,7 @@ class RunDir:
         path = self.path / "config.json"
         if path.exists():
             old = json.loads(path.read_text())
-            changes = _diff(_comparable(old), _comparable(config_dict))
+            changes = _diff(comparable_config(old), comparable_config(config_dict))
             if changes:
                 raise RunDirError(
                     f"workdir {self.path} holds a run with another config ({'; '.join(changes[:3])}"

@@ -107,12 +107,15 @@ def _copy_tree(tree):
 
 def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
         x_unlabeled: Optional[np.ndarray], watch: tuple, test: tuple, train_config,
-        key: jax.Array, eval_apply: Callable, desc: str = "train") -> FitResult:
+        key: jax.Array, eval_apply: Callable, desc: str = "train",
+        checkpointer=None) -> FitResult:
     """Train a freshly initialized model with `algorithm` and early stopping on `watch`.
 
     x_labeled/y_labeled: the labeled set; x_unlabeled: the unlabeled pool images (used
     when the algorithm takes unlabeled batches). watch/test: (x, y). Randomness comes only
     from `key`: init, data order and augmentation per epoch are folded from it.
+    `checkpointer` (crc_jax.checkpoint.TrainCheckpointer) saves every few epochs and, when
+    it holds a checkpoint, training continues from it.
     """
     tc = train_config
     init_key, data_key, step_key = jax.random.split(key, 3)
@@ -125,9 +128,19 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
         raise ValueError(f"{algorithm.name} needs unlabeled data, and the pool has none left")
 
     best = dict(epoch=0, acc=-1.0, variables=None)
-    history, global_step = [], 0
+    history, global_step, start_epoch = [], 0, 1
     patience = int(tc.patience)
-    bar = tqdm(range(1, int(tc.max_epochs) + 1), desc=desc, leave=False,
+    if checkpointer is not None:
+        restored = checkpointer.restore(state, algorithm.eval_variables(state))
+        if restored is not None:
+            state, best_variables, progress = restored
+            best = dict(epoch=progress["best_epoch"], acc=progress["best_accuracy"],
+                        variables=best_variables)
+            history, global_step = progress["history"], progress["global_step"]
+            start_epoch = progress["epoch"] + 1
+            if patience and progress["epoch"] - best["epoch"] >= patience:
+                start_epoch = int(tc.max_epochs) + 1  # it had already stopped early
+    bar = tqdm(range(start_epoch, int(tc.max_epochs) + 1), desc=desc, leave=False,
                disable=not tc.progress, dynamic_ncols=True)
     for epoch in bar:
         rng = _epoch_rng(data_key, epoch)
@@ -160,6 +173,10 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
         bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{watched['accuracy']:.3f}",
                         best=f"{best['acc']:.3f}")
         log.debug("%s epoch %d: %s", desc, epoch, record)
+        if checkpointer is not None and checkpointer.due(epoch):
+            checkpointer.save(epoch, state, best["variables"], {
+                "best_epoch": best["epoch"], "best_accuracy": best["acc"],
+                "history": history, "global_step": global_step})
         if patience and epoch - best["epoch"] >= patience:
             break
     bar.close()
