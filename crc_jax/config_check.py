@@ -8,7 +8,7 @@ CLI prints that one line and exits with status 2. Checks that need the data set'
 from __future__ import annotations
 
 from crc_jax import acquisition, data, models, ssl
-from crc_jax.errors import ConfigError
+from crc_jax.errors import ConfigError, DataError
 
 WATCHABLE = ("test", "val")
 OPTIMIZERS = ("sgd", "adam")
@@ -55,7 +55,10 @@ def validate(config) -> None:
     if len(set(strategies)) != len(strategies):
         raise ConfigError("strategies", f"lists a strategy twice: {strategies}")
 
-    num_classes = data.num_classes(config.dataset.name)
+    try:
+        num_classes = data.num_classes(config.dataset.name, config.dataset.data_dir)
+    except DataError as err:
+        raise ConfigError("dataset.data_dir", str(err)) from None
     q0 = _int(config, "al.initial_size", minimum=1)
     q = _int(config, "al.query_size", minimum=1)
     g = _int(config, "al.group_size", minimum=1)

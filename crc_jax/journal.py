@@ -13,6 +13,7 @@ import os
 import zlib
 from pathlib import Path
 
+from crc_jax import faults
 from crc_jax.errors import RunDirError
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,10 @@ class Journal:
         data = encode(entry).encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            if faults.armed("journal_append"):  # a crash halfway through the write
+                os.write(fd, data[:len(data) // 2])
+                os.fsync(fd)
+                faults.kill_now()
             os.write(fd, data)
             os.fsync(fd)
         finally:

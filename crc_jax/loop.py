@@ -26,7 +26,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from crc_jax import acquisition, config_check, data, models, ssl
+from crc_jax import acquisition, config_check, data, faults, models, ssl
 from crc_jax.data.pool import Pool
 from crc_jax.errors import RunDirError
 from crc_jax.journal import Journal
@@ -194,6 +194,7 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path) -> list[dict
                 num_classes=setup.dataset.num_classes, features_fn=setup.features_fn,
                 oracle=pool.oracle_labels if al.pseudo_al else None, model=setup.model,
                 batch_size=config.train.eval_batch_size)
+            faults.maybe_kill("acquisition")
             acquired = _check_acquired(strategy(ctx, al.query_size, acquire_key), pool,
                                        al.query_size, spec)
             entry["acquired"] = acquired.tolist()

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from crc_jax import faults
 from crc_jax.ssl.base import Algorithm
 from crc_jax.state import TrainState
 
@@ -152,6 +153,7 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
             batch = {"x_l": x_labeled[lab_idx[i]], "y_l": y_labeled[lab_idx[i]]}
             if mu_b:
                 batch["x_u"] = x_unlabeled[unl_idx[i]]
+            faults.maybe_kill("train_step")
             state, metrics = algorithm.train_step(state, batch, keys[i])
             losses.append(metrics["loss"])
         losses = np.asarray(jnp.stack(losses))

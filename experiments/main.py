@@ -54,13 +54,18 @@ def parse_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(resolve_config_arg(argv))
     except flags.Error as err:
         sys.stderr.write(f"error: {str(err).splitlines()[0]}\n")
-        sys.exit(EXIT_USAGE)
+    except (AttributeError, KeyError) as err:  # an override naming a field the config lacks
+        sys.stderr.write(f"error: unknown config field in an override: {err}\n")
+    except (ValueError, TypeError) as err:  # an override value of the wrong type
+        sys.stderr.write(f"error: bad config override: {err}\n")
+    sys.exit(EXIT_USAGE)
 
 
 def main(argv: list[str]) -> None:
     del argv
     from crc_jax import loop
     from crc_jax.errors import ConfigError, DataError, RunDirError
+    from crc_jax.train import TrainingDiverged
     from experiments import report
     from experiments.configs.base import apply_smoke
 
@@ -76,7 +81,7 @@ def main(argv: list[str]) -> None:
     try:
         loop.run(config, workdir)
         print(report.write_report([workdir], out_dir=workdir))
-    except (ConfigError, DataError, RunDirError) as err:
+    except (ConfigError, DataError, RunDirError, TrainingDiverged) as err:
         sys.stderr.write(f"error: {err}\n")
         sys.exit(EXIT_USAGE)
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from crc_jax import faults
+
 
 def load_rows(workdirs) -> list[dict]:
     rows = []
@@ -122,6 +124,7 @@ def write_report(workdirs, *, out_dir) -> str:
     table = markdown_table(rows)
     title = " + ".join(Path(w).name for w in workdirs)
     (out / "report.md").write_text(f"# {title}\n\n{table}\n![learning curves](learning_curve.png)\n")
+    faults.maybe_kill("report")
     write_csv(rows, out / "report.csv")
     plot_learning_curves(rows, out / "learning_curve.png", title=f"{title}: learning curves")
     return table

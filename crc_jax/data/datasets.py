@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from crc_jax.data import embedded, tfds_sets
+from crc_jax.data import embedded, npz, tfds_sets
 from crc_jax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ _SOURCES = {
     "cifar100": _Source(functools.partial(tfds_sets.load, "cifar100"), 100, True),
     "digits": _Source(lambda data_dir: embedded.digits(), 10, False),
     "moons": _Source(lambda data_dir: embedded.moons(), 2, False),
+    "npz": _Source(npz.load, 0, False),  # classes and flip come from the file
 }
 
 
@@ -69,11 +70,11 @@ def names() -> list[str]:
     return sorted(_SOURCES)
 
 
-def num_classes(name: str) -> int:
-    """Number of classes of data set `name`, known without loading it."""
+def num_classes(name: str, data_dir: str = "") -> int:
+    """Number of classes of data set `name`, known without loading the images."""
     if name not in _SOURCES:
         raise DataError(f"unknown data set {name!r}; known: {', '.join(names())}")
-    return _SOURCES[name].num_classes
+    return npz.num_classes(data_dir) if name == "npz" else _SOURCES[name].num_classes
 
 
 def load(name: str, *, data_dir: str = "", train_size: int = 0, test_size: int = 0,
@@ -82,6 +83,8 @@ def load(name: str, *, data_dir: str = "", train_size: int = 0, test_size: int =
     if name not in _SOURCES:
         raise DataError(f"unknown data set {name!r}; known: {', '.join(names())}")
     source = _SOURCES[name]
+    if name == "npz":
+        source = _Source(npz.load, npz.num_classes(data_dir), npz.flip(data_dir))
     x_train, y_train, x_test, y_test = source.load(data_dir)
     splits = {}
     for split, x, y, size, stream in (("train", x_train, y_train, train_size, 0),
