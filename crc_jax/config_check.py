@@ -71,6 +71,7 @@ def validate(config) -> None:
     if config.al.pseudo_al and q % num_classes:
         raise ConfigError("al.query_size", f"{q} must be divisible by the {num_classes} classes "
                                            "in the pseudo-AL setting (R per class)")
+    _choice(config.al.first_query, "al.first_query", ("trained", "random_init"))
     _int(config, "dataset.train_size", minimum=0)
     _int(config, "dataset.test_size", minimum=0)
 

@@ -92,15 +92,49 @@ def build_setup(config) -> Setup:
 
 
 def make_strategy(config, spec: str):
-    """The strategy callable for a spec, with config.al.group_size and acquisition.<name> options."""
+    """The strategy callable for a spec, with config.al.group_size and acquisition.<name> options.
+
+    In the pseudo-AL setting (paper Table 3) every strategy acquires R = Q/C images of each
+    class: a strategy that builds class-balanced groups itself (CRC) gets
+    class_balanced=True; any other is run once per class on that class's unlabeled images.
+    """
     name, spec_options = acquisition.parse_spec(spec)
     options = dict(config.acquisition.get(name, {}))
     if acquisition.STRATEGIES.accepts(name, "group_size"):
         options["group_size"] = config.al.group_size
-    if config.al.pseudo_al and acquisition.STRATEGIES.accepts(name, "class_balanced"):
+    balances_itself = acquisition.STRATEGIES.accepts(name, "class_balanced")
+    if config.al.pseudo_al and balances_itself:
         options["class_balanced"] = True
     options.update(spec_options)
-    return acquisition.STRATEGIES.get(name, **options)
+    strategy = acquisition.STRATEGIES.get(name, **options)
+    if config.al.pseudo_al and not balances_itself:
+        return per_class(strategy)
+    return strategy
+
+
+def per_class(strategy):
+    """Run `strategy` once per class on that class's unlabeled images, budget/C each."""
+
+    def class_balanced_strategy(ctx, budget, key):
+        per = budget // ctx.num_classes
+        classes = ctx.oracle(ctx.unlabeled)
+        picked = []
+        for c in range(ctx.num_classes):
+            sub = dataclasses.replace(ctx, unlabeled=ctx.unlabeled[classes == c])
+            picked.append(np.asarray(strategy(sub, per, jax.random.fold_in(key, c))))
+            ctx.record.update(sub.record)
+        return np.concatenate(picked)
+
+    return class_balanced_strategy
+
+
+def acquisition_variables(setup: Setup, result, step: int, trial_key):
+    """The model a strategy sees: the trained one, or (al.first_query="random_init", the
+    transfer setting of Appendix B.2) at step 0 a randomly initialized one from another seed."""
+    if step == 0 and setup.config.al.first_query == "random_init":
+        other = jax.random.fold_in(trial_key, 1_000_003)
+        return setup.algorithm.eval_variables(setup.algorithm.init_state(other, setup.pool_x[:1]))
+    return result.variables
 
 
 def _check_acquired(acquired: np.ndarray, pool: Pool, budget: int, spec: str) -> np.ndarray:
@@ -148,8 +182,13 @@ def remove_stale_checkpoints(trial_dir: Path, completed_steps: int) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path) -> list[dict]:
-    """Run (or resume) one trial of one strategy; returns its journal entries."""
+def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
+              on_step: Callable | None = None) -> list[dict]:
+    """Run (or resume) one trial of one strategy; returns its journal entries.
+
+    on_step(entry, labeled, result), if given, is called after each step that runs here
+    (not for steps replayed from the journal): figures use it to see the trained model.
+    """
     config = setup.config
     al = config.al
     journal = Journal(trial_dir / "journal.jsonl")
@@ -189,7 +228,8 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path) -> list[dict
             entry["initial_labels"] = pool.oracle_labels(initial).tolist()
         if step < al.steps:
             ctx = acquisition.Context(
-                apply_fn=setup.eval_apply, variables=result.variables, x=setup.pool_x,
+                apply_fn=setup.eval_apply, x=setup.pool_x,
+                variables=acquisition_variables(setup, result, step, trial_key),
                 labeled=pool.labeled.copy(), unlabeled=pool.unlabeled.copy(),
                 num_classes=setup.dataset.num_classes, features_fn=setup.features_fn,
                 oracle=pool.oracle_labels if al.pseudo_al else None, model=setup.model,
@@ -204,6 +244,8 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path) -> list[dict
         entry["seconds"] = round(time.time() - started, 2)
         journal.append(entry)
         entries.append(entry)
+        if on_step is not None:
+            on_step(entry, labeled, result)
         if checkpointer is not None:
             checkpointer.close(remove=True)
         log.info("%s trial %d step %d: %d labels, test accuracy %.4f (%d epochs)", spec, trial,

@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from crc_jax import ntk
 from crc_jax.acquisition import Context
@@ -90,11 +91,13 @@ def direct_scores(ctx: Context, groups: np.ndarray, rank: int) -> np.ndarray:
 
     j_l = np.asarray(jac(jnp.asarray(ctx.x[ctx.labeled])), np.float64)
     out = []
-    for g in groups:
-        j = np.concatenate([j_l, np.asarray(jac(jnp.asarray(ctx.x[g])), np.float64)])
-        ev = np.linalg.eigvalsh(j @ j.T)
-        n = len(j)
-        out.append(ev[n - min(n, rank)])
+    # One BLAS thread: on a busy 2-core machine OpenBLAS's threads slow eigvalsh 50x.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for g in groups:
+            j = np.concatenate([j_l, np.asarray(jac(jnp.asarray(ctx.x[g])), np.float64)])
+            ev = np.linalg.eigvalsh(j @ j.T)
+            n = len(j)
+            out.append(ev[n - min(n, rank)])
     return np.array(out)
 
 

@@ -41,11 +41,12 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.al.query_size = 10             # Q, labels acquired per step
     c.al.group_size = 5              # G, CRC group size; must divide Q
     c.al.steps = 3                   # acquisitions after the initial step
-    c.al.pseudo_al = False           # Table 3: class-balanced groups (reads the oracle)
+    c.al.pseudo_al = False           # Table 3: every acquisition takes Q/C of each class (reads the oracle)
+    c.al.first_query = "trained"     # trained | random_init (Appendix B.2: first query by an untrained model)
 
     # Per-strategy options, e.g. acquisition.crc.subset = "all".
     c.acquisition = ml_collections.ConfigDict()
-    c.acquisition.crc = ml_collections.ConfigDict({"subset": "last", "max_groups": 0})
+    c.acquisition.crc = ml_collections.ConfigDict({"subset": "last"})  # max_groups: "crc:max_groups=N"
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 64          # B, labeled images per step

@@ -1,0 +1,159 @@
+"""The paper's figures from real runs.
+
+    python -m experiments.figures moons [--out docs/figures] [--workdir runs/figure1]
+        Figure 1: the Pi-model decision boundary on two-moons after each CRC acquisition,
+        starting from 4 labeled points (config moons_pi), as one PNG grid.
+    python -m experiments.figures eigen RUNDIR [RUNDIR ...] [--out docs/figures]
+        Figure 3 from CRC journals: (a) the smallest chosen-group eigenvalue at an
+        acquisition against the epochs until the test loss reached its minimum when
+        training on the enlarged set, log-log with the fitted slope; (b) the distribution
+        of candidate-group eigenvalues at each acquisition step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def figure1_moons(out: Path, workdir: Path, *, seed: int = 0) -> Path:
+    """Train moons_pi with CRC, drawing the decision boundary after every step."""
+    import jax
+    import matplotlib.pyplot as plt
+
+    from crc_jax import loop
+    from experiments.configs import moons_pi
+
+    config = moons_pi.get_config()
+    config.seed = seed
+    config.train.progress = False
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    setup = loop.build_setup(config)
+    snapshots = []
+
+    def keep(entry, labeled, result):
+        snapshots.append((entry, np.array(labeled), result.variables))
+
+    loop.run_trial(setup, "crc", 0, workdir / "crc" / "trial_0", on_step=keep)
+
+    x, y = setup.pool_x, setup.pool_y
+    lo, hi = x.min(0) - 0.4, x.max(0) + 0.4
+    gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
+    grid = np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float32)
+    predict = jax.jit(lambda v, g: jax.nn.softmax(setup.eval_apply(v, g))[:, 1])
+
+    cols = len(snapshots)
+    fig, axes = plt.subplots(1, cols, figsize=(3.2 * cols, 3.4), dpi=110, squeeze=False)
+    for ax, (entry, labeled, variables) in zip(axes[0], snapshots):
+        p = np.asarray(predict(variables, grid)).reshape(gx.shape)
+        ax.contourf(gx, gy, p, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.35)
+        ax.contour(gx, gy, p, levels=[0.5], colors="k", linewidths=1.5)
+        ax.scatter(x[:, 0], x[:, 1], s=3, c="0.6", alpha=0.4, label="unlabeled")
+        ax.scatter(x[labeled, 0], x[labeled, 1], c=np.where(y[labeled] == 1, "tab:red", "tab:blue"),
+                   s=60, edgecolors="k", label="labeled")
+        acquired = np.asarray(entry.get("acquired", []), dtype=int)
+        if len(acquired):
+            ax.scatter(x[acquired, 0], x[acquired, 1], marker="*", s=220, facecolors="none",
+                       edgecolors="gold", linewidths=1.8, label="next CRC query")
+        ax.set_title(f"{len(labeled)} labels: test acc {100 * entry['test_accuracy']:.1f}%",
+                     fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].legend(loc="lower left", fontsize=7)
+    fig.suptitle("Figure 1: Π-model decision boundary (black) as CRC enlarges the labeled set "
+                 "(two-moons)", fontsize=11)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "figure1_moons.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def crc_points(workdirs) -> tuple[list, dict]:
+    """From CRC journals: (min chosen score at step s, epochs to min test loss at step s+1)
+    pairs, and {step: candidate scores}."""
+    pairs, candidates = [], {}
+    for workdir in workdirs:
+        for journal in sorted(Path(workdir).glob("*/trial_*/journal.jsonl")):
+            entries = [json.loads(line) for line in journal.read_text().splitlines()]
+            for entry, following in zip(entries, entries[1:]):
+                record = (entry.get("record") or {}).get("crc")
+                if not record or not record.get("chosen_scores"):
+                    continue
+                epoch = following.get("min_test_loss_epoch")
+                score = min(record["chosen_scores"])
+                if epoch and score > 0:
+                    pairs.append((score, epoch))
+                scores = record.get("all_scores") or record.get("score_quantiles") or []
+                candidates.setdefault(entry["step"], []).extend(scores)
+    return pairs, candidates
+
+
+def figure3_eigen(workdirs, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    pairs, candidates = crc_points(workdirs)
+    if not pairs:
+        raise SystemExit("no CRC journal entries with chosen scores found in "
+                         + ", ".join(map(str, workdirs)))
+    lam, epochs = np.array(pairs, dtype=float).T
+    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    ax_a.scatter(lam, epochs, s=30)
+    if len(pairs) >= 2 and np.ptp(np.log(lam)) > 0:
+        slope, intercept = np.polyfit(np.log(lam), np.log(epochs), 1)
+        xs = np.geomspace(lam.min(), lam.max(), 50)
+        ax_a.plot(xs, np.exp(intercept) * xs ** slope, "r--", label=f"fit: slope {slope:.2f}")
+        ax_a.legend()
+    ax_a.set_xscale("log")
+    ax_a.set_yscale("log")
+    ax_a.set_xlabel("λ⁺min of the chosen group (smallest over the step's groups)")
+    ax_a.set_ylabel("epochs until the test loss is minimal")
+    ax_a.set_title("(a) convergence time vs chosen eigenvalue")
+    ax_a.grid(alpha=0.3, which="both")
+
+    steps = sorted(candidates)
+    data = [np.asarray(candidates[s], dtype=float) for s in steps]
+    data = [d[d > 0] if np.any(d > 0) else d for d in data]
+    ax_b.boxplot(data, labels=[str(s) for s in steps], showfliers=True)
+    ax_b.set_yscale("log")
+    ax_b.set_xlabel("acquisition step")
+    ax_b.set_ylabel("candidate-group λ⁺min")
+    ax_b.set_title("(b) candidate-group eigenvalues per step")
+    ax_b.grid(alpha=0.3)
+    fig.suptitle("Figure 3 from " + ", ".join(Path(w).name for w in workdirs), fontsize=11)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "figure3_eigen.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="figure", required=True)
+    moons = sub.add_parser("moons", help="Figure 1")
+    moons.add_argument("--out", default="docs/figures")
+    moons.add_argument("--workdir", default="runs/figure1_moons")
+    moons.add_argument("--seed", type=int, default=0)
+    eigen = sub.add_parser("eigen", help="Figure 3")
+    eigen.add_argument("workdirs", nargs="+")
+    eigen.add_argument("--out", default="docs/figures")
+    args = parser.parse_args(argv)
+    if args.figure == "moons":
+        print(figure1_moons(Path(args.out), Path(args.workdir), seed=args.seed))
+    else:
+        print(figure3_eigen(args.workdirs, Path(args.out)))
+
+
+if __name__ == "__main__":
+    main()
