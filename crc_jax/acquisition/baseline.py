@@ -1,4 +1,10 @@
-"""Random sampling and predictive-entropy sampling (Wang & Shang, 2014)."""
+"""Myopic baselines: random sampling and the uncertainty scores of Wang & Shang (2014).
+
+entropy:     max_x H(p(·|x));
+confidence:  least confidence, min_x max_y p(y|x);
+margin:      min_x p(y₁|x) − p(y₂|x), the gap between the two most probable classes.
+Ties go to the lower pool index.
+"""
 
 from __future__ import annotations
 
@@ -46,3 +52,25 @@ def make_entropy():
         return top_k(np.asarray(ctx.unlabeled), h, budget)
 
     return entropy_strategy
+
+
+@register("confidence")
+def make_confidence():
+    def confidence_strategy(ctx: Context, budget: int, key) -> np.ndarray:
+        del key
+        check_budget(ctx, budget)
+        p = predict_probs(ctx, ctx.unlabeled)
+        return top_k(np.asarray(ctx.unlabeled), -p.max(axis=-1), budget)
+
+    return confidence_strategy
+
+
+@register("margin")
+def make_margin():
+    def margin_strategy(ctx: Context, budget: int, key) -> np.ndarray:
+        del key
+        check_budget(ctx, budget)
+        p = np.sort(predict_probs(ctx, ctx.unlabeled), axis=-1)
+        return top_k(np.asarray(ctx.unlabeled), -(p[:, -1] - p[:, -2]), budget)
+
+    return margin_strategy

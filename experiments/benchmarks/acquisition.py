@@ -33,7 +33,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from crc_jax import ntk
-from crc_jax.acquisition import Context
+from crc_jax.acquisition import Context, get
 from crc_jax.acquisition import crc as crc_lib
 
 
@@ -116,6 +116,14 @@ def bench_scoring(n_pool=20_000, n_labeled=500, group_size=10, direct_groups=20)
     ref = direct_scores(ctx, groups[:direct_groups], gram.rank)
     t_direct = time.perf_counter() - t
     rel = np.max(np.abs(scores[:direct_groups] - ref) / np.abs(ref))
+    costs = {}
+    for name, strategy, budget in (
+            ("crc (Algorithm 1), budget 50", get("crc", group_size=group_size), 50),
+            ("crc sequential=True, budget 50", get("crc", group_size=group_size, sequential=True), 50),
+            ("crc_greedy max_candidates=2000, budget 10", get("crc_greedy", max_candidates=2000), 10)):
+        t = time.perf_counter()
+        strategy(ctx, budget, jax.random.PRNGKey(0))
+        costs[name] = time.perf_counter() - t
     fast_rate, e2e_rate = len(groups) / t_scores, len(groups) / (t_scores + t_features)
     direct_rate = direct_groups / t_direct
     return {
@@ -126,6 +134,7 @@ def bench_scoring(n_pool=20_000, n_labeled=500, group_size=10, direct_groups=20)
         "direct_groups_per_s": direct_rate, "direct_groups_timed": direct_groups,
         "speedup_scoring": fast_rate / direct_rate, "speedup_end_to_end": e2e_rate / direct_rate,
         "max_rel_diff": float(rel), "score_range": (float(scores.min()), float(scores.max())),
+        "strategy_seconds": costs,
     }
 
 
@@ -223,6 +232,8 @@ def main():
         print(f"  speedup: {r['speedup_scoring']:.0f}x scoring, {r['speedup_end_to_end']:.0f}x end to end "
               f"(goal ≥ 20x); largest relative score difference {r['max_rel_diff']:.2e}; "
               f"scores in [{r['score_range'][0]:.3g}, {r['score_range'][1]:.3g}]")
+        for name, seconds in r["strategy_seconds"].items():
+            print(f"  whole acquisition, {name:42s} {seconds:7.2f} s")
     if args.part in ("all", "ntk"):
         r = bench_ntk()
         print(f"\n[ntk] {r['setting']}")
