@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,6 +26,15 @@ from crc_jax.errors import RunDirError
 log = logging.getLogger(__name__)
 
 
+class _NoMissingMetrics(logging.Filter):
+    """Drop orbax's warning + error about per-step metrics on every resume: we save none
+    (no `best_fn`), yet CheckpointManager looks for them when it opens a directory."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.funcName == "metrics"
+                    and record.pathname.endswith("checkpoint_manager.py"))
+
+
 class TrainCheckpointer:
     """Save/restore (state, best variables, progress) under `directory` every `every` epochs."""
 
@@ -32,6 +42,9 @@ class TrainCheckpointer:
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
+        absl_logger = logging.getLogger("absl")  # orbax logs through absl
+        if not any(isinstance(f, _NoMissingMetrics) for f in absl_logger.filters):
+            absl_logger.addFilter(_NoMissingMetrics())
         self.directory = Path(directory).resolve()
         self.every = int(every)
         self.fingerprint = fingerprint
@@ -47,11 +60,14 @@ class TrainCheckpointer:
         ocp = self._ocp
         tree = {"state": serialization.to_state_dict(state), "best": best_variables}
         meta = dict(progress, epoch=epoch, fingerprint=self.fingerprint)
-        if faults.armed("checkpoint"):  # die while orbax is writing the temporary folder
-            threading.Timer(0.05, faults.kill_now).start()
+        dying = faults.armed("checkpoint")
+        if dying:  # die while orbax is writing the temporary folder
+            _kill_once_writing(self.directory, epoch)
         self._manager.save(epoch, args=ocp.args.Composite(
             tree=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
         self._manager.wait_until_finished()
+        if dying:  # the write finished before the watcher saw it: die right after it
+            faults.kill_now()
         log.debug("checkpoint saved at epoch %d in %s", epoch, self.directory)
 
     def restore(self, template_state, template_best) -> Optional[tuple[Any, Any, dict]]:
@@ -60,14 +76,16 @@ class TrainCheckpointer:
         epoch = self._manager.latest_step()
         if epoch is None:
             return None
-        template = {"state": serialization.to_state_dict(template_state), "best": template_best}
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-        restored = self._manager.restore(epoch, args=ocp.args.Composite(
-            tree=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        meta = dict(restored["meta"])
+        # The fingerprint first: another model's tree would fail inside orbax, unexplained.
+        meta = dict(self._manager.restore(epoch, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"])
         if meta.pop("fingerprint", "") != self.fingerprint:
             raise RunDirError(f"{self.directory}: checkpoint from another config or model; "
                               "remove it or use another --workdir")
+        template = {"state": serialization.to_state_dict(template_state), "best": template_best}
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+        restored = self._manager.restore(epoch, args=ocp.args.Composite(
+            tree=ocp.args.StandardRestore(abstract)))
         state = serialization.from_state_dict(template_state, restored["tree"]["state"])
         log.info("resuming training from the checkpoint of epoch %d", epoch)
         return state, restored["tree"]["best"], meta
@@ -76,3 +94,15 @@ class TrainCheckpointer:
         self._manager.close()
         if remove:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _kill_once_writing(directory: Path, epoch: int) -> None:
+    """Fault injection: SIGKILL this process as soon as orbax's temporary folder for
+    `epoch` exists, i.e. in the middle of the write (orbax renames it when done)."""
+
+    def watch():
+        while not any(directory.glob(f"{epoch}.orbax-checkpoint-tmp-*")):
+            time.sleep(0.0005)
+        faults.kill_now()
+
+    threading.Thread(target=watch, daemon=True).start()
