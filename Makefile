@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow bench bench-scaling clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m experiments.benchmarks.acquisition
 	$(PY) -m experiments.benchmarks.train_step
+
+# 1 device vs every device JAX sees; on a CPU-only machine: make bench-scaling SCALING_ARGS="--cpu_devices 4"
+bench-scaling: $(STAMP)
+	$(PY) -m experiments.benchmarks.scaling $(SCALING_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

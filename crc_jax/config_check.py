@@ -11,6 +11,7 @@ from crc_jax import acquisition, data, models, ssl
 from crc_jax.errors import ConfigError, DataError
 
 WATCHABLE = ("test", "val")
+DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "fixmatch_cosine")
 
@@ -84,6 +85,8 @@ def validate(config) -> None:
     _int(config, "train.val_size", minimum=0)
     _int(config, "train.checkpoint_every", minimum=0)
     _choice(tc.watch, "train.watch", WATCHABLE)
+    _choice(tc.dtype, "train.dtype", DTYPES)
+    _check_data_parallel(config)
     if tc.watch == "val" and tc.val_size == 0:
         raise ConfigError("train.val_size", "must be > 0 when train.watch is 'val'")
     _choice(tc.optimizer, "train.optimizer", OPTIMIZERS)
@@ -96,6 +99,20 @@ def validate(config) -> None:
         _int(config, "ssl.unlabeled_ratio", minimum=1)
         if not 0.0 <= config.ssl.threshold <= 1.0:
             raise ConfigError("ssl.threshold", f"must be in [0, 1], got {config.ssl.threshold}")
+
+
+def _check_data_parallel(config) -> None:
+    """config.distributed's counts (ConfigDict checks the types), and batches that split
+    evenly over the devices."""
+    _int(config, "distributed.num_processes", minimum=0)
+    _int(config, "distributed.process_id", minimum=-1)
+    import jax
+
+    devices = jax.device_count()
+    batch = config.train.batch_size
+    if batch % devices:
+        raise ConfigError("train.batch_size", f"{batch} must be divisible by the {devices} devices "
+                                              "(data parallelism splits every batch evenly)")
 
 
 def check_pool_budget(config, pool_size: int) -> None:

@@ -76,9 +76,14 @@ def build_setup(config) -> Setup:
     config_check.check_pool_budget(config, len(pool_x))
 
     options = {"width": config.model.width} if config.model.width else {}
+    # The train step runs activations in config.train.dtype (mixed precision); evaluation
+    # and acquisition run the same float32 parameters with float32 activations, so
+    # feature ranks and the small NTK eigenvalues CRC ranks by keep float32 precision.
     model = models.get(config.model.name, num_classes=ds.num_classes, **options)
+    train_model = models.get(config.model.name, num_classes=ds.num_classes,
+                             dtype=config.train.dtype, **options)
     num_train_steps = config.train.max_epochs * config.train.steps_per_epoch
-    algorithm = ssl.create(config, model, num_train_steps=num_train_steps, flip=ds.flip)
+    algorithm = ssl.create(config, train_model, num_train_steps=num_train_steps, flip=ds.flip)
 
     def eval_apply(variables, x):
         return model.apply(variables, x, train=False)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from crc_jax import faults
+from crc_jax import faults, sharding
 from crc_jax.ssl.base import Algorithm
 from crc_jax.state import TrainState
 
@@ -68,12 +68,21 @@ def make_eval_step(eval_apply: Callable):
     return eval_step
 
 
-def evaluate(eval_step, variables, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> dict:
-    """Accuracy and mean cross-entropy over (x, y); the last batch is padded (one compile)."""
+def evaluate(eval_step, variables, x: np.ndarray, y: np.ndarray, *, batch_size: int,
+             mesh=None) -> dict:
+    """Accuracy and mean cross-entropy over (x, y); the last batch is padded (one compile).
+
+    Batches are split over the devices of `mesh` (default: every device, see
+    crc_jax.sharding), the batch size rounded up to a multiple of the device count.
+    """
     n = len(x)
     if n == 0:
         raise ValueError("cannot evaluate on an empty split")
+    mesh = sharding.make_mesh() if mesh is None else mesh
+    n_dev = sharding.num_devices(mesh)
     batch_size = min(batch_size, n)
+    batch_size += -batch_size % n_dev
+    variables = sharding.replicate(mesh, variables)
     correct = loss = 0.0
     for start in range(0, n, batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
@@ -82,7 +91,7 @@ def evaluate(eval_step, variables, x: np.ndarray, y: np.ndarray, *, batch_size: 
         if pad:
             xb = np.concatenate([xb, np.repeat(xb[:1], pad, axis=0)])
             yb = np.concatenate([yb, np.repeat(yb[:1], pad)])
-        c, l_ = eval_step(variables, xb, yb.astype(np.int32), valid)
+        c, l_ = eval_step(variables, *sharding.shard_batch(mesh, (xb, yb.astype(np.int32), valid)))
         correct += float(c)
         loss += float(l_)
     return {"accuracy": correct / n, "loss": loss / n}
@@ -102,6 +111,12 @@ def _epoch_rng(key, epoch: int) -> np.random.Generator:
     return np.random.default_rng(seed.astype(np.uint32).tolist())
 
 
+def _all_finite(tree) -> bool:
+    """Whether every leaf is free of NaN and inf: checked before a state is evaluated or
+    checkpointed, so a diverged state never replaces the last good checkpoint."""
+    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(tree))
+
+
 def _copy_tree(tree):
     return jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), tree)
 
@@ -109,7 +124,7 @@ def _copy_tree(tree):
 def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
         x_unlabeled: Optional[np.ndarray], watch: tuple, test: tuple, train_config,
         key: jax.Array, eval_apply: Callable, desc: str = "train",
-        checkpointer=None) -> FitResult:
+        checkpointer=None, mesh=None) -> FitResult:
     """Train a freshly initialized model with `algorithm` and early stopping on `watch`.
 
     x_labeled/y_labeled: the labeled set; x_unlabeled: the unlabeled pool images (used
@@ -117,6 +132,8 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
     from `key`: init, data order and augmentation per epoch are folded from it.
     `checkpointer` (crc_jax.checkpoint.TrainCheckpointer) saves every few epochs and, when
     it holds a checkpoint, training continues from it.
+    `mesh` (crc_jax.sharding; default every device): batches are split over its devices,
+    the state replicated; with one device nothing changes.
     """
     tc = train_config
     init_key, data_key, step_key = jax.random.split(key, 3)
@@ -127,6 +144,9 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
     mu_b = algorithm.unlabeled_batch
     if mu_b and (x_unlabeled is None or len(x_unlabeled) == 0):
         raise ValueError(f"{algorithm.name} needs unlabeled data, and the pool has none left")
+    mesh = sharding.make_mesh() if mesh is None else mesh
+    sharding.check_divisible(algorithm.labeled_batch, mesh, what="labeled batch size")
+    sharding.check_divisible(mu_b, mesh, what="unlabeled batch size")
 
     best = dict(epoch=0, acc=-1.0, variables=None)
     history, global_step, start_epoch = [], 0, 1
@@ -141,6 +161,8 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
             start_epoch = progress["epoch"] + 1
             if patience and progress["epoch"] - best["epoch"] >= patience:
                 start_epoch = int(tc.max_epochs) + 1  # it had already stopped early
+    state = sharding.replicate(mesh, state)
+    train_step = sharding.data_parallel(algorithm.train_step, mesh)
     bar = tqdm(range(start_epoch, int(tc.max_epochs) + 1), desc=desc, leave=False,
                disable=not tc.progress, dynamic_ncols=True)
     for epoch in bar:
@@ -154,7 +176,7 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
             if mu_b:
                 batch["x_u"] = x_unlabeled[unl_idx[i]]
             faults.maybe_kill("train_step")
-            state, metrics = algorithm.train_step(state, batch, keys[i])
+            state, metrics = train_step(state, sharding.shard_batch(mesh, batch), keys[i])
             losses.append(metrics["loss"])
         losses = np.asarray(jnp.stack(losses))
         if not np.all(np.isfinite(losses)):
@@ -162,9 +184,12 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
             raise TrainingDiverged(
                 f"non-finite training loss at step {global_step + bad + 1} (epoch {epoch})")
         global_step += steps
+        if not _all_finite(state.params):  # the last step's update: its loss was still finite
+            raise TrainingDiverged(
+                f"non-finite parameters after step {global_step} (epoch {epoch})")
 
         variables = algorithm.eval_variables(state)
-        watched = evaluate(eval_step, variables, *watch, batch_size=tc.eval_batch_size)
+        watched = evaluate(eval_step, variables, *watch, batch_size=tc.eval_batch_size, mesh=mesh)
         record = {"epoch": epoch, "loss": float(losses.mean()),
                   "watch_accuracy": watched["accuracy"]}
         if track_test:
@@ -183,7 +208,8 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
             break
     bar.close()
 
-    final = evaluate(eval_step, best["variables"], *test, batch_size=tc.eval_batch_size)
+    final = evaluate(eval_step, best["variables"], *test, batch_size=tc.eval_batch_size,
+                     mesh=mesh)
     min_loss_epoch = None
     if track_test:
         min_loss_epoch = int(min(history, key=lambda r: r["test_loss"])["epoch"])

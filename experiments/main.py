@@ -6,10 +6,16 @@
 NAME resolves to experiments/configs/NAME.py (a path works too); `--config.a.b=v`
 overrides fields. Rerunning the same command on a workdir resumes it. A bad config,
 bad data or an unusable workdir prints one line and exits with status 2.
+
+Devices: the run is data-parallel over every device JAX sees (crc_jax.sharding);
+`--config.distributed.enabled=True` first calls jax.distributed.initialize (multi-host,
+docs/accelerators.md). `--mock_data=N` runs on tfds.testing.mock_data (N random examples
+per split; tests and the Colab notebook's smoke run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -46,6 +52,17 @@ def resolve_config_arg(argv: list[str]) -> list[str]:
 config_flags.DEFINE_config_file("config", None, "Experiment config (name or path).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
+flags.DEFINE_integer("mock_data", 0, "Run on tfds.testing.mock_data with this many examples "
+                     "per split instead of the real TFDS data (0: real data).")
+
+
+def data_context(mock_examples: int):
+    """tfds.testing.mock_data(num_examples=N) when N > 0, else nothing."""
+    if mock_examples <= 0:
+        return contextlib.nullcontext()
+    import tensorflow_datasets as tfds
+
+    return tfds.testing.mock_data(num_examples=mock_examples)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -63,7 +80,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> None:
     del argv
-    from crc_jax import loop
+    import jax
+
+    from crc_jax import loop, sharding
     from crc_jax.errors import ConfigError, DataError, RunDirError
     from crc_jax.train import TrainingDiverged
     from experiments import report
@@ -78,8 +97,11 @@ def main(argv: list[str]) -> None:
         sys.exit(EXIT_USAGE)
     workdir = flags.FLAGS.workdir or f"runs/{Path(flags.FLAGS['config'].config_filename).stem}"
     apply_smoke(config)
+    sharding.initialize_distributed(config.distributed)  # multi-host: before any JAX work
+    logging.info("data-parallel over %d %s device(s)", jax.device_count(), jax.default_backend())
     try:
-        loop.run(config, workdir)
+        with data_context(flags.FLAGS.mock_data):
+            loop.run(config, workdir)
         print(report.write_report([workdir], out_dir=workdir))
     except (ConfigError, DataError, RunDirError, TrainingDiverged) as err:
         sys.stderr.write(f"error: {err}\n")

@@ -21,6 +21,11 @@ Two backends return the same scores:
 Eigenvalues are computed in float64 on the host (`spectra`) from float32 features or
 kernels; groups are scored in chunks of about 16 MiB of matrices, and nothing
 pool-by-pool is ever formed.
+
+Features and Jacobians are computed data-parallel over the devices of `mesh`
+(crc_jax.sharding; default every device): each batch of images is split over the
+devices, the variables replicated. Per-sample quantities do not mix samples, so the
+scores equal the single-device ones.
 """
 
 from __future__ import annotations
@@ -35,20 +40,22 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from crc_jax import ntk
+from crc_jax import ntk, sharding
 from crc_jax.acquisition import spectra
 from crc_jax.acquisition.context import Context
 
 log = logging.getLogger(__name__)
 
 
-def pool_features(ctx: Context, indices: Optional[np.ndarray] = None) -> np.ndarray:
-    """Penultimate features Φ (n, d) of pool images, in batches of ctx.batch_size."""
-    indices = np.arange(len(ctx.x)) if indices is None else np.asarray(indices)
-    fn = jax.jit(ctx.features_fn)
-    out = [np.asarray(fn(ctx.variables, jnp.asarray(ctx.x[indices[s:s + ctx.batch_size]])))
-           for s in range(0, len(indices), ctx.batch_size)]
-    return np.concatenate(out).astype(np.float32)
+def pool_features(ctx: Context, indices: Optional[np.ndarray] = None, *,
+                  mesh=None) -> np.ndarray:
+    """Penultimate features Φ (n, d) of pool images, in batches of ctx.batch_size split
+    over the devices of `mesh` (default every device)."""
+    mesh = sharding.make_mesh() if mesh is None else mesh
+    indices = None if indices is None else np.asarray(indices)
+    out = sharding.map_batches(ctx.features_fn, ctx.variables, ctx.x,
+                               batch_size=ctx.batch_size, mesh=mesh, indices=indices)
+    return out.astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,11 +96,11 @@ def head_has_bias(params) -> bool:
 class FeatureGram:
     """Last-layer CRC scores from penultimate features: K̃ = C·(ΦΦᵀ + 1)."""
 
-    def __init__(self, ctx: Context, groups: np.ndarray):
+    def __init__(self, ctx: Context, groups: np.ndarray, *, mesh=None):
         self.groups = np.asarray(groups)
         self.scale = float(ctx.num_classes)
         bias = head_has_bias(ctx.params)
-        phi = pool_features(ctx)
+        phi = pool_features(ctx, mesh=mesh)
         self.rank = ntk.feature_rank(phi, bias=bias)
         z = phi.astype(np.float64)
         self.z = np.concatenate([z, np.ones((len(z), 1))], axis=1) if bias else z
@@ -126,10 +133,11 @@ class JacobianGram:
     """CRC scores from per-sample Jacobians over any parameter subset."""
 
     def __init__(self, ctx: Context, groups: np.ndarray, *, subset="last",
-                 budget_bytes: int = ntk.JACOBIAN_BUDGET_BYTES):
+                 budget_bytes: int = ntk.JACOBIAN_BUDGET_BYTES, mesh=None):
         self.groups = np.asarray(groups)
         self.ctx = ctx
-        self.f, self.params = ctx.apply_fn, ctx.variables
+        self.mesh = sharding.make_mesh() if mesh is None else mesh
+        self.f, self.params = ctx.apply_fn, sharding.replicate(self.mesh, ctx.variables)
         self.subset = variables_subset(ctx, subset)
         self.cand = self.groups.ravel()
         x = ctx.x
@@ -143,11 +151,10 @@ class JacobianGram:
         if len(self.base) == 0:
             self.k_bb = np.zeros((0, 0))
         elif len(self.base) <= self.batch:
-            held_base = jac(jnp.asarray(x[self.base]))
-            self.k_bb = np.asarray(ntk.contract_jit(held_base, held_base, trace=True), np.float64)
+            held_base = jac(x[self.base])
+            self.k_bb = _host(ntk.contract_jit(held_base, held_base, trace=True)).astype(np.float64)
         else:
-            self.k_bb = np.asarray(ntk.empirical_ntk(self.f, self.params, jnp.asarray(x[self.base]),
-                                                     subset=self.subset, batch_size=self.batch), np.float64)
+            self.k_bb = self._base_blocks()
         g = self.groups.shape[1]
         per_chunk = max(1, self.batch // g)
         k_bc, k_gg, cand_jac = [], [], []
@@ -156,27 +163,52 @@ class JacobianGram:
         for s in tqdm(starts, desc="CRC Jacobians", disable=None if len(starts) > 20 else True,
                       leave=False):
             members = self.groups[s:s + per_chunk].ravel()
-            jc = jac(jnp.asarray(x[members]))
+            jc = jac(x[members])
             if hold_cand:
                 cand_jac.append(jc)
-            k_gg.append(np.asarray(_within_groups(jc, g)))
+            k_gg.append(_host(_within_groups(jc, g)))
             k_bc.append(self._base_cross(jc, held_base))
         self.k_gg = np.concatenate(k_gg).astype(np.float64)
         self.k_bc = np.concatenate(k_bc, axis=1).astype(np.float64)
         self.cand_jac = (tuple(jnp.concatenate(p) for p in zip(*cand_jac)) if hold_cand else None)
 
-    def _jac(self, x):
-        return ntk.jacobians_jit(self.f, self.params, x, subset=self.subset)
+    def _jac(self, x: np.ndarray):
+        """Per-sample Jacobians of host images `x`, split over the mesh's devices.
+
+        The rows are padded to a multiple of the device count and the padding dropped
+        again, so the result has len(x) rows whatever the mesh.
+        """
+        if not sharding.is_parallel(self.mesh):
+            return ntk.jacobians_jit(self.f, self.params, jnp.asarray(x), subset=self.subset)
+        padded, n = sharding.pad_rows(np.asarray(x), sharding.num_devices(self.mesh))
+        fn = sharding.per_sample(_JacobianFn(self.f, self.subset), self.mesh)
+        j = fn(self.params, sharding.shard_batch(self.mesh, padded))
+        return j if len(padded) == n else tuple(a[:n] for a in j)
+
+    def _base_blocks(self) -> np.ndarray:
+        """K̃(B, B) block by block when the base Jacobians do not fit in memory at once
+        (the upper block triangle, mirrored; as ntk.empirical_ntk, on the mesh)."""
+        x, base, b = self.ctx.x, self.base, self.batch
+        chunks = [base[s:s + b] for s in range(0, len(base), b)]
+        offsets = np.cumsum([0] + [len(c) for c in chunks])
+        k = np.empty((len(base), len(base)))
+        for i, ci in enumerate(chunks):
+            ji = self._jac(x[ci])
+            for j in range(i, len(chunks)):
+                jj = ji if j == i else self._jac(x[chunks[j]])
+                block = _host(ntk.contract_jit(ji, jj, trace=True))
+                k[offsets[i]:offsets[i + 1], offsets[j]:offsets[j + 1]] = block
+                k[offsets[j]:offsets[j + 1], offsets[i]:offsets[i + 1]] = block.T
+        return k
 
     def _base_cross(self, jc, held_base) -> np.ndarray:
         """K̃(B, chunk): against held base Jacobians, or base blocks recomputed."""
         if len(self.base) == 0:
             return np.zeros((0, jc[0].shape[0]))
         if held_base is not None:
-            return np.asarray(ntk.contract_jit(held_base, jc, trace=True))
+            return _host(ntk.contract_jit(held_base, jc, trace=True))
         return np.concatenate(
-            [np.asarray(ntk.contract_jit(self._jac(jnp.asarray(self.ctx.x[self.base[s:s + self.batch]])),
-                                          jc, trace=True))
+            [_host(ntk.contract_jit(self._jac(self.ctx.x[self.base[s:s + self.batch]]), jc, trace=True))
              for s in range(0, len(self.base), self.batch)], axis=0)
 
     def _rank(self) -> Optional[int]:
@@ -188,23 +220,22 @@ class JacobianGram:
         if kernel is None or kernel.ndim != 2 or kernel.shape[1] != self.ctx.num_classes:
             log.warning("last layer %r is not a dense kernel: CRC uses rank |L ∪ g|", top)
             return None
-        out = [np.asarray(_head_input(self.f, self.params, jnp.asarray(self.ctx.x[s:s + self.ctx.batch_size]),
-                                      top))
-               for s in range(0, len(self.ctx.x), self.ctx.batch_size)]
-        return ntk.feature_rank(np.concatenate(out), bias="bias" in head)
+        out = sharding.map_batches(_HeadInputFn(self.f, top), self.params, self.ctx.x,
+                                   batch_size=self.ctx.batch_size, mesh=self.mesh)
+        return ntk.feature_rank(out, bias="bias" in head)
 
     def extend_base(self, rows) -> None:
         rows = np.asarray(rows)
         g = self.groups.shape[1]
         pos = (rows[:, None] * g + np.arange(g)).ravel()
         new = self.cand[pos]
-        jn = self._jac(jnp.asarray(self.ctx.x[new]))
+        jn = self._jac(self.ctx.x[new])
         if self.cand_jac is not None:
-            k_nc = np.asarray(ntk.contract_jit(jn, self.cand_jac, trace=True), np.float64)
+            k_nc = _host(ntk.contract_jit(jn, self.cand_jac, trace=True)).astype(np.float64)
         else:
             k_nc = np.concatenate(
-                [np.asarray(ntk.contract_jit(jn, self._jac(jnp.asarray(self.ctx.x[self.cand[s:s + self.batch]])),
-                                              trace=True), np.float64)
+                [_host(ntk.contract_jit(jn, self._jac(self.ctx.x[self.cand[s:s + self.batch]]),
+                                        trace=True)).astype(np.float64)
                  for s in range(0, len(self.cand), self.batch)], axis=1)
         k_bn = self.k_bc[:, pos]
         self.k_bb = np.block([[self.k_bb, k_bn], [k_bn.T, k_nc[:, pos]]])
@@ -224,6 +255,11 @@ class JacobianGram:
         return spectra.score_rows(rows, n, matrices, rank)
 
 
+def _host(x) -> np.ndarray:
+    """A device result as a NumPy array (gathered from other hosts when spread over them)."""
+    return sharding.to_host(x)
+
+
 @partial(jax.jit, static_argnums=(1,))
 def _within_groups(j, g: int):
     """(k, G, G) trace-NTK blocks within consecutive groups of g samples."""
@@ -232,8 +268,29 @@ def _within_groups(j, g: int):
                           precision=ntk.HIGHEST) for a in j)
 
 
-@partial(jax.jit, static_argnums=(0, 3))
-def _head_input(apply_fn, variables, x, top):
+@dataclasses.dataclass(frozen=True)
+class _JacobianFn:
+    """(variables, x) -> per-sample Jacobians; hashable, so its compiled form is cached."""
+
+    apply_fn: Any
+    subset: Any
+
+    def __call__(self, variables, x):
+        return ntk.jacobians(self.apply_fn, variables, x, subset=self.subset)
+
+
+@dataclasses.dataclass(frozen=True)
+class _HeadInputFn:
+    """(variables, x) -> ∂f₀/∂W_top[:, 0] per sample; hashable, so its compiled form is cached."""
+
+    apply_fn: Any
+    top: str
+
+    def __call__(self, variables, x):
+        return _head_input(self.apply_fn, variables, x, top=self.top)
+
+
+def _head_input(apply_fn, variables, x, *, top):
     """Per-sample ∂f₀/∂W_top[:, 0]: the input features of a final dense layer `top`."""
     params = variables["params"]
 
@@ -244,8 +301,9 @@ def _head_input(apply_fn, variables, x, top):
     return jax.vmap(jax.grad(f0), in_axes=(None, 0))(params[top]["kernel"][:, 0], x)
 
 
-def build(ctx: Context, groups: np.ndarray, *, subset="last"):
-    """The backend for `subset`: features when possible, Jacobians otherwise."""
+def build(ctx: Context, groups: np.ndarray, *, subset="last", mesh=None):
+    """The backend for `subset`: features when possible, Jacobians otherwise; both compute
+    on the devices of `mesh` (default every device)."""
     if subset == "last" and ctx.features_fn is not None:
-        return FeatureGram(ctx, groups)
-    return JacobianGram(ctx, groups, subset=subset)
+        return FeatureGram(ctx, groups, mesh=mesh)
+    return JacobianGram(ctx, groups, subset=subset, mesh=mesh)

@@ -6,11 +6,27 @@
 
 The final dense layer that produces the logits is named "head" (the last-layer NTK
 differentiates exactly its parameters); `features` is its input (N, d).
+
+Every model takes `dtype`, the dtype of its activations ("float32" or "bfloat16", mixed
+precision). Parameters stay float32 whatever it is, and so do the returned logits and
+features: the head runs in float32 on float32 features, so losses, softmaxes and the
+NTK quantities CRC computes from them keep float32 precision.
 """
+
+import jax.numpy as jnp
 
 from crc_jax.registry import Registry
 
 MODELS = Registry("model")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def activation_dtype(dtype):
+    """The jnp dtype for "float32" / "bfloat16" (or a dtype among them); ValueError otherwise."""
+    name = jnp.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in DTYPES:
+        raise ValueError(f"activation dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[name]
 
 
 def get(name: str, *, num_classes: int, **options):

@@ -7,15 +7,18 @@
 Flax's default initialization (LeCun-normal kernels, zero biases), so that with
 `batch_norm=False` it is the finite-width network whose infinite-width limit
 crc_jax.infinite builds with neural-tangents `stax`. With BatchNorm the convs carry
-no bias (BN's shift replaces it); without BatchNorm they do.
+no bias (BN's shift replaces it); without BatchNorm they do. `dtype` is the
+activation dtype (mixed precision); parameters, features and logits stay float32.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
-from crc_jax.models import MODELS
+from crc_jax.models import MODELS, activation_dtype
 
 
 class CNN(nn.Module):
@@ -23,30 +26,32 @@ class CNN(nn.Module):
     width: int = 32
     dense_width: int = 128
     batch_norm: bool = True
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
         def conv_act(h, features):
-            h = nn.Conv(features, (3, 3), padding="SAME", use_bias=not self.batch_norm)(h)
+            h = nn.Conv(features, (3, 3), padding="SAME", use_bias=not self.batch_norm,
+                        dtype=self.dtype)(h)
             if self.batch_norm:
-                h = nn.BatchNorm(use_running_average=not train)(h)
+                h = nn.BatchNorm(use_running_average=not train, dtype=self.dtype)(h)
             return nn.relu(h)
 
-        h = conv_act(x, self.width)
+        h = conv_act(jnp.asarray(x, self.dtype), self.width)
         h = conv_act(h, self.width)
         h = nn.avg_pool(h, (2, 2), strides=(2, 2))
         h = conv_act(h, 2 * self.width)
         h = jnp.mean(h, axis=(1, 2))
-        features = nn.relu(nn.Dense(self.dense_width)(h))
+        features = nn.relu(nn.Dense(self.dense_width, dtype=self.dtype)(h)).astype(jnp.float32)
         logits = nn.Dense(self.num_classes, name="head")(features)
         return (logits, features) if return_features else logits
 
 
 @MODELS.register("cnn")
 def cnn(*, num_classes: int, width: int = 0, dense_width: int = 128,
-        batch_norm: bool = True) -> CNN:
-    """Small CNN; `width` conv channels (0 = 32)."""
+        batch_norm: bool = True, dtype="float32") -> CNN:
+    """Small CNN; `width` conv channels (0 = 32); `dtype` of the activations."""
     if width < 0 or dense_width <= 0:
         raise ValueError(f"width must be >= 0 and dense_width > 0, got {width}, {dense_width}")
     return CNN(num_classes=num_classes, width=width or 32, dense_width=dense_width,
-               batch_norm=batch_norm)
+               batch_norm=batch_norm, dtype=activation_dtype(dtype))

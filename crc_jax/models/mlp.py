@@ -5,34 +5,41 @@
 Flax's default initialization (LeCun-normal kernels, i.e. weights N(0, 1/fan_in),
 zero biases): the standard parameterization of neural-tangents `stax.Dense` with
 W_std = 1, whose infinite-width kernel crc_jax.infinite compares against. No BatchNorm,
-so the model has no "batch_stats".
+so the model has no "batch_stats". `dtype` is the activation dtype (mixed precision);
+parameters, features and logits stay float32.
 """
 
 from __future__ import annotations
 
-import flax.linen as nn
+from typing import Any
 
-from crc_jax.models import MODELS
+import flax.linen as nn
+import jax.numpy as jnp
+
+from crc_jax.models import MODELS, activation_dtype
 
 
 class MLP(nn.Module):
     num_classes: int
     width: int = 256
     depth: int = 2
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
         del train  # no dropout or BatchNorm: train and eval modes agree
-        h = x.reshape((x.shape[0], -1))
+        h = jnp.asarray(x, self.dtype).reshape((x.shape[0], -1))
         for _ in range(self.depth):
-            h = nn.relu(nn.Dense(self.width)(h))
+            h = nn.relu(nn.Dense(self.width, dtype=self.dtype)(h))
+        h = h.astype(jnp.float32)
         logits = nn.Dense(self.num_classes, name="head")(h)
         return (logits, h) if return_features else logits
 
 
 @MODELS.register("mlp")
-def mlp(*, num_classes: int, width: int = 0, depth: int = 2) -> MLP:
-    """MLP with `depth` hidden layers of `width` units (0 = 256)."""
+def mlp(*, num_classes: int, width: int = 0, depth: int = 2, dtype="float32") -> MLP:
+    """MLP with `depth` hidden layers of `width` units (0 = 256); `dtype` of the activations."""
     if width < 0 or depth < 1:
         raise ValueError(f"width must be >= 0 and depth >= 1, got {width}, {depth}")
-    return MLP(num_classes=num_classes, width=width or 256, depth=depth)
+    return MLP(num_classes=num_classes, width=width or 256, depth=depth,
+               dtype=activation_dtype(dtype))

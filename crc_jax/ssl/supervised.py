@@ -1,6 +1,8 @@
 """Supervised training on the labeled set only: the baseline "SSL algorithm".
 
-loss = CE(f(weak(x_l)), y_l); weak augmentation when config.train.augment is set.
+loss = CE(f(weak(x_l)), y_l); weak augmentation (the same weak view the SSL algorithms
+use: flip + translate for images, noise of std config.ssl.weak_noise for points) when
+config.train.augment is set.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ import functools
 import jax
 
 from crc_jax import optim
-from crc_jax.data import augment
+from crc_jax.ssl import consistency
 from crc_jax.ssl.base import Algorithm, register
-from crc_jax.state import TrainState, create_train_state
+from crc_jax.state import TrainState
 
 
 def supervised_loss(params, state: TrainState, x, y):
@@ -40,13 +42,13 @@ def make_train_step(*, augment_fn):
 def make_supervised(*, config, model, num_train_steps: int, flip: bool = False) -> Algorithm:
     tc = config.train
     tx = optim.make_optimizer(tc, num_train_steps)
-    augment_fn = augment.weak_fn(flip=flip) if tc.augment else (lambda key, x: x)
+    augment_fn = consistency.weak_view(config, flip=flip)
     ema = float(tc.ema_decay)
     return Algorithm(
         name="supervised",
         labeled_batch=int(tc.batch_size),
         unlabeled_batch=0,
-        init_state=lambda key, x: create_train_state(model, key, x, tx, ema_decay=ema),
+        init_state=consistency.init_state_fn(model, tx, ema_decay=ema),
         train_step=make_train_step(augment_fn=augment_fn),
         eval_variables=lambda state: state.variables(ema=ema > 0),
     )

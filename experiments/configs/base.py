@@ -66,6 +66,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.train.eval_batch_size = 512
     c.train.checkpoint_every = 0     # epochs between in-training checkpoints; 0 = off
     c.train.progress = True          # progress bars
+    c.train.dtype = "float32"        # activations of the train step: float32 | bfloat16 (params stay float32)
+
+    # Multi-host runs (TPU pods, multi-node GPU): jax.distributed.initialize at start-up.
+    # Single-host runs need none of this: the data-parallel mesh spans the local devices.
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.enabled = False
+    c.distributed.coordinator_address = ""  # "host:port" of process 0; "" = auto-detect (TPU pods)
+    c.distributed.num_processes = 0         # 0 = auto-detect
+    c.distributed.process_id = -1           # -1 = auto-detect
     return c
 
 

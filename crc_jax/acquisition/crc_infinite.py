@@ -1,0 +1,234 @@
+"""CRC scored with the infinite-width NTK of an architecture (strategy "crc_infinite").
+
+Algorithm 1 of the paper with K̃ = C·K_inf, the class-trace infinite-width NTK of the
+MLP or CNN (crc_jax.infinite, NTK parameterization): a random partition of the
+unlabeled pool into groups of G (or `max_groups` of them), s(g) = λmin(K̃(L ∪ g, L ∪ g)),
+the top budget/G groups labeled. The kernel depends on the architecture and the
+images only, not on a trained model, so the labeled set it builds can be reused across
+models and seeds (the transferability question of Appendix B.2).
+
+Rank. The infinite ReLU NTK is full rank on distinct inputs that are not positive
+multiples of one another, so r = |L ∪ g| and s(g) = λmin. The kernel is computed in
+float64 (crc_jax.infinite.in_float64) from float32 images; a λmin below the float32
+floor n·ε_float32·λmax (ntk.kernel_rank's tolerance) is numerically zero and scores 0,
+so a group repeating an image, or a labeled one, scores 0 (Proposition 2), as in crc.
+
+Cost and memory. Each group needs K̃(L, L), K̃(L, g) and K̃(g, g). `KernelRows` keeps
+K̃(i, j) for pool indices i (labeled images and the candidates scored so far) against
+labeled indices j, filled on demand and reused at later steps: a step computes only
+the rows of new candidates and the columns of newly labeled images. Within-group blocks
+are computed per group (batched with vmap). Storage is |rows|·|L| float64 values,
+never pool × pool; `max_groups` bounds |rows| on a large pool. The MLP kernel costs
+microseconds per pair; the CNN's (full spatial covariances, needed by its pooling)
+about 10 ms per pair of 8×8 images on a CPU core, so on CPUs prefer small pools,
+`max_groups`, or arch="mlp".
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import enable_x64
+
+from crc_jax import infinite, ntk
+from crc_jax.acquisition import crc as crc_lib
+from crc_jax.acquisition import spectra
+from crc_jax.acquisition.context import Context, check_budget
+from crc_jax.acquisition.registry import register
+
+log = logging.getLogger(__name__)
+
+ARCHS = ("mlp", "cnn")
+
+
+class KernelRows:
+    """K̃_inf(i, j) between pool images x[i] and x[j], computed once per pair of indices.
+
+    `block(rows, cols)` returns the (len(rows), len(cols)) float64 block, computing only
+    the entries not held yet, `batch_size` rows at a time. Held entries form one dense
+    float64 array over the rows and columns asked for so far (8·rows·columns bytes).
+    """
+
+    def __init__(self, kernel_fn, x: np.ndarray, *, num_classes: int, batch_size: int):
+        self.kernel_fn, self.x = kernel_fn, x
+        self.num_classes, self.batch_size = num_classes, batch_size
+        self.row_of: dict[int, int] = {}
+        self.col_of: dict[int, int] = {}
+        self.values = np.zeros((0, 0))
+        self.evaluations = 0          # kernel entries computed so far
+
+    def _compute(self, rows, cols) -> np.ndarray:
+        return infinite.infinite_trace_ntk(self.kernel_fn, self.x[rows], self.x[cols],
+                                           num_classes=self.num_classes,
+                                           batch_size=self.batch_size)
+
+    def _grow(self, rows, cols) -> None:
+        new_rows = [int(i) for i in dict.fromkeys(np.asarray(rows).tolist()) if i not in self.row_of]
+        new_cols = [int(j) for j in dict.fromkeys(np.asarray(cols).tolist()) if j not in self.col_of]
+        if not new_rows and not new_cols:
+            return
+        old_r, old_c = self.values.shape
+        values = np.empty((old_r + len(new_rows), old_c + len(new_cols)))
+        values[:old_r, :old_c] = self.values
+        for i in new_rows:
+            self.row_of[i] = len(self.row_of)
+        for j in new_cols:
+            self.col_of[j] = len(self.col_of)
+        all_cols = np.fromiter(self.col_of, dtype=np.int64)
+        if new_cols and old_r:
+            values[:old_r, old_c:] = self._compute(np.fromiter(self.row_of, np.int64)[:old_r],
+                                                   np.asarray(new_cols))
+        if new_rows and len(all_cols):
+            values[old_r:, :] = self._compute(np.asarray(new_rows), all_cols)
+        self.evaluations += old_r * len(new_cols) + len(new_rows) * len(all_cols)
+        self.values = values
+
+    def block(self, rows, cols) -> np.ndarray:
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        self._grow(rows, cols)
+        r = np.asarray([self.row_of[int(i)] for i in rows], np.int64)
+        c = np.asarray([self.col_of[int(j)] for j in cols], np.int64)
+        return self.values[np.ix_(r, c)]
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _within_groups(kernel_fn, xg):
+    """(k, G, G) per-output kernel blocks within each group of images xg (k, G, ...)."""
+    return jax.vmap(lambda a: kernel_fn(a, None))(xg)
+
+
+class InfiniteGram:
+    """Scores of candidate groups against a base set B (the labeled set, grown by
+    `extend_base` in the sequential variant), with the interface crc.pick_sequentially uses."""
+
+    def __init__(self, rows: KernelRows, groups: np.ndarray, base: np.ndarray):
+        """K̃(B, B), K̃(candidates, B) from `rows`; the within-group blocks K̃(g, g) fresh,
+        as many groups per kernel call as `rows.batch_size`² pairs."""
+        self.rows, self.groups = rows, np.asarray(groups, np.int64)
+        self.base = np.asarray(base, np.int64)
+        self.cand = self.groups.ravel()
+        self.rank = None   # full rank: r = |B ∪ g|
+        self.k_bb = rows.block(self.base, self.base)
+        self.k_cb = rows.block(self.cand, self.base)           # (candidates, B)
+        g = self.groups.shape[1]
+        group_batch = max(1, rows.batch_size ** 2 // g ** 2)
+        with enable_x64():
+            blocks = [np.asarray(_within_groups(rows.kernel_fn,
+                                                infinite.in_float64(rows.x[self.groups[s:s + group_batch]])))
+                      for s in range(0, len(self.groups), group_batch)]
+        self.k_gg = (rows.num_classes * np.concatenate(blocks) if blocks
+                     else np.zeros((0, g, g)))
+
+    def extend_base(self, picked) -> None:
+        new = self.groups[np.asarray(picked)].ravel()
+        k_nb = self.rows.block(new, self.base)
+        k_nn = self.rows.block(new, new)
+        self.k_bb = np.block([[self.k_bb, k_nb.T], [k_nb, k_nn]])
+        self.k_cb = np.concatenate([self.k_cb, self.rows.block(self.cand, new)], axis=1)
+        self.base = np.concatenate([self.base, new])
+
+    def score(self, which: Optional[np.ndarray] = None) -> np.ndarray:
+        """λmin(K̃(B ∪ g)) per group, 0 below the float32 floor n·ε_float32·λmax."""
+        which = np.arange(len(self.groups)) if which is None else np.asarray(which)
+        g = self.groups.shape[1]
+        n = len(self.base) + g
+
+        def matrices(r):
+            pos = r[:, None] * g + np.arange(g)                        # (b, G)
+            return spectra.bordered(self.k_bb, self.k_cb[pos], self.k_gg[r])
+
+        lam = spectra.score_rows(which, n, matrices, n, desc="CRC-infinite scores")
+        # λmax(K_BB) ≤ λmax(K(B ∪ g)) ≤ λmax(K_BB) + λmax(K_gg) for a PSD kernel.
+        top_bb = np.linalg.eigvalsh(self.k_bb)[-1] if len(self.base) else 0.0
+        bound = top_bb + np.linalg.eigvalsh(self.k_gg[which])[:, -1]
+        return np.where(lam > n * ntk.FLOAT32_EPS * bound, lam, 0.0)
+
+
+def architecture(ctx: Context, arch: Optional[str], depth: Optional[int]):
+    """The Flax module whose infinite-width NTK scores groups: ctx.model's, or `arch`'s."""
+    from crc_jax import models
+    from crc_jax.models.cnn import CNN
+    from crc_jax.models.mlp import MLP
+
+    if arch is None:
+        model = ctx.model
+        if not isinstance(model, (MLP, CNN)):
+            raise ValueError(f"crc_infinite: no infinite-width counterpart for "
+                             f"{type(model).__name__}; pass arch='mlp' or arch='cnn'")
+        if isinstance(model, CNN) and model.batch_norm:
+            log.info("crc_infinite: scoring with the BatchNorm-free CNN's infinite NTK")
+            model = model.clone(batch_norm=False)
+        return model
+    options = {"depth": depth} if depth else {}
+    if arch == "cnn":
+        options["batch_norm"] = False
+    return models.get(arch, num_classes=ctx.num_classes, **options)
+
+
+@register("crc_infinite")
+def make_crc_infinite(group_size: Optional[int] = None, max_groups: Optional[int] = None,
+                      arch: Optional[str] = None, depth: Optional[int] = None,
+                      sequential: bool = False, kernel_batch: Optional[int] = None):
+    """CRC on the infinite-width NTK. group_size=None means G = budget; arch=None uses
+    ctx.model's architecture ("mlp" or "cnn" pick one, `depth` for the MLP);
+    kernel_batch: rows per kernel call (None: infinite.kernel_batch_size)."""
+    if group_size is not None and (not isinstance(group_size, (int, np.integer)) or group_size <= 0):
+        raise ValueError(f"crc_infinite group_size must be a positive integer, got {group_size!r}")
+    if max_groups is not None and (not isinstance(max_groups, (int, np.integer)) or max_groups <= 0):
+        raise ValueError(f"crc_infinite max_groups must be a positive integer, got {max_groups!r}")
+    if arch is not None and arch not in ARCHS:
+        raise ValueError(f"crc_infinite arch must be one of {ARCHS} or None, got {arch!r}")
+    if kernel_batch is not None and (not isinstance(kernel_batch, (int, np.integer)) or kernel_batch < 1):
+        raise ValueError(f"crc_infinite kernel_batch must be a positive integer, got {kernel_batch!r}")
+    if depth is not None and (arch != "mlp" or not isinstance(depth, (int, np.integer)) or depth < 1):
+        raise ValueError(f"crc_infinite depth must be a positive integer, with arch='mlp'; "
+                         f"got depth={depth!r}, arch={arch!r}")
+    held = {}   # the kernel rows of this strategy's pool, kept across steps
+
+    def kernel_rows(ctx: Context) -> KernelRows:
+        model = architecture(ctx, arch, depth)
+        key = (model, ctx.num_classes)
+        rows = held.get("rows")
+        if rows is None or rows.x is not ctx.x or held.get("key") != key:
+            batch = kernel_batch or infinite.kernel_batch_size(model, ctx.x.shape[1:])
+            rows = KernelRows(infinite.infinite_kernel_fn(model), ctx.x,
+                              num_classes=ctx.num_classes, batch_size=batch)
+            held.update(rows=rows, key=key)
+        return rows
+
+    def crc_infinite(ctx: Context, budget: int, key) -> np.ndarray:
+        g = budget if group_size is None else int(group_size)
+        check_budget(ctx, budget, g)
+        need = budget // g
+        start = time.perf_counter()
+        groups = crc_lib.random_groups(key, ctx.unlabeled, g, max_groups)
+        if len(groups) < need:
+            raise ValueError(f"crc_infinite needs {need} groups of {g} but max_groups={max_groups} "
+                             f"leaves {len(groups)}")
+        rows = kernel_rows(ctx)
+        before = rows.evaluations
+        gram = InfiniteGram(rows, groups, np.asarray(ctx.labeled))
+        if sequential:
+            picked, chosen, scores = crc_lib.pick_sequentially(gram, need, desc="CRC-infinite rounds")
+        else:
+            scores = gram.score()
+            picked = [int(r) for r in crc_lib.top_groups(scores, need)]
+            chosen = [float(scores[r]) for r in picked]
+        seconds = time.perf_counter() - start
+        ctx.record["crc_infinite"] = {
+            "group_size": g, "sequential": bool(sequential), "chosen_scores": chosen,
+            "seconds": seconds, "kernel_entries_computed": int(rows.evaluations - before),
+            "kernel_rows_held": len(rows.row_of), **crc_lib.summarize(scores)}
+        log.info("crc_infinite: %d groups of %d scored in %.2fs (%d new kernel entries)",
+                 len(groups), g, seconds, rows.evaluations - before)
+        return groups[np.asarray(picked)].ravel()
+
+    crc_infinite.score_groups = lambda ctx, groups: InfiniteGram(
+        kernel_rows(ctx), np.asarray(groups, np.int64), np.asarray(ctx.labeled)).score()
+    return crc_infinite

@@ -1,0 +1,105 @@
+"""Pieces the consistency-based algorithms share: forward pass, losses, ramp-up, views.
+
+FixMatch, Mean Teacher and the Π-model all combine a supervised cross-entropy on the
+labeled batch with a consistency term on the unlabeled batch; this module holds the
+parts that are the same in each, so every algorithm module reads as its loss alone.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from crc_jax.data import augment
+from crc_jax.state import TrainState, create_train_state
+
+
+def init_state_fn(model, tx, *, ema_decay: float):
+    """(key, sample_x) -> TrainState whose EMA trees are copies, not aliases, of the params.
+
+    The train steps donate the state (donate_argnums=(0,)); two leaves that share one
+    buffer cannot both be donated, so the EMA starts as a copy.
+    """
+
+    def init(key, sample_x) -> TrainState:
+        state = create_train_state(model, key, sample_x, tx, ema_decay=ema_decay)
+        copy = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)  # noqa: E731
+        return state.replace(ema_params=copy(state.params),
+                             ema_batch_stats=copy(state.batch_stats))
+
+    return init
+
+
+def forward(apply_fn, params, batch_stats, x):
+    """Train-mode logits of `x`; returns (logits, new batch statistics).
+
+    BatchNorm normalizes with the statistics of this batch and updates its running
+    averages; models without BatchNorm return `batch_stats` unchanged.
+    """
+    logits, updates = apply_fn({"params": params, "batch_stats": batch_stats}, x, train=True,
+                               mutable=["batch_stats"])
+    return logits, updates.get("batch_stats", batch_stats)
+
+
+def split(x, sizes):
+    """Split along axis 0 into consecutive pieces of the given sizes."""
+    bounds, start = [], 0
+    for size in sizes[:-1]:
+        start += size
+        bounds.append(start)
+    return jnp.split(x, bounds)
+
+
+def per_sample_ce(logits, labels):
+    """Softmax cross-entropy of each row against an integer label, shape (N,)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def softmax_mse(student_logits, teacher_logits):
+    """mean_n mean_c (softmax(student)_nc - softmax(teacher)_nc)^2, no gradient into the teacher.
+
+    The consistency cost of Laine & Aila (2017) and Tarvainen & Valpola (2017), averaged
+    over classes as in Oliver et al. (2018), whose consistency weights (8 for MT) assume it.
+    """
+    p_student = jax.nn.softmax(student_logits, axis=-1)
+    p_teacher = jax.lax.stop_gradient(jax.nn.softmax(teacher_logits, axis=-1))
+    return jnp.mean(jnp.square(p_student - p_teacher))
+
+
+def sigmoid_rampup(step, rampup_steps):
+    """exp(-5 (1 - t)^2) with t = min(step / rampup_steps, 1); 1 when rampup_steps <= 0.
+
+    Laine & Aila (2017), Tarvainen & Valpola (2017): the consistency weight grows from
+    exp(-5) ~ 0.0067 at the start to 1 at the end of the ramp-up.
+    """
+    if rampup_steps <= 0:
+        return jnp.ones((), jnp.float32)
+    t = jnp.clip(jnp.asarray(step, jnp.float32) / float(rampup_steps), 0.0, 1.0)
+    return jnp.exp(-5.0 * jnp.square(1.0 - t))
+
+
+def rampup_steps(ssl_config, num_train_steps: int) -> int:
+    """Ramp-up length in steps: config.ssl.rampup_fraction of the training run."""
+    return int(round(float(ssl_config.rampup_fraction) * int(num_train_steps)))
+
+
+# Noise std of the views of 2-D points when a config predates config.ssl.{weak,strong}_noise.
+WEAK_NOISE, STRONG_NOISE = 0.05, 0.2
+
+
+def weak_view(config, *, flip: bool):
+    """The weak view: flip + translate for images, noise of std config.ssl.weak_noise for points.
+
+    config.train.augment = False turns it off (the identity), for ablations.
+    """
+    if not config.train.augment:
+        return augment.identity_fn
+    return augment.weak_fn(flip=flip, noise_std=float(config.ssl.get("weak_noise", WEAK_NOISE)))
+
+
+def strong_view(config, *, flip: bool):
+    """The strong view: weak + RandAugment + Cutout for images, noise of std
+    config.ssl.strong_noise for points. Always on: FixMatch is defined by it."""
+    return augment.strong_fn(flip=flip,
+                             noise_std=float(config.ssl.get("strong_noise", STRONG_NOISE)))

@@ -1,0 +1,78 @@
+"""Mean Teacher (Tarvainen & Valpola 2017): consistency with an EMA of the student.
+
+    loss = CE(f_θ(a(x_l)), y_l) + w(t) · mean_u mean_c (softmax f_θ(a(u)) - softmax f_θ'(a'(u)))²
+    θ'   <- α θ' + (1 - α) θ        after every step (the teacher, α = config.ssl.teacher_ema)
+    w(t) = λ · exp(-5 (1 - t)²),    t = min(k / (rampup_fraction · K), 1)
+
+a and a' are two independent draws of the weak view (flip + translate, or input noise
+for points). The student sees the labeled and unlabeled views in one forward pass;
+the teacher runs in train mode too (batch statistics, as in the reference code) and
+its output is a constant: no gradient flows into it and its BatchNorm updates are
+dropped. The teacher is the `TrainState`'s EMA copy, which is also what is evaluated.
+
+Reference settings (Oliver et al. 2018): Adam lr 4e-4, λ = 8, α = 0.95.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from crc_jax import optim
+from crc_jax.ssl import consistency
+from crc_jax.ssl.base import Algorithm, register
+from crc_jax.state import TrainState
+
+
+def mean_teacher_loss(params, state: TrainState, x_l, y_l, x_student, x_teacher, *,
+                      weight):
+    """Student CE + weight · softmax-MSE to the teacher; returns (loss, (batch stats, metrics))."""
+    x = jnp.concatenate([x_l, x_student], axis=0)
+    logits, batch_stats = consistency.forward(state.apply_fn, params, state.batch_stats, x)
+    logits_l, logits_u = consistency.split(logits, (x_l.shape[0], x_student.shape[0]))
+    teacher_logits, _ = consistency.forward(state.apply_fn, state.ema_params,
+                                            state.ema_batch_stats, x_teacher)
+    supervised = jnp.mean(consistency.per_sample_ce(logits_l, y_l))
+    consistency_loss = consistency.softmax_mse(logits_u, jax.lax.stop_gradient(teacher_logits))
+    loss = supervised + weight * consistency_loss
+    metrics = {"loss": loss, "supervised_loss": supervised,
+               "consistency_loss": consistency_loss, "consistency_weight": weight}
+    return loss, (batch_stats, metrics)
+
+
+def make_train_step(*, view_fn, weight: float, rampup_steps: int):
+    """One jitted step: two views, student update, then the teacher's EMA update."""
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def train_step(state: TrainState, batch, key):
+        k_l, k_s, k_t = jax.random.split(key, 3)
+        x_u = batch["x_u"]
+        w = weight * consistency.sigmoid_rampup(state.step, rampup_steps)
+        grads, (batch_stats, metrics) = jax.grad(mean_teacher_loss, has_aux=True)(
+            state.params, state, view_fn(k_l, batch["x_l"]), batch["y_l"],
+            view_fn(k_s, x_u), view_fn(k_t, x_u), weight=w)
+        state = state.apply_gradients(grads=grads).replace(batch_stats=batch_stats)
+        return state.update_ema(), metrics
+
+    return train_step
+
+
+@register("mean_teacher")
+def make_mean_teacher(*, config, model, num_train_steps: int, flip: bool = False) -> Algorithm:
+    tc, sc = config.train, config.ssl
+    tx = optim.make_optimizer(tc, num_train_steps)
+    teacher_ema = float(sc.teacher_ema)
+    batch = int(tc.batch_size)
+    return Algorithm(
+        name="mean_teacher",
+        labeled_batch=batch,
+        unlabeled_batch=int(sc.unlabeled_ratio) * batch,
+        init_state=consistency.init_state_fn(model, tx, ema_decay=teacher_ema),
+        train_step=make_train_step(
+            view_fn=consistency.weak_view(config, flip=flip),
+            weight=float(sc.unlabeled_weight),
+            rampup_steps=consistency.rampup_steps(sc, num_train_steps)),
+        eval_variables=lambda state: state.variables(ema=True),
+    )

@@ -1,0 +1,236 @@
+"""crc_jax.infinite and crc_infinite against neural-tangents and brute-force eigenvalues."""
+
+from functools import partial
+
+import numpy as np
+import pytest
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from crc_jax import infinite, models, ntk
+from crc_jax.acquisition import crc_infinite
+from crc_jax.acquisition.context import Context
+from crc_jax.acquisition.crc import random_groups, top_groups
+
+C = 10
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from crc_jax import data
+    return np.asarray(data.load("digits").x_train[:64])
+
+
+def tiny_mlp(width=16, depth=3):
+    return models.get("mlp", num_classes=C, width=width, depth=depth)
+
+
+def tiny_cnn(width=3):
+    return models.get("cnn", num_classes=C, width=width, dense_width=5, batch_norm=False)
+
+
+LAYERS = {"MLP": lambda m: [f"Dense_{i}" for i in range(m.depth)] + ["head"],
+          "CNN": lambda m: ["Conv_0", "Conv_1", "Conv_2", "Dense_0", "head"]}
+
+
+def stax_params(model, params, stax_init):
+    """The stax network's parameters holding the Flax kernels in NTK coordinates."""
+    q = infinite.ntk_coordinates(params)
+    kernels = iter(q[name]["kernel"] for name in LAYERS[type(model).__name__](model))
+    return [(next(kernels), None) if isinstance(p, tuple) and len(p) == 2 else p for p in stax_init]
+
+
+def nt_trace_ntk(apply_fn, params, x):
+    """C · neural-tangents' empirical NTK (its trace_axes average over classes)."""
+    import neural_tangents as nt
+    fn = nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), vmap_axes=0,
+                             implementation=nt.NtkImplementation.JACOBIAN_CONTRACTION)
+    return C * np.asarray(jax.jit(fn)(x, None, params), np.float64)
+
+
+@pytest.mark.parametrize("build", [tiny_mlp, tiny_cnn], ids=["mlp", "cnn"])
+def test_stax_counterpart_is_the_flax_model_in_ntk_coordinates(build, digits):
+    """Same function, and the same empirical NTK as neural-tangents' NTK parameterization."""
+    model = build()
+    x = jnp.asarray(digits[:6])
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    init_fn, apply_fn, _ = infinite.stax_counterpart(model)
+    _, stax_init = init_fn(jax.random.PRNGKey(1), x.shape)
+    sp = stax_params(model, params, stax_init)
+    np.testing.assert_allclose(np.asarray(apply_fn(sp, x)), np.asarray(model.apply({"params": params}, x)),
+                               rtol=1e-5, atol=1e-6)
+    ours = infinite.empirical_trace_ntk(model, params, x)
+    np.testing.assert_allclose(ours, nt_trace_ntk(apply_fn, sp, x), rtol=2e-5, atol=1e-6)
+
+
+def test_dense_fast_path_equals_jacobian_contraction(digits):
+    model = tiny_mlp(width=12, depth=2)
+    x = jnp.asarray(digits[:7])
+    x2 = jnp.asarray(digits[7:12])
+    params = model.init(jax.random.PRNGKey(3), x)["params"]
+    # Non-zero biases, so the standard parameterization's bias terms count.
+    params = jax.tree_util.tree_map(lambda v: v + 0.1 if v.ndim == 1 else v, params)
+    assert infinite._dense_layers(model, params, x[:1]) == {"Dense_0": True, "Dense_1": True, "head": True}
+    standard = ntk.empirical_ntk(infinite.FlaxApply(model), params, x, x2, subset="all")
+    np.testing.assert_allclose(infinite.empirical_trace_ntk(model, params, x, x2, parameterization="standard"),
+                               standard, rtol=2e-5, atol=1e-6)
+    q = infinite.ntk_coordinates(params)
+    in_ntk = ntk.empirical_ntk(infinite.FlaxApply(model, ntk_coordinates=True), q, x, x2,
+                               subset=lambda path: path[-1] == "kernel")
+    np.testing.assert_allclose(infinite.empirical_trace_ntk(model, params, x, x2), in_ntk,
+                               rtol=2e-5, atol=1e-6)
+
+
+class MixedBias(nn.Module):
+    """Dense layers with and without bias, and a tanh: the fast path is not MLP-specific."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = jnp.tanh(nn.Dense(9, use_bias=False)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(C)(h)
+
+
+def test_dense_fast_path_counts_only_existing_biases(digits):
+    model = MixedBias()
+    x = jnp.asarray(digits[:6])
+    params = model.init(jax.random.PRNGKey(4), x)["params"]
+    assert infinite._dense_layers(model, params, x[:1]) == {"Dense_0": False, "Dense_1": True}
+    np.testing.assert_allclose(infinite.empirical_trace_ntk(model, params, x, parameterization="standard"),
+                               ntk.empirical_ntk(infinite.FlaxApply(model), params, x, subset="all"),
+                               rtol=2e-5, atol=1e-6)
+
+
+def test_cnn_with_batch_norm_has_no_counterpart():
+    bn = models.get("cnn", num_classes=C, width=3, batch_norm=True)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        infinite.stax_counterpart(bn)
+    infinite.stax_counterpart(bn, drop_batch_norm=True)
+    with pytest.raises(ValueError, match="no stax counterpart"):
+        infinite.stax_counterpart(models.get("wrn28_2", num_classes=C))
+
+
+def test_infinite_trace_ntk_sums_classes_over_blocks(digits):
+    model = tiny_mlp()
+    _, _, kernel_fn = infinite.stax_counterpart(model)
+    x = digits[:11]
+    from jax.experimental import enable_x64
+    with enable_x64():
+        direct = C * np.asarray(kernel_fn(jnp.asarray(x, jnp.float64), None, "ntk"))
+    blocked = infinite.infinite_trace_ntk(infinite.infinite_kernel_fn(model), x, num_classes=C,
+                                          batch_size=4)
+    np.testing.assert_allclose(blocked, direct, rtol=1e-10)
+    np.testing.assert_allclose(infinite.infinite_trace_ntk(infinite.infinite_kernel_fn(model), x[:3],
+                                                           x[3:], num_classes=C, batch_size=2),
+                               direct[:3, 3:], rtol=1e-10)
+
+
+def test_distance_at_init_falls_like_inverse_sqrt_width(digits):
+    """‖K_emp − K_inf‖/‖K_inf‖ ~ width^-1/2 (root mean square over 4 seeds), < 0.1 at 4096."""
+    x = digits[:16]
+    widths = (64, 256, 1024, 4096)
+    k_inf = infinite.infinite_trace_ntk(infinite.infinite_kernel_fn(tiny_mlp(depth=2)), x, num_classes=C)
+    rms = []
+    for width in widths:
+        model = models.get("mlp", num_classes=C, width=width, depth=2)
+        d = [infinite.relative_distance(
+            infinite.empirical_trace_ntk(model, model.init(jax.random.PRNGKey(s), x[:1])["params"], x),
+            k_inf) for s in range(4)]
+        rms.append(np.sqrt(np.mean(np.square(d))))
+    slope = np.polyfit(np.log(widths), np.log(rms), 1)[0]
+    assert -0.7 < slope < -0.3, (slope, rms)
+    assert rms[-1] < 0.1, rms
+
+
+# --------------------------------------------------------------------------- crc_infinite
+
+def brute_force_scores(model, x, labeled, groups):
+    """λmin of C·K_inf(L ∪ g) from neural-tangents directly, per group, in float64."""
+    from jax.experimental import enable_x64
+    _, _, kernel_fn = infinite.stax_counterpart(model)
+    kernel_fn = jax.jit(partial(kernel_fn, get="ntk"))
+    out = []
+    with enable_x64():
+        for g in groups:
+            s = np.concatenate([labeled, g])
+            k = C * np.asarray(kernel_fn(jnp.asarray(x[s], jnp.float64), None))
+            out.append(np.linalg.eigvalsh(k)[0])
+    return np.asarray(out)
+
+
+def context(x, labeled, model):
+    labeled = np.asarray(labeled)
+    unlabeled = np.setdiff1d(np.arange(len(x)), labeled)
+    return Context(apply_fn=None, variables=None, x=x, labeled=labeled, unlabeled=unlabeled,
+                   num_classes=C, model=model)
+
+
+@pytest.mark.parametrize("arch,n,n_lab,g", [("mlp", 60, 12, 5), ("cnn", 14, 4, 2)])
+def test_crc_infinite_scores_equal_brute_force_eigenvalues(digits, arch, n, n_lab, g):
+    x = digits[:n]
+    model = tiny_mlp() if arch == "mlp" else tiny_cnn()
+    ctx = context(x, np.arange(n_lab), model)
+    groups = ctx.unlabeled[: (len(ctx.unlabeled) // g) * g].reshape(-1, g)
+    strategy = crc_infinite.make_crc_infinite(group_size=g)
+    scores = strategy.score_groups(ctx, groups)
+    expected = brute_force_scores(model, x, ctx.labeled, groups)
+    assert np.all(expected > 0)
+    np.testing.assert_allclose(scores, expected, rtol=1e-7, atol=1e-9 * expected.max())
+
+
+def test_crc_infinite_ignores_width_and_names_architectures(digits):
+    """The infinite kernel is one per architecture: any width, or arch='mlp', scores alike."""
+    x = digits[:30]
+    groups = np.arange(6, 30).reshape(-1, 4)
+    a = crc_infinite.make_crc_infinite(group_size=4).score_groups(context(x, range(6), tiny_mlp(8, 2)), groups)
+    b = crc_infinite.make_crc_infinite(group_size=4, arch="mlp").score_groups(
+        context(x, range(6), None), groups)
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+    with pytest.raises(ValueError, match="arch"):
+        crc_infinite.make_crc_infinite(arch="wrn")
+
+
+def test_crc_infinite_repeated_images_score_zero(digits):
+    """Proposition 2: a group holding a copy of a labeled image, or two copies, scores 0."""
+    x = np.concatenate([digits[:20], digits[[3]], digits[[12]], digits[[12]]])   # 20 = copy of 3
+    ctx = context(x, np.arange(8), tiny_mlp())
+    groups = np.asarray([[20, 9], [21, 22], [10, 11]])
+    scores = crc_infinite.make_crc_infinite(group_size=2).score_groups(ctx, groups)
+    assert scores[0] == 0 and scores[1] == 0 and scores[2] > 0
+
+
+def test_crc_infinite_picks_top_groups_and_reuses_kernel_rows(digits):
+    x = digits[:50]
+    model = tiny_mlp()
+    strategy = crc_infinite.make_crc_infinite(group_size=4)
+    ctx = context(x, np.arange(10), model)
+    key = jax.random.PRNGKey(5)
+    picked = strategy(ctx, 8, key)
+    groups = random_groups(key, ctx.unlabeled, 4)
+    expected = brute_force_scores(model, x, ctx.labeled, groups)
+    assert np.array_equal(np.sort(picked), np.sort(groups[top_groups(expected, 2)].ravel()))
+    first = ctx.record["crc_infinite"]
+    assert first["kernel_entries_computed"] == 50 * 10   # every pool row vs L, once
+
+    ctx2 = context(x, np.concatenate([ctx.labeled, picked]), model)
+    picked2 = strategy(ctx2, 8, jax.random.PRNGKey(6))
+    # Rows held from step 1; only the 8 new labeled columns are computed.
+    assert ctx2.record["crc_infinite"]["kernel_entries_computed"] == 50 * 8
+    fresh = crc_infinite.make_crc_infinite(group_size=4)
+    assert np.array_equal(picked2, fresh(context(x, ctx2.labeled, model), 8, jax.random.PRNGKey(6)))
+    assert len(set(picked2.tolist())) == 8 and not set(picked2) & set(ctx2.labeled.tolist())
+
+
+def test_crc_infinite_sequential_is_greedy_on_the_kernel(digits):
+    x = digits[:40]
+    model = tiny_mlp()
+    ctx = context(x, np.arange(6), model)
+    key = jax.random.PRNGKey(2)
+    picked = crc_infinite.make_crc_infinite(group_size=3, sequential=True)(ctx, 6, key)
+    groups = random_groups(key, ctx.unlabeled, 3)
+    first = int(np.argmax(brute_force_scores(model, x, ctx.labeled, groups)))
+    base = np.concatenate([ctx.labeled, groups[first]])
+    rest = np.delete(np.arange(len(groups)), first)
+    second = rest[int(np.argmax(brute_force_scores(model, x, base, groups[rest])))]
+    assert np.array_equal(picked, np.concatenate([groups[first], groups[second]]))
