@@ -7,6 +7,8 @@ CLI prints that one line and exits with status 2. Checks that need the data set'
 
 from __future__ import annotations
 
+import jax
+
 from crc_jax import acquisition, data, models, ssl
 from crc_jax.errors import ConfigError, DataError
 
@@ -106,8 +108,6 @@ def _check_data_parallel(config) -> None:
     evenly over the devices."""
     _int(config, "distributed.num_processes", minimum=0)
     _int(config, "distributed.process_id", minimum=-1)
-    import jax
-
     devices = jax.device_count()
     batch = config.train.batch_size
     if batch % devices:

@@ -2,8 +2,9 @@
 empirical NTK of the finite Flax models in the same coordinates, to compare the two.
 
 Parameterization: **NTK**, with W_std = 1 and no bias (b_std = 0).
-  The Flax models use LeCun-normal kernels (weights N(0, 1/fan_in)) and zero biases:
-  the *standard* parameterization W = q/√fan_in, q ~ N(0, 1). The same network in NTK
+  The Flax models use LeCun-normal kernels (weights of variance 1/fan_in, a truncated
+  normal; the limit depends on the variance only) and zero biases: the *standard*
+  parameterization W = q/√fan_in, q of unit variance. The same network in NTK
   parameterization, z = (1/√fan_in)·q·x, computes the same function at every
   parameter point and has the same initial distribution, so the two share their
   infinite-width NNGP kernel. Their NTKs differ: the NTK is taken w.r.t. q, i.e.
@@ -93,14 +94,15 @@ def stax_counterpart(model: nn.Module, *, drop_batch_norm: bool = False):
 
 
 def kernel_batch_size(model: nn.Module, image_shape, *, budget_bytes: int = KERNEL_BYTES) -> int:
-    """Rows b of the (b, b) blocks one kernel call may take within `budget_bytes`.
+    """Rows b (a power of two) of the (b, b) blocks one kernel call may take within `budget_bytes`.
 
     The MLP's kernel holds a few (b, b) arrays; the CNN's, whose pooling needs the full
     spatial covariance, a few (b, b, H, W, H, W) float64 arrays (about 4 at once).
     """
     from crc_jax.models.cnn import CNN
     spatial = int(np.prod(image_shape[:-1])) ** 2 if isinstance(model, CNN) else 1
-    return int(np.clip(np.sqrt(budget_bytes / (4 * 8 * spatial)), 1, KERNEL_BATCH))
+    rows = int(np.clip(np.sqrt(budget_bytes / (4 * 8 * spatial)), 1, KERNEL_BATCH))
+    return 1 << (rows.bit_length() - 1)    # a power of two, like the blocks `pad_rows` makes
 
 
 def infinite_kernel_fn(model: nn.Module, *, drop_batch_norm: bool = False) -> Callable:
@@ -127,9 +129,21 @@ def infinite_trace_ntk(kernel_fn: Callable, x1, x2=None, *, num_classes: int,
                 if symmetric and j < i:
                     out[i:i + batch_size, j:j + batch_size] = out[j:j + batch_size, i:i + batch_size].T
                     continue
-                block = kernel_fn(in_float64(x1[i:i + batch_size]), in_float64(x2[j:j + batch_size]))
-                out[i:i + batch_size, j:j + batch_size] = np.asarray(block)
+                a, b = x1[i:i + batch_size], x2[j:j + batch_size]
+                block = kernel_fn(in_float64(pad_rows(a, batch_size)), in_float64(pad_rows(b, batch_size)))
+                out[i:i + len(a), j:j + len(b)] = np.asarray(block)[:len(a), :len(b)]
     return num_classes * out
+
+
+def pad_rows(x, cap: int):
+    """x with its first row repeated up to the next power of two (at most `cap`) rows.
+
+    Kernel calls then take one of a few shapes, so jit compiles each once (a CNN
+    kernel's compile costs seconds), for at most 2× the pairs.
+    """
+    n = len(x)
+    target = min(max(cap, n), 1 << max(0, (n - 1).bit_length()))
+    return x if target == n else np.concatenate([x, np.repeat(x[:1], target - n, axis=0)])
 
 
 def in_float64(x):

@@ -133,9 +133,10 @@ def per_sample(fn: Callable, mesh: Optional[Mesh]) -> Callable:
     For maps that treat samples independently (evaluation-mode features, per-sample
     Jacobians): every device applies `fn` to its slice with replicated variables, and the
     outputs (leading axis = rows) stay split over the devices; no communication, and no
-    sharding propagation through `fn` (XLA's SPMD partitioner miscompiles some of the
-    reshapes inside vmapped per-sample Jacobians). The rows must divide the device count
-    (`pad_rows`). On one device: `jax.jit(fn)`. Cached on (fn, mesh).
+    sharding propagation through `fn` (on jax 0.5.3, XLA's SPMD partitioner fails a
+    RET_CHECK on the reshapes inside vmapped per-sample Jacobians of a CNN). The row count
+    must be a multiple of the device count (`pad_rows`). On one device: `jax.jit(fn)`.
+    Cached on (fn, mesh).
     """
     if not is_parallel(mesh):
         return jax.jit(fn)

@@ -169,6 +169,17 @@ if "crc" in which:
         scores[f"kmax_{name}"] = float(3 * np.max(np.sum(z * z, axis=1)))
     out["crc"] = {k: np.asarray(v, np.float64).tolist() for k, v in scores.items()}
 
+if "config" in which:
+    from crc_jax import config_check
+    from crc_jax.errors import ConfigError
+
+    c = get_base_config()
+    c.train.batch_size = 30
+    try:
+        config_check.validate(c)
+    except ConfigError as err:
+        out["config_error"] = str(err)
+
 print("JSON" + json.dumps(out))
 '''
 
@@ -187,7 +198,7 @@ def run_four(which: str, timeout: int = 300) -> dict:
 
 @pytest.fixture(scope="module")
 def four():
-    return run_four("mean_teacher,fixmatch_points,fit,crc")
+    return run_four("mean_teacher,fixmatch_points,fit,crc,config")
 
 
 # ------------------------------------------------------------------ 4 forced devices
@@ -254,6 +265,11 @@ def test_crc_scores_on_4_devices_equal_1_device(four):
     for n in (1, 4):
         np.testing.assert_allclose(s[f"jacobians_all_{n}"][:4], s["brute_all_first4"], rtol=0,
                                    atol=eps * s["kmax_all"])
+
+
+def test_batch_size_not_divisible_by_the_devices_is_a_config_error(four):
+    assert four["config_error"].startswith(
+        "config.train.batch_size: 30 must be divisible by the 4 devices")
 
 
 # -------------------------------------------------------------- one device, in process

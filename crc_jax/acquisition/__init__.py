@@ -13,7 +13,7 @@ from crc_jax.acquisition.context import Context, check_budget
 from crc_jax.acquisition.registry import STRATEGIES
 
 # Importing the modules registers their strategies.
-from crc_jax.acquisition import baseline, crc, crc_greedy, egl  # noqa: F401,E402
+from crc_jax.acquisition import baseline, crc, crc_greedy, crc_infinite, egl  # noqa: F401,E402
 
 __all__ = ["Context", "check_budget", "get", "names", "parse_spec", "STRATEGIES"]
 
