@@ -133,6 +133,32 @@ def compare_selections(scores_emp, scores_inf, k: int) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------- the sweep
 
+def compare_seed(model, seed: int, x, y_onehot, reference: dict, *, labeled, groups, top_k: int,
+                 steps: int, lr: float) -> list[dict]:
+    """The "init" row (and the "trained" row when steps > 0) of one model and seed."""
+    start = time.perf_counter()
+    inf = reference["spectrum"]
+
+    def measure(stage, params, loss):
+        k_emp = infinite.empirical_trace_ntk(model, params, x)
+        emp = infinite.spectrum_summary(k_emp)
+        overlap, rho = compare_selections(crc_scores(k_emp, labeled, groups), reference["scores"], top_k)
+        return {"seed": seed, "stage": stage,
+                "distance": infinite.relative_distance(k_emp, reference["k"]),
+                "lambda_min_emp": emp["lambda_min"], "lambda_plus_min_emp": emp["lambda_plus_min"],
+                "lambda_min_inf": inf["lambda_min"], "lambda_plus_min_inf": inf["lambda_plus_min"],
+                "rank_emp": emp["rank"], "rank_inf": inf["rank"], "crc_overlap": overlap,
+                "crc_spearman": rho, "train_loss": loss,
+                "seconds": round(time.perf_counter() - start, 2)}
+
+    params = model.init(jax.random.PRNGKey(seed), x[:1])["params"]
+    rows = [measure("init", params, float("nan"))]
+    if steps:
+        trained, _, final = train(model, params, x, y_onehot, steps=steps, lr=lr)
+        rows.append(measure("trained", trained, final))
+    return rows
+
+
 def run(config, workdir) -> list[dict]:
     """Run every (data set, model, width, seed) comparison; write CSV, Markdown and plot."""
     from tqdm.auto import tqdm
@@ -163,38 +189,19 @@ def run(config, workdir) -> list[dict]:
                 infinite.infinite_kernel_fn(twin), x, num_classes=num_classes,
                 batch_size=infinite.kernel_batch_size(twin, x.shape[1:]))
             inf = infinite.spectrum_summary(k_inf)
-            inf_scores = crc_scores(k_inf, labeled, groups)
+            reference = {"k": k_inf, "spectrum": inf, "scores": crc_scores(k_inf, labeled, groups)}
             # GD on ½·mean‖f − y‖² is stable for lr < 2n / λmax(K_inf), K_inf per output, in
             # the infinite-width limit: one lr for every width and seed.
             lr = config.train.lr_fraction * 2 * len(x) * num_classes / inf["lambda_max"]
             for width in config[arch].widths:
                 model = build_model(arch, width, num_classes, config)
                 for seed in range(config.seeds):
-                    start = time.perf_counter()
-                    params = model.init(jax.random.PRNGKey(seed), x[:1])["params"]
-                    stages = [("init", params, float("nan"))]
-                    while stages:
-                        stage, p, loss = stages.pop(0)
-                        k_emp = infinite.empirical_trace_ntk(model, p, x)
-                        emp = infinite.spectrum_summary(k_emp)
-                        if stage == "init" and config.train.steps:
-                            trained, _, final = train(model, p, x, y_onehot,
-                                                      steps=config.train.steps, lr=lr)
-                            stages.append(("trained", trained, final))
-                        overlap, rho = compare_selections(crc_scores(k_emp, labeled, groups),
-                                                          inf_scores, top_k)
-                        rows.append({
-                            "dataset": name, "model": arch, "width": width, "seed": seed,
-                            "stage": stage, "distance": infinite.relative_distance(k_emp, k_inf),
-                            "lambda_min_emp": emp["lambda_min"],
-                            "lambda_plus_min_emp": emp["lambda_plus_min"],
-                            "lambda_min_inf": inf["lambda_min"],
-                            "lambda_plus_min_inf": inf["lambda_plus_min"],
-                            "rank_emp": emp["rank"], "rank_inf": inf["rank"],
-                            "crc_overlap": overlap, "crc_spearman": rho, "train_loss": loss,
-                            "seconds": round(time.perf_counter() - start, 2)})
+                    for row in compare_seed(model, seed, x, y_onehot, reference, labeled=labeled,
+                                            groups=groups, top_k=top_k, steps=config.train.steps,
+                                            lr=lr):
+                        rows.append({"dataset": name, "model": arch, "width": width, **row})
                         log.info("%s %s width %d seed %d %s: distance %.4f, overlap %.2f", name,
-                                 arch, width, seed, stage, rows[-1]["distance"], overlap)
+                                 arch, width, seed, row["stage"], row["distance"], row["crc_overlap"])
                     bar.update()
     bar.close()
     write_csv(workdir / "ntk_compare.csv", rows)
@@ -211,6 +218,10 @@ def check(config) -> None:
     from crc_jax.errors import ConfigError
     if config.seeds < 1:
         raise ConfigError("seeds", f"must be >= 1, got {config.seeds}")
+    for name in config.datasets:
+        if name not in ("digits", *TFDS_NAMES):
+            raise ConfigError("datasets", f"unknown data set {name!r}; known: digits, "
+                              f"{', '.join(TFDS_NAMES)}")
     for arch in config.models:
         if arch not in ("mlp", "cnn"):
             raise ConfigError("models", f"unknown model {arch!r}; known: mlp, cnn")

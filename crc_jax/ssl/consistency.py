@@ -63,7 +63,7 @@ def softmax_mse(student_logits, teacher_logits):
     over classes as in Oliver et al. (2018), whose consistency weights (8 for MT) assume it.
     """
     p_student = jax.nn.softmax(student_logits, axis=-1)
-    p_teacher = jax.nn.softmax(teacher_logits, axis=-1)
+    p_teacher = jax.lax.stop_gradient(jax.nn.softmax(teacher_logits, axis=-1))
     return jnp.mean(jnp.square(p_student - p_teacher))
 
 

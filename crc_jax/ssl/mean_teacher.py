@@ -35,7 +35,7 @@ def mean_teacher_loss(params, state: TrainState, x_l, y_l, x_student, x_teacher,
     teacher_logits, _ = consistency.forward(state.apply_fn, state.ema_params,
                                             state.ema_batch_stats, x_teacher)
     supervised = jnp.mean(consistency.per_sample_ce(logits_l, y_l))
-    consistency_loss = consistency.softmax_mse(logits_u, teacher_logits)
+    consistency_loss = consistency.softmax_mse(logits_u, jax.lax.stop_gradient(teacher_logits))
     loss = supervised + weight * consistency_loss
     metrics = {"loss": loss, "supervised_loss": supervised,
                "consistency_loss": consistency_loss, "consistency_weight": weight}
