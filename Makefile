@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m experiments.main --config=digits --workdir=runs/digits
+	$(PY) -m experiments.main --config=digits_fixmatch --workdir=runs/digits_fixmatch
 
 test: $(STAMP)
 	$(PY) -m pytest -q -x

@@ -2,7 +2,7 @@
 
     ds = crc_jax.data.load("svhn", data_dir="", train_size=0, test_size=0, seed=0)
 
-Images are NHWC float32 (TFDS sets normalized per channel; digits in [0, 1]);
+Images are NHWC float32 in [0, 1] (what the on-device augmentation expects);
 two-moons points are (N, 2) float32; labels are int32 in [0, C). Every split goes
 through `validate_arrays`, so bad data fails here with a `DataError` rather than as a
 NaN loss many steps later. `train_size` / `test_size` > 0 keep a seeded, stratified

@@ -1,7 +1,8 @@
-"""SVHN, CIFAR-10 and CIFAR-100 from TensorFlow Datasets, as normalized NumPy arrays.
+"""SVHN, CIFAR-10 and CIFAR-100 from TensorFlow Datasets, as NumPy arrays in [0, 1].
 
-Pixels are scaled to [0, 1], then each channel is standardized with the data set's
-usual training-set mean and standard deviation: x <- (x / 255 - mean) / std.
+Pixels are scaled to [0, 1] (x / 255) and not standardized per channel: the on-device
+augmentation (crc_jax.data.augment: RandAugment's solarize, posterize, equalize, ...)
+is defined on [0, 1] pixels, and the models' BatchNorm absorbs the input scale.
 
 Loading iterates `tfds.load(..., as_supervised=True)` in batches. It avoids
 `batch_size=-1`, which aborts the process under `tfds.testing.mock_data` with
@@ -19,17 +20,11 @@ from crc_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 
-# Per-channel (R, G, B) mean and std of the training images in [0, 1].
-MEAN_STD = {
-    "svhn_cropped": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
 _BATCH = 4096
 
 
 def load(tfds_name: str, data_dir: str = ""):
-    """(x_train, y_train, x_test, y_test) of a TFDS image set; x float32 NHWC normalized.
+    """(x_train, y_train, x_test, y_test) of a TFDS image set; x float32 NHWC in [0, 1].
 
     data_dir "" uses the TFDS default directory and downloads the set if needed; any
     other directory must already hold the prepared set (else `DataError`).
@@ -50,7 +45,7 @@ def load(tfds_name: str, data_dir: str = ""):
                        as_supervised=True, shuffle_files=False)
         xs, ys = [], []
         for images, labels in tfds.as_numpy(ds.batch(_BATCH)):
-            xs.append(normalize(images, tfds_name))
+            xs.append(scale(images))
             ys.append(labels.astype(np.int32))
         if not xs:
             raise DataError(f"{tfds_name} {split}: empty split")
@@ -59,10 +54,9 @@ def load(tfds_name: str, data_dir: str = ""):
     return tuple(out)
 
 
-def normalize(images: np.ndarray, tfds_name: str) -> np.ndarray:
-    """uint8 NHWC images -> float32, (x / 255 - mean) / std per channel."""
-    mean, std = (np.asarray(v, np.float32) for v in MEAN_STD[tfds_name])
-    return (images.astype(np.float32) / 255.0 - mean) / std
+def scale(images: np.ndarray) -> np.ndarray:
+    """uint8 NHWC images -> float32 in [0, 1]."""
+    return images.astype(np.float32) / 255.0
 
 
 def _hide_gpus_from_tensorflow():

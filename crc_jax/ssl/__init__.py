@@ -9,9 +9,9 @@ from crc_jax.ssl.base import ALGORITHMS, Algorithm
 
 __all__ = ["ALGORITHMS", "Algorithm", "create", "names"]
 
-# Algorithms that are planned but whose module has not landed yet are listed here so
-# that config validation can say "not available yet" instead of "unknown".
-PLANNED = ("fixmatch", "mean_teacher", "pi_model")
+# Algorithms planned but not implemented yet: config validation says "not available
+# yet" for these instead of "unknown". Every planned algorithm has landed.
+PLANNED: tuple = ()
 
 
 def _import_all():

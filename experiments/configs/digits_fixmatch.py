@@ -1,6 +1,7 @@
 """The SSL demo: FixMatch on scikit-learn's 8x8 digits, sized for a 2-core CPU.
 
-Small CNN, FixMatch (weak/strong augmentation scaled to 8x8, tau 0.95, mu 7, EMA of
+An MLP (width 256: on this CPU about 3x faster per step than the small CNN, and more
+accurate here), FixMatch (weak/strong augmentation scaled to 8x8, tau 0.95, mu 7, EMA of
 weights), strategies random, entropy and CRC (last-layer NTK, G = 5); Q0 = 20 (2 per
 class), Q = 10, 4 acquisitions, 3 trials.
 
@@ -14,14 +15,16 @@ from experiments.configs import digits
 def get_config(arg=None):
     del arg
     c = digits.get_config()
+    c.model.name = "mlp"
+    c.model.width = 256
     c.ssl.name = "fixmatch"
     c.ssl.unlabeled_ratio = 7
     c.ssl.threshold = 0.95
     c.ssl.unlabeled_weight = 1.0
     c.train.batch_size = 32
-    c.train.steps_per_epoch = 20
-    c.train.max_epochs = 30
-    c.train.patience = 8
+    c.train.steps_per_epoch = 50
+    c.train.max_epochs = 8
+    c.train.patience = 4
     c.train.optimizer = "adam"
     c.train.lr = 3e-3
     c.train.ema_decay = 0.99
