@@ -15,7 +15,7 @@ from experiments.configs import cifar10_fixmatch
 def get_config(arg=None):
     del arg
     c = cifar10_fixmatch.get_config("50")
-    c.strategies = ("random", "entropy", "egl", "crc")
+    c.strategies = ("random", "entropy", "egl", "crc", "crc_infinite:arch=mlp")
     c.al.first_query = "random_init"
     c.al.steps = 1
     return c
