@@ -1,9 +1,9 @@
-"""The demo default: active learning on scikit-learn's 8x8 digits, no download needed.
+"""Supervised active learning on scikit-learn's 8x8 digits, no download needed.
 
 Small CNN trained from scratch on the labeled images only (supervised), strategies
 random, entropy, CRC (last-layer NTK, groups of G=5) and CRC on the infinite-width NTK of
-an MLP (`crc_infinite:arch=mlp`: no trained model needed, so its labeled set transfers), Q0=20 (2 per class), Q=10,
-4 acquisitions, 3 trials.
+an MLP (`crc_infinite:arch=mlp`: no trained model needed, so its labeled set
+transfers); Q0=20 (2 per class), Q=10, 4 acquisitions, 3 trials.
 
 Command:  python -m experiments.main --config=digits --workdir=runs/digits
 Expect:   a few minutes on a 2-core CPU; accuracy rises from about 60-70% at 20 labels to
