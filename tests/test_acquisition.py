@@ -54,7 +54,7 @@ def ctx():
                    features_fn=features_fn, batch_size=16, oracle=lambda idx: np.asarray(idx) % C)
 
 
-OPTIONS = {"crc": {"group_size": 2}}
+OPTIONS = {"crc": {"group_size": 2}, "crc_infinite": {"group_size": 2, "arch": "mlp"}}
 
 
 @pytest.mark.parametrize("name", names())

@@ -122,7 +122,7 @@ def test_stratified_subset_counts(np_rng):
 def test_unknown_name():
     with pytest.raises(DataError, match="unknown data set"):
         data.load("mnist")
-    assert data.names() == ["cifar10", "cifar100", "digits", "moons", "svhn"]
+    assert data.names() == ["cifar10", "cifar100", "digits", "moons", "npz", "svhn"]
 
 
 @pytest.mark.parametrize("x, y, match", [
