@@ -123,7 +123,7 @@ def figure3_eigen(workdirs, out: Path) -> Path:
     steps = sorted(candidates)
     data = [np.asarray(candidates[s], dtype=float) for s in steps]
     data = [d[d > 0] if np.any(d > 0) else d for d in data]
-    ax_b.boxplot(data, labels=[str(s) for s in steps], showfliers=True)
+    ax_b.boxplot(data, tick_labels=[str(s) for s in steps], showfliers=True)
     ax_b.set_yscale("log")
     ax_b.set_xlabel("acquisition step")
     ax_b.set_ylabel("candidate-group λ⁺min")

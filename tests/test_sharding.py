@@ -101,6 +101,17 @@ if "fixmatch_points" in which:
                                          (2,), threshold=0.3)
 if "fixmatch" in which:
     out["fixmatch"] = train_steps("fixmatch", cnn, (8, 8, 1), threshold=0.3)
+if "wrn_step" in which:      # WRN-28 (width 1): the paper's architecture, its step and evaluation
+    from crc_jax.train import evaluate, make_eval_step
+
+    wrn = models.get("wrn28_2", num_classes=3, width=1)
+    out["wrn_step"] = train_steps("mean_teacher", wrn, (8, 8, 3), steps=2)
+    variables = wrn.init(jax.random.PRNGKey(5), np.zeros((1, 8, 8, 3), np.float32))
+    eval_step = make_eval_step(lambda v, xx: wrn.apply(v, xx))
+    x = rng.random((10, 8, 8, 3), np.float32)
+    y = rng.integers(0, 3, 10).astype(np.int32)
+    out["wrn_eval"] = {n: evaluate(eval_step, variables, x, y, batch_size=6, mesh=mesh)
+                       for n, mesh in MESHES.items()}
 
 if "fit" in which:   # the Mean Teacher algorithm above: its compiled steps are reused
     alg, c = ALGORITHMS["mean_teacher"]
@@ -145,10 +156,11 @@ if "crc" in which:
         scores[f"mlp_features_{n}"] = gram_lib.FeatureGram(mlp_ctx, groups, mesh=mesh).score()
         scores[f"mlp_jacobians_last_{n}"] = gram_lib.JacobianGram(mlp_ctx, groups, subset="last",
                                                                   mesh=mesh).score()
-        # a budget of 5 samples: base blocks recomputed, candidates streamed, padded chunks
+        # a budget of 4 samples: one row per device, base blocks recomputed, candidates streamed,
+        # padded chunks
         small = gram_lib.JacobianGram(ctx, groups, subset="all", mesh=mesh,
-                                      budget_bytes=5 * 3 * ntk.count_parameters(variables["params"]) * 4)
-        assert small.batch == 5 and small.cand_jac is None, (small.batch, small.cand_jac is None)
+                                      budget_bytes=4 * 3 * ntk.count_parameters(variables["params"]) * 4)
+        assert small.batch == 4 and small.cand_jac is None, (small.batch, small.cand_jac is None)
         scores[f"jacobians_all_{n}"] = small.score()
         seq = gram_lib.JacobianGram(ctx, groups, subset="all", mesh=mesh)
         seq.extend_base([4])
@@ -168,6 +180,25 @@ if "crc" in which:
         z = gram_lib.FeatureGram(c, groups).z
         scores[f"kmax_{name}"] = float(3 * np.max(np.sum(z * z, axis=1)))
     out["crc"] = {k: np.asarray(v, np.float64).tolist() for k, v in scores.items()}
+
+if "wrn_crc" in which:     # WRN-28 (width 1): Jacobians one row per device, then contracted
+    model = models.get("wrn28_2", num_classes=4, width=1)
+    x = rng.random((24, 8, 8, 3), np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x[:1])
+    labeled, unlabeled = np.arange(8), np.arange(8, 24)
+    ctx = Context(apply_fn=lambda v, xx: model.apply(v, xx), variables=variables, x=x,
+                  labeled=labeled, unlabeled=unlabeled, num_classes=4)
+    groups = unlabeled.reshape(4, 4)
+    budget = 4 * 4 * ntk.count_parameters(variables["params"]) * 4
+    scores = {n: gram_lib.JacobianGram(ctx, groups, subset="all", mesh=mesh, budget_bytes=budget).score()
+              for n, mesh in MESHES.items()}
+    subset = gram_lib.variables_subset(ctx, "all")
+    brute = [float(np.linalg.eigvalsh(np.asarray(ntk.empirical_ntk(
+        ctx.apply_fn, variables, x[np.concatenate([labeled, g])], subset=subset), np.float64))[0])
+        for g in groups]
+    kmax = float(np.max(ntk.ntk_diagonal(ctx.apply_fn, variables, x, trace=True, subset=subset)))
+    out["wrn_crc"] = {"scores_1": scores[1].tolist(), "scores_4": scores[4].tolist(),
+                      "brute": brute, "kmax": kmax}
 
 if "config" in which:
     from crc_jax import config_check
@@ -225,6 +256,25 @@ def test_fixmatch_step_on_4_devices_equals_1_device_points(four):
 def test_fixmatch_step_on_4_devices_equals_1_device_images():
     """The image FixMatch step (RandAugment + Cutout, CNN with BatchNorm): slow to compile."""
     check_step_equal(run_four("fixmatch")["fixmatch"])
+
+
+@pytest.mark.slow
+def test_wrn_step_and_evaluation_on_4_devices_equal_1_device():
+    r = run_four("wrn_step")
+    check_step_equal(r["wrn_step"], tol=1e-5)
+    one, four = r["wrn_eval"]["1"], r["wrn_eval"]["4"]
+    assert one["accuracy"] == four["accuracy"]
+    np.testing.assert_allclose(four["loss"], one["loss"], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_wrn_crc_scores_subset_all_on_4_devices_equal_1_device():
+    """WRN-28 Jacobians (the case where GSPMD-partitioned contractions went wrong)."""
+    r = run_four("wrn_crc")["wrn_crc"]
+    atol = 12 * 2 * np.finfo(np.float32).eps * r["kmax"]          # n = |L| + G = 12
+    assert min(r["brute"]) > 10 * atol
+    np.testing.assert_allclose(r["scores_1"], r["brute"], rtol=0, atol=atol)
+    np.testing.assert_allclose(r["scores_4"], r["brute"], rtol=0, atol=atol)
 
 
 def test_fit_and_evaluate_on_4_devices_equal_1_device(four):
