@@ -48,10 +48,12 @@ def tree_diff(a, b):
                for x, y in zip(leaves(a), leaves(b)))
 
 
-def algorithm(name, model, **ssl_options):
+def algorithm(name, model, train=None, **ssl_options):
     c = get_base_config()
     c.ssl.name, c.ssl.unlabeled_ratio, c.train.batch_size = name, 2, 8
     c.train.ema_decay = 0.9
+    for k, v in (train or {}).items():
+        c.train[k] = v
     for k, v in ssl_options.items():
         c.ssl[k] = v
     return ssl.create(c, model, num_train_steps=20, flip=True), c
@@ -60,9 +62,9 @@ def algorithm(name, model, **ssl_options):
 ALGORITHMS = {}
 
 
-def train_steps(name, model, shape, steps=3, **ssl_options):
+def train_steps(name, model, shape, steps=3, train=None, **ssl_options):
     """`steps` steps from one init on each mesh: losses, parameters, where leaves live."""
-    alg, c = ALGORITHMS[name] = algorithm(name, model, **ssl_options)
+    alg, c = ALGORITHMS[name] = algorithm(name, model, train, **ssl_options)
     x_l = rng.random((8, *shape), np.float32)
     batch = {"x_l": x_l, "y_l": rng.integers(0, 3, 8).astype(np.int32),
              "x_u": rng.random((16, *shape), np.float32)}
@@ -105,7 +107,10 @@ if "wrn_step" in which:      # WRN-28 (width 1): the paper's architecture, its s
     from crc_jax.train import evaluate, make_eval_step
 
     wrn = models.get("wrn28_2", num_classes=3, width=1)
-    out["wrn_step"] = train_steps("mean_teacher", wrn, (8, 8, 3), steps=2)
+    # SGD: Adam's first update is lr·sign(g), so an element whose gradient is rounding
+    # noise flips by 2·lr between any two summation orders; SGD's update is smooth in g
+    out["wrn_step"] = train_steps("mean_teacher", wrn, (8, 8, 3), steps=2,
+                                  train={"optimizer": "sgd", "lr": 0.05})
     variables = wrn.init(jax.random.PRNGKey(5), np.zeros((1, 8, 8, 3), np.float32))
     eval_step = make_eval_step(lambda v, xx: wrn.apply(v, xx))
     x = rng.random((10, 8, 8, 3), np.float32)
@@ -215,9 +220,16 @@ print("JSON" + json.dumps(out))
 '''
 
 
-def run_four(which: str, timeout: int = 300) -> dict:
-    """Run SCRIPT with 4 forced host devices; return its JSON."""
+def run_four(which: str, timeout: int = 300, *, optimize: bool = False) -> dict:
+    """Run SCRIPT with 4 forced host devices; return its JSON.
+
+    optimize=True drops conftest's --xla_backend_optimization_level=0: at that level the
+    single-device float32 gradients of WRN-28 on CPU are off by up to 4% (relative to a
+    float64 reference, in some BatchNorm and conv leaves), at the default level by 3e-6.
+    """
     flags = os.environ.get("XLA_FLAGS", "")
+    if optimize:
+        flags = " ".join(f for f in flags.split() if "xla_backend_optimization_level" not in f)
     env = dict(os.environ, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=4".strip(),
                JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run([sys.executable, "-c", SCRIPT, which], cwd=ROOT, env=env,
@@ -260,7 +272,7 @@ def test_fixmatch_step_on_4_devices_equals_1_device_images():
 
 @pytest.mark.slow
 def test_wrn_step_and_evaluation_on_4_devices_equal_1_device():
-    r = run_four("wrn_step")
+    r = run_four("wrn_step", timeout=900, optimize=True)
     check_step_equal(r["wrn_step"], tol=1e-5)
     one, four = r["wrn_eval"]["1"], r["wrn_eval"]["4"]
     assert one["accuracy"] == four["accuracy"]
