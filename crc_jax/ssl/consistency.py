@@ -7,6 +7,8 @@ parts that are the same in each, so every algorithm module reads as its loss alo
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -103,3 +105,23 @@ def strong_view(config, *, flip: bool):
     config.ssl.strong_noise for points. Always on: FixMatch is defined by it."""
     return augment.strong_fn(flip=flip,
                              noise_std=float(config.ssl.get("strong_noise", STRONG_NOISE)))
+
+
+def make_two_view_step(loss_fn, *, view_fn, weight: float, rampup_steps: int):
+    """One jitted step shared by Mean Teacher and the Pi-model: a labeled view and two
+    independent views of the unlabeled batch, a gradient step on
+    loss_fn(params, state, x_l, y_l, x_a, x_b, weight=w(t)), then the EMA update.
+    w(t) = weight * exp(-5 (1 - t)^2) over the first `rampup_steps` steps."""
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def train_step(state, batch, key):
+        k_l, k_a, k_b = jax.random.split(key, 3)
+        x_u = batch["x_u"]
+        w = weight * sigmoid_rampup(state.step, rampup_steps)
+        grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(
+            state.params, state, view_fn(k_l, batch["x_l"]), batch["y_l"],
+            view_fn(k_a, x_u), view_fn(k_b, x_u), weight=w)
+        state = state.apply_gradients(grads=grads).replace(batch_stats=batch_stats)
+        return state.update_ema(), metrics
+
+    return train_step

@@ -15,8 +15,6 @@ Reference settings (Oliver et al. 2018): Adam lr 4e-4, λ = 8, α = 0.95.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -42,23 +40,6 @@ def mean_teacher_loss(params, state: TrainState, x_l, y_l, x_student, x_teacher,
     return loss, (batch_stats, metrics)
 
 
-def make_train_step(*, view_fn, weight: float, rampup_steps: int):
-    """One jitted step: two views, student update, then the teacher's EMA update."""
-
-    @functools.partial(jax.jit, donate_argnums=(0,))
-    def train_step(state: TrainState, batch, key):
-        k_l, k_s, k_t = jax.random.split(key, 3)
-        x_u = batch["x_u"]
-        w = weight * consistency.sigmoid_rampup(state.step, rampup_steps)
-        grads, (batch_stats, metrics) = jax.grad(mean_teacher_loss, has_aux=True)(
-            state.params, state, view_fn(k_l, batch["x_l"]), batch["y_l"],
-            view_fn(k_s, x_u), view_fn(k_t, x_u), weight=w)
-        state = state.apply_gradients(grads=grads).replace(batch_stats=batch_stats)
-        return state.update_ema(), metrics
-
-    return train_step
-
-
 @register("mean_teacher")
 def make_mean_teacher(*, config, model, num_train_steps: int, flip: bool = False) -> Algorithm:
     tc, sc = config.train, config.ssl
@@ -70,7 +51,8 @@ def make_mean_teacher(*, config, model, num_train_steps: int, flip: bool = False
         labeled_batch=batch,
         unlabeled_batch=int(sc.unlabeled_ratio) * batch,
         init_state=consistency.init_state_fn(model, tx, ema_decay=teacher_ema),
-        train_step=make_train_step(
+        train_step=consistency.make_two_view_step(
+            mean_teacher_loss,
             view_fn=consistency.weak_view(config, flip=flip),
             weight=float(sc.unlabeled_weight),
             rampup_steps=consistency.rampup_steps(sc, num_train_steps)),

@@ -12,8 +12,6 @@ visualizes this algorithm's decision boundary on two-moons.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -37,23 +35,6 @@ def pi_model_loss(params, state: TrainState, x_l, y_l, x_a, x_b, *, weight):
     return loss, (batch_stats, metrics)
 
 
-def make_train_step(*, view_fn, weight: float, rampup_steps: int):
-    """One jitted step: three views (labeled, two unlabeled), one forward pass, update, EMA."""
-
-    @functools.partial(jax.jit, donate_argnums=(0,))
-    def train_step(state: TrainState, batch, key):
-        k_l, k_a, k_b = jax.random.split(key, 3)
-        x_u = batch["x_u"]
-        w = weight * consistency.sigmoid_rampup(state.step, rampup_steps)
-        grads, (batch_stats, metrics) = jax.grad(pi_model_loss, has_aux=True)(
-            state.params, state, view_fn(k_l, batch["x_l"]), batch["y_l"],
-            view_fn(k_a, x_u), view_fn(k_b, x_u), weight=w)
-        state = state.apply_gradients(grads=grads).replace(batch_stats=batch_stats)
-        return state.update_ema(), metrics
-
-    return train_step
-
-
 @register("pi_model")
 def make_pi_model(*, config, model, num_train_steps: int, flip: bool = False) -> Algorithm:
     tc, sc = config.train, config.ssl
@@ -65,7 +46,8 @@ def make_pi_model(*, config, model, num_train_steps: int, flip: bool = False) ->
         labeled_batch=batch,
         unlabeled_batch=int(sc.unlabeled_ratio) * batch,
         init_state=consistency.init_state_fn(model, tx, ema_decay=ema),
-        train_step=make_train_step(
+        train_step=consistency.make_two_view_step(
+            pi_model_loss,
             view_fn=consistency.weak_view(config, flip=flip),
             weight=float(sc.unlabeled_weight),
             rampup_steps=consistency.rampup_steps(sc, num_train_steps)),
