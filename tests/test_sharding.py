@@ -428,7 +428,8 @@ def test_distributed_initialize_passes_only_the_given_fields(monkeypatch):
 TINY = ["--config=digits", "--config.trials=1", "--config.al.steps=2",
         "--config.train.max_epochs=2", "--config.train.steps_per_epoch=3",
         "--config.train.patience=0", "--config.train.progress=False",
-        "--config.dataset.train_size=300", "--config.dataset.test_size=101"]
+        "--config.dataset.train_size=300", "--config.dataset.test_size=101",
+        "--config.strategies=('random','entropy','crc')"]
 
 
 def run_cli(workdir: Path, devices: int):
