@@ -41,7 +41,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import enable_x64
 
 from crc_jax import ntk
 
@@ -63,7 +62,8 @@ def stax_counterpart(model: nn.Module, *, drop_batch_norm: bool = False):
     Flax model's function when the Flax kernels are q/√fan_in (tests check this).
     A CNN with BatchNorm raises unless `drop_batch_norm`, which builds its BN-free twin.
     """
-    from neural_tangents import stax
+    from crc_jax._nt_compat import import_neural_tangents
+    stax = import_neural_tangents().stax
 
     from crc_jax.models.cnn import CNN
     from crc_jax.models.mlp import MLP
@@ -123,7 +123,7 @@ def infinite_trace_ntk(kernel_fn: Callable, x1, x2=None, *, num_classes: int,
     x2 = x1 if symmetric else x2
     n1, n2 = len(x1), len(x2)
     out = np.empty((n1, n2))
-    with enable_x64():
+    with jax.enable_x64(True):
         for i in range(0, n1, batch_size):
             for j in range(0, n2, batch_size):
                 if symmetric and j < i:
@@ -147,7 +147,7 @@ def pad_rows(x, cap: int):
 
 
 def in_float64(x):
-    """x as a float64 device array (call inside `enable_x64()`).
+    """x as a float64 device array (call inside `jax.enable_x64(True)`).
 
     neural-tangents kernels are computed in float64: the ReLU kernel takes arccos of the
     correlation ρ of two inputs, and in float32 a rounding of an image's correlation

@@ -44,7 +44,8 @@ def stax_params(model, params, stax_init):
 
 def nt_trace_ntk(apply_fn, params, x):
     """C · neural-tangents' empirical NTK (its trace_axes average over classes)."""
-    import neural_tangents as nt
+    from crc_jax._nt_compat import import_neural_tangents
+    nt = import_neural_tangents()
     fn = nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), vmap_axes=0,
                              implementation=nt.NtkImplementation.JACOBIAN_CONTRACTION)
     return C * np.asarray(jax.jit(fn)(x, None, params), np.float64)
@@ -115,8 +116,7 @@ def test_infinite_trace_ntk_sums_classes_over_blocks(digits):
     model = tiny_mlp()
     _, _, kernel_fn = infinite.stax_counterpart(model)
     x = digits[:11]
-    from jax.experimental import enable_x64
-    with enable_x64():
+    with jax.enable_x64(True):
         direct = C * np.asarray(kernel_fn(jnp.asarray(x, jnp.float64), None, "ntk"))
     blocked = infinite.infinite_trace_ntk(infinite.infinite_kernel_fn(model), x, num_classes=C,
                                           batch_size=4)
@@ -153,11 +153,10 @@ def test_distance_at_init_falls_like_inverse_sqrt_width(digits, depth):
 
 def brute_force_scores(model, x, labeled, groups):
     """λmin of C·K_inf(L ∪ g) from neural-tangents directly, per group, in float64."""
-    from jax.experimental import enable_x64
     _, _, kernel_fn = infinite.stax_counterpart(model)
     kernel_fn = jax.jit(partial(kernel_fn, get="ntk"))
     out = []
-    with enable_x64():
+    with jax.enable_x64(True):
         for g in groups:
             s = np.concatenate([labeled, g])
             k = C * np.asarray(kernel_fn(jnp.asarray(x[s], jnp.float64), None))

@@ -45,7 +45,8 @@ def model():
 
 
 def nt_kernel(f, params, x1, x2, *, trace_axes, implementation):
-    import neural_tangents as nt
+    from crc_jax._nt_compat import import_neural_tangents
+    nt = import_neural_tangents()
     fn = nt.empirical_ntk_fn(f, trace_axes=trace_axes, vmap_axes=0,
                              implementation=getattr(nt.NtkImplementation, implementation))
     return np.asarray(jax.jit(fn)(x1, x2, params))
@@ -162,7 +163,7 @@ def test_min_positive_eigenvalue_is_rank_aware_and_batched():
     z = rng.normal(size=(3, 9, 5))
     k = z @ np.swapaxes(z, 1, 2)                        # (3, 9, 9), rank 5
     ev = np.linalg.eigvalsh(k)
-    with jax.experimental.enable_x64():
+    with jax.enable_x64(True):
         out = np.asarray(ntk.min_positive_eigenvalue(jnp.asarray(k), 5))
         np.testing.assert_allclose(out, ev[:, 9 - 5], rtol=1e-10)        # smallest positive
         out = np.asarray(ntk.min_positive_eigenvalue(jnp.asarray(k[:, :4, :4]), 5))

@@ -36,7 +36,6 @@ from typing import Optional
 
 import jax
 import numpy as np
-from jax.experimental import enable_x64
 
 from crc_jax import infinite, ntk
 from crc_jax.acquisition import crc as crc_lib
@@ -129,7 +128,7 @@ class InfiniteGram:
         image_size = int(np.prod(rows.x.shape[1:]))
         group_batch = max(1, min(rows.batch_size ** 2 // g ** 2, GROUP_INPUT_VALUES // (g * image_size)))
         blocks = []
-        with enable_x64():
+        with jax.enable_x64(True):
             for s in range(0, len(self.groups), group_batch):
                 chunk = self.groups[s:s + group_batch]
                 xg = infinite.pad_rows(rows.x[chunk], group_batch)

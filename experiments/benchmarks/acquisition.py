@@ -153,7 +153,8 @@ class SmallCNN(nn.Module):
 
 
 def bench_ntk(n=64, repeats=5):
-    import neural_tangents as nt
+    from crc_jax._nt_compat import import_neural_tangents
+    nt = import_neural_tangents()
     model = SmallCNN()
     x = jax.random.normal(jax.random.PRNGKey(0), (n, 16, 16, 3))
     params = model.init(jax.random.PRNGKey(1), x[:1])["params"]
