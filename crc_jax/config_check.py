@@ -15,7 +15,10 @@ from crc_jax.errors import ConfigError, DataError
 WATCHABLE = ("test", "val")
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "cosine", "fixmatch_cosine")
+SCHEDULES = ("constant", "cosine", "fixmatch_cosine", "step")
+INITIAL_MODELS = ("per_trial", "median")
+EMA_BATCH_STATS = ("average", "copy")
+EVAL_MODELS = ("teacher", "student")
 
 
 def _int(config, field: str, *, minimum: int) -> int:
@@ -75,6 +78,7 @@ def validate(config) -> None:
         raise ConfigError("al.query_size", f"{q} must be divisible by the {num_classes} classes "
                                            "in the pseudo-AL setting (R per class)")
     _choice(config.al.first_query, "al.first_query", ("trained", "random_init"))
+    _check_protocol(config)
     _int(config, "dataset.train_size", minimum=0)
     _int(config, "dataset.test_size", minimum=0)
 
@@ -101,6 +105,24 @@ def validate(config) -> None:
         _int(config, "ssl.unlabeled_ratio", minimum=1)
         if not 0.0 <= config.ssl.threshold <= 1.0:
             raise ConfigError("ssl.threshold", f"must be in [0, 1], got {config.ssl.threshold}")
+
+
+def _check_protocol(config) -> None:
+    """The fields that pick the paper's protocol variants (initial model, schedules, EMA)."""
+    _choice(config.al.initial_model, "al.initial_model", INITIAL_MODELS)
+    _int(config, "al.initial_candidates", minimum=1)
+    if config.al.initial_model == "median" and config.al.first_query == "random_init":
+        raise ConfigError("al.initial_model", "'median' draws random class-balanced initial "
+                                              "sets; al.first_query='random_init' lets each "
+                                              "strategy pick them instead: use 'per_trial'")
+    _int(config, "train.schedule_steps", minimum=0)
+    _int(config, "train.lr_decay_step", minimum=0)
+    _int(config, "train.translate", minimum=0)
+    if not config.train.lr_decay_factor > 0:
+        raise ConfigError("train.lr_decay_factor", f"must be > 0, got {config.train.lr_decay_factor}")
+    _int(config, "ssl.rampup_steps", minimum=0)
+    _choice(config.ssl.ema_batch_stats, "ssl.ema_batch_stats", EMA_BATCH_STATS)
+    _choice(config.ssl.eval_model, "ssl.eval_model", EVAL_MODELS)
 
 
 def _check_data_parallel(config) -> None:

@@ -38,12 +38,13 @@ def translate_pad(side: int) -> int:
     return max(1, round(side * 4 / 32))
 
 
-def weak_image(key, image, *, flip: bool):
-    """One HWC image: maybe flip left-right, then a random reflect-padded translation."""
+def weak_image(key, image, *, flip: bool, translate: int = 0):
+    """One HWC image: maybe flip left-right, then a random reflect-padded translation of
+    up to `translate` px (0: translate_pad of the side)."""
     k_flip, k_shift = jax.random.split(key)
     if flip:
         image = jnp.where(jax.random.bernoulli(k_flip), pix.flip_left_right(image), image)
-    pad = translate_pad(image.shape[0])
+    pad = int(translate) or translate_pad(image.shape[0])
     padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
     dy, dx = jax.random.randint(k_shift, (2,), 0, 2 * pad + 1)
     return jax.lax.dynamic_slice(padded, (dy, dx, 0), image.shape)
@@ -285,14 +286,15 @@ def _noise(key, x, std):
     return x + std * jax.random.normal(key, x.shape, x.dtype)
 
 
-def weak_fn(*, flip: bool, noise_std: float = 0.05):
-    """(key, batch) -> weakly augmented batch; images (N,H,W,C) or points (N,D)."""
+def weak_fn(*, flip: bool, noise_std: float = 0.05, translate: int = 0):
+    """(key, batch) -> weakly augmented batch; images (N,H,W,C) or points (N,D).
+    `translate`: largest shift in pixels (0: 4 px at 32x32, scaled with the side)."""
 
     def apply(key, x):
         if x.ndim == 2:
             return _noise(key, x, noise_std)
         keys = jax.random.split(key, x.shape[0])
-        return jax.vmap(lambda k, im: weak_image(k, im, flip=flip))(keys, x)
+        return jax.vmap(lambda k, im: weak_image(k, im, flip=flip, translate=translate))(keys, x)
 
     return apply
 

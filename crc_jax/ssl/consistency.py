@@ -17,20 +17,28 @@ from crc_jax.data import augment
 from crc_jax.state import TrainState, create_train_state
 
 
-def init_state_fn(model, tx, *, ema_decay: float):
+def init_state_fn(model, tx, *, ema_decay: float, ema_batch_stats: str = "average"):
     """(key, sample_x) -> TrainState whose EMA trees are copies, not aliases, of the params.
 
     The train steps donate the state (donate_argnums=(0,)); two leaves that share one
-    buffer cannot both be donated, so the EMA starts as a copy.
+    buffer cannot both be donated, so the EMA starts as a copy. `ema_batch_stats`:
+    how the EMA model's BatchNorm statistics follow the trained ones ("average" | "copy",
+    see crc_jax.state).
     """
 
     def init(key, sample_x) -> TrainState:
-        state = create_train_state(model, key, sample_x, tx, ema_decay=ema_decay)
+        state = create_train_state(model, key, sample_x, tx, ema_decay=ema_decay,
+                                   ema_batch_stats_rule=ema_batch_stats)
         copy = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)  # noqa: E731
         return state.replace(ema_params=copy(state.params),
                              ema_batch_stats=copy(state.batch_stats))
 
     return init
+
+
+def ema_batch_stats_rule(config) -> str:
+    """config.ssl.ema_batch_stats ("average" when a config predates the field)."""
+    return str(config.ssl.get("ema_batch_stats", "average"))
 
 
 def forward(apply_fn, params, batch_stats, x):
@@ -82,8 +90,10 @@ def sigmoid_rampup(step, rampup_steps):
 
 
 def rampup_steps(ssl_config, num_train_steps: int) -> int:
-    """Ramp-up length in steps: config.ssl.rampup_fraction of the training run."""
-    return int(round(float(ssl_config.rampup_fraction) * int(num_train_steps)))
+    """Ramp-up length in steps: config.ssl.rampup_steps when set (the Mean Teacher
+    reference ramps up over 200k steps), else config.ssl.rampup_fraction of the run."""
+    fixed = int(ssl_config.get("rampup_steps", 0))
+    return fixed or int(round(float(ssl_config.rampup_fraction) * int(num_train_steps)))
 
 
 # Noise std of the views of 2-D points when a config predates config.ssl.{weak,strong}_noise.
@@ -91,13 +101,15 @@ WEAK_NOISE, STRONG_NOISE = 0.05, 0.2
 
 
 def weak_view(config, *, flip: bool):
-    """The weak view: flip + translate for images, noise of std config.ssl.weak_noise for points.
+    """The weak view: flip + translate (up to config.train.translate px; 0 = 4 px at 32x32)
+    for images, noise of std config.ssl.weak_noise for points.
 
     config.train.augment = False turns it off (the identity), for ablations.
     """
     if not config.train.augment:
         return augment.identity_fn
-    return augment.weak_fn(flip=flip, noise_std=float(config.ssl.get("weak_noise", WEAK_NOISE)))
+    return augment.weak_fn(flip=flip, noise_std=float(config.ssl.get("weak_noise", WEAK_NOISE)),
+                           translate=int(config.train.get("translate", 0)))
 
 
 def strong_view(config, *, flip: bool):

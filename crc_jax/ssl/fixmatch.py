@@ -83,7 +83,9 @@ def make_fixmatch(*, config, model, num_train_steps: int, flip: bool = False) ->
         name="fixmatch",
         labeled_batch=batch,
         unlabeled_batch=int(sc.unlabeled_ratio) * batch,
-        init_state=consistency.init_state_fn(model, tx, ema_decay=ema),
+        init_state=consistency.init_state_fn(
+            model, tx, ema_decay=ema,
+            ema_batch_stats=consistency.ema_batch_stats_rule(config)),
         train_step=make_train_step(
             weak_fn=consistency.weak_view(config, flip=flip),
             strong_fn=consistency.strong_view(config, flip=flip),

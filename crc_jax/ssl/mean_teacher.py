@@ -8,9 +8,16 @@ a and a' are two independent draws of the weak view (flip + translate, or input 
 for points). The student sees the labeled and unlabeled views in one forward pass;
 the teacher runs in train mode too (batch statistics, as in the reference code) and
 its output is a constant: no gradient flows into it and its BatchNorm updates are
-dropped. The teacher is the `TrainState`'s EMA copy, which is also what is evaluated.
+dropped. The teacher is the `TrainState`'s EMA copy.
 
-Reference settings (Oliver et al. 2018): Adam lr 4e-4, λ = 8, α = 0.95.
+Which network is evaluated and handed to the next acquisition is config.ssl.eval_model:
+"student" as in the reference implementation the paper cites for MT
+(perrying/realistic-ssl-evaluation-pytorch, train.py: validation and test run `model`,
+never `t_model`), or "teacher".
+
+Reference settings (Oliver et al. 2018, config.py of that implementation): Adam lr 4e-4,
+x0.2 after 400k of 500k iterations, λ = 8 ramped up over 200k iterations, α = 0.95,
+50 labeled + 50 unlabeled images per step (batch_size 100, halved for each).
 """
 
 from __future__ import annotations
@@ -45,16 +52,19 @@ def make_mean_teacher(*, config, model, num_train_steps: int, flip: bool = False
     tc, sc = config.train, config.ssl
     tx = optim.make_optimizer(tc, num_train_steps)
     teacher_ema = float(sc.teacher_ema)
+    evaluate_teacher = sc.get("eval_model", "teacher") == "teacher"
     batch = int(tc.batch_size)
     return Algorithm(
         name="mean_teacher",
         labeled_batch=batch,
         unlabeled_batch=int(sc.unlabeled_ratio) * batch,
-        init_state=consistency.init_state_fn(model, tx, ema_decay=teacher_ema),
+        init_state=consistency.init_state_fn(
+            model, tx, ema_decay=teacher_ema,
+            ema_batch_stats=consistency.ema_batch_stats_rule(config)),
         train_step=consistency.make_two_view_step(
             mean_teacher_loss,
             view_fn=consistency.weak_view(config, flip=flip),
             weight=float(sc.unlabeled_weight),
             rampup_steps=consistency.rampup_steps(sc, num_train_steps)),
-        eval_variables=lambda state: state.variables(ema=True),
+        eval_variables=lambda state: state.variables(ema=evaluate_teacher),
     )

@@ -45,7 +45,9 @@ def make_pi_model(*, config, model, num_train_steps: int, flip: bool = False) ->
         name="pi_model",
         labeled_batch=batch,
         unlabeled_batch=int(sc.unlabeled_ratio) * batch,
-        init_state=consistency.init_state_fn(model, tx, ema_decay=ema),
+        init_state=consistency.init_state_fn(
+            model, tx, ema_decay=ema,
+            ema_batch_stats=consistency.ema_batch_stats_rule(config)),
         train_step=consistency.make_two_view_step(
             pi_model_loss,
             view_fn=consistency.weak_view(config, flip=flip),

@@ -48,7 +48,9 @@ def make_supervised(*, config, model, num_train_steps: int, flip: bool = False) 
         name="supervised",
         labeled_batch=int(tc.batch_size),
         unlabeled_batch=0,
-        init_state=consistency.init_state_fn(model, tx, ema_decay=ema),
+        init_state=consistency.init_state_fn(
+            model, tx, ema_decay=ema,
+            ema_batch_stats=consistency.ema_batch_stats_rule(config)),
         train_step=make_train_step(augment_fn=augment_fn),
         eval_variables=lambda state: state.variables(ema=ema > 0),
     )

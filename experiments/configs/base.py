@@ -33,6 +33,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.ssl.unlabeled_weight = 1.0     # FixMatch lambda_u / consistency weight (MT, Pi)
     c.ssl.rampup_fraction = 0.4      # MT / Pi: fraction of training the ramp-up lasts
     c.ssl.teacher_ema = 0.95         # MT: teacher = EMA of the student with this decay
+    c.ssl.eval_model = "teacher"     # MT: network evaluated and queried: teacher | student (MT reference)
+    c.ssl.rampup_steps = 0           # MT / Pi: ramp-up length in steps; 0 = rampup_fraction of the cap
+    c.ssl.ema_batch_stats = "average"  # EMA model's BatchNorm stats: average | copy (paper footnote 2)
     c.ssl.weak_noise = 0.05          # 2-D points only: std of the Gaussian noise of a weak view
     c.ssl.strong_noise = 0.2         # 2-D points only: std of the noise of a FixMatch strong view
 
@@ -42,7 +45,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.al.group_size = 5              # G, CRC group size; must divide Q
     c.al.steps = 3                   # acquisitions after the initial step
     c.al.pseudo_al = False           # Table 3: every acquisition takes Q/C of each class (reads the oracle)
-    c.al.first_query = "trained"     # trained | random_init (Appendix B.2: first query by an untrained model)
+    c.al.first_query = "trained"     # trained | random_init (Appendix B.2: the strategy picks Q0 with an untrained model)
+    c.al.initial_model = "per_trial"  # per_trial | median (§4.1: median of K candidate initial sets)
+    c.al.initial_candidates = 5      # K, candidate initial sets for initial_model = median
 
     # Per-strategy options, e.g. acquisition.crc.subset = "all".
     c.acquisition = ml_collections.ConfigDict()
@@ -60,7 +65,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.train.momentum = 0.9
     c.train.nesterov = True
     c.train.weight_decay = 0.0
-    c.train.schedule = "constant"    # constant | cosine | fixmatch_cosine
+    c.train.schedule = "constant"    # constant | cosine | fixmatch_cosine | step
+    c.train.schedule_steps = 0       # K of the cosine schedules; 0 = max_epochs * steps_per_epoch
+    c.train.lr_decay_step = 0        # schedule "step": lr *= lr_decay_factor from this step on
+    c.train.lr_decay_factor = 1.0
+    c.train.translate = 0            # weak view: largest shift in px; 0 = 4 px at 32x32, scaled
     c.train.ema_decay = 0.0          # EMA of weights used for evaluation; 0 = off
     c.train.augment = True           # weak augmentation of labeled batches
     c.train.eval_batch_size = 512
@@ -76,6 +85,33 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.distributed.num_processes = 0         # 0 = auto-detect
     c.distributed.process_id = -1           # -1 = auto-detect
     return c
+
+
+# Held-out validation images of the realistic-evaluation protocol (Oliver et al. 2018;
+# perrying/realistic-ssl-evaluation-pytorch, build_dataset.py COUNTS["valid"]); CIFAR-100
+# is not in that code and takes CIFAR-10's 5000.
+VALIDATION_SIZES = {"svhn": 7326, "cifar10": 5000, "cifar100": 5000}
+
+
+def parse_variant(arg, *, allowed=()) -> set:
+    """The comma-separated options after the colon of `--config=NAME:opt,opt`.
+
+    "val" is always allowed (select_on_validation); `allowed` adds the config's own.
+    """
+    options = {part.strip() for part in (arg or "").split(",") if part.strip()}
+    unknown = options - set(allowed) - {"val"}
+    if unknown:
+        raise ValueError(f"unknown config variant {sorted(unknown)}; allowed: "
+                         f"{', '.join(sorted(set(allowed) | {'val'}))}")
+    return options
+
+
+def select_on_validation(config) -> None:
+    """The `:val` variant: early stopping and the best epoch are chosen on a validation
+    split held out of the pool (the realistic-evaluation protocol of Oliver et al. 2018),
+    instead of on the test split as the paper's §4.1 reads."""
+    config.train.watch = "val"
+    config.train.val_size = VALIDATION_SIZES.get(config.dataset.name, 200)
 
 
 def apply_smoke(config) -> None:
@@ -99,3 +135,5 @@ def apply_smoke(config) -> None:
     config.train.batch_size = min(config.train.batch_size, 16)
     config.ssl.unlabeled_ratio = min(config.ssl.unlabeled_ratio, 2)
     config.train.progress = False
+    config.train.val_size = min(config.train.val_size, 32)
+    config.al.initial_candidates = min(config.al.initial_candidates, 3)
