@@ -115,6 +115,11 @@ def _check_protocol(config) -> None:
         raise ConfigError("al.initial_model", "'median' draws random class-balanced initial "
                                               "sets; al.first_query='random_init' lets each "
                                               "strategy pick them instead: use 'per_trial'")
+    if (config.al.first_query == "random_init"
+            and config.al.initial_size % config.al.group_size):
+        raise ConfigError("al.group_size", f"{config.al.group_size} must divide "
+                          f"al.initial_size ({config.al.initial_size}): with "
+                          "al.first_query='random_init' the strategy picks the Q0 images")
     _int(config, "train.schedule_steps", minimum=0)
     _int(config, "train.lr_decay_step", minimum=0)
     _int(config, "train.translate", minimum=0)

@@ -1,7 +1,8 @@
 """The active-learning loop (paper §4.1, DESIGN.md "The protocol").
 
 For each strategy and trial: step 0 labels Q0 images sampled class-balanced (the same
-images for every strategy of a trial); then, `al.steps` times, the model is trained
+images for every strategy of a trial; see crc_jax.initial_model for the paper's median
+initial model and the transfer setting's first query); then, `al.steps` times, the model is trained
 from scratch, evaluated, and the strategy acquires Q labels. Every completed step is one
 journal line (written whole and fsynced) before the next begins, so rerunning the same
 command resumes after the last completed step and draws the same randomness: keys are
@@ -26,7 +27,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from crc_jax import acquisition, config_check, data, faults, models, ssl
+from crc_jax import acquisition, config_check, data, faults, initial_model, models, ssl
 from crc_jax.data.pool import Pool
 from crc_jax.errors import RunDirError
 from crc_jax.journal import Journal
@@ -133,13 +134,15 @@ def per_class(strategy):
     return class_balanced_strategy
 
 
-def acquisition_variables(setup: Setup, result, step: int, trial_key):
-    """The model a strategy sees: the trained one, or (al.first_query="random_init", the
-    transfer setting of Appendix B.2) at step 0 a randomly initialized one from another seed."""
-    if step == 0 and setup.config.al.first_query == "random_init":
-        other = jax.random.fold_in(trial_key, 1_000_003)
-        return setup.algorithm.eval_variables(setup.algorithm.init_state(other, setup.pool_x[:1]))
-    return result.variables
+def acquisition_context(setup: Setup, pool: Pool, variables) -> acquisition.Context:
+    """What a strategy sees at one acquisition: `variables` and the pool as it stands."""
+    config = setup.config
+    return acquisition.Context(
+        apply_fn=setup.eval_apply, x=setup.pool_x, variables=variables,
+        labeled=pool.labeled.copy(), unlabeled=pool.unlabeled.copy(),
+        num_classes=setup.dataset.num_classes, features_fn=setup.features_fn,
+        oracle=pool.oracle_labels if config.al.pseudo_al else None, model=setup.model,
+        batch_size=config.train.eval_batch_size)
 
 
 def _check_acquired(acquired: np.ndarray, pool: Pool, budget: int, spec: str) -> np.ndarray:
@@ -152,10 +155,16 @@ def _check_acquired(acquired: np.ndarray, pool: Pool, budget: int, spec: str) ->
     return acquired
 
 
-def replay(journal_entries: list, pool: Pool, initial: np.ndarray, path: Path) -> None:
-    """Re-label what the journal records, checking it belongs to this run."""
+def replay(journal_entries: list, pool: Pool, initial: np.ndarray | None, path: Path) -> None:
+    """Re-label what the journal records, checking it belongs to this run. `initial` None:
+    the strategy chose the initial set (Appendix B.2), so it is read from the journal."""
     first = journal_entries[0]
-    if first.get("initial") != initial.tolist():
+    if initial is None:
+        initial = np.asarray(first.get("initial", []), dtype=np.int64)
+        if pool.oracle_labels(initial).tolist() != first.get("initial_labels"):
+            raise RunDirError(f"{path}: its initial labels differ from the data set's "
+                              "(a journal from another data set)")
+    elif first.get("initial") != initial.tolist():
         raise RunDirError(f"{path}: its initial labeled set differs from this config's "
                           "(a journal from another data set or seed)")
     pool.label(initial)
@@ -188,25 +197,39 @@ def remove_stale_checkpoints(trial_dir: Path, completed_steps: int) -> None:
 
 
 def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
-              on_step: Callable | None = None) -> list[dict]:
+              on_step: Callable | None = None,
+              start: initial_model.InitialModel | None = None) -> list[dict]:
     """Run (or resume) one trial of one strategy; returns its journal entries.
 
     on_step(entry, labeled, result), if given, is called after each step that runs here
     (not for steps replayed from the journal): figures use it to see the trained model.
+    start: the run's median initial model (crc_jax.initial_model), used as step 0.
     """
     config = setup.config
     al = config.al
     journal = Journal(trial_dir / "journal.jsonl")
     entries = journal.read()
     pool = Pool(setup.pool_y, setup.dataset.num_classes)
-    initial = pool.initial_indices(al.initial_size, np.random.default_rng([config.seed, trial]))
-    if entries:
-        replay(entries, pool, initial, journal.path)
-        log.info("%s trial %d: resuming after step %d", spec, trial, len(entries) - 1)
-    else:
-        pool.label(initial)
     strategy = make_strategy(config, spec)
     trial_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), trial)
+    # --- step 0's labeled set (crc_jax.initial_model: per_trial | median | first query)
+    strategy_picks_initial = al.first_query == "random_init"
+    initial_record = None
+    if start is not None:
+        initial = start.indices
+    elif strategy_picks_initial:
+        initial = None
+    else:
+        initial = pool.initial_indices(al.initial_size, np.random.default_rng([config.seed, trial]))
+    if entries:
+        replay(entries, pool, initial, journal.path)
+        initial = np.asarray(entries[0]["initial"], dtype=np.int64)
+        log.info("%s trial %d: resuming after step %d", spec, trial, len(entries) - 1)
+    else:
+        if strategy_picks_initial:
+            initial, initial_record = initial_model.first_query(
+                setup, strategy, pool, trial_key, acquisition_context)
+        pool.label(initial)
 
     remove_stale_checkpoints(trial_dir, len(entries))
 
@@ -214,14 +237,19 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
         started = time.time()
         train_key, acquire_key = jax.random.split(jax.random.fold_in(trial_key, step))
         labeled = pool.labeled
-        checkpointer = make_checkpointer(config, spec, trial, step, trial_dir)
-        result = fit(setup.algorithm, x_labeled=setup.pool_x[labeled],
-                     y_labeled=pool.labeled_labels.astype(np.int32),
-                     x_unlabeled=setup.pool_x[pool.unlabeled], watch=setup.watch,
-                     test=setup.test, train_config=config.train, key=train_key,
-                     eval_apply=setup.eval_apply,
-                     desc=f"{spec} t{trial} s{step} n={len(labeled)}",
-                     checkpointer=checkpointer)
+        reuse_start = step == 0 and start is not None
+        checkpointer = None if reuse_start else make_checkpointer(config, spec, trial, step,
+                                                                   trial_dir)
+        if reuse_start:
+            result = start.result  # trained once for the whole run
+        else:
+            result = fit(setup.algorithm, x_labeled=setup.pool_x[labeled],
+                         y_labeled=pool.labeled_labels.astype(np.int32),
+                         x_unlabeled=setup.pool_x[pool.unlabeled], watch=setup.watch,
+                         test=setup.test, train_config=config.train, key=train_key,
+                         eval_apply=setup.eval_apply,
+                         desc=f"{spec} t{trial} s{step} n={len(labeled)}",
+                         checkpointer=checkpointer)
         entry = {"step": step, "num_labeled": int(len(labeled)),
                  "test_accuracy": float(result.test_accuracy),
                  "test_loss": float(result.test_loss),
@@ -231,14 +259,12 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
         if step == 0:
             entry["initial"] = initial.tolist()
             entry["initial_labels"] = pool.oracle_labels(initial).tolist()
+            if start is not None:
+                entry["initial_candidate"] = start.candidate
+            if initial_record:
+                entry["initial_record"] = initial_record
         if step < al.steps:
-            ctx = acquisition.Context(
-                apply_fn=setup.eval_apply, x=setup.pool_x,
-                variables=acquisition_variables(setup, result, step, trial_key),
-                labeled=pool.labeled.copy(), unlabeled=pool.unlabeled.copy(),
-                num_classes=setup.dataset.num_classes, features_fn=setup.features_fn,
-                oracle=pool.oracle_labels if al.pseudo_al else None, model=setup.model,
-                batch_size=config.train.eval_batch_size)
+            ctx = acquisition_context(setup, pool, result.variables)
             faults.maybe_kill("acquisition")
             acquired = _check_acquired(strategy(ctx, al.query_size, acquire_key), pool,
                                        al.query_size, spec)
@@ -280,10 +306,12 @@ def run(config, workdir) -> list[dict]:
     with RunDir(workdir) as rundir:
         rundir.bind_config(config.to_dict())
         setup = build_setup(config)
+        start = initial_model.prepare(setup, workdir)  # None unless al.initial_model="median"
         rows = []
         for spec in config.strategies:
             for trial in range(config.trials):
                 trial_dir = workdir / strategy_dirname(spec) / f"trial_{trial}"
-                rows += summary_rows(spec, trial, run_trial(setup, spec, trial, trial_dir))
+                rows += summary_rows(spec, trial, run_trial(setup, spec, trial, trial_dir,
+                                                            start=start))
         write_summary(workdir / "summary.csv", rows)
     return rows

@@ -5,7 +5,8 @@ by side. Labeled 100 -> 500 in 4 acquisitions. `:val` selects the best epoch on 
 held-out validation split instead of the test split.
 
 Protocol choices: those of cifar10_fixmatch:100 (FixMatch of Sohn et al. 2020 with the
-K = 2^20 cosine horizon of kekmodel/FixMatch-pytorch; EMA BatchNorm statistics averaged,
+K = 2^20 cosine horizon of kekmodel/FixMatch-pytorch; EMA BatchNorm statistics averaged
+(ssl.ema_batch_stats="average"),
 footnote 2's early version for §4.3.2; §4.1 early stopping on the test split; §4.1 median
 of 3 candidate initial sets).
 
