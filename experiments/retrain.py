@@ -1,0 +1,272 @@
+"""Re-train models on the labeled sets a run recorded (paper Appendix B.1 and B.2).
+
+    python -m experiments.retrain RUN_DIR [--seeds N] [--first_seed S] [--out DIR]
+                                          [--config.model.name=mlp ...]
+
+For every strategy, trial and step of RUN_DIR's journals, the labeled set of that step
+(the initial set plus the acquisitions before it) is fixed and a model is trained from
+scratch on it with N training seeds (S, S+1, ...; default S = the run's seed + 1, fresh
+ones). Appendix B.1 uses this to separate the variance due to the acquired data sets
+from the training variance of the SSL algorithm on a fixed data set; overriding the
+model or the SSL algorithm (`--config.model.name=...`, `--config.ssl.name=...`) measures
+how the acquired sets transfer to another architecture (B.2's harder form).
+
+With the run's own config and `--first_seed` equal to its seed, a step is trained with
+exactly the key the run used, so the accuracies are reproduced (except step 0 of a
+median-initial-model run, trained once with the candidate's key). The data set, its
+seed and the validation split cannot be overridden: the journals index that pool.
+
+Writes OUT (default RUN_DIR/retrain): config.json, one journal per (strategy, trial,
+seed), summary.csv (columns of a main run's summary, trial = dataset trial * N + seed
+index, plus dataset_trial and training_seed), report.md/csv/png as experiments.report,
+and variance.md: per strategy and labeled count, the std over all runs, the training
+std on a fixed data set (sqrt of the mean within-data-set variance) and the data-set std
+(std of the per-data-set means). Rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import json
+import logging
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+EXIT_USAGE = 2
+# Fields that define the pool the journals index into: retraining may not change them.
+FIXED_FIELDS = ("seed", "dataset.name", "dataset.data_dir", "dataset.train_size",
+                "dataset.test_size", "train.watch", "train.val_size")
+FIELDS = ("strategy", "trial", "step", "num_labeled", "test_accuracy", "dataset_trial",
+          "training_seed")
+
+log = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """A bad argument: reported as one line, exit status 2."""
+
+
+def parse_value(text: str, old):
+    """`text` as the type of the field's current value `old`."""
+    if isinstance(old, bool):
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"expected true or false, got {text!r}")
+        return text.lower() == "true"
+    if isinstance(old, (list, tuple)):
+        value = ast.literal_eval(text)
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+    if isinstance(old, (int, float)):
+        return type(old)(ast.literal_eval(text))
+    return text
+
+
+def apply_overrides(config_dict: dict, overrides: list[str]) -> dict:
+    """Apply `--config.a.b=value` arguments to a config dict (as read from config.json)."""
+    for arg in overrides:
+        if not arg.startswith("--config.") or "=" not in arg:
+            raise UsageError(f"unrecognized argument {arg!r} (overrides read --config.FIELD=VALUE)")
+        dotted, text = arg[len("--config."):].split("=", 1)
+        if dotted in FIXED_FIELDS:
+            raise UsageError(f"--config.{dotted}: cannot be changed, the journals index the "
+                             "run's own pool")
+        node, *parents = config_dict, *dotted.split(".")[:-1]
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                raise UsageError(f"--config.{dotted}: no such config field")
+            node = node[p]
+        leaf = dotted.split(".")[-1]
+        if leaf not in node:
+            raise UsageError(f"--config.{dotted}: no such config field")
+        try:
+            node[leaf] = parse_value(text, node[leaf])
+        except (ValueError, SyntaxError) as err:
+            raise UsageError(f"--config.{dotted}: bad value {text!r} ({err})") from None
+    return config_dict
+
+
+def labeled_sets(entries: list[dict]) -> list[np.ndarray]:
+    """The labeled set trained on at each recorded step: the initial set, then each step's
+    acquisitions appended in order."""
+    labeled = np.asarray(entries[0]["initial"], dtype=np.int64)
+    sets = []
+    for entry in entries:
+        sets.append(labeled)
+        labeled = np.concatenate([labeled, np.asarray(entry.get("acquired", []), np.int64)])
+    return sets
+
+
+def source_journals(run_dir: Path, strategies) -> dict:
+    """{(strategy, trial): entries} for every journal of the run, in config order."""
+    from crc_jax import loop
+    from crc_jax.journal import Journal
+
+    found = {}
+    for spec in strategies:
+        for path in sorted((run_dir / loop.strategy_dirname(spec)).glob("trial_*/journal.jsonl")):
+            entries = Journal(path).read()
+            if entries:
+                found[(spec, int(path.parent.name.split("_")[1]))] = entries
+    return found
+
+
+def check_labels(setup, entries: list[dict], path: str) -> None:
+    """The journal's recorded labels must be the pool's: the same data set and split."""
+    from crc_jax.errors import RunDirError
+
+    y = setup.pool_y
+    initial = np.asarray(entries[0]["initial"], dtype=np.int64)
+    ok = (initial.size == 0 or initial.max() < len(y)) and \
+        y[initial].tolist() == entries[0].get("initial_labels")
+    for e in entries:
+        acquired = np.asarray(e.get("acquired", []), dtype=np.int64)
+        ok = ok and (acquired.size == 0 or acquired.max() < len(y)) and \
+            y[acquired].tolist() == e.get("labels", [])
+    if not ok:
+        raise RunDirError(f"{path}: recorded labels differ from the data set's")
+
+
+def train_key(seed: int, trial: int, step: int):
+    """The key crc_jax.loop trains step `step` of trial `trial` with, for run seed `seed`."""
+    import jax
+
+    trial_key = jax.random.fold_in(jax.random.PRNGKey(seed), trial)
+    return jax.random.split(jax.random.fold_in(trial_key, step))[0]
+
+
+def retrain_one(setup, sets, journal, *, trial: int, seed: int, desc: str) -> list[dict]:
+    """Train (or resume) one (strategy, trial, seed) over every step; its journal entries."""
+    from crc_jax.train import fit
+
+    entries = journal.read()
+    for step in range(len(entries), len(sets)):
+        labeled = sets[step]
+        unlabeled = np.setdiff1d(np.arange(len(setup.pool_y)), labeled)
+        result = fit(setup.algorithm, x_labeled=setup.pool_x[labeled],
+                     y_labeled=setup.pool_y[labeled].astype(np.int32),
+                     x_unlabeled=setup.pool_x[unlabeled], watch=setup.watch, test=setup.test,
+                     train_config=setup.config.train, key=train_key(seed, trial, step),
+                     eval_apply=setup.eval_apply, desc=f"{desc} s{step} n={len(labeled)}")
+        entry = {"step": step, "num_labeled": int(len(labeled)), "training_seed": seed,
+                 "test_accuracy": float(result.test_accuracy),
+                 "test_loss": float(result.test_loss),
+                 "watch_accuracy": float(result.watch_accuracy),
+                 "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
+        journal.append(entry)
+        entries.append(entry)
+        log.info("%s step %d: %d labels, test accuracy %.4f", desc, step, len(labeled),
+                 result.test_accuracy)
+    return entries
+
+
+def variance_table(rows: list[dict]) -> str:
+    """Markdown: per strategy and labeled count, total / training / data-set std (%)."""
+    cells = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        cells[(r["strategy"], r["num_labeled"])][r["dataset_trial"]].append(
+            100.0 * r["test_accuracy"])
+    lines = ["| strategy | # labeled | mean | std (all runs) | training std (fixed set) "
+             "| data-set std | data sets x seeds |", "|---|---|---|---|---|---|---|"]
+    for (spec, n), by_set in cells.items():
+        values = [v for vs in by_set.values() for v in vs]
+        within = [np.var(vs) for vs in by_set.values()]
+        means = [np.mean(vs) for vs in by_set.values()]
+        seeds = max(len(vs) for vs in by_set.values())
+        lines.append(f"| {spec} | {n} | {np.mean(values):.2f} | {np.std(values):.2f} | "
+                     f"{np.sqrt(np.mean(within)):.2f} | {np.std(means):.2f} | "
+                     f"{len(by_set)} x {seeds} |")
+    return "\n".join(lines) + "\n"
+
+
+def retrain(run_dir, *, seeds: int, first_seed: int | None, out=None,
+            overrides: list[str] = ()) -> list[dict]:
+    """Re-train every recorded step of `run_dir` with `seeds` training seeds into `out`."""
+    import ml_collections
+
+    from crc_jax import config_check, loop
+    from crc_jax.journal import Journal
+    from crc_jax.rundir import RunDir
+    from experiments import report
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise UsageError(f"{run_dir}: no config.json (not a run directory of experiments.main)")
+    source = json.loads((run_dir / "config.json").read_text())
+    config = ml_collections.ConfigDict(apply_overrides(json.loads(json.dumps(source)),
+                                                       list(overrides)))
+    config_check.validate(config)
+    first_seed = config.seed + 1 if first_seed is None else first_seed
+    if seeds < 1 or first_seed < 0:
+        raise UsageError("--seeds must be >= 1 and --first_seed >= 0")
+    out = Path(out) if out else run_dir / "retrain"
+    journals = source_journals(run_dir, config.strategies)
+    if not journals:
+        raise UsageError(f"{run_dir}: no journals to retrain on")
+    rows = []
+    with RunDir(out) as rundir:
+        rundir.bind_config({"source": str(run_dir.resolve()), "first_seed": first_seed,
+                            "config": config.to_dict()})
+        setup = loop.build_setup(config)
+        for (spec, trial), entries in journals.items():
+            check_labels(setup, entries, f"{run_dir}/{spec}/trial_{trial}")
+            sets = labeled_sets(entries)
+            for i in range(seeds):
+                seed = first_seed + i
+                path = out / loop.strategy_dirname(spec) / f"trial_{trial}" / f"seed_{seed}"
+                done = retrain_one(setup, sets, Journal(path / "journal.jsonl"), trial=trial,
+                                   seed=seed, desc=f"{spec} t{trial} seed {seed}")
+                rows += [{"strategy": spec, "trial": trial * seeds + i, "step": e["step"],
+                          "num_labeled": e["num_labeled"], "test_accuracy": e["test_accuracy"],
+                          "dataset_trial": trial, "training_seed": seed} for e in done]
+        write_rows(out / "summary.csv", rows)
+        report.write_report([out], out_dir=out)
+        (out / "variance.md").write_text(
+            f"# Retrained on {run_dir}: variance over data sets and training seeds "
+            "(Appendix B.1)\n\nAccuracies in %.\n\n" + variance_table(rows))
+    return rows
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def main(argv=None) -> None:
+    parser = OneLineParser(prog="python -m experiments.retrain",
+                           description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--seeds", type=int, default=2, help="training seeds per data set")
+    parser.add_argument("--first_seed", type=int, default=None,
+                        help="first training seed (default: the run's seed + 1)")
+    parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/retrain)")
+    from crc_jax.errors import ConfigError, DataError, RunDirError
+    from crc_jax.train import TrainingDiverged
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("jax", "absl", "tensorflow", "orbax", "etils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        args, overrides = parser.parse_known_args(argv)
+        retrain(args.run_dir, seeds=args.seeds, first_seed=args.first_seed, out=args.out,
+                overrides=overrides)
+    except (UsageError, ConfigError, DataError, RunDirError, TrainingDiverged) as err:
+        sys.stderr.write(f"error: {err}\n")
+        sys.exit(EXIT_USAGE)
+    print((Path(args.out or Path(args.run_dir) / "retrain") / "variance.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

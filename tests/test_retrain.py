@@ -1,0 +1,104 @@
+"""experiments.retrain (Appendix B.1): re-training on a run's recorded labeled sets."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from crc_jax import loop
+from experiments import retrain
+from experiments.configs import digits
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    c = digits.get_config()
+    c.trials = 2
+    c.strategies = ("random", "entropy")
+    c.model.width = 4
+    c.train.max_epochs = 2
+    c.train.steps_per_epoch = 2
+    c.train.patience = 0
+    c.train.batch_size = 16
+    c.train.progress = False
+    c.al.steps = 2
+    workdir = tmp_path_factory.mktemp("run")
+    loop.run(c, workdir)
+    return workdir
+
+
+def summary(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_labeled_sets_grow_by_each_steps_acquisitions():
+    entries = [{"initial": [5, 1], "acquired": [7]}, {"acquired": [2, 9]}, {}]
+    sets = retrain.labeled_sets(entries)
+    assert [s.tolist() for s in sets] == [[5, 1], [5, 1, 7], [5, 1, 7, 2, 9]]
+
+
+def test_retrain_with_the_runs_seed_and_model_reproduces_its_accuracies(run_dir, tmp_path):
+    rows = retrain.retrain(run_dir, seeds=1, first_seed=0, out=tmp_path / "same")
+    original = {(r["strategy"], int(r["trial"]), int(r["step"])): float(r["test_accuracy"])
+                for r in summary(run_dir / "summary.csv")}
+    again = {(r["strategy"], r["dataset_trial"], r["step"]): r["test_accuracy"] for r in rows}
+    assert again.keys() == original.keys() and len(again) == 2 * 2 * 3
+    assert again == original
+    # The summary keeps the columns of a main run's, so experiments.report reads it.
+    written = summary(tmp_path / "same" / "summary.csv")
+    assert set(loop.SUMMARY_FIELDS) <= set(written[0])
+    assert (tmp_path / "same" / "report.md").exists()
+
+
+def test_fresh_seeds_resume_and_separate_the_variances(run_dir, tmp_path, monkeypatch):
+    out = tmp_path / "fresh"
+    rows = retrain.retrain(run_dir, seeds=2, first_seed=None, out=out)
+    assert {r["training_seed"] for r in rows} == {1, 2}
+    assert len(rows) == 2 * 2 * 2 * 3  # strategies x trials x seeds x steps
+    num_labeled = {(r["strategy"], r["dataset_trial"], r["step"]): r["num_labeled"] for r in rows}
+    assert set(num_labeled.values()) == {20, 30, 40}
+    table = (out / "variance.md").read_text()
+    assert "training std" in table and "| random | 20 |" in table
+    # Hand-computed decomposition for one cell.
+    cell = [r for r in rows if r["strategy"] == "entropy" and r["num_labeled"] == 40]
+    by_set = {}
+    for r in cell:
+        by_set.setdefault(r["dataset_trial"], []).append(100 * r["test_accuracy"])
+    training = np.sqrt(np.mean([np.var(v) for v in by_set.values()]))
+    datasets = np.std([np.mean(v) for v in by_set.values()])
+    assert f"| entropy | 40 | {np.mean(sum(by_set.values(), [])):.2f} |" in table
+    assert f"{training:.2f} | {datasets:.2f} | 2 x 2 |" in table
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a finished retrain trained again")
+
+    monkeypatch.setattr("crc_jax.train.fit", must_not_train)
+    assert retrain.retrain(run_dir, seeds=2, first_seed=None, out=out) == rows
+
+
+def test_retrain_on_another_model(run_dir, tmp_path):
+    out = tmp_path / "mlp"
+    rows = retrain.retrain(run_dir, seeds=1, first_seed=0, out=out,
+                           overrides=["--config.model.name=mlp", "--config.model.width=32"])
+    assert json.loads((out / "config.json").read_text())["config"]["model"]["name"] == "mlp"
+    assert len(rows) == 12 and all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config.model.nme=mlp"], "model.nme: no such config field"),
+    (["--config.seed=3"], "seed: cannot be changed"),
+    (["--config.train.max_epochs=many"], "train.max_epochs: bad value"),
+    (["--config.model.name=resnet"], "model.name"),
+    (["--seeds=0"], "--seeds must be >= 1"),
+    (["--bogus"], "unrecognized argument"),
+])
+def test_bad_arguments_end_with_one_line_and_status_2(run_dir, tmp_path, capsys, argv, message):
+    out = tmp_path / "bad"
+    with pytest.raises(SystemExit) as exit_info:
+        retrain.main([str(run_dir), "--out", str(out)] + argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not out.exists()
