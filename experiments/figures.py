@@ -8,6 +8,11 @@
         acquisition against the epochs until the test loss reached its minimum when
         training on the enlarged set, log-log with the fitted slope; (b) the distribution
         of candidate-group eigenvalues at each acquisition step.
+    python -m experiments.figures transfer RUNDIR [--out docs/figures]
+        Figure 2 (Appendix B.2) from a run of the `transfer` config (first query by an
+        untrained model): (left) test accuracy against labeled count per strategy, mean ±
+        std over trials; (right) the accuracy gained by each acquisition, acc(step s) −
+        acc(step s−1), mean over trials.
 """
 
 from __future__ import annotations
@@ -138,6 +143,60 @@ def figure3_eigen(workdirs, out: Path) -> Path:
     return path
 
 
+def transfer_curves(workdir) -> dict:
+    """{strategy: (labeled counts, accuracies (trials, steps))} from a run's summary.csv."""
+    from experiments import report
+
+    by_strategy = {}
+    for r in report.load_rows([workdir]):
+        by_strategy.setdefault(r["strategy"], {}).setdefault(r["trial"], {})[r["step"]] = r
+    curves = {}
+    for spec, trials in by_strategy.items():
+        steps = sorted(set.intersection(*(set(t) for t in trials.values())))
+        counts = [next(iter(trials.values()))[s]["num_labeled"] for s in steps]
+        acc = np.array([[100.0 * t[s]["test_accuracy"] for s in steps] for t in trials.values()])
+        curves[spec] = (np.asarray(counts), acc)
+    return curves
+
+
+def figure2_transfer(workdir: Path, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    config = json.loads((Path(workdir) / "config.json").read_text())
+    if config.get("al", {}).get("first_query") != "random_init":
+        raise SystemExit(f"{workdir} is not a transfer run (al.first_query is not "
+                         "'random_init'): run --config=transfer or transfer:digits")
+    curves = transfer_curves(workdir)
+    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    for spec, (counts, acc) in curves.items():
+        style = dict(color="k", linestyle="--") if spec == "random" else {}
+        mean, std = acc.mean(0), acc.std(0)
+        line, = ax_a.plot(counts, mean, marker="o", label=spec, **style)
+        ax_a.fill_between(counts, mean - std, mean + std, alpha=0.12, color=line.get_color())
+        gains = np.diff(acc, axis=1).mean(0)
+        ax_b.plot(counts[1:], gains, marker="o", label=spec, color=line.get_color(),
+                  linestyle=style.get("linestyle", "-"))
+    ax_a.set_xlabel("number of labeled images")
+    ax_a.set_ylabel("test accuracy (%)")
+    ax_a.set_title("accuracy; first query by an untrained model")
+    ax_b.axhline(0, color="0.5", linewidth=0.8)
+    ax_b.set_xlabel("number of labeled images after the acquisition")
+    ax_b.set_ylabel("accuracy gained by the acquisition (points)")
+    ax_b.set_title("gain of each consecutive acquisition")
+    for ax in (ax_a, ax_b):
+        ax.grid(alpha=0.3)
+    ax_a.legend(fontsize=8)
+    trials = max(acc.shape[0] for _, acc in curves.values())
+    fig.suptitle(f"Figure 2 (Appendix B.2) from {Path(workdir).name}: {config['dataset']['name']}, "
+                 f"{config['ssl']['name']}, {trials} trials", fontsize=11)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "figure2_transfer.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="figure", required=True)
@@ -148,9 +207,14 @@ def main(argv=None) -> None:
     eigen = sub.add_parser("eigen", help="Figure 3")
     eigen.add_argument("workdirs", nargs="+")
     eigen.add_argument("--out", default="docs/figures")
+    transfer = sub.add_parser("transfer", help="Figure 2")
+    transfer.add_argument("workdir")
+    transfer.add_argument("--out", default="docs/figures")
     args = parser.parse_args(argv)
     if args.figure == "moons":
         print(figure1_moons(Path(args.out), Path(args.workdir), seed=args.seed))
+    elif args.figure == "transfer":
+        print(figure2_transfer(Path(args.workdir), Path(args.out)))
     else:
         print(figure3_eigen(args.workdirs, Path(args.out)))
 

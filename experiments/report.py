@@ -5,8 +5,9 @@
 Writes report.md (a table: rows strategies, columns labeled counts, cells mean ± std of
 test accuracy over trials, like the paper's Tables 4-6), report.csv (the same numbers)
 and learning_curve.png (accuracy vs labeled count, one line per strategy, ± std shaded).
-Following the paper's selection rule (§4.1), the trial with the median final accuracy
-of each strategy is named as such.
+The trial with the median final accuracy of each strategy is named (a pointer to a
+typical trial; the paper's §4.1 median rule is another thing, the median initial model
+of al.initial_model = "median").
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def markdown_table(rows: list[dict]) -> str:
                      + " | ".join(_cell(cells[(s, n)]) for n in counts) + " |")
     medians = median_trials(rows)
     note = ("Cells: mean ± std of test accuracy over trials, columns: number of labeled "
-            "images. Median trial (paper §4.1 selection rule): "
+            "images. Trial with the median final accuracy: "
             + ", ".join(f"{s}: trial {t}" for s, t in medians.items()) + ".")
     return "\n".join(lines) + "\n\n" + note + "\n"
 

@@ -366,3 +366,27 @@ def test_median_with_a_strategy_picked_first_query_is_refused():
     config = tiny_digits(**{"al.initial_model": "median", "al.first_query": "random_init"})
     with pytest.raises(ConfigError, match=r"al\.initial_model"):
         config_check.validate(config)
+
+
+def test_figure2_reads_a_transfer_run(tmp_path):
+    from experiments import figures
+
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"al": {"first_query": "random_init"}, "dataset": {"name": "digits"},
+         "ssl": {"name": "fixmatch"}}))
+    rows = ["strategy,trial,step,num_labeled,test_accuracy"]
+    accuracy = {("random", 0): [0.5, 0.6, 0.7], ("random", 1): [0.7, 0.7, 0.8],
+                ("crc", 0): [0.4, 0.7, 0.9], ("crc", 1): [0.2, 0.5, 0.9]}
+    for (spec, trial), values in accuracy.items():
+        rows += [f"{spec},{trial},{s},{20 + 10 * s},{v}" for s, v in enumerate(values)]
+    (tmp_path / "summary.csv").write_text("\n".join(rows) + "\n")
+    curves = figures.transfer_curves(tmp_path)
+    counts, acc = curves["crc"]
+    assert counts.tolist() == [20, 30, 40]
+    np.testing.assert_allclose(np.diff(acc, axis=1).mean(0), [30.0, 30.0])
+    np.testing.assert_allclose(curves["random"][1].mean(0), [60.0, 65.0, 75.0])
+    path = figures.figure2_transfer(tmp_path, tmp_path / "figs")
+    assert path.name == "figure2_transfer.png" and path.stat().st_size > 10_000
+    (tmp_path / "config.json").write_text(json.dumps({"al": {"first_query": "trained"}}))
+    with pytest.raises(SystemExit, match="not a transfer run"):
+        figures.figure2_transfer(tmp_path, tmp_path / "figs")
