@@ -94,7 +94,7 @@ def state_at_kill(workdir: Path) -> dict:
         lines += raw.count(b"\n")
         torn += bool(raw) and not raw.endswith(b"\n")
     return {"journal_lines": lines, "torn_lines": torn,
-            "partial_checkpoints": len(list(workdir.rglob("*.orbax-checkpoint-tmp-*"))),
+            "partial_checkpoints": len(list(workdir.rglob("*.orbax-checkpoint-tmp*"))),
             "summary": (workdir / "summary.csv").exists(),
             "report_csv": (workdir / "report.csv").exists()}
 
