@@ -50,7 +50,6 @@ def outputs(workdir: Path) -> dict:
     for path in journal_paths(workdir):
         entries = [json.loads(line) for line in path.read_text().splitlines()]
         for entry in entries:
-            entry.pop("seconds")
             entry.pop("crc32")
         out[str(path.relative_to(workdir))] = entries
     for name in ("summary.csv", "report.md", "report.csv"):
