@@ -208,8 +208,8 @@ def retrain(run_dir, *, seeds: int, first_seed: int | None, out=None,
         raise UsageError(f"{run_dir}: no journals to retrain on")
     rows = []
     with RunDir(out) as rundir:
-        rundir.bind_config({"source": str(run_dir.resolve()), "first_seed": first_seed,
-                            "config": config.to_dict()})
+        rundir.bind_config(dict(config.to_dict(), retrain={
+            "source": str(run_dir.resolve()), "first_seed": first_seed}))
         setup = loop.build_setup(config)
         for (spec, trial), entries in journals.items():
             check_labels(setup, entries, f"{run_dir}/{spec}/trial_{trial}")

@@ -82,7 +82,8 @@ def test_retrain_on_another_model(run_dir, tmp_path):
     out = tmp_path / "mlp"
     rows = retrain.retrain(run_dir, seeds=1, first_seed=0, out=out,
                            overrides=["--config.model.name=mlp", "--config.model.width=32"])
-    assert json.loads((out / "config.json").read_text())["config"]["model"]["name"] == "mlp"
+    written = json.loads((out / "config.json").read_text())
+    assert written["model"]["name"] == "mlp" and written["retrain"]["first_seed"] == 0
     assert len(rows) == 12 and all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
 
 

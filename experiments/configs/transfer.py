@@ -20,7 +20,8 @@ Command:  python -m experiments.main --config=transfer --workdir=runs/transfer
           python -m experiments.main --config=transfer:digits --workdir=runs/transfer_digits
 Expect:   paper Figure 2: every strategy starts below random sampling; entropy and CRC
           catch up after a few acquisitions, the other baselines stay below random.
-          transfer:digits: about 10 minutes on a 2-core CPU (README has the measured figure).
+          transfer:digits: 18 minutes on a 2-core CPU shared with other jobs (README has
+          the measured table and Figure 2).
 """
 
 from experiments.configs import cifar10_fixmatch, digits_fixmatch
