@@ -28,11 +28,16 @@ class TrainState(train_state.TrainState):
     ema_batch_stats: Any
     ema_decay: float = struct.field(pytree_node=False, default=0.0)
     ema_batch_stats_rule: str = struct.field(pytree_node=False, default="average")
+    ema_warmup: bool = struct.field(pytree_node=False, default=False)
 
     def update_ema(self) -> "TrainState":
         """ema <- d * ema + (1 - d) * current for params; batch statistics averaged the
-        same way ("average") or copied ("copy")."""
+        same way ("average") or copied ("copy"). With ema_warmup, d = min(1 - 1/(k + 1), decay)
+        after step k (the Mean Teacher reference's moving_average), so early EMAs follow
+        the trained weights closely."""
         d = self.ema_decay
+        if self.ema_warmup:
+            d = jnp.minimum(1.0 - 1.0 / (self.step + 1.0), d)
         mix = lambda e, p: d * e + (1.0 - d) * p  # noqa: E731
         if self.ema_batch_stats_rule == "copy":
             stats = jax.tree_util.tree_map(jnp.copy, self.batch_stats)
@@ -55,7 +60,8 @@ EMA_BATCH_STATS_RULES = ("average", "copy")
 
 def create_train_state(model, key: jax.Array, sample_x, tx: optax.GradientTransformation,
                        *, ema_decay: float = 0.0,
-                       ema_batch_stats_rule: str = "average") -> TrainState:
+                       ema_batch_stats_rule: str = "average",
+                       ema_warmup: bool = False) -> TrainState:
     """Initialize `model` on `sample_x` (a batch of one or more inputs) and wrap it."""
     variables = model.init(key, jnp.asarray(sample_x), train=False)
     params = variables["params"]
@@ -69,4 +75,5 @@ def create_train_state(model, key: jax.Array, sample_x, tx: optax.GradientTransf
         ema_batch_stats=batch_stats,
         ema_decay=float(ema_decay),
         ema_batch_stats_rule=ema_batch_stats_rule,
+        ema_warmup=bool(ema_warmup),
     )

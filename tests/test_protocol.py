@@ -305,6 +305,26 @@ def test_mean_teacher_evaluates_the_configured_network(eval_model):
     assert not all(np.array_equal(a, b) for a, b in zip(leaves(evaluated), leaves(other)))
 
 
+@pytest.mark.parametrize("warmup", [True, False])
+def test_teacher_ema_warmup_follows_the_reference(warmup):
+    """Reference: ema_factor = min(1 - 1/(k+1), α) at the k-th update (0.5 at the first)."""
+    config = tiny_digits(**{"ssl.name": "mean_teacher", "ssl.teacher_ema_warmup": warmup,
+                            "ssl.teacher_ema": 0.95, "ssl.unlabeled_ratio": 1})
+    algorithm = ssl.create(config, models.get("mlp", num_classes=10, width=8),
+                           num_train_steps=4, flip=False)
+    x = np.random.default_rng(0).random((16, 8, 8, 1), np.float32)
+    state = algorithm.init_state(jax.random.PRNGKey(0), x[:1])
+    batch = {"x_l": x, "y_l": np.arange(16, dtype=np.int32) % 10, "x_u": x}
+    for k in range(1, 4):
+        teacher = jax.tree_util.tree_map(np.asarray, state.ema_params)
+        state, _ = algorithm.train_step(state, batch, jax.random.PRNGKey(k))
+        d = min(1 - 1 / (k + 1), 0.95) if warmup else 0.95
+        jax.tree_util.tree_map(
+            lambda e, t, p: np.testing.assert_allclose(e, d * t + (1 - d) * p, rtol=1e-5,
+                                                       atol=1e-6),
+            state.ema_params, teacher, state.params)
+
+
 @pytest.mark.parametrize("translate", [2, 0])
 def test_weak_view_translation_range(translate):
     image = np.zeros((32, 32, 1), np.float32)
@@ -327,6 +347,7 @@ def test_svhn_mt_follows_the_reference():
     assert (c.train.schedule, c.train.lr_decay_step, c.train.lr_decay_factor) == (
         "step", 400_000, 0.2)
     assert c.ssl.rampup_steps == 200_000 and c.ssl.teacher_ema == 0.95
+    assert c.ssl.teacher_ema_warmup
 
 
 # --------------------------------------------------------------- configs and validation

@@ -17,18 +17,19 @@ from crc_jax.data import augment
 from crc_jax.state import TrainState, create_train_state
 
 
-def init_state_fn(model, tx, *, ema_decay: float, ema_batch_stats: str = "average"):
+def init_state_fn(model, tx, *, ema_decay: float, ema_batch_stats: str = "average",
+                  ema_warmup: bool = False):
     """(key, sample_x) -> TrainState whose EMA trees are copies, not aliases, of the params.
 
     The train steps donate the state (donate_argnums=(0,)); two leaves that share one
     buffer cannot both be donated, so the EMA starts as a copy. `ema_batch_stats`:
     how the EMA model's BatchNorm statistics follow the trained ones ("average" | "copy",
-    see crc_jax.state).
+    see crc_jax.state); `ema_warmup`: the decay min(1 - 1/(k+1), ema_decay) after step k.
     """
 
     def init(key, sample_x) -> TrainState:
         state = create_train_state(model, key, sample_x, tx, ema_decay=ema_decay,
-                                   ema_batch_stats_rule=ema_batch_stats)
+                                   ema_batch_stats_rule=ema_batch_stats, ema_warmup=ema_warmup)
         copy = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)  # noqa: E731
         return state.replace(ema_params=copy(state.params),
                              ema_batch_stats=copy(state.batch_stats))

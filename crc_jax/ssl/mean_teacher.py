@@ -16,7 +16,8 @@ Which network is evaluated and handed to the next acquisition is config.ssl.eval
 never `t_model`), or "teacher".
 
 Reference settings (Oliver et al. 2018, config.py of that implementation): Adam lr 4e-4,
-x0.2 after 400k of 500k iterations, λ = 8 ramped up over 200k iterations, α = 0.95,
+x0.2 after 400k of 500k iterations, λ = 8 ramped up over 200k iterations, α = 0.95
+reached through min(1 - 1/(k+1), α) after step k (config.ssl.teacher_ema_warmup),
 50 labeled + 50 unlabeled images per step (batch_size 100, halved for each).
 """
 
@@ -60,7 +61,8 @@ def make_mean_teacher(*, config, model, num_train_steps: int, flip: bool = False
         unlabeled_batch=int(sc.unlabeled_ratio) * batch,
         init_state=consistency.init_state_fn(
             model, tx, ema_decay=teacher_ema,
-            ema_batch_stats=consistency.ema_batch_stats_rule(config)),
+            ema_batch_stats=consistency.ema_batch_stats_rule(config),
+            ema_warmup=bool(sc.get("teacher_ema_warmup", False))),
         train_step=consistency.make_two_view_step(
             mean_teacher_loss,
             view_fn=consistency.weak_view(config, flip=flip),

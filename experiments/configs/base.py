@@ -33,6 +33,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.ssl.unlabeled_weight = 1.0     # FixMatch lambda_u / consistency weight (MT, Pi)
     c.ssl.rampup_fraction = 0.4      # MT / Pi: fraction of training the ramp-up lasts
     c.ssl.teacher_ema = 0.95         # MT: teacher = EMA of the student with this decay
+    c.ssl.teacher_ema_warmup = False  # MT: teacher decay min(1 - 1/(k+1), teacher_ema) (MT reference)
     c.ssl.eval_model = "teacher"     # MT: network evaluated and queried: teacher | student (MT reference)
     c.ssl.rampup_steps = 0           # MT / Pi: ramp-up length in steps; 0 = rampup_fraction of the cap
     c.ssl.ema_batch_stats = "average"  # EMA model's BatchNorm stats: average | copy (paper footnote 2)

@@ -7,7 +7,9 @@ acquisitions; 3 trials. `:val` selects the best epoch on a held-out validation s
 Protocol choices, each with the source it follows (the MT reference is the one the
 paper's footnote 1 names, perrying/realistic-ssl-evaluation-pytorch, config.py and train.py):
   * Mean Teacher of Oliver et al. (2018): Adam lr 4e-4, consistency weight 8 ramped up
-    as exp(-5(1-t)^2) over 200k steps (ssl.rampup_steps), teacher EMA 0.95.
+    as exp(-5(1-t)^2) over 200k steps (ssl.rampup_steps), teacher EMA 0.95 reached
+    through min(1 - 1/(k+1), 0.95) after step k (ssl.teacher_ema_warmup, the reference's
+    moving_average).
   * lr x0.2 from step 400k on (train.schedule="step"), as the reference's lr_decay_iter.
   * 50 labeled + 50 unlabeled images per step (reference batch_size 100, halved for each).
   * The student is evaluated and handed to the next acquisition (ssl.eval_model):
@@ -41,6 +43,7 @@ def get_config(arg=None):
     c.ssl.unlabeled_weight = 8.0
     c.ssl.unlabeled_ratio = 1
     c.ssl.teacher_ema = 0.95
+    c.ssl.teacher_ema_warmup = True
     c.ssl.rampup_steps = 200_000
     c.ssl.eval_model = "student"
     c.al.initial_size = 120
