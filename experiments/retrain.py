@@ -1,7 +1,7 @@
 """Re-train models on the labeled sets a run recorded (paper Appendix B.1 and B.2).
 
     python -m experiments.retrain RUN_DIR [--seeds N] [--first_seed S] [--out DIR]
-                                          [--config.model.name=mlp ...]
+                                          [--strategies a,b] [--config.model.name=mlp ...]
 
 For every strategy, trial and step of RUN_DIR's journals, the labeled set of that step
 (the initial set plus the acquisitions before it) is fixed and a model is trained from
@@ -17,7 +17,7 @@ median-initial-model run, trained once with the candidate's key). The data set, 
 seed and the validation split cannot be overridden: the journals index that pool.
 
 Writes OUT (default RUN_DIR/retrain): config.json, one journal per (strategy, trial,
-seed), summary.csv (columns of a main run's summary, trial = dataset trial * N + seed
+seed), summary.csv (of the strategies retrained so far; `--strategies` picks some) (columns of a main run's summary, trial = dataset trial * N + seed
 index, plus dataset_trial and training_seed), report.md/csv/png as experiments.report,
 and variance.md: per strategy and labeled count, the std over all runs, the training
 std on a fixed data set (sqrt of the mean within-data-set variance) and the data-set std
@@ -183,8 +183,9 @@ def variance_table(rows: list[dict]) -> str:
 
 
 def retrain(run_dir, *, seeds: int, first_seed: int | None, out=None,
-            overrides: list[str] = ()) -> list[dict]:
-    """Re-train every recorded step of `run_dir` with `seeds` training seeds into `out`."""
+            overrides: list[str] = (), strategies=None) -> list[dict]:
+    """Re-train every recorded step of `run_dir` with `seeds` training seeds into `out`
+    (only the given `strategies` of the run, when given)."""
     import ml_collections
 
     from crc_jax import config_check, loop
@@ -203,7 +204,13 @@ def retrain(run_dir, *, seeds: int, first_seed: int | None, out=None,
     if seeds < 1 or first_seed < 0:
         raise UsageError("--seeds must be >= 1 and --first_seed >= 0")
     out = Path(out) if out else run_dir / "retrain"
-    journals = source_journals(run_dir, config.strategies)
+    chosen = list(config.strategies)
+    if strategies:
+        unknown = [s for s in strategies if s not in chosen]
+        if unknown:
+            raise UsageError(f"--strategies: {unknown} not in the run's strategies {chosen}")
+        chosen = [s for s in chosen if s in strategies]
+    journals = source_journals(run_dir, chosen)
     if not journals:
         raise UsageError(f"{run_dir}: no journals to retrain on")
     rows = []
@@ -252,6 +259,8 @@ def main(argv=None) -> None:
     parser.add_argument("--first_seed", type=int, default=None,
                         help="first training seed (default: the run's seed + 1)")
     parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/retrain)")
+    parser.add_argument("--strategies", default="",
+                        help="comma-separated strategies of the run to retrain (default: all)")
     from crc_jax.errors import ConfigError, DataError, RunDirError
     from crc_jax.train import TrainingDiverged
 
@@ -261,7 +270,8 @@ def main(argv=None) -> None:
     try:
         args, overrides = parser.parse_known_args(argv)
         retrain(args.run_dir, seeds=args.seeds, first_seed=args.first_seed, out=args.out,
-                overrides=overrides)
+                overrides=overrides,
+                strategies=[s for s in args.strategies.split(",") if s] or None)
     except (UsageError, ConfigError, DataError, RunDirError, TrainingDiverged) as err:
         sys.stderr.write(f"error: {err}\n")
         sys.exit(EXIT_USAGE)

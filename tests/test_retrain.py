@@ -94,6 +94,7 @@ def test_retrain_on_another_model(run_dir, tmp_path):
     (["--config.model.name=resnet"], "model.name"),
     (["--seeds=0"], "--seeds must be >= 1"),
     (["--bogus"], "unrecognized argument"),
+    (["--strategies=crc"], "--strategies: ['crc'] not in the run's strategies"),
 ])
 def test_bad_arguments_end_with_one_line_and_status_2(run_dir, tmp_path, capsys, argv, message):
     out = tmp_path / "bad"
