@@ -1,9 +1,9 @@
 """The active-learning loop (paper §4.1, docs/design.md "The protocol").
 
 For each strategy and trial: step 0 labels Q0 images sampled class-balanced (the same
-images for every strategy of a trial; see crc_jax.initial_model for the paper's median
-initial model and the transfer setting's first query); then, `al.steps` times, the model is trained
-from scratch, evaluated, and the strategy acquires Q labels. Every completed step is one
+images for every strategy of a trial; crc_jax.initial_model holds the paper's median
+initial model and the transfer setting's first query); then, `al.steps` times, the model
+is trained from scratch, evaluated, and the strategy acquires Q labels. Every completed step is one
 journal line (written whole and fsynced) before the next begins, so rerunning the same
 command resumes after the last completed step and draws the same randomness: keys are
 folded from (seed, trial, step), never carried in process state.
