@@ -164,7 +164,8 @@ def retrain_one(setup, sets, journal, *, trial: int, seed: int, desc: str) -> li
 
 
 def variance_table(rows: list[dict]) -> str:
-    """Markdown: per strategy and labeled count, total / training / data-set std (%)."""
+    """Markdown: per strategy and labeled count, total / training / data-set std (%);
+    the training std needs two seeds or more ("–" with one)."""
     cells = defaultdict(lambda: defaultdict(list))
     for r in rows:
         cells[(r["strategy"], r["num_labeled"])][r["dataset_trial"]].append(
@@ -176,9 +177,9 @@ def variance_table(rows: list[dict]) -> str:
         within = [np.var(vs) for vs in by_set.values()]
         means = [np.mean(vs) for vs in by_set.values()]
         seeds = max(len(vs) for vs in by_set.values())
+        training = f"{np.sqrt(np.mean(within)):.2f}" if seeds > 1 else "–"  # one seed: unknown
         lines.append(f"| {spec} | {n} | {np.mean(values):.2f} | {np.std(values):.2f} | "
-                     f"{np.sqrt(np.mean(within)):.2f} | {np.std(means):.2f} | "
-                     f"{len(by_set)} x {seeds} |")
+                     f"{training} | {np.std(means):.2f} | {len(by_set)} x {seeds} |")
     return "\n".join(lines) + "\n"
 
 

@@ -78,6 +78,16 @@ def test_fresh_seeds_resume_and_separate_the_variances(run_dir, tmp_path, monkey
     assert retrain.retrain(run_dir, seeds=2, first_seed=None, out=out) == rows
 
 
+def test_variance_table_by_hand():
+    rows = [{"strategy": "s", "num_labeled": 10, "dataset_trial": t, "test_accuracy": a}
+            for t, a in [(0, 0.5), (0, 0.7), (1, 0.9), (1, 0.9)]]
+    # mean 75; within-set variances 100 and 0 -> training std sqrt(50); set means 60, 90.
+    table = retrain.variance_table(rows)
+    assert f"| s | 10 | 75.00 | {np.std([50, 70, 90, 90]):.2f} | {np.sqrt(50):.2f} | 15.00 | 2 x 2 |" in table
+    one_seed = retrain.variance_table([r for r in rows if r["test_accuracy"] != 0.7][:2])
+    assert "| – | 20.00 | 2 x 1 |" in one_seed
+
+
 def test_retrain_on_another_model(run_dir, tmp_path):
     out = tmp_path / "mlp"
     rows = retrain.retrain(run_dir, seeds=1, first_seed=0, out=out,
