@@ -119,9 +119,9 @@ def cmd_init(args):
     project, result = Project.create(args.dir, args.images, image_size=args.image_size,
                                      classes=classes, labels_csv=args.labels)
     for path, reason in result.skipped:
-        log.warning("skipped %s: %s", path, reason)
+        print(f"skipped {path}: {reason}")
     for path, kept in result.duplicates:
-        log.warning("duplicate %s: same bytes as %s (kept out)", path, kept)
+        print(f"duplicate {path}: same bytes as {kept} (kept out)")
     print(f"{args.dir}: {len(project)} images at {args.image_size}x{args.image_size}, "
           f"{len(result.duplicates)} exact duplicates kept out, {len(result.skipped)} unreadable "
           f"skipped; classes: {', '.join(project.classes) or '(none yet)'}; "

@@ -57,15 +57,21 @@ class Project:
         if not 8 <= int(image_size) <= 512:
             raise ProjectError(f"--image-size: must be between 8 and 512, got {image_size}")
         classes = store.check_class_names(classes) if classes else []
+        if (directory / store.PROJECT_FILE).exists():
+            store.prepare_dir(directory)  # raises: already a project
         labels_rows = None
         if labels_csv is not None:
             from crc_jax.project import exchange
             labels_rows = exchange.read_labels_file(Path(labels_csv))
-        store.prepare_dir(directory)
         result = scan(images, int(image_size), progress=progress)
         if not result.paths:
             raise ProjectError(f"--images {images}: no readable images found "
                                f"({len(result.skipped)} unreadable)")
+        if labels_rows is not None:  # checked against the scan before anything is written
+            from crc_jax.project import exchange
+            classes = classes or sorted({label for _, label in labels_rows})
+            exchange.resolve_rows(exchange.PathIndex(result.paths, classes), labels_rows)
+        store.prepare_dir(directory)
         store.write_pool(directory, result.images, result.paths, result.hashes)
         meta = {"format": store.FORMAT_VERSION, "images": str(images.resolve()),
                 "image_size": int(image_size), "classes": classes,
@@ -164,7 +170,8 @@ class Project:
     def import_rows(self, rows: list, *, source: str) -> int:
         """Labels given as (path, class name) pairs, e.g. from a CSV or Label Studio."""
         from crc_jax.project import exchange
-        return self.add_labels(exchange.resolve_rows(self, rows), source=source,
+        index = exchange.PathIndex(self.paths, self.classes)
+        return self.add_labels(exchange.resolve_rows(index, rows), source=source,
                                queued_only=False)
 
     def import_file(self, path: os.PathLike) -> int:

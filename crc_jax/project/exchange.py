@@ -23,6 +23,14 @@ UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
 FORMATS = ("csv", "label-studio")
 
 
+class PathIndex:
+    """The image paths and classes a labels file is checked against (a project, or a scan)."""
+
+    def __init__(self, paths: list, classes: list):
+        self.paths, self.classes = list(paths), list(classes)
+        self._id_of = {p: i for i, p in enumerate(self.paths)}
+
+
 def read_labels_file(path: Path) -> list[tuple[str, str]]:
     """(path, class name) pairs from a CSV (header path,label) or a Label Studio JSON file."""
     if not path.is_file():
@@ -89,8 +97,9 @@ def _candidates(reference: str) -> list[str]:
     return out
 
 
-def resolve_rows(project, rows: list) -> dict:
+def resolve_rows(index: PathIndex, rows: list) -> dict:
     """{id: class name} for (path, class) rows; unknown files or classes raise, naming them."""
+    project = index
     by_name: dict[str, list[int]] = {}
     for i, p in enumerate(project.paths):
         by_name.setdefault(Path(p).name, []).append(i)

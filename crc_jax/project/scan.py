@@ -87,7 +87,8 @@ def scan(root: os.PathLike, size: int, *, progress: bool = True) -> ScanResult:
     root = Path(root)
     paths, hashes, images, duplicates, skipped = [], [], [], [], []
     first_of = {}
-    for rel in tqdm(list_images(root), desc="scan", disable=not progress, leave=False):
+    # disable=None: no bar when stderr is not a terminal (logs, pipes)
+    for rel in tqdm(list_images(root), desc="scan", disable=None if progress else True, leave=False):
         path = root / rel
         try:
             data = path.read_bytes()
