@@ -110,7 +110,8 @@ def create_app(project: Project, *, settings: RoundSettings = RoundSettings(),
             i = int(row["id"])
             queue.append({"id": i, "path": row["path"], "predicted": row["predicted"],
                           "confidence": row["confidence"],
-                          "answer": answers.get(i, "") if i in answers else None})
+                          # null: not answered yet; "": skipped; else the class
+                          "answer": (answers[i] or "") if i in answers else None})
         with job_lock:
             round_state = job.as_dict()
         return {"classes": project.classes, "queue": queue, "budget": budget,
