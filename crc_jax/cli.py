@@ -155,7 +155,7 @@ def cmd_label(args):
     server = make_server(project, host=args.host, port=args.port, settings=settings,
                          budget=args.budget)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"labeling page: http://{host}:{server.server_port}/  (Ctrl-C to stop)", flush=True)
+    print(f"labeling page: http://{host}:{server.port}/  (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

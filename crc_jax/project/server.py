@@ -208,7 +208,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def make_server(project: Project, *, host: str = "127.0.0.1", port: int = 8765,
                 settings: RoundSettings = RoundSettings(), budget: int = 20):
-    """A threaded Werkzeug server for the page (call .serve_forever(); .server_port)."""
+    """A threaded Werkzeug server for the page (call .serve_forever(); .port)."""
     from werkzeug.serving import make_server as werkzeug_server
 
     sock = bind(host, port)
