@@ -114,6 +114,9 @@ def create_app(project: Project, *, settings: RoundSettings = RoundSettings(),
                           "answer": (answers[i] or "") if i in answers else None})
         with job_lock:
             round_state = job.as_dict()
+        trained = [e for e in project.rounds() if not e.get("cold_start")]
+        # A progress estimate for the page: the last trained round's duration.
+        round_state["expected"] = trained[-1]["seconds"] if trained else None
         return {"classes": project.classes, "queue": queue, "budget": budget,
                 "done": sum(q["answer"] is not None for q in queue), "total": len(queue),
                 "labeled": sum(1 for c in answers.values() if c is not None),
