@@ -22,6 +22,8 @@ Expect:   a few minutes on a 2-core CPU; figures go into experiments/benchmarks/
 from __future__ import annotations
 
 import argparse
+import csv
+import logging
 import os
 import statistics
 import subprocess
@@ -134,6 +136,7 @@ def main(argv=None):
     parser.add_argument("--clicks", type=int, default=15)
     parser.add_argument("--screenshot", help="save a screenshot of the page here")
     args = parser.parse_args(argv)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -144,6 +147,10 @@ def main(argv=None):
         cold_s = crc_jax("next", tmp / "proj", "--budget", 20)
         label_queue(tmp / "proj", truth)
         next_s = crc_jax("next", tmp / "proj", "--budget", 20)
+        crc_jax("predict", tmp / "proj", "--out", tmp / "predictions.csv")
+        with open(tmp / "predictions.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        accuracy = np.mean([r["predicted"] == str(truth[r["path"]]) for r in rows])
         clicks = time_clicks(tmp / "proj", truth, args.clicks, args.screenshot)
     load_end = os.getloadavg()
 
@@ -151,6 +158,7 @@ def main(argv=None):
     p90 = click[int(0.9 * (len(click) - 1))]
     print(f"load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end "
           f"(2-core CPU shared with other jobs); {args.images} images")
+    print(f"pool accuracy of the model `next` trained on the 20 cold-start labels: {accuracy:.3f}")
     print("| step | time | baseline (same run) | ratio | goal |")
     print("| --- | ---: | ---: | ---: | --- |")
     print(f"| crc-jax init | {init_s:.1f} s | Pillow decode alone {floor:.1f} s | "
