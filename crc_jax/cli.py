@@ -222,7 +222,7 @@ def main(argv=None) -> int:
     for noisy in ("jax", "absl", "werkzeug", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from crc_jax.errors import DataError
+    from crc_jax.errors import DataError, RunDirError
     from crc_jax.project.labels_log import LabelConflict
 
     try:
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (DataError, LabelConflict) as err:
+    except (DataError, LabelConflict, RunDirError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:  # a budget the pool cannot meet, a bad strategy option

@@ -181,7 +181,18 @@ class Project:
 
     # -- rounds --------------------------------------------------------------------------
     def rounds(self) -> list[dict]:
-        return self.rounds_journal.read()
+        """Completed rounds. Only reads: a torn last line (a crash mid-append, or an append
+        in progress in another process) is ignored here and cut off by the next round."""
+        path = self.rounds_journal.path
+        if not path.exists():
+            return []
+        entries = []
+        for number, line in enumerate(path.read_bytes().split(b"\n")[:-1], start=1):
+            try:
+                entries.append(journal.decode(line.decode()))
+            except (ValueError, UnicodeDecodeError) as err:
+                raise ProjectError(f"{path}: line {number} is corrupt ({err})") from None
+        return entries
 
     def queue(self) -> list[dict]:
         """The rows of queue.csv (id, path, predicted, confidence), in the order picked."""
@@ -212,7 +223,7 @@ class Project:
             labeled = np.array(sorted(labels), dtype=np.int64)
             y = np.array([self.classes.index(labels[i]) for i in labeled], dtype=np.int32)
             candidates = np.array([i for i in range(len(self)) if i not in answers], np.int64)
-            index = len(self.rounds())
+            index = len(self.rounds_journal.read())  # the one writer: cuts a torn line
             result = rounds.run_round(settings, pool=self.pool(), labeled=labeled, labels=y,
                                       candidates=candidates, num_classes=len(self.classes),
                                       budget=int(n), round_index=index)

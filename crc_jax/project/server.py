@@ -2,7 +2,7 @@
 
 Routes (JSON unless noted):
     GET  /                  the page (one HTML file, no assets from the internet)
-    GET  /image/<id>        the original image file of a queued or labeled image
+    GET  /image/<id>        the original file of image <id> of the project
     GET  /api/state         classes, the queue with answers, counts, the round in progress
     POST /api/answer        {"id": 3, "label": "cat"} or {"id": 3, "skip": true}
     POST /api/undo          {"id": 3}
