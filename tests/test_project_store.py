@@ -168,3 +168,28 @@ def test_init_never_overwrites_what_it_did_not_write(tmp_path):
     Project.create(tmp_path / "p", tmp_path / "images", progress=False)
     with pytest.raises(ProjectError, match="already a crc-jax project"):
         Project.create(tmp_path / "p", tmp_path / "images", progress=False)
+
+
+def test_first_labels_name_the_classes(tmp_path):
+    write_digits(tmp_path / "images", 6, broken=False)
+    project, _ = Project.create(tmp_path / "p", tmp_path / "images", image_size=8, progress=False)
+    assert project.classes == []
+    with pytest.raises(ProjectError, match="not in the queue"):
+        project.add_labels({0: "cat"})
+    assert Project.open(tmp_path / "p").classes == []  # a refused call names nothing
+    project.add_labels({0: "dog", 1: "cat"}, queued_only=False)
+    assert Project.open(tmp_path / "p").classes == ["cat", "dog"]
+    with pytest.raises(ProjectError, match="unknown class 'fox'"):
+        project.add_labels({2: "fox"}, queued_only=False)
+
+
+def test_wilson_interval_matches_hand_computed_values():
+    from crc_jax.project.rounds import wilson_interval
+
+    # Wilson score interval, z = 1.96, worked by hand: p=0.25, n=20 -> centre 0.2904,
+    # half-width 0.1784; 0 of 10 -> [0, z²/(n+z²)] = [0, 0.2775].
+    low, high = wilson_interval(5, 20)
+    assert low == pytest.approx(0.1119, abs=1e-4) and high == pytest.approx(0.4687, abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 3.8416 / 13.8416), abs=1e-6)
+    assert wilson_interval(10, 10) == pytest.approx((10 / 13.8416, 1.0), abs=1e-6)
+    assert wilson_interval(0, 0) == (0.0, 1.0)

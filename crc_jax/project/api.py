@@ -145,13 +145,13 @@ class Project:
         ids = list(labels)
         self._check_ids(ids)
         unknown = sorted({str(c) for c in labels.values()} - set(self.classes))
-        if unknown:
-            if self.classes:
-                raise ProjectError(f"unknown class {unknown[0]!r}; the classes are "
-                                   f"{', '.join(self.classes)}")
-            self.set_classes(sorted({str(c) for c in labels.values()}))
+        if unknown and self.classes:
+            raise ProjectError(f"unknown class {unknown[0]!r}; the classes are "
+                               f"{', '.join(self.classes)}")
         if queued_only:
             self._check_queued(ids)
+        if unknown:  # the first labels given name the classes
+            self.set_classes(unknown)
         events = [{"op": "label", "id": int(i), "label": str(c), "source": source}
                   for i, c in labels.items()]
         return len(self.log.record(events))
