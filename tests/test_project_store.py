@@ -193,3 +193,12 @@ def test_wilson_interval_matches_hand_computed_values():
     assert wilson_interval(0, 10) == pytest.approx((0.0, 3.8416 / 13.8416), abs=1e-6)
     assert wilson_interval(10, 10) == pytest.approx((10 / 13.8416, 1.0), abs=1e-6)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_one_round_at_a_time(project):
+    from crc_jax.project import store
+
+    with store.round_lock(project.dir):
+        with pytest.raises(ProjectError, match="another round is running"):
+            project.next_batch(5)
+    assert project.rounds() == []

@@ -12,7 +12,6 @@ over this class.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -216,7 +215,7 @@ class Project:
         from crc_jax.project import rounds
 
         settings.check()
-        with self._round_lock():
+        with store.round_lock(self.dir):
             started = time.time()
             answers = self.answers()
             labels = {i: c for i, c in answers.items() if c is not None}
@@ -239,25 +238,6 @@ class Project:
                      "seconds": round(time.time() - started, 2)}
             self.rounds_journal.append(entry)
             return result.picked.tolist()
-
-    def _round_lock(self):
-        import contextlib
-
-        @contextlib.contextmanager
-        def lock():
-            fd = os.open(self.dir / ".round.lock", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise ProjectError(f"{self.dir}: another round is running; wait for it") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
-
-        return lock()
 
     def _predicted(self, result, ids) -> Optional[list]:
         if result.probs is None:

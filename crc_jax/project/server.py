@@ -26,7 +26,6 @@ import socket
 import threading
 import time
 from importlib import resources
-from pathlib import Path
 
 from flask import Flask, Response, abort, jsonify, request, send_file
 

@@ -15,7 +15,9 @@ is not a project yet.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
@@ -139,3 +141,19 @@ def read_index(directory: Path) -> tuple[list, list]:
 
 def load_pool(directory: Path) -> np.ndarray:
     return np.load(directory / "pool.npy", mmap_mode="r", allow_pickle=False)
+
+
+@contextlib.contextmanager
+def round_lock(directory: Path):
+    """One round at a time per project: an advisory flock the kernel drops if we die."""
+    fd = os.open(directory / ".round.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ProjectError(f"{directory}: another round is running; wait for it") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
