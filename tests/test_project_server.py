@@ -82,6 +82,21 @@ def test_images_by_id_only(app_project, tmp_path):
     assert get(client, "/image/1").status_code == 404
 
 
+def test_formats_browsers_cannot_show_come_as_png(app_project):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    client, project, _ = app_project
+    tiff = next(i for i, p in enumerate(project.paths) if p.endswith(".tif"))  # 16-bit grayscale
+    r = get(client, f"/image/{tiff}")
+    assert r.status_code == 200 and r.mimetype == "image/png"
+    shown = np.asarray(Image.open(io.BytesIO(r.data)))
+    assert shown.shape == (8, 8, 3)
+    assert np.array_equal(shown, np.asarray(project.pool()[tiff]))  # the pool's 8x8 scan
+
+
 def test_other_origins_and_hosts_are_refused(app_project):
     client, project, _ = app_project
     item = get(client, "/api/state").get_json()["queue"][0]

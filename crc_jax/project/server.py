@@ -21,6 +21,8 @@ MIME types, safe paths) are what this page needs.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
 import logging
 import socket
 import threading
@@ -37,6 +39,25 @@ from crc_jax.project.store import ProjectError
 log = logging.getLogger(__name__)
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+BROWSER_FORMATS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+MAX_DIRECT_BYTES = 2 * 1024 * 1024  # larger files are sent as a downscaled preview
+PREVIEW_SIDE = 1024
+
+
+@functools.lru_cache(maxsize=64)
+def preview_png(path: str, mtime: float) -> bytes:
+    """The image as an RGB PNG of at most PREVIEW_SIDE pixels a side (mtime: cache key)."""
+    from PIL import Image
+
+    from crc_jax.project.scan import to_rgb
+
+    with Image.open(path) as img:
+        img.load()
+        rgb = to_rgb(img)
+    rgb.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    out = io.BytesIO()
+    rgb.save(out, format="PNG")
+    return out.getvalue()
 
 
 @dataclasses.dataclass
@@ -132,7 +153,15 @@ def create_app(project: Project, *, settings: RoundSettings = RoundSettings(),
         path = (images_root / project.paths[image_id]).resolve()
         if not path.is_relative_to(images_root) or not path.is_file():
             abort(404)
-        response = send_file(path, max_age=3600)
+        if path.suffix.lower() in BROWSER_FORMATS and path.stat().st_size <= MAX_DIRECT_BYTES:
+            response = send_file(path, max_age=3600)
+        else:  # TIFF, 16-bit, or a big photo: a PNG preview the browser shows quickly
+            try:
+                data = preview_png(str(path), path.stat().st_mtime)
+            except (OSError, ValueError):
+                abort(404)
+            response = Response(data, mimetype="image/png")
+            response.cache_control.max_age = 3600
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
