@@ -163,6 +163,12 @@ def test_label_on_a_port_in_use_is_one_line(capsys, tmp_path, images):
         taken.close()
 
 
+def test_label_without_classes_is_one_line(capsys, tmp_path, images):
+    root, _ = images
+    assert run(capsys, "init", tmp_path / "p", "--images", root, "--image-size", 8)[0] == 0
+    one_line_error(capsys, "label", tmp_path / "p", "--port", 0, match="no classes yet")
+
+
 def test_not_a_project_and_other_versions(capsys, tmp_path, images):
     one_line_error(capsys, "status", tmp_path, match="not a crc-jax project")
     root, _ = images

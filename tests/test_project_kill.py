@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from crc_jax.project import Project
+from crc_jax.project import Project, RoundSettings
 from image_folder import write_digits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,9 +114,8 @@ def answer(base, image, label):
 
 def test_server_killed_while_saving_a_label(labeled_project):
     project, truth = labeled_project
-    r = cli("next", project.dir, "--budget", 10, "--cold-start", "random", *FAST)
-    assert r.returncode == 0, r.stderr[-2000:]
-    queue = [int(row["id"]) for row in Project.open(project.dir).queue()]
+    queue = project.next_batch(10, RoundSettings(model="mlp", width=32, epochs=1,
+                                                 steps_per_epoch=3, flip=False))
     given = {i: str(truth[project.paths[i]]) for i in queue}
     proc, base = start_server(project.dir, fault="labels_append:3")
     try:
