@@ -20,7 +20,7 @@ from typing import Any, Optional
 import jax
 from flax import serialization
 
-from crc_jax import faults
+from crc_jax import distributed, faults
 from crc_jax.errors import RunDirError
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,9 @@ class TrainCheckpointer:
     def close(self, *, remove: bool = False) -> None:
         self._manager.close()
         if remove:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            distributed.barrier("crc_jax.checkpoint.close")  # no process still reads it
+            if distributed.is_writer():
+                shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _kill_once_writing(directory: Path, epoch: int) -> None:

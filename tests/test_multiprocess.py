@@ -1,0 +1,141 @@
+"""Two processes through jax.distributed give the one-process result.
+
+Real multi-process runs on this machine: two `python -m experiments.main` processes, one
+CPU device each, joined by jax.distributed (coordinator on 127.0.0.1, CPU collectives over
+gloo), run a tiny digits config with random, entropy and CRC. They are compared with the
+same config run by one process: the same acquisitions, accuracies and losses to float
+tolerance, and one run directory written by process 0 alone (process 1 is pointed at a
+directory of its own, which must stay absent). The fault tests kill one process mid-run:
+the other must end within a bounded time with one line naming the lost process, and
+rerunning both resumes from the journal and the in-training checkpoints, to the
+uninterrupted result.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = ["--config=digits", "--config.trials=1", "--config.al.steps=2",
+        "--config.train.max_epochs=2", "--config.train.steps_per_epoch=3",
+        "--config.train.patience=0", "--config.train.progress=False",
+        "--config.dataset.train_size=300", "--config.dataset.test_size=101",
+        "--config.strategies=('random','entropy','crc')"]
+HEARTBEAT = 10  # seconds: how long the survivor may wait for a lost peer's heartbeat
+TIMEOUT = 600
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int, fault: str = "") -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "CRC_JAX_FAULT"}
+    flags = env.get("XLA_FLAGS", "")
+    if devices > 1:
+        flags = f"{flags} --xla_force_host_platform_device_count={devices}"
+    env.update(XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
+    if fault:
+        env["CRC_JAX_FAULT"] = fault
+    return env
+
+
+def run_one(workdir: Path, *extra: str):
+    """The reference: the same config in a single process (one device)."""
+    proc = subprocess.run([sys.executable, "-m", "experiments.main", *TINY, *extra,
+                           f"--workdir={workdir}"], cwd=ROOT, env=_env(1), capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def start_two(workdirs, *extra: str, faults=("", "")):
+    """Start processes 0 and 1 (one device each) of one jax.distributed run."""
+    address = f"127.0.0.1:{free_port()}"
+    procs = []
+    for pid, (workdir, fault) in enumerate(zip(workdirs, faults)):
+        cmd = [sys.executable, "-m", "experiments.main", *TINY, *extra, f"--workdir={workdir}",
+               "--config.distributed.enabled=True",
+               f"--config.distributed.coordinator_address={address}",
+               "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}",
+               f"--config.distributed.heartbeat_timeout={HEARTBEAT}"]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=_env(1, fault), text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    return procs
+
+
+def finish(procs) -> list:
+    """[returncode, stdout, stderr] of each process."""
+    out = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+        out.append([proc.returncode, stdout, stderr])
+    return out
+
+
+def journals(workdir: Path) -> dict:
+    return {p.relative_to(workdir).as_posix(): [json.loads(line) for line in p.read_text().splitlines()]
+            for p in sorted(workdir.glob("*/trial_*/journal.jsonl"))}
+
+
+def assert_same_run(one: dict, two: dict) -> None:
+    """Same strategies, steps, acquisitions and labels; floats to float32 tolerance."""
+    assert set(one) == set(two) and len(one) == 3               # random, entropy, crc
+    for path in one:
+        assert len(one[path]) == len(two[path]) == 3
+        for a, b in zip(one[path], two[path]):
+            assert set(a) == set(b), path
+            for key in a:
+                if key in ("seconds", "crc32"):
+                    continue
+                if key == "record":                             # CRC's candidate scores
+                    _close(a[key], b[key], rtol=1e-3, where=f"{path} {key}")
+                elif isinstance(a[key], float):
+                    _close(a[key], b[key], rtol=1e-5, where=f"{path} {key}")
+                else:
+                    assert a[key] == b[key], (path, a["step"], key)
+
+
+def _close(a, b, *, rtol, where):
+    if isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            _close(a[k], b[k], rtol=rtol, where=f"{where}.{k}")
+    elif isinstance(a, (list, float)):
+        np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=rtol,
+                                   atol=1e-12, err_msg=where)
+    else:
+        assert a == b, where
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    workdir = tmp_path_factory.mktemp("one") / "run"
+    run_one(workdir)
+    return journals(workdir)
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_run(reference, tmp_path):
+    ours, theirs = tmp_path / "p0", tmp_path / "p1"
+    (r0, out0, err0), (r1, out1, err1) = finish(start_two([ours, theirs]))
+    assert r0 == 0, err0[-4000:]
+    assert r1 == 0, err1[-4000:]
+    assert "process 0 of 2, 1 local / 2 global devices" in err0
+    assert "process 1 of 2, 1 local / 2 global devices" in err1
+    assert_same_run(reference, journals(ours))
+    # process 0 wrote the whole run directory; process 1 nothing at all
+    for name in ("config.json", "summary.csv", ".lock", "report.md", "report.csv"):
+        assert (ours / name).is_file(), name
+    assert not theirs.exists()
+    assert "| random" in out0 and "| random" not in out1     # the report table, printed once
