@@ -139,3 +139,55 @@ def test_two_processes_give_the_one_process_run(reference, tmp_path):
         assert (ours / name).is_file(), name
     assert not theirs.exists()
     assert "| random" in out0 and "| random" not in out1     # the report table, printed once
+
+
+def wait_all(procs) -> tuple[list, list]:
+    """Wait for every process; returns ([returncode, stdout, stderr] each, end times)."""
+    ends = [None] * len(procs)
+    deadline = time.monotonic() + TIMEOUT
+    while None in ends and time.monotonic() < deadline:
+        for i, proc in enumerate(procs):
+            if ends[i] is None and proc.poll() is not None:
+                ends[i] = time.monotonic()
+        time.sleep(0.2)
+    return finish(procs), ends
+
+
+# 3 strategies x 3 AL steps x 2 epochs x 3 train steps: step 28 is entropy's AL step 1,
+# epoch 2, after its epoch-1 checkpoint.
+KILL_AT = "train_step:28"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [1, 0], ids=["worker_lost", "coordinator_lost"])
+def test_a_killed_process_ends_the_other_in_one_line_and_both_resume(reference, tmp_path,
+                                                                        victim):
+    workdir = tmp_path / "run"  # one directory: orbax checkpoints need one both processes see
+    extra = ["--config.train.checkpoint_every=1"]
+    faults = ["", ""]
+    faults[victim] = KILL_AT
+    results, ends = wait_all(start_two([workdir, workdir], *extra, faults=faults))
+    survivor = 1 - victim
+    rc, _, err = results[survivor]
+    assert results[victim][0] == 128 + 9, results[victim][2][-3000:]     # SIGKILL
+    assert rc == 3, err[-4000:]
+    # bounded: JAX declares the peer lost after HEARTBEAT s; allow for a loaded machine
+    assert ends[survivor] - ends[victim] < HEARTBEAT + 45, ends
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    lost = "0 (the coordinator)" if victim == 0 else "1"
+    assert errors == [err.strip().splitlines()[-1]]                       # one line, last
+    assert errors[0].startswith(f"error: lost process {lost} of 2 "), errors
+    assert f"process {survivor} stopped" in errors[0]
+    assert "Traceback" not in err and "Check failure" not in err
+    done = journals(workdir)
+    assert len(done["random/trial_0/journal.jsonl"]) == 3
+    assert len(done.get("entropy/trial_0/journal.jsonl", [])) == 1          # step 0 only
+
+    # Rerun both: resume after the journal's last step, from the epoch-1 checkpoint.
+    results, _ = wait_all(start_two([workdir, workdir], *extra))
+    for pid, (rc, _, err) in enumerate(results):
+        assert rc == 0, (pid, err[-4000:])
+        assert "entropy trial 0: resuming after step 0" in err
+        assert "resuming training from the checkpoint of epoch 1" in err
+    assert_same_run(reference, journals(workdir))
+    assert not list(workdir.glob("*/trial_*/checkpoints/step_*"))          # removed once done
