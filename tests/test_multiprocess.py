@@ -191,3 +191,71 @@ def test_a_killed_process_ends_the_other_in_one_line_and_both_resume(reference, 
         assert "resuming training from the checkpoint of epoch 1" in err
     assert_same_run(reference, journals(workdir))
     assert not list(workdir.glob("*/trial_*/checkpoints/step_*"))          # removed once done
+
+
+# ------------------------------------------- fast checks of the pieces, in this process
+
+# JAX's fatal messages as printed by jaxlib 0.10.2 (abridged): a worker missed its
+# heartbeats (seen by process 0), and the coordinator vanished (seen by process 1).
+WORKER_LOST = (
+    "F1130 16:09:01.082300   14428 client.h:80] Terminating process because the JAX "
+    "distributed service detected fatal errors. This most likely indicates that another task "
+    "died; see the other task logs for more details. absl::Status: UNAVAILABLE: The following "
+    "tasks are unhealthy (stopped sending heartbeats):\n1\nThe tasks have crashed.\n"
+    "*** Check failure stack trace: ***\n    @     0x7feb2d540634  absl::LogMessage::SendToLog()\n")
+COORDINATOR_LOST = (
+    "F1130 16:06:29.905262   10006 client.h:80] Terminating process because the JAX "
+    "distributed service detected fatal errors. absl::Status: UNAVAILABLE: Failed to send RPC "
+    "to coordination service. Either the leader task was preempted/died/restarted unexpectedly "
+    "or this task is experiencing network issues.\n*** Check failure stack trace: ***\n")
+
+
+def test_the_lost_process_is_read_from_jax_fatal_messages():
+    from experiments import supervisor
+
+    assert supervisor.lost_process(WORKER_LOST) == "1"
+    assert supervisor.lost_process(WORKER_LOST.replace(":\n1\n", ":\n3, 2\n")) == "2, 3"
+    assert supervisor.lost_process("... UNAVAILABLE: Task 5 heartbeat timeout. This indicates"
+                                   " ... coordination service") == "5"
+    assert supervisor.lost_process(COORDINATOR_LOST) == "0 (the coordinator)"
+    assert supervisor.lost_process("F1130 12:00:00.0 1 x.cc:1] Check failed: a < b") is None
+    line = supervisor.peer_lost_line(COORDINATOR_LOST, process_id=1, num_processes=2)
+    assert line.startswith("error: lost process 0 (the coordinator) of 2 ")
+    assert "process 1 stopped" in line and "\n" not in line
+
+
+def test_the_relay_copies_output_and_keeps_the_fatal_message():
+    import io
+
+    from experiments import supervisor
+
+    out = io.BytesIO()
+    relay = supervisor._Relay(out)
+    text = b"I1130 log line\nprogress 1/3\rprogress 2/3\r" + WORKER_LOST.encode()
+    for i in range(0, len(text), 7):                       # arbitrary chunk boundaries
+        relay.feed(text[i:i + 7])
+    relay.feed(b"more after the fatal line\n")
+    relay.close()
+    assert out.getvalue() == b"I1130 log line\nprogress 1/3\rprogress 2/3\r"
+    assert relay.fatal.decode().startswith("F1130 16:09:01")
+    assert relay.fatal.endswith(b"more after the fatal line\n")
+
+
+def test_single_process_helpers_are_plain_calls(tmp_path):
+    from crc_jax import distributed
+    from crc_jax.errors import RunDirError
+
+    assert not distributed.is_multiprocess() and distributed.is_writer()
+    assert distributed.broadcast_json({"a": [1, 2]}) == {"a": [1, 2]}
+    assert distributed.from_writer(lambda: 7) == 7
+    np.testing.assert_array_equal(distributed.agree(np.array([3, 1, 2])), [3, 1, 2])
+    with distributed.run_dir(tmp_path / "r", {"x": 1}):
+        assert json.loads((tmp_path / "r" / "config.json").read_text()) == {"x": 1}
+        with pytest.raises(RunDirError, match="in use"):    # the lock is held in the block
+            with distributed.run_dir(tmp_path / "r", {"x": 1}):
+                pass
+    with pytest.raises(RunDirError, match="another config"):
+        with distributed.run_dir(tmp_path / "r", {"x": 2}):
+            pass
+    with distributed.run_dir(tmp_path / "r", {"x": 1}):     # released after an error
+        pass
