@@ -193,6 +193,88 @@ def test_a_killed_process_ends_the_other_in_one_line_and_both_resume(reference, 
     assert not list(workdir.glob("*/trial_*/checkpoints/step_*"))          # removed once done
 
 
+# ------------------------------------- the helpers in two real processes (fast, make test)
+
+HELPERS = r"""
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+pid, address, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+jax.distributed.initialize(address, num_processes=2, process_id=pid)
+from crc_jax import distributed, sharding
+from crc_jax.checkpoint import TrainCheckpointer
+from crc_jax.errors import RunDirError
+
+out = {"writer": distributed.is_writer()}
+out["broadcast"] = distributed.broadcast_json({"from": pid, "text": "\u00e9" * 300})
+mesh = sharding.make_mesh()
+x = np.arange(24, dtype=np.float32).reshape(12, 2) + 100 * pid   # differs: 0's must not leak
+xs = sharding.shard_batch(mesh, x)                  # each process gives its device its rows
+out["local_rows"] = [np.asarray(s.data).tolist() for s in xs.addressable_shards]
+out["gathered"] = sharding.to_host(jax.jit(lambda a: a * 2)(xs)).tolist()
+out["mapped"] = sharding.map_batches(lambda v, a: a.sum(-1) * v, np.float32(3), x,
+                                     batch_size=5, mesh=mesh).tolist()
+out["agree"] = distributed.agree(np.array([pid, 7])).tolist()
+
+
+def fail_on_writer():
+    raise RunDirError("raised on process 0 only")
+
+
+try:
+    distributed.from_writer(fail_on_writer, errors=(RunDirError,))
+except RunDirError as err:
+    out["error"] = str(err)
+with distributed.run_dir(f"{workdir}/run_{pid}", {"a": 1}):
+    pass
+state = sharding.replicate(mesh, {"w": jnp.arange(4.0), "step": jnp.int32(5)})
+ck = TrainCheckpointer(f"{workdir}/ckpt", every=1, fingerprint="f")
+ck.save(1, state, {"v": state["w"] * 2}, {"best_epoch": 1})
+distributed.barrier("saved")
+restored, best, progress = ck.restore({"w": jnp.zeros(4), "step": jnp.int32(0)}, {"v": jnp.zeros(4)})
+out["restored"] = [np.asarray(restored["w"]).tolist(), int(restored["step"]),
+                   np.asarray(best["v"]).tolist(), progress["best_epoch"]]
+ck.close(remove=True)
+print("RESULT " + json.dumps(out), flush=True)
+"""
+
+
+def test_helpers_across_two_real_processes(tmp_path):
+    """Broadcast, each process's part of a global batch, gathered outputs, agreement, an
+    error on process 0 raised everywhere, the run directory and a checkpoint written once
+    (by process 0) and restored by both."""
+    address = f"127.0.0.1:{free_port()}"
+    procs = [subprocess.Popen([sys.executable, "-c", HELPERS, str(pid), address, str(tmp_path)],
+                              cwd=ROOT, env=_env(1), text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for pid in (0, 1)]
+    outs = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+        outs.append(json.loads(stdout.split("RESULT ", 1)[1]))
+    x0 = np.arange(24, dtype=np.float32).reshape(12, 2)
+    for pid, out in enumerate(outs):
+        assert out["writer"] == (pid == 0)
+        assert out["broadcast"] == {"from": 0, "text": "\u00e9" * 300}
+        # rows 0-5 live on process 0's device, 6-11 on process 1's, each from its own copy
+        mine = x0[6 * pid:6 * pid + 6] + 100 * pid
+        np.testing.assert_array_equal(out["local_rows"], [mine])
+        expect = np.concatenate([x0[:6], x0[6:] + 100])
+        np.testing.assert_array_equal(out["gathered"], 2 * expect)
+        # map_batches: chunks of 5, 5, 2 rows, each padded to an even count and split in
+        # halves; a half's rows come from the copy of the process that owns that device
+        mapped = []
+        for start, n in ((0, 5), (5, 5), (10, 2)):
+            half = (n + n % 2) // 2
+            mapped += [3 * (x0[start + j].sum() + (200 if j >= half else 0)) for j in range(n)]
+        np.testing.assert_allclose(out["mapped"], mapped)
+        assert out["agree"] == [0, 7]
+        assert out["error"] == "raised on process 0 only"
+        np.testing.assert_array_equal(out["restored"][0], [0, 1, 2, 3])
+        assert out["restored"][1:] == [5, [0, 2, 4, 6], 1]
+    assert (tmp_path / "run_0" / "config.json").is_file() and not (tmp_path / "run_1").exists()
+    assert not (tmp_path / "ckpt").exists()              # removed once, by process 0
+
+
 # ------------------------------------------- fast checks of the pieces, in this process
 
 # JAX's fatal messages as printed by jaxlib 0.10.2 (abridged): a worker missed its
