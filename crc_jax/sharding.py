@@ -15,7 +15,9 @@ Multi-host (TPU pods, multi-node GPU): `initialize_distributed(config.distribute
 `jax.distributed.initialize` before any other JAX work; afterwards `jax.devices()` lists
 every host's devices and the mesh spans them all. Each host computes the same batch from
 the same seeded index arrays; `shard_batch` hands every device the slice it owns
-(`jax.make_array_from_callback`), and `to_host` gathers outputs that are spread over hosts.
+(`jax.make_array_from_callback`: each process supplies only its own devices' rows), and
+`to_host` gathers outputs that are spread over hosts. Who writes, and how the processes
+agree, is crc_jax.distributed's job.
 """
 
 from __future__ import annotations
