@@ -27,6 +27,7 @@ import jax
 import numpy as np
 from flax import serialization
 
+from crc_jax import distributed
 from crc_jax.data.pool import Pool
 from crc_jax.errors import RunDirError
 from crc_jax.journal import Journal
@@ -99,6 +100,22 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _stored_variables(setup, directory: Path, k: int):
+    """Candidate k's trained variables: read by process 0, broadcast to the others."""
+    if distributed.is_writer():
+        variables = serialization.msgpack_restore(
+            (directory / f"candidate_{k}.msgpack").read_bytes())
+    if not distributed.is_multiprocess():
+        return variables
+    from jax.experimental import multihost_utils
+
+    if not distributed.is_writer():  # a tree of the right shapes; process 0's values win
+        algorithm = setup.algorithm
+        variables = jax.device_get(algorithm.eval_variables(
+            algorithm.init_state(candidate_key(setup.config, k), setup.pool_x[:1])))
+    return multihost_utils.broadcast_one_to_all(variables)
+
+
 def prepare(setup, workdir, *, fit_fn: Callable | None = None) -> InitialModel | None:
     """The median initial model of a run (training the candidates not stored yet), or None
     when config.al.initial_model is "per_trial". fit_fn: crc_jax.train.fit by default."""
@@ -108,7 +125,9 @@ def prepare(setup, workdir, *, fit_fn: Callable | None = None) -> InitialModel |
         return None
     directory = Path(workdir) / "initial_model"
     journal = Journal(directory / "candidates.jsonl")
-    entries = journal.read()
+    # Multi-host runs: every process trains the candidates (fit is collective); process 0
+    # alone reads and writes the run directory and hands the chosen model to the others.
+    entries = distributed.from_writer(journal.read, errors=(RunDirError,))
     num_classes = setup.dataset.num_classes
     for k in range(config.al.initial_candidates):
         indices = candidate_indices(config, setup.pool_y, num_classes, k)
@@ -124,17 +143,17 @@ def prepare(setup, workdir, *, fit_fn: Callable | None = None) -> InitialModel |
                         test=setup.test, train_config=config.train,
                         key=candidate_key(config, k), eval_apply=setup.eval_apply,
                         desc=f"initial candidate {k}")
-        directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(directory / f"candidate_{k}.msgpack",
-                      serialization.msgpack_serialize(jax.device_get(result.variables)))
         entry = _entry(k, indices, setup.pool_y[indices], result)
-        journal.append(entry)
+        if distributed.is_writer():
+            directory.mkdir(parents=True, exist_ok=True)
+            _write_atomic(directory / f"candidate_{k}.msgpack",
+                          serialization.msgpack_serialize(jax.device_get(result.variables)))
+            journal.append(entry)
         entries.append(entry)
         log.info("initial candidate %d: test accuracy %.4f", k, result.test_accuracy)
     entries = entries[:config.al.initial_candidates]
     chosen = median_index([e["test_accuracy"] for e in entries])
-    variables = serialization.msgpack_restore(
-        (directory / f"candidate_{chosen}.msgpack").read_bytes())
+    variables = _stored_variables(setup, directory, chosen)
     log.info("initial model: candidate %d of %d (median test accuracy %.4f)", chosen,
              len(entries), entries[chosen]["test_accuracy"])
     return InitialModel(indices=np.asarray(entries[chosen]["initial"], dtype=np.int64),
@@ -149,8 +168,9 @@ def first_query(setup, strategy, pool: Pool, trial_key, make_context: Callable):
         algorithm.init_state(query_model_key(trial_key), setup.pool_x[:1]))
     ctx = make_context(setup, pool, variables)
     budget = setup.config.al.initial_size
-    picked = np.asarray(strategy(ctx, budget, jax.random.fold_in(trial_key, FIRST_QUERY_STREAM)),
-                        dtype=np.int64)
+    picked = distributed.agree(np.asarray(
+        strategy(ctx, budget, jax.random.fold_in(trial_key, FIRST_QUERY_STREAM)),
+        dtype=np.int64), what="first query")
     if len(picked) != budget or len(set(picked.tolist())) != budget:
         raise RuntimeError(f"the first query returned {len(picked)} indices "
                            f"({len(set(picked.tolist()))} distinct), expected {budget}")
