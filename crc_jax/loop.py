@@ -74,6 +74,7 @@ def build_setup(config) -> Setup:
         watch = (pool_x[val], pool_y[val])
         pool_x, pool_y = pool_x[rest], pool_y[rest]
     config_check.check_pool_budget(config, len(pool_x))
+    config_check.check_class_counts(config, pool_y, ds.num_classes)
 
     options = {"width": config.model.width} if config.model.width else {}
     # The train step runs activations in config.train.dtype (mixed precision); evaluation
@@ -152,20 +153,40 @@ def _check_acquired(acquired: np.ndarray, pool: Pool, budget: int, spec: str) ->
     return acquired
 
 
-def replay(journal_entries: list, pool: Pool, initial: np.ndarray, path: Path) -> None:
-    """Re-label what the journal records, checking it belongs to this run."""
+def run_fingerprint(config, spec: str, trial: int) -> str:
+    """A short hash of what a trial's results depend on: the config (cosmetic fields aside),
+    the strategy spec and the trial. Step 0's journal line carries it."""
+    body = json.dumps([comparable_config(config.to_dict()), spec, trial], sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def replay(journal_entries: list, pool: Pool, initial: np.ndarray, path: Path,
+           fingerprint: str | None = None) -> None:
+    """Re-label what the journal records, checking it belongs to this run: the same initial
+    set, labels that match the data set's, and (when the journal has one) the same config
+    fingerprint. Any mismatch is a RunDirError naming the journal; the file is not changed."""
     first = journal_entries[0]
     if first.get("initial") != initial.tolist():
         raise RunDirError(f"{path}: its initial labeled set differs from this config's "
                           "(a journal from another data set or seed)")
+    recorded = first.get("config_fingerprint")
+    if fingerprint is not None and recorded is not None and recorded != fingerprint:
+        raise RunDirError(f"{path}: written by another config (fingerprint {recorded}, this "
+                          f"config's {fingerprint}); use a new --workdir")
+    if recorded is None:
+        log.warning("%s: no config fingerprint (written by an older version); not checked", path)
     pool.label(initial)
     for entry in journal_entries:
-        acquired = np.asarray(entry.get("acquired", []), dtype=np.int64)
-        if len(acquired):
-            labels = pool.label(acquired)
-            if labels.tolist() != entry["labels"]:
-                raise RunDirError(f"{path}: step {entry['step']} records labels that differ "
-                                  "from the data set's (a journal from another data set)")
+        try:
+            acquired = np.asarray(entry.get("acquired", []), dtype=np.int64)
+            if len(acquired):
+                labels = pool.label(acquired)
+                if labels.tolist() != entry["labels"]:
+                    raise RunDirError(f"{path}: step {entry['step']} records labels that differ "
+                                      "from the data set's (a journal from another data set)")
+        except (ValueError, TypeError, KeyError) as err:
+            raise RunDirError(f"{path}: step {entry.get('step')} records an acquisition this "
+                              f"pool cannot replay ({err}); the journal was left untouched") from None
 
 
 def make_checkpointer(config, spec: str, trial: int, step: int, trial_dir: Path):
@@ -200,8 +221,9 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
     entries = journal.read()
     pool = Pool(setup.pool_y, setup.dataset.num_classes)
     initial = pool.initial_indices(al.initial_size, np.random.default_rng([config.seed, trial]))
+    fingerprint = run_fingerprint(config, spec, trial)
     if entries:
-        replay(entries, pool, initial, journal.path)
+        replay(entries, pool, initial, journal.path, fingerprint)
         log.info("%s trial %d: resuming after step %d", spec, trial, len(entries) - 1)
     else:
         pool.label(initial)
@@ -229,6 +251,7 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
                  "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                  "min_test_loss_epoch": result.min_test_loss_epoch}
         if step == 0:
+            entry["config_fingerprint"] = fingerprint
             entry["initial"] = initial.tolist()
             entry["initial_labels"] = pool.oracle_labels(initial).tolist()
         if step < al.steps:
