@@ -171,8 +171,8 @@ def replay(journal_entries: list, pool: Pool, initial: np.ndarray, path: Path,
                           "(a journal from another data set or seed)")
     recorded = first.get("config_fingerprint")
     if fingerprint is not None and recorded is not None and recorded != fingerprint:
-        raise RunDirError(f"{path}: written by another config (fingerprint {recorded}, this "
-                          f"config's {fingerprint}); use a new --workdir")
+        raise RunDirError(f"{path}: written by another config (its config fingerprint "
+                          "differs); use a new --workdir")
     if recorded is None:
         log.warning("%s: no config fingerprint (written by an older version); not checked", path)
     pool.label(initial)
@@ -296,13 +296,34 @@ def write_summary(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+def check_journals(config, workdir: Path) -> None:
+    """Every journal this config would resume must carry its fingerprint (checked before
+    config.json is written, so a directory whose config.json was lost is not adopted)."""
+    for spec in config.strategies:
+        for trial in range(config.trials):
+            journal = Journal(workdir / strategy_dirname(spec) / f"trial_{trial}" / "journal.jsonl")
+            entries = journal.read()
+            recorded = entries[0].get("config_fingerprint") if entries else None
+            if recorded is not None and recorded != run_fingerprint(config, spec, trial):
+                raise RunDirError(f"{journal.path}: written by another config (its config "
+                                  "fingerprint differs); use a new --workdir")
+
+
 def run(config, workdir) -> list[dict]:
-    """Validate, then run every strategy x trial into `workdir`; returns the summary rows."""
+    """Validate, then run every strategy x trial into `workdir`; returns the summary rows.
+
+    The data are loaded and the journals checked before config.json binds the directory,
+    so bad data or another run's journals leave a new directory unbound."""
     config_check.validate(config)
     workdir = Path(workdir)
     with RunDir(workdir) as rundir:
-        rundir.bind_config(config.to_dict())
         setup = build_setup(config)
+        bound = (workdir / "config.json").exists()
+        if bound:  # another config.json: its difference is the clearer message
+            rundir.bind_config(config.to_dict())
+        check_journals(config, workdir)
+        if not bound:
+            rundir.bind_config(config.to_dict())
         rows = []
         for spec in config.strategies:
             for trial in range(config.trials):
