@@ -70,9 +70,8 @@ def download_and_prepare(builder, tfds_name: str) -> None:
     try:
         builder.download_and_prepare()
     except OSError as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(
-            f"could not download {tfds_name!r} ({type(err).__name__}: {reason[:160]}); on a "
+        raise DataError(  # the error type only: parallel downloads fail in any order
+            f"could not download {tfds_name!r} ({type(err).__name__}); on a "
             f"machine with internet run `tfds build {tfds_name} --data_dir=DIR`, copy DIR here "
             "and pass --config.dataset.data_dir=DIR") from None
 
