@@ -225,7 +225,7 @@ def last_layer_ntk(features1, num_classes: int, features2=None, *, bias: bool = 
 def min_positive_eigenvalue(K, rank):
     """λ⁺min of CRC: the r-th largest eigenvalue of K (…, n, n), r = min(n, rank).
 
-    Rank-aware (DESIGN.md "CRC, exactly"): while |L ∪ g| ≤ ρ this is λmin, so a set
+    Rank-aware (docs/design.md "CRC, exactly"): while |L ∪ g| ≤ ρ this is λmin, so a set
     holding a repeated sample scores 0 (Proposition 2); beyond the rank ρ of the pool's
     kernel it is the smallest eigenvalue that can be positive. `rank` may be an int or
     an array broadcasting against the leading axes. Batched over leading axes.

@@ -177,7 +177,7 @@ def test_ranks_from_features_not_float32_kernels():
     rng = np.random.default_rng(0)
     phi = rng.normal(size=(300, 20)).astype(np.float32)
     k32 = np.asarray(ntk.last_layer_ntk(phi, C))
-    # DESIGN.md trap: NumPy's float64 tolerance counts float32 noise as rank
+    # docs/design.md trap: NumPy's float64 tolerance counts float32 noise as rank
     assert np.linalg.matrix_rank(k32.astype(np.float64)) > 21
     assert ntk.kernel_rank(k32) == 21
     assert ntk.feature_rank(phi) == 21

@@ -16,7 +16,7 @@ Two backends return the same scores:
                 from per-sample Jacobians, each candidate's Jacobian computed once (base
                 Jacobians too when they fit in memory); each group costs one eigvalsh of
                 side |B| + G. ρ: for "last", the rank of [Φ, 1] with Φ = ∂f₀/∂W_head[:, 0]
-                over the pool; for "all" or a predicate, |B| + G (DESIGN.md).
+                over the pool; for "all" or a predicate, |B| + G (docs/design.md).
 
 Eigenvalues are computed in float64 on the host (`spectra`) from float32 features or
 kernels; groups are scored in chunks of about 16 MiB of matrices, and nothing
