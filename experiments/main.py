@@ -97,9 +97,9 @@ def run(config, workdir: str) -> None:
     from experiments.configs.base import apply_smoke
 
     apply_smoke(config)
+    sharding.initialize_distributed(config.distributed)  # multi-host: before any JAX work
     config_check.validate(config)
     mock_data.check(config, flags.FLAGS.mock_data)
-    sharding.initialize_distributed(config.distributed)  # multi-host: before any JAX work
     logging.info("data-parallel over %d %s device(s)", jax.device_count(), jax.default_backend())
     with mock_data.context(flags.FLAGS.mock_data):
         loop.run(config, workdir)

@@ -40,13 +40,17 @@ with one line and exit status 2 before they can change anything already computed
   the next step starts. Rerunning the same command replays the journal into the pool and
   continues after its last line. Randomness is folded from (seed, trial, step) and
   (key, epoch), never carried in process state, so the continuation draws what an
-  uninterrupted run draws. The replay checks that the journal belongs to this data set: the
-  initial set and every recorded label must match the pool's.
+  uninterrupted run draws. The replay checks that the journal belongs to this run: step 0's
+  line carries a fingerprint of the config (cosmetic fields aside), strategy and trial, checked
+  before `config.json` is (re)written, so a directory whose `config.json` was lost is not
+  adopted by another config; the initial set and every recorded label must match the pool's.
 - **Checksums**: every journal line carries the CRC-32 of its canonical JSON body. A torn
   last line (a crash mid-append) is dropped with a warning and truncated away; a bad line
   anywhere else is corruption and stops the run naming the line, leaving the file as it is.
 - **Lock** (`crc_jax/rundir.py`): `WORKDIR/config.json` binds the directory to one config
-  (only cosmetic fields such as `train.progress` may differ on a rerun), and an exclusive
+  (only cosmetic fields such as `train.progress` may differ on a rerun); it is written only
+  once the config, every strategy with its options and the data have been checked, so a
+  refused run leaves no binding behind. An exclusive
   `flock` on `WORKDIR/.lock` keeps a second writer out. The kernel releases it when the
   process dies, so a crash never leaves it stuck.
 - **Checkpoints** (`crc_jax/checkpoint.py`): with `train.checkpoint_every=E`, training
