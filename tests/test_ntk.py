@@ -130,8 +130,9 @@ def test_kernels_add_over_a_parameter_partition(model):
 def test_jit_whole_function(model):
     _, v, f, x = model
     fn = jax.jit(partial(ntk.empirical_ntk, f, subset="all", batch_size=3))
-    np.testing.assert_allclose(fn(v["params"], x), ntk.empirical_ntk(f, v["params"], x, subset="all"),
-                               rtol=1e-5, atol=1e-6)
+    ref = np.asarray(ntk.empirical_ntk(f, v["params"], x, subset="all"))
+    # float32 sums in another order: entries near zero carry error relative to the kernel's scale
+    np.testing.assert_allclose(fn(v["params"], x), ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
 
 
 def test_ntk_diagonal_is_the_kernel_diagonal(model):
@@ -139,7 +140,8 @@ def test_ntk_diagonal_is_the_kernel_diagonal(model):
     p = v["params"]
     blocks = np.asarray(ntk.empirical_ntk(f, p, x, subset="all", trace=False))
     diag = np.asarray(ntk.ntk_diagonal(f, p, x, subset="all", batch_size=3))
-    np.testing.assert_allclose(diag, blocks[np.arange(7), np.arange(7)], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(diag, blocks[np.arange(7), np.arange(7)], rtol=1e-5,
+                               atol=1e-6 * np.abs(blocks).max())  # float32, relative to the scale
     tr = np.asarray(ntk.ntk_diagonal(f, p, x, subset="all", trace=True))
     np.testing.assert_allclose(tr, np.trace(diag, axis1=1, axis2=2), rtol=1e-5)
 
