@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-scaling lock clean
+.PHONY: demo test test-slow docs bench bench-scaling lock clean
 
 LOCK := requirements/lock.txt
 
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# docs/reliability.md's bad-input table, from real runs of every case (a few minutes)
+docs: $(STAMP)
+	$(PY) -m experiments.reliability_doc
 
 bench: $(STAMP)
 	$(PY) -m experiments.benchmarks.acquisition
