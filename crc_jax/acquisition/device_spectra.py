@@ -160,15 +160,20 @@ def rank_from_gram(gram, rtol):
 
 def score_chunks(kernel, args: tuple, rows: np.ndarray, per_chunk: int, idx):
     """kernel(*args, chunk_rows, idx) over fixed-size chunks of `rows` (the last padded with
-    rows[0]): (scores, traces), device arrays of len(rows). No host synchronization."""
+    rows[0]): (scores, traces), device arrays padded to a whole number of chunks, the
+    padding's scores -inf. Padded lengths change rarely, so the sequential variants (one
+    row fewer each round) reuse compiled code. No host synchronization."""
     rows = np.asarray(rows)
     n = len(rows)
-    padded = np.concatenate([rows, np.full(-n % per_chunk, rows[0], rows.dtype)])
+    padded = np.concatenate([rows, np.repeat(rows[:1], -n % per_chunk, axis=0)])
     chunks = jnp.asarray(padded.reshape(-1, per_chunk, *rows.shape[1:]))
     outs = [kernel(*args, chunks[i], idx) for i in range(chunks.shape[0])]
-    scores = jnp.concatenate([o[0] for o in outs])[:n]
-    traces = jnp.concatenate([o[1] for o in outs])[:n]
-    return scores, traces
+    return _masked(jnp.concatenate([o[0] for o in outs]), n), jnp.concatenate([o[1] for o in outs])
+
+
+@jax.jit
+def _masked(scores, n):
+    return jnp.where(jnp.arange(scores.shape[0]) < n, scores, -jnp.inf)
 
 
 # --------------------------------------------------------------------------- selection

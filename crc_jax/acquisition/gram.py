@@ -118,7 +118,7 @@ class _Backend:
         if self.dtype is None:
             return self._host_scores(rows)
         with dev.x64(self.dtype):
-            return np.asarray(self._device_scores(rows)[0], dtype=np.float64)
+            return np.asarray(self._device_scores(rows)[0], dtype=np.float64)[:len(rows)]
 
     def top(self, rows: Optional[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(the k best rows, their scores, the scores of all `rows`), best first, ties to the
@@ -131,13 +131,13 @@ class _Backend:
             with dev.x64(self.dtype):
                 s, _ = self._device_scores(rows)
                 pick, scores = jax.device_get((dev.top_rows(s, k=k), s))
-            scores = np.asarray(scores, dtype=np.float64)
+            scores = np.asarray(scores, dtype=np.float64)[:len(rows)]
         else:
             s, traces = self._device_scores(rows)
             keep = dev.finalists(s, traces, self._rel_error(), k=k)
             scores, keep = jax.device_get((s, keep))
-            scores = np.asarray(scores, dtype=np.float64)
-            fin = np.flatnonzero(keep)
+            scores = np.asarray(scores, dtype=np.float64)[:len(rows)]
+            fin = np.flatnonzero(keep[:len(rows)])
             scores[fin] = self._host_scores(rows[fin])
             pick = fin[np.argsort(-scores[fin], kind="stable")[:k]]
             log.debug("float32 prefilter: %d of %d groups rescored in float64", len(fin), len(rows))
@@ -162,7 +162,7 @@ class FeatureGram(_Backend):
         bias = feat.head_has_bias(ctx.params)
         fn = ctx.features_fn if features_fn is None else features_fn
         self.base = np.asarray(ctx.labeled, dtype=np.int64)
-        self.z_dev = None
+        self.z_dev, self._base_gram = None, None
         if self.dtype == "float64":      # everything stays on the device
             with dev.x64(self.dtype):
                 phi = feat.pool_features_on_device(ctx, fn, mesh=mesh)
@@ -182,6 +182,18 @@ class FeatureGram(_Backend):
 
     def extend_base(self, rows) -> None:
         self.base = np.concatenate([self.base, self.groups[np.asarray(rows)].ravel()])
+
+    def _device_base_gram(self):
+        """Z_BᵀZ_B on the device, updated by the rows added since the last call (a fixed
+        shape per round, so the sequential variants do not recompile as B grows)."""
+        done, gram = self._base_gram if self._base_gram is not None else (0, None)
+        if gram is None or done > len(self.base):
+            done, gram = 0, jnp.zeros((self.width, self.width), self.z_dev.dtype)
+        if done < len(self.base):
+            z_new = self.z_dev[jnp.asarray(self.base[done:])]
+            gram = gram + jnp.matmul(z_new.T, z_new, precision=ntk.HIGHEST)
+        self._base_gram = (len(self.base), gram)
+        return gram
 
     def _side(self) -> tuple[int, int]:
         """(matrix side, n = |B| + G): the kernel side n while n ≤ d + 1, else d + 1."""
@@ -210,13 +222,13 @@ class FeatureGram(_Backend):
     def _device_scores(self, rows: np.ndarray):
         side, n = self._side()
         z = self.z_dev
-        z_b = z[jnp.asarray(self.base)]
         idx = side - jnp.minimum(n, self._rank)
         if n <= self.width:
+            z_b = z[jnp.asarray(self.base)]
             k_bb = jnp.matmul(z_b, z_b.T, precision=ntk.HIGHEST)
             kernel, args = dev.kernel_side, (z, z_b, k_bb)
         else:
-            kernel, args = dev.feature_side, (z, jnp.matmul(z_b.T, z_b, precision=ntk.HIGHEST))
+            kernel, args = dev.feature_side, (z, self._device_base_gram())
         per = dev.rows_per_chunk(side, len(rows), z.dtype.itemsize)
         s, t = dev.score_chunks(kernel, args, self.groups[rows], per, idx)
         return self.scale * s, self.scale * t
@@ -248,13 +260,12 @@ class JacobianGram(_Backend):
 
     def _head_rank(self) -> Optional[int]:
         """Rank of [Φ, 1] over the pool when the head is dense (Φ: its input), else None."""
-        top = feat.dense_head(self.ctx.params, self.ctx.num_classes)
-        if top is None:
-            log.warning("last layer is not a dense kernel: CRC uses rank |L ∪ g|")
+        fn = feat.head_features_fn(self.ctx)
+        if fn is None:
             return None
-        phi = sharding.map_batches(feat.HeadInputFn(self.f, top), self.params, self.ctx.x,
-                                   batch_size=self.ctx.batch_size, mesh=self.mesh)
-        return ntk.feature_rank(phi, bias="bias" in self.ctx.params[top])
+        phi = sharding.map_batches(fn, self.params, self.ctx.x, batch_size=self.ctx.batch_size,
+                                   mesh=self.mesh)
+        return ntk.feature_rank(phi, bias=feat.head_has_bias(self.ctx.params))
 
     def _keep(self, k):
         """A contracted block as the backend holds it: float64 NumPy, or a device array."""
