@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-scaling clean
+.PHONY: demo test test-slow bench bench-scaling bench-accel clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ bench: $(STAMP)
 # 1 device vs every device JAX sees; on a CPU-only machine: make bench-scaling SCALING_ARGS="--cpu_devices 4"
 bench-scaling: $(STAMP)
 	$(PY) -m experiments.benchmarks.scaling $(SCALING_ARGS)
+
+# train step, fit epoch, CRC host vs device backend, empirical NTK; on a CPU: make bench-accel ACCEL_ARGS=--quick
+bench-accel: $(STAMP)
+	$(PY) -m experiments.benchmarks.accel $(ACCEL_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
