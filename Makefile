@@ -30,7 +30,9 @@ bench-scaling: $(STAMP)
 	$(PY) -m experiments.benchmarks.scaling $(SCALING_ARGS)
 
 # train step, fit epoch, CRC host vs device backend, empirical NTK; on a CPU: make bench-accel ACCEL_ARGS=--quick
-bench-accel: $(STAMP)
+# On an offline accelerator machine with its own Python: make bench-accel PY=python3 (installs nothing;
+# docs/accelerators.md, "The accelerator benchmark").
+bench-accel: $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))
 	$(PY) -m experiments.benchmarks.accel $(ACCEL_ARGS)
 
 clean:
