@@ -164,8 +164,8 @@ class FeatureGram(_Backend):
         self.base = np.asarray(ctx.labeled, dtype=np.int64)
         self.z_dev, self._base_gram = None, None
         if self.dtype == "float64":      # everything stays on the device
+            phi = feat.pool_features_on_device(ctx, fn, mesh=mesh)      # the model in float32
             with dev.x64(self.dtype):
-                phi = feat.pool_features_on_device(ctx, fn, mesh=mesh)
                 self.z_dev, gram = dev.gram_of(phi.astype(jnp.float64), bias=bias)
                 rtol = self.z_dev.shape[1] * ntk.FLOAT32_EPS
                 self._rank = dev.rank_from_gram(gram, rtol)
