@@ -101,7 +101,7 @@ def _kill_once_writing(directory: Path, epoch: int) -> None:
     `epoch` exists, i.e. in the middle of the write (orbax renames it when done)."""
 
     def watch():
-        while not any(directory.glob(f"{epoch}.orbax-checkpoint-tmp-*")):
+        while not any(directory.glob(f"{epoch}.orbax-checkpoint-tmp*")):
             time.sleep(0.0005)
         faults.kill_now()
 

@@ -38,11 +38,7 @@ def validate(config) -> None:
     """Raise ConfigError on the first bad field of `config`."""
     _choice(config.dataset.name, "dataset.name", data.names())
     _choice(config.model.name, "model.name", models.names())
-    available = ssl.names()
-    if config.ssl.name in ssl.PLANNED and config.ssl.name not in available:
-        raise ConfigError("ssl.name", f"{config.ssl.name!r} is not available yet; "
-                                      f"available: {', '.join(available)}")
-    _choice(config.ssl.name, "ssl.name", available)
+    _choice(config.ssl.name, "ssl.name", ssl.names())
 
     _int(config, "seed", minimum=0)
     _int(config, "trials", minimum=1)

@@ -1,4 +1,4 @@
-"""The active-learning loop (paper §4.1, DESIGN.md "The protocol").
+"""The active-learning loop (paper §4.1, docs/design.md "The protocol").
 
 For each strategy and trial: step 0 labels Q0 images sampled class-balanced (the same
 images for every strategy of a trial); then, `al.steps` times, the model is trained
@@ -123,11 +123,15 @@ def per_class(strategy):
     def class_balanced_strategy(ctx, budget, key):
         per = budget // ctx.num_classes
         classes = ctx.oracle(ctx.unlabeled)
-        picked = []
+        picked, records = [], {}
         for c in range(ctx.num_classes):
-            sub = dataclasses.replace(ctx, unlabeled=ctx.unlabeled[classes == c])
+            # a record of its own: dataclasses.replace would share ctx's dict
+            sub = dataclasses.replace(ctx, unlabeled=ctx.unlabeled[classes == c], record={})
             picked.append(np.asarray(strategy(sub, per, jax.random.fold_in(key, c))))
-            ctx.record.update(sub.record)
+            if sub.record:
+                records[str(c)] = sub.record
+        if records:
+            ctx.record["per_class"] = records
         return np.concatenate(picked)
 
     return class_balanced_strategy
@@ -246,15 +250,14 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
             entry["labels"] = pool.label(acquired).tolist()
             if ctx.record:
                 entry["record"] = ctx.record
-        entry["seconds"] = round(time.time() - started, 2)
-        journal.append(entry)
+        journal.append(entry)   # no timings: identical runs write identical journals
         entries.append(entry)
         if on_step is not None:
             on_step(entry, labeled, result)
         if checkpointer is not None:
             checkpointer.close(remove=True)
-        log.info("%s trial %d step %d: %d labels, test accuracy %.4f (%d epochs)", spec, trial,
-                 step, len(labeled), result.test_accuracy, result.epochs_run)
+        log.info("%s trial %d step %d: %d labels, test accuracy %.4f (%d epochs, %.1f s)", spec, trial,
+                 step, len(labeled), result.test_accuracy, result.epochs_run, time.time() - started)
     return entries
 
 

@@ -140,10 +140,8 @@ def per_sample(fn: Callable, mesh: Optional[Mesh]) -> Callable:
     """
     if not is_parallel(mesh):
         return jax.jit(fn)
-    from jax.experimental.shard_map import shard_map
-
-    return jax.jit(shard_map(fn, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS),
-                             check_rep=False))
+    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS),
+                                 check_vma=False))
 
 
 def pad_rows(x: np.ndarray, multiple: int) -> tuple[np.ndarray, int]:

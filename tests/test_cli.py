@@ -68,7 +68,6 @@ def journal_entries(workdir):
     for path in sorted(Path(workdir).glob("*/trial_*/journal.jsonl")):
         lines = [json.loads(line) for line in path.read_text().splitlines()]
         for line in lines:
-            line.pop("seconds")
             line.pop("crc32")
         out[str(path.relative_to(workdir))] = lines
     return out

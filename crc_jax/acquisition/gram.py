@@ -17,7 +17,8 @@ Two kinds of Gram return the same scores:
   JacobianGram  any subset: K̃(B, B), K̃(B, candidates) and the within-group blocks K̃(g, g)
                 from per-sample Jacobians, each candidate's Jacobian computed once (base
                 Jacobians too when they fit in memory); each group costs one eigvalsh of
-                side |B| + G. ρ: |B| + G ("all", a predicate, or a head that is not dense).
+                side |B| + G. ρ: for "last", the rank of [Φ, 1] over the pool when the
+                head is dense, else |B| + G; for "all" or a predicate, |B| + G.
 
 Each runs on one of two backends (`backend`, see device_spectra): "host" decomposes in
 float64 on the host CPU (`spectra`), groups in chunks of about 16 MiB of matrices;
