@@ -259,10 +259,10 @@ def test_repeated_images_score_zero_on_every_backend(subset):
 def test_jacobian_device_scores_equal_host_through_sequential_rounds(small_chunks):
     x = np.random.default_rng(6).normal(size=(80, 6)).astype(np.float32)
     ctx = mlp_ctx(x, np.arange(5))
-    groups = random_groups(ctx, 3, n=12)
+    groups = random_groups(ctx, 3, n=8)
     grams = {b: gram_lib.JacobianGram(ctx, groups, subset="all", backend=b)
              for b in ("host", "device", "device_f32")}
-    for _ in range(3):                                 # pick, grow the base, rescore
+    for _ in range(2):                                 # pick, grow the base, rescore
         h = grams["host"].score()
         np.testing.assert_allclose(grams["device"].score(), h, rtol=1e-6)
         picks = {b: g.top(None, 1) for b, g in grams.items()}

@@ -16,14 +16,14 @@ from experiments.configs.base import get_base_config
 def setup(ssl_name):
     config = get_base_config()
     config.ssl.name = ssl_name
-    config.train.max_epochs = 3
-    config.train.steps_per_epoch = 4
+    config.train.max_epochs = 2
+    config.train.steps_per_epoch = 3
     config.train.patience = 0
     config.train.batch_size = 8
     config.train.progress = False
     ds = data.load("moons")
     model = models.get("mlp", num_classes=2, width=16)
-    algorithm = ssl.create(config, model, num_train_steps=12, flip=False)
+    algorithm = ssl.create(config, model, num_train_steps=6, flip=False)
     kwargs = dict(x_labeled=ds.x_train[:10], y_labeled=ds.y_train[:10],
                   x_unlabeled=ds.x_train[10:], watch=(ds.x_test[:64], ds.y_test[:64]),
                   test=(ds.x_test, ds.y_test), train_config=config.train,

@@ -49,6 +49,7 @@ from crc_jax import ntk, sharding
 from crc_jax.acquisition import device_spectra as dev
 from crc_jax.acquisition import features as feat
 from crc_jax.acquisition import spectra
+from crc_jax.acquisition.backend_gram import BackendGram
 from crc_jax.acquisition.context import Context
 
 log = logging.getLogger(__name__)
@@ -82,73 +83,9 @@ def variables_subset(ctx: Context, subset) -> InParams:
     return InParams(subset)
 
 
-# --------------------------------------------------------------------------- selection
-
-class _Backend:
-    """Backend bookkeeping and the choice of the top groups, shared by both Grams.
-
-    Subclasses provide `_host_scores(rows)` (float64 NumPy) and, on the device backend,
-    `_device_scores(rows)` -> (scores, traces) device arrays.
-    """
-
-    groups: np.ndarray
-
-    def _set_backend(self, backend: str) -> None:
-        self.backend = dev.resolve(backend)
-        self.dtype = dev.device_dtype(self.backend)
-
-    @property
-    def rank(self) -> Optional[int]:
-        r = self._rank
-        return None if r is None else int(r)
-
-    def describe(self) -> dict:
-        """What ran, for the journal: {"backend": ..., "dtype": ...} (no timings)."""
-        return {"backend": "host" if self.dtype is None else "device",
-                "dtype": "float64" if self.dtype is None else self.dtype}
-
-    def _rows(self, rows) -> np.ndarray:
-        return np.arange(len(self.groups)) if rows is None else np.asarray(rows)
-
-    def score(self, rows: Optional[np.ndarray] = None) -> np.ndarray:
-        """Scores of `rows` (default all groups) as float64 NumPy. On the float32 device
-        path these are the float32 prefilter scores; `top` rescores its finalists."""
-        rows = self._rows(rows)
-        if len(rows) == 0:
-            return np.zeros(0)
-        if self.dtype is None:
-            return self._host_scores(rows)
-        with dev.x64(self.dtype):
-            return np.asarray(self._device_scores(rows)[0], dtype=np.float64)[:len(rows)]
-
-    def top(self, rows: Optional[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(the k best rows, their scores, the scores of all `rows`), best first, ties to the
-        earlier row; one device-to-host transfer on the device backend."""
-        rows = self._rows(rows)
-        if self.dtype is None:
-            scores = self._host_scores(rows)
-            pick = np.argsort(-scores, kind="stable")[:k]
-        elif self.dtype == "float64":
-            with dev.x64(self.dtype):
-                s, _ = self._device_scores(rows)
-                pick, scores = jax.device_get((dev.top_rows(s, k=k), s))
-            scores = np.asarray(scores, dtype=np.float64)[:len(rows)]
-        else:
-            s, traces = self._device_scores(rows)
-            keep = dev.finalists(s, traces, self._rel_error(), k=k)
-            scores, keep = jax.device_get((s, keep))
-            scores = np.asarray(scores, dtype=np.float64)[:len(rows)]
-            fin = np.flatnonzero(keep[:len(rows)])
-            scores[fin] = self._host_scores(rows[fin])
-            pick = fin[np.argsort(-scores[fin], kind="stable")[:k]]
-            log.debug("float32 prefilter: %d of %d groups rescored in float64", len(fin), len(rows))
-        pick = np.asarray(pick)
-        return rows[pick], scores[pick], scores
-
-
 # --------------------------------------------------------------------------- backends
 
-class FeatureGram(_Backend):
+class FeatureGram(BackendGram):
     """Last-layer CRC scores from penultimate features: K̃ = C·(ΦΦᵀ + 1).
 
     features_fn: (variables, x) -> Φ; default ctx.features_fn (see `build` for the
@@ -235,7 +172,7 @@ class FeatureGram(_Backend):
         return self.scale * s, self.scale * t
 
 
-class JacobianGram(_Backend):
+class JacobianGram(BackendGram):
     """CRC scores from per-sample Jacobians over any parameter subset.
 
     On the host backend the kernel blocks are float64 NumPy arrays; on the device backend
