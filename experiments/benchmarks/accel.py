@@ -41,10 +41,23 @@ def parse_args(argv=None):
     p.add_argument("--parts", default="step,epoch,crc,ntk", help="comma-separated subset")
     p.add_argument("--json", default="", help="write the figures here (default: a new file "
                    "under runs/bench_accel/)")
-    p.add_argument("--part_timeout", type=float, default=300.0, help="seconds per part")
+    p.add_argument("--part_timeout", type=float, default=240.0, help="seconds per part")
     p.add_argument("--run_part", default="", help=argparse.SUPPRESS)   # child process
     p.add_argument("--out", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+class SavedRows(list):
+    """Rows that rewrite the child's output file at every append (partial results survive
+    a timeout), with the part's peak memory so far."""
+
+    def __init__(self, write):
+        super().__init__()
+        self.write = write
+
+    def append(self, item) -> None:
+        super().append(item)
+        self.write(self, partial=True)
 
 
 def run_part(name: str, quick: bool, out: str) -> None:
@@ -55,14 +68,21 @@ def run_part(name: str, quick: bool, out: str) -> None:
 
     sizes = accel_parts.QUICK if quick else accel_parts.FULL
     start = time.perf_counter()
-    rows = accel_parts.PARTS[name](sizes)
-    peak, where = accel_parts.peak_memory()
     dev = jax.devices()[0]
-    forbidden = sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN)
-    Path(out).write_text(json.dumps({
-        "rows": rows, "peak_MiB": peak, "peak_of": where, "seconds": time.perf_counter() - start,
-        "device": f"{jax.device_count()} x {dev.device_kind} ({dev.platform})",
-        "jax": jax.__version__, "forbidden_modules": forbidden}))
+
+    def write(rows, partial: bool) -> None:
+        peak, where = accel_parts.peak_memory()
+        forbidden = sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN)
+        tmp = Path(out + ".tmp")             # replaced whole: a kill never leaves half a file
+        tmp.write_text(json.dumps({
+            "rows": list(rows), "partial": partial, "peak_MiB": peak, "peak_of": where,
+            "seconds": time.perf_counter() - start,
+            "device": f"{jax.device_count()} x {dev.device_kind} ({dev.platform})",
+            "jax": jax.__version__, "forbidden_modules": forbidden}))
+        os.replace(tmp, out)
+
+    rows = accel_parts.PARTS[name](sizes, SavedRows(write))
+    write(rows, partial=False)
 
 
 def machine() -> str:
@@ -84,10 +104,9 @@ def run_all(args) -> dict:
                 failure = None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["?"])[-1]
             except subprocess.TimeoutExpired:
                 failure = f"timed out after {args.part_timeout:.0f} s"
-            if failure is None and out.exists():
-                results[name] = json.loads(out.read_text())
-            else:
-                results[name] = {"error": failure or "no output", "rows": []}
+            results[name] = json.loads(out.read_text()) if out.exists() else {"rows": []}
+            if failure is not None or not out.exists():
+                results[name]["error"] = (failure or "no output") + " (the rows it measured before are kept)"
             results[name]["wall_s"] = time.perf_counter() - start
             print(f"[{name}] {results[name]['wall_s']:.0f} s"
                   + (f": {results[name]['error']}" if "error" in results[name] else ""),
@@ -101,7 +120,6 @@ def table(results: dict) -> str:
     for name, r in results.items():
         if "error" in r:
             lines.append(f"| {name} | failed | | | {r['error']} | |")
-            continue
         for i, x in enumerate(r["rows"]):
             peak = f"{r['peak_MiB']:.0f} ({r['peak_of']})" if i == 0 else ""
             lines.append(f"| {name} | {x['what']} | {x['value']:.1f} | {x['unit']} | {x['detail']} | {peak} |")

@@ -1,7 +1,9 @@
 """The measurements of `experiments.benchmarks.accel`, one function per part.
 
-Each returns a list of rows {"part", "what", "value", "unit", "detail"} plus extras;
-`accel` runs every part in its own process, so each part's peak memory is its own.
+Each appends rows {"part", "what", "value", "unit", "detail"} (plus extras) to `rows` as
+it measures them (the caller saves each one, so a part cut short by its time limit keeps
+what it measured); `accel` runs every part in its own process, so each part's peak memory
+is its own.
 Sizes come from `Sizes` (the full accelerator run, or `--quick` for a CPU). Nothing here
 imports TensorFlow or TFDS: images are synthetic, of the reference shapes.
 """
@@ -66,9 +68,8 @@ def _algorithm(name: str, s: Sizes, dtype="float32", steps=1 << 20):
 
 # --------------------------------------------------------------------------- train steps
 
-def part_step(s: Sizes) -> list:
+def part_step(s: Sizes, rows: list) -> list:
     """Train-step images/s with the batch already on the device (the step alone)."""
-    rows = []
     for name, dtype in (("fixmatch", "float32"), ("fixmatch", "bfloat16"),
                         ("mean_teacher", "float32")):
         _, alg = _algorithm(name, s, dtype)
@@ -80,7 +81,7 @@ def part_step(s: Sizes) -> list:
     return rows
 
 
-def part_epoch(s: Sizes) -> list:
+def part_epoch(s: Sizes, rows: list) -> list:
     """A whole fit epoch (feeding, augmentation, steps, evaluation) against the step alone.
 
     Per-epoch time = (fit with 3 epochs − fit with 1 epoch) / 2, so initialization, the
@@ -98,8 +99,8 @@ def part_epoch(s: Sizes) -> list:
     eval_apply = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
     images = alg.labeled_batch + 2 * alg.unlabeled_batch
     step = time_step(alg, image_shape=shape, num_classes=NUM_CLASSES, steps=s.steps)
-    rows = [row("epoch", "fixmatch step alone", step["images_per_s"], "images/s",
-                f"{1e3 * step['step_s']:.1f} ms/step")]
+    rows.append(row("epoch", "fixmatch step alone", step["images_per_s"], "images/s",
+                    f"{1e3 * step['step_s']:.1f} ms/step"))
 
     def run(epochs, feed):
         cfg = c.train.copy_and_resolve_references()
@@ -130,13 +131,12 @@ def part_epoch(s: Sizes) -> list:
 
 # --------------------------------------------------------------------------- CRC
 
-def part_crc(s: Sizes) -> list:
+def part_crc(s: Sizes, rows: list) -> list:
     """CRC group scores at SVHN scale, host vs device backend, same features."""
     model = _model(s)
     rng = np.random.default_rng(1)
     x = rng.random((s.pool, s.image, s.image, 3), np.float32)
     variables = model.init(jax.random.PRNGKey(0), x[:1])
-    rows = []
     for n_labeled in s.labeled:
         labeled = np.arange(n_labeled)
         unlabeled = np.arange(n_labeled, s.pool)
@@ -174,7 +174,7 @@ def part_crc(s: Sizes) -> list:
 
 # --------------------------------------------------------------------------- NTK
 
-def part_ntk(s: Sizes) -> list:
+def part_ntk(s: Sizes, rows: list) -> list:
     """Empirical NTK over all parameters vs neural-tangents' implementations (×C)."""
     from crc_jax._nt_compat import import_neural_tangents
 
@@ -187,31 +187,29 @@ def part_ntk(s: Sizes) -> list:
     params = variables["params"]
     fns = {"crc_jax.ntk.empirical_ntk": jax.jit(partial(ntk.empirical_ntk, f, subset="all",
                                                         batch_size=s.ntk_images))}
-    for impl in ("JACOBIAN_CONTRACTION", "NTK_VECTOR_PRODUCTS", "STRUCTURED_DERIVATIVES"):
+    for impl in ("JACOBIAN_CONTRACTION", "STRUCTURED_DERIVATIVES", "NTK_VECTOR_PRODUCTS"):
         k = jax.jit(nt.empirical_ntk_fn(f, trace_axes=(-1,), vmap_axes=0,
                                         implementation=getattr(nt.NtkImplementation, impl)))
         fns[f"nt {impl}"] = (lambda kk: lambda p, xx: NUM_CLASSES * kk(xx, None, p))(k)
-    seconds, values, failed = {}, {}, {}
-    for name, fn in fns.items():
+    setting = f"{s.model}, {s.ntk_images} images, {ntk.count_parameters(params)} parameters"
+    seconds, ref = {}, None
+    for name, fn in fns.items():            # ours first: every row compares with it
         try:
             jax.block_until_ready(fn(params, x))         # compile
             start = time.perf_counter()
-            values[name] = np.asarray(jax.block_until_ready(fn(params, x)))
+            value = np.asarray(jax.block_until_ready(fn(params, x)))
             seconds[name] = time.perf_counter() - start
         except Exception as err:  # noqa: BLE001 -- a mode that fails is reported, not fatal
-            failed[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
-    ours = seconds.get("crc_jax.ntk.empirical_ntk")
-    ref = values.get("crc_jax.ntk.empirical_ntk")
-    rows = []
-    setting = f"{s.model}, {s.ntk_images} images, {ntk.count_parameters(params)} parameters"
-    for name in fns:
-        if name in failed:
-            rows.append(row("ntk", name, float("nan"), "ms", f"failed: {failed[name]}"))
+            rows.append(row("ntk", name, float("nan"), "ms",
+                            f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}"))
             continue
-        diff = float(np.max(np.abs(values[name] - ref)) / np.max(np.abs(ref))) if ref is not None else float("nan")
+        ours = seconds.get("crc_jax.ntk.empirical_ntk")
+        ref = value if ref is None else ref
+        diff = float(np.max(np.abs(value - ref)) / np.max(np.abs(ref)))
         rows.append(row("ntk", name, 1e3 * seconds[name], "ms",
                         f"{setting}; {seconds[name] / ours:.2f}x ours, max |ΔK|/max K {diff:.1e}"
                         if ours else setting))
+    ours = seconds.get("crc_jax.ntk.empirical_ntk")
     fastest_nt = min((v for k, v in seconds.items() if k.startswith("nt ")), default=None)
     if ours and fastest_nt:
         rows.append(row("ntk", "fastest neural-tangents / ours", fastest_nt / ours, "x", setting))
