@@ -135,7 +135,7 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
     `mesh` (crc_jax.sharding; default every device): batches are split over its devices,
     the state replicated; with one device nothing changes.
     `feed` (crc_jax.feeding): "device" keeps the pools on the device and gathers each batch
-    inside the jitted step, "host" gathers on the host; "auto": the device when they fit.
+    there with a jitted gather, "host" gathers on the host; "auto": the device when they fit.
     """
     tc = train_config
     init_key, data_key, step_key = jax.random.split(key, 3)
