@@ -67,6 +67,7 @@ def random_groups(ctx, g, seed=0, n=None):
 def small_chunks(monkeypatch):
     """Chunks of a few matrices, so the padded last chunk and several calls are exercised."""
     monkeypatch.setattr(device_spectra, "CHUNK_BYTES_MAX", 1 << 17)
+    monkeypatch.setattr(device_spectra, "CHUNK_BYTES_UNKNOWN", 1 << 17)
 
 
 # ---------------------------------------------------------------------- backend choice

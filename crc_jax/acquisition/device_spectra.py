@@ -30,7 +30,8 @@ import numpy as np
 from crc_jax import ntk
 
 BACKENDS = ("auto", "host", "device", "device_f32")
-CHUNK_BYTES_MAX = 1 << 28          # matrices of one chunk, before eigvalsh's workspace
+CHUNK_BYTES_MAX = 1 << 30          # matrices of one chunk, before eigvalsh's workspace
+CHUNK_BYTES_UNKNOWN = 1 << 26      # where the device reports no memory size (a CPU)
 WORKSPACE_FACTOR = 4               # eigvalsh holds a few copies of its input
 FINALIST_FACTOR = 4                # rescore at least the top 4·k groups on the host
 HIGHEST = ntk.HIGHEST
@@ -80,12 +81,11 @@ def device_bytes_limit() -> Optional[int]:
 
 
 def rows_per_chunk(side: int, n_rows: int, itemsize: int = 8) -> int:
-    """Matrices per jitted call: bounded by CHUNK_BYTES_MAX and 1/16 of device memory,
-    a power of two (few compiles) no larger than needed for `n_rows`."""
-    budget = CHUNK_BYTES_MAX
+    """Matrices per jitted call: bounded by CHUNK_BYTES_MAX and 1/16 of device memory
+    (CHUNK_BYTES_UNKNOWN where the device does not say), a power of two (few compiles) no
+    larger than needed for `n_rows`."""
     limit = device_bytes_limit()
-    if limit:
-        budget = min(budget, limit // 16)
+    budget = min(CHUNK_BYTES_MAX, limit // 16) if limit else CHUNK_BYTES_UNKNOWN
     fit = max(1, budget // (WORKSPACE_FACTOR * itemsize * side * side))
     want = 1 << max(0, int(np.ceil(np.log2(max(1, n_rows)))))
     return int(max(1, min(want, 1 << int(np.floor(np.log2(fit))))))
