@@ -9,8 +9,11 @@ so no image crosses the bus during training. On several devices
 the pools are replicated and the gathered batch is split over the devices, as on the
 host path.
 
-`feed="auto"` takes the device path when the pools fit in DEVICE_FEED_MAX_BYTES and in a
-quarter of the device's memory (when the device reports it), the host path otherwise.
+`feed="auto"` takes the device path on a GPU/TPU when the pools fit in
+DEVICE_FEED_MAX_BYTES and in a quarter of the device's memory, the host path otherwise.
+On a CPU the "device" is host memory, so there is no transfer to save, and the extra
+dispatch per step made fit epochs slower when measured (busy 2-core machine): auto
+keeps the host path there.
 """
 
 from __future__ import annotations
@@ -40,11 +43,14 @@ def _device_bytes_limit() -> Optional[int]:
     return None if not stats else stats.get("bytes_limit")
 
 
-def feeds_on_device(feed: str, arrays) -> bool:
-    """Whether `feed` puts `arrays` (the pools; None entries ignored) on the device."""
+def feeds_on_device(feed: str, arrays, platform: Optional[str] = None) -> bool:
+    """Whether `feed` puts `arrays` (the pools; None entries ignored) on the device of
+    `platform` (default: JAX's default backend)."""
     check_feed(feed)
     if feed != "auto":
         return feed == "device"
+    if (jax.default_backend() if platform is None else platform) == "cpu":
+        return False
     need = sum(np.asarray(a).nbytes for a in arrays if a is not None)
     limit = _device_bytes_limit()
     return need <= DEVICE_FEED_MAX_BYTES and (limit is None or need <= limit // 4)

@@ -62,11 +62,13 @@ def test_device_feeder_gathers_the_rows_it_is_given():
     np.testing.assert_array_equal(seen[0]["x_u"], x_u[[6, 1]])
 
 
-def test_auto_feed_falls_back_to_the_host_for_large_pools(monkeypatch):
+def test_auto_feed_uses_the_device_on_accelerators_when_the_pools_fit(monkeypatch):
     small = np.zeros((10, 4), np.float32)
-    assert feeding.feeds_on_device("auto", (small, None))
+    assert feeding.feeds_on_device("auto", (small, None), platform="gpu")
+    assert not feeding.feeds_on_device("auto", (small, None), platform="cpu")
+    assert not feeding.feeds_on_device("auto", (small, None))           # this machine: CPU
     monkeypatch.setattr(feeding, "DEVICE_FEED_MAX_BYTES", small.nbytes - 1)
-    assert not feeding.feeds_on_device("auto", (small, None))
+    assert not feeding.feeds_on_device("auto", (small, None), platform="gpu")
     assert feeding.feeds_on_device("device", (small, None))
     with pytest.raises(ValueError, match="feed must be one of auto, host, device"):
         feeding.feeds_on_device("gpu", (small,))
