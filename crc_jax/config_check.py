@@ -104,6 +104,7 @@ def _check_data_parallel(config) -> None:
     evenly over the devices."""
     _int(config, "distributed.num_processes", minimum=0)
     _int(config, "distributed.process_id", minimum=-1)
+    _int(config, "distributed.heartbeat_timeout", minimum=1)
     devices = jax.device_count()
     batch = config.train.batch_size
     if batch % devices:

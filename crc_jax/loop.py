@@ -26,11 +26,11 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from crc_jax import acquisition, config_check, data, faults, models, ssl
+from crc_jax import acquisition, config_check, data, distributed, faults, models, ssl
 from crc_jax.data.pool import Pool
 from crc_jax.errors import RunDirError
 from crc_jax.journal import Journal
-from crc_jax.rundir import RunDir, comparable_config
+from crc_jax.rundir import comparable_config
 from crc_jax.train import fit
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
     config = setup.config
     al = config.al
     journal = Journal(trial_dir / "journal.jsonl")
-    entries = journal.read()
+    entries = distributed.from_writer(journal.read, errors=(RunDirError,))
     pool = Pool(setup.pool_y, setup.dataset.num_classes)
     initial = pool.initial_indices(al.initial_size, np.random.default_rng([config.seed, trial]))
     if entries:
@@ -212,7 +212,8 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
     strategy = make_strategy(config, spec)
     trial_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), trial)
 
-    remove_stale_checkpoints(trial_dir, len(entries))
+    if distributed.is_writer():
+        remove_stale_checkpoints(trial_dir, len(entries))
 
     for step in range(len(entries), al.steps + 1):
         started = time.time()
@@ -244,13 +245,15 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
                 oracle=pool.oracle_labels if al.pseudo_al else None, model=setup.model,
                 batch_size=config.train.eval_batch_size)
             faults.maybe_kill("acquisition")
-            acquired = _check_acquired(strategy(ctx, al.query_size, acquire_key), pool,
-                                       al.query_size, spec)
+            acquired = distributed.agree(strategy(ctx, al.query_size, acquire_key),
+                                         what="acquisition")
+            acquired = _check_acquired(acquired, pool, al.query_size, spec)
             entry["acquired"] = acquired.tolist()
             entry["labels"] = pool.label(acquired).tolist()
             if ctx.record:
                 entry["record"] = ctx.record
-        journal.append(entry)   # no timings: identical runs write identical journals
+        if distributed.is_writer():
+            journal.append(entry)   # no timings: identical runs write identical journals
         entries.append(entry)
         if on_step is not None:
             on_step(entry, labeled, result)
@@ -280,13 +283,13 @@ def run(config, workdir) -> list[dict]:
     """Validate, then run every strategy x trial into `workdir`; returns the summary rows."""
     config_check.validate(config)
     workdir = Path(workdir)
-    with RunDir(workdir) as rundir:
-        rundir.bind_config(config.to_dict())
+    with distributed.run_dir(workdir, config.to_dict()):  # process 0 writes, alone
         setup = build_setup(config)
         rows = []
         for spec in config.strategies:
             for trial in range(config.trials):
                 trial_dir = workdir / strategy_dirname(spec) / f"trial_{trial}"
                 rows += summary_rows(spec, trial, run_trial(setup, spec, trial, trial_dir))
-        write_summary(workdir / "summary.csv", rows)
+        if distributed.is_writer():
+            write_summary(workdir / "summary.csv", rows)
     return rows

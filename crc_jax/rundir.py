@@ -14,8 +14,9 @@ from pathlib import Path
 
 from crc_jax.errors import RunDirError
 
-# Fields that do not change results: a resumed run may differ in these.
-COSMETIC_FIELDS = ("train.progress",)
+# Fields that do not change results: a resumed run may differ in these. How many
+# processes share the work does not (tests/test_multiprocess.py checks it).
+COSMETIC_FIELDS = ("train.progress", "distributed")
 
 
 def comparable_config(config_dict: dict) -> dict:

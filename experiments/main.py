@@ -23,6 +23,8 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import supervisor
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 EXIT_USAGE = 2
 
@@ -80,9 +82,14 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> None:
     del argv
+    config = flags.FLAGS.config
+    if config is not None and config.distributed.enabled and not supervisor.is_worker():
+        d = config.distributed  # multi-process: run as a worker, report a lost peer in one line
+        sys.exit(supervisor.supervise(sys.argv, process_id=int(d.process_id),
+                                      num_processes=int(d.num_processes)))
     import jax
 
-    from crc_jax import loop, sharding
+    from crc_jax import distributed, loop, sharding
     from crc_jax.errors import ConfigError, DataError, RunDirError
     from crc_jax.train import TrainingDiverged
     from experiments import report
@@ -102,10 +109,16 @@ def main(argv: list[str]) -> None:
     try:
         with data_context(flags.FLAGS.mock_data):
             loop.run(config, workdir)
-        print(report.write_report([workdir], out_dir=workdir))
+        if distributed.is_writer():
+            print(report.write_report([workdir], out_dir=workdir))
     except (ConfigError, DataError, RunDirError, TrainingDiverged) as err:
         sys.stderr.write(f"error: {err}\n")
         sys.exit(EXIT_USAGE)
+    except jax.errors.JaxRuntimeError as err:
+        if not distributed.is_multiprocess():
+            raise
+        # most likely a peer died mid-collective: JAX ends this process once it knows
+        supervisor.await_peer_verdict(err, timeout=config.distributed.heartbeat_timeout + 30)
 
 
 if __name__ == "__main__":
