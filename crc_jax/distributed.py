@@ -56,7 +56,8 @@ def initialize(config) -> None:
     if timeout != DEFAULT_HEARTBEAT_TIMEOUT:
         kwargs["heartbeat_timeout_seconds"] = timeout
     jax.distributed.initialize(**kwargs)
-    log.info("jax.distributed: process %d of %d, %d local / %d global devices",
+    # debug: a bad config value must stay the only line (main logs the devices after the check)
+    log.debug("jax.distributed: process %d of %d, %d local / %d global devices",
              jax.process_index(), jax.process_count(), jax.local_device_count(),
              jax.device_count())
 

@@ -102,7 +102,8 @@ def run(config, workdir: str) -> None:
     sharding.initialize_distributed(config.distributed)  # multi-host: before any JAX work
     config_check.validate(config)
     mock_data.check(config, flags.FLAGS.mock_data)
-    logging.info("data-parallel over %d %s device(s)", jax.device_count(), jax.default_backend())
+    logging.info("data-parallel over %d %s device(s)%s", jax.device_count(), jax.default_backend(),
+                 f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
     with mock_data.context(flags.FLAGS.mock_data):
         loop.run(config, workdir)
     if distributed.is_writer():   # multi-process: process 0 writes and prints, alone
