@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-scaling lock clean
+.PHONY: demo test test-slow docs bench bench-scaling bench-accel lock clean
 
 LOCK := requirements/lock.txt
 
@@ -24,6 +24,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+# docs/reliability.md's bad-input table, from real runs of every case (a few minutes)
+docs: $(STAMP)
+	$(PY) -m experiments.reliability_doc
+
 bench: $(STAMP)
 	$(PY) -m experiments.benchmarks.acquisition
 	$(PY) -m experiments.benchmarks.train_step
@@ -31,6 +35,12 @@ bench: $(STAMP)
 # 1 device vs every device JAX sees; on a CPU-only machine: make bench-scaling SCALING_ARGS="--cpu_devices 4"
 bench-scaling: $(STAMP)
 	$(PY) -m experiments.benchmarks.scaling $(SCALING_ARGS)
+
+# train step, fit epoch, CRC host vs device backend, empirical NTK; on a CPU: make bench-accel ACCEL_ARGS=--quick
+# On an offline accelerator machine with its own Python: make bench-accel PY=python3 (installs nothing;
+# docs/accelerators.md, "The accelerator benchmark").
+bench-accel: $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))
+	$(PY) -m experiments.benchmarks.accel $(ACCEL_ARGS)
 
 # Re-resolve the locked set in a fresh venv (run after changing dependencies in pyproject.toml).
 lock:

@@ -56,7 +56,8 @@ def initialize(config) -> None:
     if timeout != DEFAULT_HEARTBEAT_TIMEOUT:
         kwargs["heartbeat_timeout_seconds"] = timeout
     jax.distributed.initialize(**kwargs)
-    log.info("jax.distributed: process %d of %d, %d local / %d global devices",
+    # debug: a bad config value must stay the only line (main logs the devices after the check)
+    log.debug("jax.distributed: process %d of %d, %d local / %d global devices",
              jax.process_index(), jax.process_count(), jax.local_device_count(),
              jax.device_count())
 
@@ -137,18 +138,21 @@ def barrier(name: str) -> None:
 
 
 @contextlib.contextmanager
-def run_dir(path: os.PathLike, config_dict: dict):
-    """The run directory locked and bound to `config_dict` by process 0, for the block.
+def run_dir(path: os.PathLike):
+    """The run directory locked by process 0 for the block; yields `bind(fn)`.
 
-    crc_jax.rundir.RunDir on process 0 only; a RunDirError there (a directory in use,
-    another run's config) is raised on every process.
+    crc_jax.rundir.RunDir on process 0 only. `bind(fn)` runs `fn(rundir)` on process 0
+    (checks, then `rundir.bind_config(...)`); a RunDirError there (a directory in use,
+    another run's config or journals) is raised on every process.
     """
     from crc_jax.errors import RunDirError
     from crc_jax.rundir import RunDir
 
     with contextlib.ExitStack() as stack:
-        def bind():
-            stack.enter_context(RunDir(path)).bind_config(config_dict)
+        held = {}
 
-        from_writer(bind, errors=(RunDirError,))
-        yield
+        def lock():
+            held["rundir"] = stack.enter_context(RunDir(path))
+
+        from_writer(lock, errors=(RunDirError,))
+        yield lambda fn: from_writer(lambda: fn(held["rundir"]), errors=(RunDirError,))

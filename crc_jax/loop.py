@@ -32,7 +32,7 @@ from crc_jax import (acquisition, config_check, data, distributed, faults, initi
 from crc_jax.data.pool import Pool
 from crc_jax.errors import RunDirError
 from crc_jax.journal import Journal
-from crc_jax.rundir import comparable_config
+from crc_jax.rundir import RunDir, comparable_config
 from crc_jax.train import fit
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ def build_setup(config) -> Setup:
         watch = (pool_x[val], pool_y[val])
         pool_x, pool_y = pool_x[rest], pool_y[rest]
     config_check.check_pool_budget(config, len(pool_x))
+    config_check.check_class_counts(config, pool_y, ds.num_classes)
 
     options = {"width": config.model.width} if config.model.width else {}
     # The train step runs activations in config.train.dtype (mixed precision); evaluation
@@ -160,26 +161,51 @@ def _check_acquired(acquired: np.ndarray, pool: Pool, budget: int, spec: str) ->
     return acquired
 
 
-def replay(journal_entries: list, pool: Pool, initial: np.ndarray | None, path: Path) -> None:
-    """Re-label what the journal records, checking it belongs to this run. `initial` None:
-    the strategy chose the initial set (Appendix B.2), so it is read from the journal."""
+def run_fingerprint(config, spec: str, trial: int) -> str:
+    """A short hash of what a trial's results depend on: the config (cosmetic fields aside),
+    the strategy spec and the trial. Step 0's journal line carries it."""
+    body = json.dumps([comparable_config(config.to_dict()), spec, trial], sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def replay(journal_entries: list, pool: Pool, initial: np.ndarray | None, path: Path,
+           fingerprint: str | None = None) -> None:
+    """Re-label what the journal records, checking it belongs to this run: the same initial
+    set, labels that match the data set's, and (when the journal has one) the same config
+    fingerprint. Any mismatch is a RunDirError naming the journal; the file is not changed.
+    `initial` None: the strategy chose the initial set (Appendix B.2), so it is read from
+    the journal and only its labels are checked."""
     first = journal_entries[0]
     if initial is None:
-        initial = np.asarray(first.get("initial", []), dtype=np.int64)
-        if pool.oracle_labels(initial).tolist() != first.get("initial_labels"):
+        try:
+            initial = np.asarray(first.get("initial", []), dtype=np.int64)
+            same = pool.oracle_labels(initial).tolist() == first.get("initial_labels")
+        except (ValueError, TypeError) as err:
+            raise RunDirError(f"{path}: its initial set cannot be replayed ({err})") from None
+        if not same:
             raise RunDirError(f"{path}: its initial labels differ from the data set's "
                               "(a journal from another data set)")
     elif first.get("initial") != initial.tolist():
         raise RunDirError(f"{path}: its initial labeled set differs from this config's "
                           "(a journal from another data set or seed)")
+    recorded = first.get("config_fingerprint")
+    if fingerprint is not None and recorded is not None and recorded != fingerprint:
+        raise RunDirError(f"{path}: written by another config (its config fingerprint "
+                          "differs); use a new --workdir")
+    if recorded is None:
+        log.warning("%s: no config fingerprint (written by an older version); not checked", path)
     pool.label(initial)
     for entry in journal_entries:
-        acquired = np.asarray(entry.get("acquired", []), dtype=np.int64)
-        if len(acquired):
-            labels = pool.label(acquired)
-            if labels.tolist() != entry["labels"]:
-                raise RunDirError(f"{path}: step {entry['step']} records labels that differ "
-                                  "from the data set's (a journal from another data set)")
+        try:
+            acquired = np.asarray(entry.get("acquired", []), dtype=np.int64)
+            if len(acquired):
+                labels = pool.label(acquired)
+                if labels.tolist() != entry["labels"]:
+                    raise RunDirError(f"{path}: step {entry['step']} records labels that differ "
+                                      "from the data set's (a journal from another data set)")
+        except (ValueError, TypeError, KeyError) as err:
+            raise RunDirError(f"{path}: step {entry.get('step')} records an acquisition this "
+                              f"pool cannot replay ({err}); the journal was left untouched") from None
 
 
 def make_checkpointer(config, spec: str, trial: int, step: int, trial_dir: Path):
@@ -226,8 +252,9 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
         initial = None
     else:
         initial = pool.initial_indices(al.initial_size, np.random.default_rng([config.seed, trial]))
+    fingerprint = run_fingerprint(config, spec, trial)
     if entries:
-        replay(entries, pool, initial, journal.path)
+        replay(entries, pool, initial, journal.path, fingerprint)
         initial = np.asarray(entries[0]["initial"], dtype=np.int64)
         log.info("%s trial %d: resuming after step %d", spec, trial, len(entries) - 1)
     else:
@@ -263,6 +290,7 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
                  "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                  "min_test_loss_epoch": result.min_test_loss_epoch}
         if step == 0:
+            entry["config_fingerprint"] = fingerprint
             entry["initial"] = initial.tolist()
             entry["initial_labels"] = pool.oracle_labels(initial).tolist()
             if start is not None:
@@ -306,12 +334,39 @@ def write_summary(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+def check_journals(config, workdir: Path) -> None:
+    """Every journal this config would resume must carry its fingerprint (checked before
+    config.json is written, so a directory whose config.json was lost is not adopted)."""
+    for spec in config.strategies:
+        for trial in range(config.trials):
+            journal = Journal(workdir / strategy_dirname(spec) / f"trial_{trial}" / "journal.jsonl")
+            entries = journal.read()
+            recorded = entries[0].get("config_fingerprint") if entries else None
+            if recorded is not None and recorded != run_fingerprint(config, spec, trial):
+                raise RunDirError(f"{journal.path}: written by another config (its config "
+                                  "fingerprint differs); use a new --workdir")
+
+
+def bind_checked(rundir: RunDir, config, workdir: Path) -> None:
+    """Bind the directory to `config` once its journals are known to be this config's."""
+    bound = (workdir / "config.json").exists()
+    if bound:  # another config.json: its difference is the clearer message
+        rundir.bind_config(config.to_dict())
+    check_journals(config, workdir)
+    if not bound:
+        rundir.bind_config(config.to_dict())
+
+
 def run(config, workdir) -> list[dict]:
-    """Validate, then run every strategy x trial into `workdir`; returns the summary rows."""
+    """Validate, then run every strategy x trial into `workdir`; returns the summary rows.
+
+    The data are loaded and the journals checked before config.json binds the directory,
+    so bad data or another run's journals leave a new directory unbound."""
     config_check.validate(config)
     workdir = Path(workdir)
-    with distributed.run_dir(workdir, config.to_dict()):  # process 0 writes, alone
+    with distributed.run_dir(workdir) as bind:  # process 0 locks and writes, alone
         setup = build_setup(config)
+        bind(lambda rundir: bind_checked(rundir, config, workdir))
         start = initial_model.prepare(setup, workdir)  # None unless al.initial_model="median"
         rows = []
         for spec in config.strategies:

@@ -224,8 +224,8 @@ try:
     distributed.from_writer(fail_on_writer, errors=(RunDirError,))
 except RunDirError as err:
     out["error"] = str(err)
-with distributed.run_dir(f"{workdir}/run_{pid}", {"a": 1}):
-    pass
+with distributed.run_dir(f"{workdir}/run_{pid}") as bind:
+    bind(lambda rundir: rundir.bind_config({"a": 1}))
 state = sharding.replicate(mesh, {"w": jnp.arange(4.0), "step": jnp.int32(5)})
 ck = TrainCheckpointer(f"{workdir}/ckpt", every=1, fingerprint="f")
 ck.save(1, state, {"v": state["w"] * 2}, {"best_epoch": 1})
@@ -331,16 +331,17 @@ def test_single_process_helpers_are_plain_calls(tmp_path):
     assert distributed.broadcast_json({"a": [1, 2]}) == {"a": [1, 2]}
     assert distributed.from_writer(lambda: 7) == 7
     np.testing.assert_array_equal(distributed.agree(np.array([3, 1, 2])), [3, 1, 2])
-    with distributed.run_dir(tmp_path / "r", {"x": 1}):
+    with distributed.run_dir(tmp_path / "r") as bind:
+        bind(lambda rundir: rundir.bind_config({"x": 1}))
         assert json.loads((tmp_path / "r" / "config.json").read_text()) == {"x": 1}
         with pytest.raises(RunDirError, match="in use"):    # the lock is held in the block
-            with distributed.run_dir(tmp_path / "r", {"x": 1}):
+            with distributed.run_dir(tmp_path / "r"):
                 pass
     with pytest.raises(RunDirError, match="another config"):
-        with distributed.run_dir(tmp_path / "r", {"x": 2}):
-            pass
-    with distributed.run_dir(tmp_path / "r", {"x": 1}):     # released after an error
-        pass
+        with distributed.run_dir(tmp_path / "r") as bind:
+            bind(lambda rundir: rundir.bind_config({"x": 2}))
+    with distributed.run_dir(tmp_path / "r") as bind:     # released after an error
+        bind(lambda rundir: rundir.bind_config({"x": 1}))
 
 
 def test_a_bad_value_in_a_two_process_run_is_one_line_and_exit_2(tmp_path):

@@ -409,5 +409,7 @@ def test_figure2_reads_a_transfer_run(tmp_path):
     path = figures.figure2_transfer(tmp_path, tmp_path / "figs")
     assert path.name == "figure2_transfer.png" and path.stat().st_size > 10_000
     (tmp_path / "config.json").write_text(json.dumps({"al": {"first_query": "trained"}}))
-    with pytest.raises(SystemExit, match="not a transfer run"):
+    with pytest.raises(figures.FigureError, match="not a transfer run"):
         figures.figure2_transfer(tmp_path, tmp_path / "figs")
+    with pytest.raises(figures.FigureError, match="not a finished run"):
+        figures.figure2_transfer(tmp_path / "missing", tmp_path / "figs")
