@@ -89,6 +89,18 @@ def apply_overrides(config_dict: dict, overrides: list[str]) -> dict:
     return config_dict
 
 
+def with_defaults(defaults: dict, recorded: dict) -> dict:
+    """`recorded` (a run's config.json) over `defaults`: fields added to crc_jax after the
+    run was made take their default values."""
+    out = dict(defaults)
+    for key, value in recorded.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            out[key] = with_defaults(defaults[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def labeled_sets(entries: list[dict]) -> list[np.ndarray]:
     """The labeled set trained on at each recorded step: the initial set, then each step's
     acquisitions appended in order."""
@@ -197,9 +209,11 @@ def retrain(run_dir, *, seeds: int, first_seed: int | None, out=None,
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise UsageError(f"{run_dir}: no config.json (not a run directory of experiments.main)")
-    source = json.loads((run_dir / "config.json").read_text())
-    config = ml_collections.ConfigDict(apply_overrides(json.loads(json.dumps(source)),
-                                                       list(overrides)))
+    from experiments.configs.base import get_base_config
+
+    source = with_defaults(json.loads(json.dumps(get_base_config().to_dict())),
+                           json.loads((run_dir / "config.json").read_text()))
+    config = ml_collections.ConfigDict(apply_overrides(source, list(overrides)))
     config_check.validate(config)
     first_seed = config.seed + 1 if first_seed is None else first_seed
     if seeds < 1 or first_seed < 0:
@@ -265,9 +279,9 @@ def main(argv=None) -> None:
     from crc_jax.errors import ConfigError, DataError, RunDirError
     from crc_jax.train import TrainingDiverged
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("jax", "absl", "tensorflow", "orbax", "etils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from experiments import cli_logging
+
+    cli_logging.setup()
     try:
         args, overrides = parser.parse_known_args(argv)
         retrain(args.run_dir, seeds=args.seeds, first_seed=args.first_seed, out=args.out,

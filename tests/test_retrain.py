@@ -88,6 +88,12 @@ def test_variance_table_by_hand():
     assert "| – | 20.00 | 2 x 1 |" in one_seed
 
 
+def test_an_older_runs_config_gets_the_fields_added_since():
+    merged = retrain.with_defaults({"a": 1, "train": {"x": 1, "y": 2}, "new": {"z": 3}},
+                                   {"a": 5, "train": {"x": 7}})
+    assert merged == {"a": 5, "train": {"x": 7, "y": 2}, "new": {"z": 3}}
+
+
 def test_retrain_on_another_model(run_dir, tmp_path):
     out = tmp_path / "mlp"
     rows = retrain.retrain(run_dir, seeds=1, first_seed=0, out=out,
