@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow docs bench bench-scaling bench-accel lock clean
+.PHONY: demo test test-slow docs docs-campaign bench bench-scaling bench-accel lock clean
 
 LOCK := requirements/lock.txt
 
@@ -27,6 +27,10 @@ test-slow: $(STAMP)
 # docs/reliability.md's bad-input table, from real runs of every case (a few minutes)
 docs: $(STAMP)
 	$(PY) -m experiments.reliability_doc
+
+# the 10-kill fault campaign (slow), its table written into docs/reliability.md
+docs-campaign: $(STAMP)
+	CRC_JAX_UPDATE_DOCS=1 $(PY) -m pytest -q -m slow tests/test_faults.py::test_fault_campaign
 
 bench: $(STAMP)
 	$(PY) -m experiments.benchmarks.acquisition

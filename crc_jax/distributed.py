@@ -21,7 +21,6 @@ With one process every helper here is the identity (or a plain call).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -135,24 +134,3 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
-
-
-@contextlib.contextmanager
-def run_dir(path: os.PathLike):
-    """The run directory locked by process 0 for the block; yields `bind(fn)`.
-
-    crc_jax.rundir.RunDir on process 0 only. `bind(fn)` runs `fn(rundir)` on process 0
-    (checks, then `rundir.bind_config(...)`); a RunDirError there (a directory in use,
-    another run's config or journals) is raised on every process.
-    """
-    from crc_jax.errors import RunDirError
-    from crc_jax.rundir import RunDir
-
-    with contextlib.ExitStack() as stack:
-        held = {}
-
-        def lock():
-            held["rundir"] = stack.enter_context(RunDir(path))
-
-        from_writer(lock, errors=(RunDirError,))
-        yield lambda fn: from_writer(lambda: fn(held["rundir"]), errors=(RunDirError,))

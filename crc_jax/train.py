@@ -131,7 +131,7 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
     x_labeled/y_labeled: the labeled set; x_unlabeled: the unlabeled pool images (used
     when the algorithm takes unlabeled batches). watch/test: (x, y). Randomness comes only
     from `key`: init, data order and augmentation per epoch are folded from it.
-    `checkpointer` (crc_jax.checkpoint.TrainCheckpointer) saves every few epochs and, when
+    `checkpointer` (crc_jax.run.checkpoint.TrainCheckpointer) saves every few epochs and, when
     it holds a checkpoint, training continues from it.
     `mesh` (crc_jax.sharding; default every device): batches are split over its devices,
     the state replicated; with one device nothing changes.

@@ -85,7 +85,7 @@ def error_lines(stderr: str) -> list[str]:
 
 def _journal_with_index(workdir: Path, index: int) -> None:
     """Step 0's line re-written, with a valid checksum, to acquire `index` first."""
-    from crc_jax import journal
+    from crc_jax.run import journal
 
     lines = (workdir / JOURNAL).read_text().splitlines(keepends=True)
     entry = journal.decode(lines[0])
@@ -102,9 +102,9 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
     optionally, env and prelude."""
     import jax
 
-    from crc_jax import loop
+    from crc_jax.run import loop
     from crc_jax.data import embedded
-    from crc_jax.rundir import RunDir
+    from crc_jax.run.rundir import RunDir
 
     x_train, y_train, x_test, y_test = embedded.digits()
     order = np.random.default_rng(1).permutation(len(x_train))  # not the 'digits' pool order

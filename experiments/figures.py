@@ -63,7 +63,7 @@ def figure1_moons(out: Path, workdir: Path, *, seed: int = 0) -> Path:
     import jax
     import matplotlib.pyplot as plt
 
-    from crc_jax import loop
+    from crc_jax.run import loop
     from experiments.configs import moons_pi
 
     config = moons_pi.get_config()

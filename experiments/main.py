@@ -94,7 +94,8 @@ def run(config, workdir: str) -> None:
     """Validate, run, write the report, and say where everything went."""
     import jax
 
-    from crc_jax import config_check, distributed, loop, sharding
+    from crc_jax import distributed, sharding
+    from crc_jax.run import config_check, loop
     from experiments import mock_data, report
     from experiments.configs.base import apply_smoke
 

@@ -34,7 +34,7 @@ with one line and exit status 2 before they can change anything already computed
 
 ## Mechanisms
 
-- **Journal** (`crc_jax/journal.py`): `WORKDIR/<strategy>/trial_<k>/journal.jsonl` holds one
+- **Journal** (`crc_jax/run/journal.py`): `WORKDIR/<strategy>/trial_<k>/journal.jsonl` holds one
   JSON line per completed acquisition step (accuracy, the indices acquired and their labels,
   the initial set at step 0). A line is written whole with one `write`, then `fsync`ed, before
   the next step starts. Rerunning the same command replays the journal into the pool and
@@ -47,13 +47,13 @@ with one line and exit status 2 before they can change anything already computed
 - **Checksums**: every journal line carries the CRC-32 of its canonical JSON body. A torn
   last line (a crash mid-append) is dropped with a warning and truncated away; a bad line
   anywhere else is corruption and stops the run naming the line, leaving the file as it is.
-- **Lock** (`crc_jax/rundir.py`): `WORKDIR/config.json` binds the directory to one config
+- **Lock** (`crc_jax/run/rundir.py`): `WORKDIR/config.json` binds the directory to one config
   (only cosmetic fields such as `train.progress` may differ on a rerun); it is written only
   once the config, every strategy with its options and the data have been checked, so a
   refused run leaves no binding behind. An exclusive
   `flock` on `WORKDIR/.lock` keeps a second writer out. The kernel releases it when the
   process dies, so a crash never leaves it stuck.
-- **Checkpoints** (`crc_jax/checkpoint.py`): with `train.checkpoint_every=E`, training
+- **Checkpoints** (`crc_jax/run/checkpoint.py`): with `train.checkpoint_every=E`, training
   saves (state, best variables, early-stopping record) with orbax every E epochs, keeping the
   last two; orbax writes a temporary folder and renames it, so a half-written checkpoint is
   never read. A killed step resumes from its latest checkpoint, bit-identically. Each
@@ -61,7 +61,7 @@ with one line and exit status 2 before they can change anything already computed
   arrays are read: one from another config or model is refused. A state whose loss or
   parameters are NaN/inf is never saved: training stops first (`TrainingDiverged`, naming
   the step), so the last checkpoint on disk is the last good one.
-- **Fault points** (`crc_jax/faults.py`): `CRC_JAX_FAULT="point:n"` makes the process
+- **Fault points** (`crc_jax/run/faults.py`): `CRC_JAX_FAULT="point:n"` makes the process
   SIGKILL itself the n-th time it reaches `point`: `train_step` (before a training step),
   `checkpoint` (once orbax's temporary folder exists, i.e. mid-write), `acquisition` (after
   training, before the strategy picks), `journal_append` (after half of the line is written

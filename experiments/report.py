@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crc_jax import faults
+from crc_jax.run import faults
 
 EXIT_USAGE = 2
 SUMMARY_COLUMNS = ("strategy", "trial", "step", "num_labeled", "test_accuracy")

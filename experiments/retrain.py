@@ -114,8 +114,8 @@ def labeled_sets(entries: list[dict]) -> list[np.ndarray]:
 
 def source_journals(run_dir: Path, strategies) -> dict:
     """{(strategy, trial): entries} for every journal of the run, in config order."""
-    from crc_jax import loop
-    from crc_jax.journal import Journal
+    from crc_jax.run import loop
+    from crc_jax.run.journal import Journal
 
     found = {}
     for spec in strategies:
@@ -143,7 +143,7 @@ def check_labels(setup, entries: list[dict], path: str) -> None:
 
 
 def train_key(seed: int, trial: int, step: int):
-    """The key crc_jax.loop trains step `step` of trial `trial` with, for run seed `seed`."""
+    """The key crc_jax.run.loop trains step `step` of trial `trial` with, for run seed `seed`."""
     import jax
 
     trial_key = jax.random.fold_in(jax.random.PRNGKey(seed), trial)
@@ -201,9 +201,9 @@ def retrain(run_dir, *, seeds: int, first_seed: int | None, out=None,
     (only the given `strategies` of the run, when given)."""
     import ml_collections
 
-    from crc_jax import config_check, loop
-    from crc_jax.journal import Journal
-    from crc_jax.rundir import RunDir
+    from crc_jax.run import config_check, loop
+    from crc_jax.run.journal import Journal
+    from crc_jax.run.rundir import RunDir
     from experiments import report
 
     run_dir = Path(run_dir)

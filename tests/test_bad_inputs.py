@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 
 from crc_jax import data, models, ssl
-from crc_jax.checkpoint import TrainCheckpointer
+from crc_jax.run.checkpoint import TrainCheckpointer
 from crc_jax.train import TrainingDiverged, fit
 from experiments import bad_inputs, reliability_doc
-from experiments.bad_inputs import cli_args, error_lines, run_main  # noqa: F401 (test_faults)
+from experiments.bad_inputs import error_lines
 from experiments.configs.base import get_base_config
-from experiments.reliability_doc import update_doc  # noqa: F401 (test_faults' campaign)
 
 DOC = reliability_doc.DOC
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from crc_jax import data, models, ssl
-from crc_jax.checkpoint import TrainCheckpointer
+from crc_jax.run.checkpoint import TrainCheckpointer
 from crc_jax.errors import RunDirError
 from crc_jax.train import fit
 from experiments.configs.base import get_base_config

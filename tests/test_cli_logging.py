@@ -30,7 +30,7 @@ def test_log_line_never_shares_a_line_with_a_progress_bar(capsys, restore_loggin
     cli_logging.setup()
     bar = tqdm(total=10, desc="training", file=sys.stderr, ascii=True)
     bar.update(3)
-    logging.getLogger("crc_jax.loop").info("step 0: 20 labels")
+    logging.getLogger("crc_jax.run.loop").info("step 0: 20 labels")
     logging.getLogger("absl").warning("`TensorInfo.dtype` is deprecated")  # kept quiet
     bar.update(2)
     bar.close()

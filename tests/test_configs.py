@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from crc_jax import loop
+from crc_jax.run import loop
 from experiments import report
 from experiments.configs.base import apply_smoke
 

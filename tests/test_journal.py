@@ -5,7 +5,7 @@ import json
 import pytest
 
 from crc_jax.errors import RunDirError
-from crc_jax.journal import Journal, decode, encode
+from crc_jax.run.journal import Journal, decode, encode
 
 
 def entries(n):

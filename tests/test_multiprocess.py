@@ -201,7 +201,8 @@ import jax, jax.numpy as jnp, numpy as np
 pid, address, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 jax.distributed.initialize(address, num_processes=2, process_id=pid)
 from crc_jax import distributed, sharding
-from crc_jax.checkpoint import TrainCheckpointer
+from crc_jax.run.checkpoint import TrainCheckpointer
+from crc_jax.run.rundir import run_dir
 from crc_jax.errors import RunDirError
 
 out = {"writer": distributed.is_writer()}
@@ -224,7 +225,7 @@ try:
     distributed.from_writer(fail_on_writer, errors=(RunDirError,))
 except RunDirError as err:
     out["error"] = str(err)
-with distributed.run_dir(f"{workdir}/run_{pid}") as bind:
+with run_dir(f"{workdir}/run_{pid}") as bind:
     bind(lambda rundir: rundir.bind_config({"a": 1}))
 state = sharding.replicate(mesh, {"w": jnp.arange(4.0), "step": jnp.int32(5)})
 ck = TrainCheckpointer(f"{workdir}/ckpt", every=1, fingerprint="f")
@@ -326,21 +327,22 @@ def test_the_relay_copies_output_and_keeps_the_fatal_message():
 def test_single_process_helpers_are_plain_calls(tmp_path):
     from crc_jax import distributed
     from crc_jax.errors import RunDirError
+    from crc_jax.run.rundir import run_dir
 
     assert not distributed.is_multiprocess() and distributed.is_writer()
     assert distributed.broadcast_json({"a": [1, 2]}) == {"a": [1, 2]}
     assert distributed.from_writer(lambda: 7) == 7
     np.testing.assert_array_equal(distributed.agree(np.array([3, 1, 2])), [3, 1, 2])
-    with distributed.run_dir(tmp_path / "r") as bind:
+    with run_dir(tmp_path / "r") as bind:
         bind(lambda rundir: rundir.bind_config({"x": 1}))
         assert json.loads((tmp_path / "r" / "config.json").read_text()) == {"x": 1}
         with pytest.raises(RunDirError, match="in use"):    # the lock is held in the block
-            with distributed.run_dir(tmp_path / "r"):
+            with run_dir(tmp_path / "r"):
                 pass
     with pytest.raises(RunDirError, match="another config"):
-        with distributed.run_dir(tmp_path / "r") as bind:
+        with run_dir(tmp_path / "r") as bind:
             bind(lambda rundir: rundir.bind_config({"x": 2}))
-    with distributed.run_dir(tmp_path / "r") as bind:     # released after an error
+    with run_dir(tmp_path / "r") as bind:     # released after an error
         bind(lambda rundir: rundir.bind_config({"x": 1}))
 
 

@@ -14,7 +14,9 @@ import numpy as np
 import optax
 import pytest
 
-from crc_jax import config_check, initial_model, loop, models, optim, ssl
+from crc_jax import models, optim, ssl
+from crc_jax.run import initial_model
+from crc_jax.run import config_check, loop
 from crc_jax.data import augment
 from crc_jax.errors import ConfigError
 from crc_jax.state import create_train_state

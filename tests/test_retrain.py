@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from crc_jax import loop
+from crc_jax.run import loop
 from experiments import retrain
 from experiments.configs import digits
 

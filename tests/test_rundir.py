@@ -3,7 +3,7 @@
 import pytest
 
 from crc_jax.errors import RunDirError
-from crc_jax.rundir import RunDir
+from crc_jax.run.rundir import RunDir
 
 
 def test_second_writer_is_refused_and_lock_is_released(tmp_path):

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crc_jax import config_check, models, sharding
+from crc_jax import models, sharding
+from crc_jax.run import config_check
 from crc_jax.errors import ConfigError
 from experiments.configs.base import get_base_config
 
@@ -206,7 +207,7 @@ if "wrn_crc" in which:     # WRN-28 (width 1): Jacobians one row per device, the
                       "brute": brute, "kmax": kmax}
 
 if "config" in which:
-    from crc_jax import config_check
+    from crc_jax.run import config_check
     from crc_jax.errors import ConfigError
 
     c = get_base_config()

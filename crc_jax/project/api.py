@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from crc_jax import faults, journal
+from crc_jax.run import faults, journal
 from crc_jax.project import labels_log, store
 from crc_jax.project.scan import ScanResult, scan
 from crc_jax.project.settings import RoundSettings

@@ -1,6 +1,6 @@
 """The labels log: every answer an annotator gives, appended whole, fsynced, never rewritten.
 
-One JSON line per event, checksummed as the run journal's lines are (crc_jax.journal):
+One JSON line per event, checksummed as the run journal's lines are (crc_jax.run.journal):
     {"seq": n, "op": "label", "id": 17, "label": "cat", "source": "page", "time": ...}
     {"seq": n, "op": "skip",  "id": 17, ...}        unsure: kept out of later queues
     {"seq": n, "op": "undo",  "id": 17, ...}        forget the answer for image 17
@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from crc_jax import faults, journal
+from crc_jax.run import faults, journal
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
     DIR/pool.npy         (N, S, S, 3) uint8: every kept image, resized
     DIR/index.csv        id,path,sha256: path relative to the images folder
     DIR/labels.jsonl     the labels log (crc_jax.project.labels_log)
-    DIR/rounds.jsonl     one checksummed line per completed round (crc_jax.journal)
+    DIR/rounds.jsonl     one checksummed line per completed round (crc_jax.run.journal)
     DIR/queue.csv        the images to label next
     DIR/models/          the model of each round (flax msgpack)
 

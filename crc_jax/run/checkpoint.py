@@ -21,7 +21,8 @@ import jax
 import numpy as np
 from flax import serialization
 
-from crc_jax import distributed, faults
+from crc_jax import distributed
+from crc_jax.run import faults
 from crc_jax.errors import RunDirError
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class TrainCheckpointer:
     def close(self, *, remove: bool = False) -> None:
         self._manager.close()
         if remove:
-            distributed.barrier("crc_jax.checkpoint.close")  # no process still reads it
+            distributed.barrier("crc_jax.run.checkpoint.close")  # no process still reads it
             if distributed.is_writer():
                 shutil.rmtree(self.directory, ignore_errors=True)
 

@@ -30,7 +30,7 @@ from flax import serialization
 from crc_jax import distributed
 from crc_jax.data.pool import Pool
 from crc_jax.errors import RunDirError
-from crc_jax.journal import Journal
+from crc_jax.run.journal import Journal
 from crc_jax.train import FitResult, fit
 
 log = logging.getLogger(__name__)

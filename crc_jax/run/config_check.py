@@ -134,7 +134,7 @@ def check_strategy(config, spec: str) -> None:
     """Build the strategy of `spec` as the run will, so a bad option fails before any work:
     unknown options, bad values (the factory's own checks) and group sizes or group counts
     that cannot fill al.query_size."""
-    from crc_jax.loop import make_strategy  # loop imports this module
+    from crc_jax.run.loop import make_strategy  # loop imports this module
 
     name, options = acquisition.parse_spec(spec)
     params = inspect.signature(acquisition.STRATEGIES.factory(name)).parameters

@@ -7,11 +7,13 @@ run never leaves it stuck.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 from pathlib import Path
 
+from crc_jax import distributed
 from crc_jax.errors import RunDirError
 
 # Fields that do not change results: a resumed run may differ in these. How many
@@ -101,3 +103,21 @@ class RunDir:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(config_dict, indent=2, sort_keys=True))
         os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def run_dir(path: os.PathLike):
+    """The run directory locked by process 0 for the block; yields `bind(fn)`.
+
+    `RunDir` on process 0 only (crc_jax.distributed.from_writer). `bind(fn)` runs `fn(rundir)` on process 0
+    (checks, then `rundir.bind_config(...)`); a RunDirError there (a directory in use,
+    another run's config or journals) is raised on every process.
+    """
+    with contextlib.ExitStack() as stack:
+        held = {}
+
+        def lock():
+            held["rundir"] = stack.enter_context(RunDir(path))
+
+        distributed.from_writer(lock, errors=(RunDirError,))
+        yield lambda fn: distributed.from_writer(lambda: fn(held["rundir"]), errors=(RunDirError,))

@@ -13,7 +13,7 @@ import os
 import zlib
 from pathlib import Path
 
-from crc_jax import faults
+from crc_jax.run import faults
 from crc_jax.errors import RunDirError
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The active-learning loop (paper §4.1, docs/design.md "The protocol").
 
 For each strategy and trial: step 0 labels Q0 images sampled class-balanced (the same
-images for every strategy of a trial; crc_jax.initial_model holds the paper's median
+images for every strategy of a trial; crc_jax.run.initial_model holds the paper's median
 initial model and the transfer setting's first query); then, `al.steps` times, the model
 is trained from scratch, evaluated, and the strategy acquires Q labels. Every completed step is one
 journal line (written whole and fsynced) before the next begins, so rerunning the same
@@ -27,12 +27,12 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from crc_jax import (acquisition, config_check, data, distributed, faults, initial_model,
-                     models, ssl)
+from crc_jax import acquisition, data, distributed, models, ssl
+from crc_jax.run import config_check, faults, initial_model
 from crc_jax.data.pool import Pool
 from crc_jax.errors import RunDirError
-from crc_jax.journal import Journal
-from crc_jax.rundir import RunDir, comparable_config
+from crc_jax.run.journal import Journal
+from crc_jax.run.rundir import RunDir, comparable_config, run_dir
 from crc_jax.train import fit
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def make_checkpointer(config, spec: str, trial: int, step: int, trial_dir: Path)
     """The in-training checkpointer of one AL step, or None when train.checkpoint_every is 0."""
     if not config.train.checkpoint_every:
         return None
-    from crc_jax.checkpoint import TrainCheckpointer
+    from crc_jax.run.checkpoint import TrainCheckpointer
 
     body = json.dumps([comparable_config(config.to_dict()), spec, trial, step], sort_keys=True)
     return TrainCheckpointer(trial_dir / "checkpoints" / f"step_{step}",
@@ -234,7 +234,7 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
 
     on_step(entry, labeled, result), if given, is called after each step that runs here
     (not for steps replayed from the journal): figures use it to see the trained model.
-    start: the run's median initial model (crc_jax.initial_model), used as step 0.
+    start: the run's median initial model (crc_jax.run.initial_model), used as step 0.
     """
     config = setup.config
     al = config.al
@@ -243,7 +243,7 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
     pool = Pool(setup.pool_y, setup.dataset.num_classes)
     strategy = make_strategy(config, spec)
     trial_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), trial)
-    # --- step 0's labeled set (crc_jax.initial_model: per_trial | median | first query)
+    # --- step 0's labeled set (crc_jax.run.initial_model: per_trial | median | first query)
     strategy_picks_initial = al.first_query == "random_init"
     initial_record = None
     if start is not None:
@@ -364,7 +364,7 @@ def run(config, workdir) -> list[dict]:
     so bad data or another run's journals leave a new directory unbound."""
     config_check.validate(config)
     workdir = Path(workdir)
-    with distributed.run_dir(workdir) as bind:  # process 0 locks and writes, alone
+    with run_dir(workdir) as bind:  # process 0 locks and writes, alone
         setup = build_setup(config)
         bind(lambda rundir: bind_checked(rundir, config, workdir))
         start = initial_model.prepare(setup, workdir)  # None unless al.initial_model="median"
