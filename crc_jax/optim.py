@@ -68,7 +68,3 @@ def make_optimizer(train_config, num_train_steps: int) -> optax.GradientTransfor
     return optax.chain(*parts)
 
 
-def cross_entropy(logits, labels):
-    """Mean softmax cross-entropy against integer labels."""
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-

@@ -37,6 +37,34 @@ def init_state_fn(model, tx, *, ema_decay: float, ema_batch_stats: str = "averag
     return init
 
 
+def build_algorithm(name: str, *, config, model, num_train_steps: int, train_step,
+                    ema_decay: float, evaluate_ema: bool, unlabeled: bool = True,
+                    ema_warmup: bool = False):
+    """The one way to assemble an `Algorithm` from explicit arguments.
+
+    The optimizer comes from config.train (crc_jax.optim), the state keeps an EMA of
+    decay `ema_decay` (its BatchNorm statistics follow config.ssl.ema_batch_stats), the
+    labeled batch is config.train.batch_size and, when `unlabeled`, the unlabeled batch
+    μ·B with μ = config.ssl.unlabeled_ratio. `evaluate_ema`: evaluation and acquisition see
+    the EMA model (FixMatch's EMA, Mean Teacher's teacher) instead of the trained one.
+    """
+    from crc_jax import optim
+    from crc_jax.ssl.base import Algorithm
+
+    batch = int(config.train.batch_size)
+    tx = optim.make_optimizer(config.train, num_train_steps)
+    return Algorithm(
+        name=name,
+        labeled_batch=batch,
+        unlabeled_batch=int(config.ssl.unlabeled_ratio) * batch if unlabeled else 0,
+        init_state=init_state_fn(model, tx, ema_decay=ema_decay,
+                                 ema_batch_stats=ema_batch_stats_rule(config),
+                                 ema_warmup=ema_warmup),
+        train_step=train_step,
+        eval_variables=lambda state: state.variables(ema=evaluate_ema),
+    )
+
+
 def ema_batch_stats_rule(config) -> str:
     """config.ssl.ema_batch_stats ("average" when a config predates the field)."""
     return str(config.ssl.get("ema_batch_stats", "average"))

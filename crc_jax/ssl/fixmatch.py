@@ -21,7 +21,6 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from crc_jax import optim
 from crc_jax.ssl import consistency
 from crc_jax.ssl.base import Algorithm, register
 from crc_jax.state import TrainState
@@ -75,20 +74,11 @@ def make_train_step(*, weak_fn, strong_fn, threshold: float, weight: float):
 
 @register("fixmatch")
 def make_fixmatch(*, config, model, num_train_steps: int, flip: bool = False) -> Algorithm:
-    tc, sc = config.train, config.ssl
-    tx = optim.make_optimizer(tc, num_train_steps)
-    ema = float(tc.ema_decay)
-    batch = int(tc.batch_size)
-    return Algorithm(
-        name="fixmatch",
-        labeled_batch=batch,
-        unlabeled_batch=int(sc.unlabeled_ratio) * batch,
-        init_state=consistency.init_state_fn(
-            model, tx, ema_decay=ema,
-            ema_batch_stats=consistency.ema_batch_stats_rule(config)),
-        train_step=make_train_step(
-            weak_fn=consistency.weak_view(config, flip=flip),
-            strong_fn=consistency.strong_view(config, flip=flip),
-            threshold=float(sc.threshold), weight=float(sc.unlabeled_weight)),
-        eval_variables=lambda state: state.variables(ema=ema > 0),
-    )
+    sc, ema = config.ssl, float(config.train.ema_decay)
+    step = make_train_step(
+        weak_fn=consistency.weak_view(config, flip=flip),
+        strong_fn=consistency.strong_view(config, flip=flip),
+        threshold=float(sc.threshold), weight=float(sc.unlabeled_weight))
+    return consistency.build_algorithm("fixmatch", config=config, model=model,
+                                       num_train_steps=num_train_steps, train_step=step,
+                                       ema_decay=ema, evaluate_ema=ema > 0)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from crc_jax import optim
 from crc_jax.ssl import consistency
 from crc_jax.ssl.base import Algorithm, register
 from crc_jax.state import TrainState
@@ -50,23 +49,13 @@ def mean_teacher_loss(params, state: TrainState, x_l, y_l, x_student, x_teacher,
 
 @register("mean_teacher")
 def make_mean_teacher(*, config, model, num_train_steps: int, flip: bool = False) -> Algorithm:
-    tc, sc = config.train, config.ssl
-    tx = optim.make_optimizer(tc, num_train_steps)
-    teacher_ema = float(sc.teacher_ema)
-    evaluate_teacher = sc.get("eval_model", "teacher") == "teacher"
-    batch = int(tc.batch_size)
-    return Algorithm(
-        name="mean_teacher",
-        labeled_batch=batch,
-        unlabeled_batch=int(sc.unlabeled_ratio) * batch,
-        init_state=consistency.init_state_fn(
-            model, tx, ema_decay=teacher_ema,
-            ema_batch_stats=consistency.ema_batch_stats_rule(config),
-            ema_warmup=bool(sc.get("teacher_ema_warmup", False))),
-        train_step=consistency.make_two_view_step(
-            mean_teacher_loss,
-            view_fn=consistency.weak_view(config, flip=flip),
-            weight=float(sc.unlabeled_weight),
-            rampup_steps=consistency.rampup_steps(sc, num_train_steps)),
-        eval_variables=lambda state: state.variables(ema=evaluate_teacher),
-    )
+    sc = config.ssl
+    step = consistency.make_two_view_step(
+        mean_teacher_loss, view_fn=consistency.weak_view(config, flip=flip),
+        weight=float(sc.unlabeled_weight),
+        rampup_steps=consistency.rampup_steps(sc, num_train_steps))
+    return consistency.build_algorithm(
+        "mean_teacher", config=config, model=model, num_train_steps=num_train_steps,
+        train_step=step, ema_decay=float(sc.teacher_ema),
+        evaluate_ema=sc.get("eval_model", "teacher") == "teacher",
+        ema_warmup=bool(sc.get("teacher_ema_warmup", False)))

@@ -12,10 +12,8 @@ visualizes this algorithm's decision boundary on two-moons.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
-from crc_jax import optim
 from crc_jax.ssl import consistency
 from crc_jax.ssl.base import Algorithm, register
 from crc_jax.state import TrainState
@@ -37,21 +35,11 @@ def pi_model_loss(params, state: TrainState, x_l, y_l, x_a, x_b, *, weight):
 
 @register("pi_model")
 def make_pi_model(*, config, model, num_train_steps: int, flip: bool = False) -> Algorithm:
-    tc, sc = config.train, config.ssl
-    tx = optim.make_optimizer(tc, num_train_steps)
-    ema = float(tc.ema_decay)
-    batch = int(tc.batch_size)
-    return Algorithm(
-        name="pi_model",
-        labeled_batch=batch,
-        unlabeled_batch=int(sc.unlabeled_ratio) * batch,
-        init_state=consistency.init_state_fn(
-            model, tx, ema_decay=ema,
-            ema_batch_stats=consistency.ema_batch_stats_rule(config)),
-        train_step=consistency.make_two_view_step(
-            pi_model_loss,
-            view_fn=consistency.weak_view(config, flip=flip),
-            weight=float(sc.unlabeled_weight),
-            rampup_steps=consistency.rampup_steps(sc, num_train_steps)),
-        eval_variables=lambda state: state.variables(ema=ema > 0),
-    )
+    sc, ema = config.ssl, float(config.train.ema_decay)
+    step = consistency.make_two_view_step(
+        pi_model_loss, view_fn=consistency.weak_view(config, flip=flip),
+        weight=float(sc.unlabeled_weight),
+        rampup_steps=consistency.rampup_steps(sc, num_train_steps))
+    return consistency.build_algorithm("pi_model", config=config, model=model,
+                                       num_train_steps=num_train_steps, train_step=step,
+                                       ema_decay=ema, evaluate_ema=ema > 0)

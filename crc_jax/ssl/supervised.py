@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 
-from crc_jax import optim
 from crc_jax.ssl import consistency
 from crc_jax.ssl.base import Algorithm, register
 from crc_jax.state import TrainState
@@ -19,10 +19,8 @@ from crc_jax.state import TrainState
 
 def supervised_loss(params, state: TrainState, x, y):
     """Cross-entropy on a labeled batch; returns (loss, new batch statistics)."""
-    logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, x, train=True,
-        mutable=["batch_stats"])
-    return optim.cross_entropy(logits, y), updates.get("batch_stats", state.batch_stats)
+    logits, batch_stats = consistency.forward(state.apply_fn, params, state.batch_stats, x)
+    return jnp.mean(consistency.per_sample_ce(logits, y)), batch_stats
 
 
 def make_train_step(*, augment_fn):
@@ -40,17 +38,8 @@ def make_train_step(*, augment_fn):
 
 @register("supervised")
 def make_supervised(*, config, model, num_train_steps: int, flip: bool = False) -> Algorithm:
-    tc = config.train
-    tx = optim.make_optimizer(tc, num_train_steps)
-    augment_fn = consistency.weak_view(config, flip=flip)
-    ema = float(tc.ema_decay)
-    return Algorithm(
-        name="supervised",
-        labeled_batch=int(tc.batch_size),
-        unlabeled_batch=0,
-        init_state=consistency.init_state_fn(
-            model, tx, ema_decay=ema,
-            ema_batch_stats=consistency.ema_batch_stats_rule(config)),
-        train_step=make_train_step(augment_fn=augment_fn),
-        eval_variables=lambda state: state.variables(ema=ema > 0),
-    )
+    ema = float(config.train.ema_decay)
+    step = make_train_step(augment_fn=consistency.weak_view(config, flip=flip))
+    return consistency.build_algorithm("supervised", config=config, model=model,
+                                       num_train_steps=num_train_steps, train_step=step,
+                                       ema_decay=ema, evaluate_ema=ema > 0, unlabeled=False)
