@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
@@ -14,15 +13,25 @@ class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
         self._factories: dict[str, Callable[..., T]] = {}
+        self._traits: dict[str, dict] = {}
 
-    def register(self, name: str):
+    def register(self, name: str, **traits):
+        """Decorator registering a factory under `name`. `traits` declare, explicitly, what
+        the caller must pass or may rely on (strategies: `group_size=True` takes the
+        config's al.group_size, `class_balanced=True` builds class-balanced groups itself)."""
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:
             if name in self._factories:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             self._factories[name] = factory
+            self._traits[name] = dict(traits)
             return factory
 
         return decorator
+
+    def traits(self, name: str) -> dict:
+        """The traits `name` was registered with (KeyError naming the known ones if unknown)."""
+        self.factory(name)
+        return dict(self._traits[name])
 
     def names(self) -> list[str]:
         return sorted(self._factories)
@@ -34,11 +43,6 @@ class Registry(Generic[T]):
         if name not in self._factories:
             raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
         return self._factories[name]
-
-    def accepts(self, name: str, option: str) -> bool:
-        """Whether the factory of `name` takes the keyword `option`."""
-        params = inspect.signature(self.factory(name)).parameters
-        return option in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
     def get(self, name: str, **options) -> T:
         return self.factory(name)(**options)

@@ -140,7 +140,7 @@ def summarize(scores: np.ndarray) -> dict:
     return out
 
 
-@register("crc")
+@register("crc", group_size=True, class_balanced=True)
 def make_crc(group_size: Optional[int] = None, subset="last", max_groups: Optional[int] = None,
              class_balanced: bool = False, sequential: bool = False, backend: str = "auto"):
     """CRC (Algorithm 1). group_size=None means G = budget (one group is the whole batch)."""

@@ -182,7 +182,7 @@ def architecture(ctx: Context, arch: Optional[str], depth: Optional[int]):
     return models.get(arch, num_classes=ctx.num_classes, **options)
 
 
-@register("crc_infinite")
+@register("crc_infinite", group_size=True)
 def make_crc_infinite(group_size: Optional[int] = None, max_groups: Optional[int] = None,
                       arch: Optional[str] = None, depth: Optional[int] = None,
                       sequential: bool = False, kernel_batch: Optional[int] = None):

@@ -20,6 +20,7 @@ import numpy as np
 
 from crc_jax.data import embedded, npz, tfds_sets
 from crc_jax.errors import DataError
+from crc_jax.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -55,36 +56,45 @@ class _Source:
     flip: bool
 
 
-_SOURCES = {
-    "svhn": _Source(functools.partial(tfds_sets.load, "svhn_cropped"), 10, False),
-    "cifar10": _Source(functools.partial(tfds_sets.load, "cifar10"), 10, True),
-    "cifar100": _Source(functools.partial(tfds_sets.load, "cifar100"), 100, True),
-    "digits": _Source(lambda data_dir: embedded.digits(), 10, False),
-    "moons": _Source(lambda data_dir: embedded.moons(), 2, False),
-    "npz": _Source(npz.load, 0, False),  # classes and flip come from the file
-}
+SOURCES = Registry("data set")   # name -> factory(data_dir) -> _Source
+
+
+def _fixed(load: Callable[[str], Arrays], num_classes: int, flip: bool):
+    return lambda *, data_dir: _Source(load, num_classes, flip)
+
+
+SOURCES.register("svhn")(_fixed(functools.partial(tfds_sets.load, "svhn_cropped"), 10, False))
+SOURCES.register("cifar10")(_fixed(functools.partial(tfds_sets.load, "cifar10"), 10, True))
+SOURCES.register("cifar100")(_fixed(functools.partial(tfds_sets.load, "cifar100"), 100, True))
+SOURCES.register("digits")(_fixed(lambda data_dir: embedded.digits(), 10, False))
+SOURCES.register("moons")(_fixed(lambda data_dir: embedded.moons(), 2, False))
+# your own pool: classes and flip come from the file
+SOURCES.register("npz")(lambda *, data_dir: _Source(npz.load, npz.num_classes(data_dir),
+                                                     npz.flip(data_dir)))
+
+
+def _source(name: str, data_dir: str) -> _Source:
+    if name not in SOURCES:
+        raise DataError(f"unknown data set {name!r}; known: {', '.join(names())}")
+    return SOURCES.get(name, data_dir=data_dir)
 
 
 def names() -> list[str]:
     """The data set names `load` accepts."""
-    return sorted(_SOURCES)
+    return SOURCES.names()
 
 
 def num_classes(name: str, data_dir: str = "") -> int:
     """Number of classes of data set `name`, known without loading the images."""
-    if name not in _SOURCES:
-        raise DataError(f"unknown data set {name!r}; known: {', '.join(names())}")
-    return npz.num_classes(data_dir) if name == "npz" else _SOURCES[name].num_classes
+    if name == "npz":   # without reading the images
+        return npz.num_classes(data_dir)
+    return _source(name, data_dir).num_classes
 
 
 def load(name: str, *, data_dir: str = "", train_size: int = 0, test_size: int = 0,
          seed: int = 0) -> Dataset:
     """Load data set `name`; `data_dir` "" lets TFDS use (and download to) its default."""
-    if name not in _SOURCES:
-        raise DataError(f"unknown data set {name!r}; known: {', '.join(names())}")
-    source = _SOURCES[name]
-    if name == "npz":
-        source = _Source(npz.load, npz.num_classes(data_dir), npz.flip(data_dir))
+    source = _source(name, data_dir)
     x_train, y_train, x_test, y_test = source.load(data_dir)
     splits = {}
     for split, x, y, size, stream in (("train", x_train, y_train, train_size, 0),

@@ -51,7 +51,7 @@ def default_group_size(budget: int) -> int:
 
 def make_strategy(spec: str, budget: int):
     name, options = acquisition.parse_spec(spec)
-    if acquisition.STRATEGIES.accepts(name, "group_size") and "group_size" not in options:
+    if acquisition.STRATEGIES.traits(name).get("group_size") and "group_size" not in options:
         options["group_size"] = default_group_size(budget)
     return acquisition.STRATEGIES.get(name, **options)
 

@@ -153,7 +153,8 @@ def check_strategy(config, spec: str) -> None:
     except (TypeError, ValueError) as err:
         raise ConfigError("strategies", f"{spec!r}: {err}") from None
     q = config.al.query_size
-    if "group_size" in params:
+    traits = acquisition.STRATEGIES.traits(name)
+    if traits.get("group_size"):
         g = options.get("group_size", config.al.group_size)
         if g is None:
             g = q
@@ -164,7 +165,7 @@ def check_strategy(config, spec: str) -> None:
         if max_groups is not None and max_groups < q // g:
             raise ConfigError("strategies", f"{spec!r}: max_groups={max_groups} leaves fewer "
                                             f"than the {q // g} groups of {g} a query of {q} needs")
-        if config.al.pseudo_al and "class_balanced" in params and g != q:
+        if config.al.pseudo_al and traits.get("class_balanced") and g != q:
             raise ConfigError("strategies", f"{spec!r}: in the pseudo-AL setting one "
                                             f"class-balanced group is the whole query: "
                                             f"group_size must equal al.query_size ({q})")

@@ -108,9 +108,10 @@ def make_strategy(config, spec: str):
     """
     name, spec_options = acquisition.parse_spec(spec)
     options = dict(config.acquisition.get(name, {}))
-    if acquisition.STRATEGIES.accepts(name, "group_size"):
+    traits = acquisition.STRATEGIES.traits(name)   # declared at registration
+    if traits.get("group_size"):
         options["group_size"] = config.al.group_size
-    balances_itself = acquisition.STRATEGIES.accepts(name, "class_balanced")
+    balances_itself = bool(traits.get("class_balanced"))
     if config.al.pseudo_al and balances_itself:
         options["class_balanced"] = True
     options.update(spec_options)

@@ -1,0 +1,37 @@
+"""Registries: what a caller passes a factory is declared at registration, not inspected."""
+
+import pytest
+
+from crc_jax import acquisition
+from crc_jax.registry import Registry
+from crc_jax.run.loop import make_strategy
+from experiments.configs.base import get_base_config
+
+
+def test_traits_are_declared_at_registration():
+    reg = Registry("thing")
+
+    @reg.register("declared", group_size=True)
+    def declared(*, group_size=None):
+        return group_size
+
+    @reg.register("undeclared")
+    def undeclared(*, group_size=None):   # takes the keyword, but did not declare it
+        return group_size
+
+    assert reg.traits("declared") == {"group_size": True}
+    assert reg.traits("undeclared") == {}
+    with pytest.raises(KeyError, match="unknown thing 'other'"):
+        reg.traits("other")
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register("declared")(declared)
+
+
+def test_the_loop_passes_group_size_and_balancing_only_where_declared():
+    assert acquisition.STRATEGIES.traits("crc") == {"group_size": True, "class_balanced": True}
+    assert acquisition.STRATEGIES.traits("entropy") == {}
+    config = get_base_config()
+    config.al.pseudo_al, config.al.group_size, config.al.query_size = True, 10, 10
+    # entropy is wrapped to run once per class; crc balances its own groups
+    assert make_strategy(config, "entropy").__name__ == "class_balanced_strategy"
+    assert make_strategy(config, "crc").__name__ != "class_balanced_strategy"
