@@ -142,30 +142,16 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
     """
     tc = train_config
     init_key, data_key, step_key = jax.random.split(key, 3)
-    state = algorithm.init_state(init_key, x_labeled[:1])
-    eval_step = make_eval_step(eval_apply)
-    track_test = tc.watch == "test"
-    steps = int(tc.steps_per_epoch)
     mu_b = algorithm.unlabeled_batch
     if mu_b and (x_unlabeled is None or len(x_unlabeled) == 0):
         raise ValueError(f"{algorithm.name} needs unlabeled data, and the pool has none left")
     mesh = sharding.make_mesh() if mesh is None else mesh
     sharding.check_divisible(algorithm.labeled_batch, mesh, what="labeled batch size")
     sharding.check_divisible(mu_b, mesh, what="unlabeled batch size")
+    eval_step = make_eval_step(eval_apply)
 
-    best = dict(epoch=0, acc=-1.0, variables=None)
-    history, global_step, start_epoch = [], 0, 1
-    patience = int(tc.patience)
-    if checkpointer is not None:
-        restored = checkpointer.restore(state, algorithm.eval_variables(state))
-        if restored is not None:
-            state, best_variables, progress = restored
-            best = dict(epoch=progress["best_epoch"], acc=progress["best_accuracy"],
-                        variables=best_variables)
-            history, global_step = progress["history"], progress["global_step"]
-            start_epoch = progress["epoch"] + 1
-            if patience and progress["epoch"] - best["epoch"] >= patience:
-                start_epoch = int(tc.max_epochs) + 1  # it had already stopped early
+    state = algorithm.init_state(init_key, x_labeled[:1])
+    state, stopper, start_epoch = _start_or_resume(algorithm, state, checkpointer, tc)
     state = sharding.replicate(mesh, state)
     feeder = feeding.BatchFeeder(algorithm.train_step, mesh, x_labeled=x_labeled,
                                  y_labeled=y_labeled, x_unlabeled=x_unlabeled if mu_b else None,
@@ -173,52 +159,121 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
     bar = tqdm(range(start_epoch, int(tc.max_epochs) + 1), desc=desc, leave=False,
                disable=not tc.progress, dynamic_ncols=True)
     for epoch in bar:
-        rng = _epoch_rng(data_key, epoch)
-        lab_idx = index_stream(rng, len(x_labeled), algorithm.labeled_batch, steps)
-        unl_idx = index_stream(rng, len(x_unlabeled), mu_b, steps) if mu_b else None
-        keys = jax.random.split(jax.random.fold_in(step_key, epoch), steps)
-        losses = []
-        for i in range(steps):
-            if before_step is not None:
-                before_step()
-            state, metrics = feeder(state, lab_idx[i], unl_idx[i] if mu_b else None, keys[i])
-            losses.append(metrics["loss"])
-        losses = np.asarray(jnp.stack(losses))
-        if not np.all(np.isfinite(losses)):
-            bad = int(np.argmin(np.isfinite(losses)))
-            raise TrainingDiverged(
-                f"non-finite training loss at step {global_step + bad + 1} (epoch {epoch})")
-        global_step += steps
-        if not _all_finite(state.params):  # the last step's update: its loss was still finite
-            raise TrainingDiverged(
-                f"non-finite parameters after step {global_step} (epoch {epoch})")
-
+        batches = _epoch_batches(algorithm, data_key, step_key, epoch, len(x_labeled),
+                                 len(x_unlabeled) if mu_b else 0, int(tc.steps_per_epoch))
+        state, losses = _train_epoch(feeder, state, batches, before_step)
+        stopper.global_step = _check_finite(losses, state, stopper.global_step, epoch)
         variables = algorithm.eval_variables(state)
         watched = evaluate(eval_step, variables, *watch, batch_size=tc.eval_batch_size, mesh=mesh)
         record = {"epoch": epoch, "loss": float(losses.mean()),
                   "watch_accuracy": watched["accuracy"]}
-        if track_test:
+        if tc.watch == "test":
             record["test_loss"] = watched["loss"]
-        history.append(record)
-        if watched["accuracy"] > best["acc"]:
-            best.update(epoch=epoch, acc=watched["accuracy"], variables=_copy_tree(variables))
+        stop = stopper.update(epoch, record, variables)
         bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{watched['accuracy']:.3f}",
-                        best=f"{best['acc']:.3f}")
+                        best=f"{stopper.accuracy:.3f}")
         log.debug("%s epoch %d: %s", desc, epoch, record)
         if checkpointer is not None and checkpointer.due(epoch):
-            checkpointer.save(epoch, state, best["variables"], {
-                "best_epoch": best["epoch"], "best_accuracy": best["acc"],
-                "history": history, "global_step": global_step})
-        if patience and epoch - best["epoch"] >= patience:
+            checkpointer.save(epoch, state, stopper.variables, stopper.progress())
+        if stop:
             break
     bar.close()
+    return _result(state, stopper, eval_step, test, tc, mesh)
 
-    final = evaluate(eval_step, best["variables"], *test, batch_size=tc.eval_batch_size,
+
+@dataclasses.dataclass
+class EarlyStopping:
+    """The best epoch on the watched split so far, and when to stop: after `patience`
+    epochs without improvement (0: never). Its `progress()` is what a checkpoint keeps,
+    and `resumed` rebuilds it from a checkpoint, including a run that had already stopped."""
+
+    patience: int
+    epoch: int = 0                 # best epoch (1-based; 0 before the first)
+    accuracy: float = -1.0
+    variables: Any = None          # evaluation variables of the best epoch
+    history: list = dataclasses.field(default_factory=list)
+    global_step: int = 0
+
+    def update(self, epoch: int, record: dict, variables) -> bool:
+        """Record an epoch; True when training should stop."""
+        self.history.append(record)
+        if record["watch_accuracy"] > self.accuracy:
+            self.epoch, self.accuracy = epoch, record["watch_accuracy"]
+            self.variables = _copy_tree(variables)
+        return self.should_stop(epoch)
+
+    def should_stop(self, epoch: int) -> bool:
+        return bool(self.patience) and epoch - self.epoch >= self.patience
+
+    def progress(self) -> dict:
+        return {"best_epoch": self.epoch, "best_accuracy": self.accuracy,
+                "history": self.history, "global_step": self.global_step}
+
+    @classmethod
+    def resumed(cls, patience: int, progress: dict, variables) -> "EarlyStopping":
+        return cls(patience=patience, epoch=progress["best_epoch"],
+                   accuracy=progress["best_accuracy"], variables=variables,
+                   history=list(progress["history"]), global_step=progress["global_step"])
+
+
+def _start_or_resume(algorithm: Algorithm, state, checkpointer, tc):
+    """(state, early stopping, first epoch to run): fresh, or from the latest checkpoint."""
+    patience = int(tc.patience)
+    if checkpointer is not None:
+        restored = checkpointer.restore(state, algorithm.eval_variables(state))
+        if restored is not None:
+            state, best_variables, progress = restored
+            stopper = EarlyStopping.resumed(patience, progress, best_variables)
+            done = progress["epoch"]
+            start = int(tc.max_epochs) + 1 if stopper.should_stop(done) else done + 1
+            return state, stopper, start   # (max_epochs + 1: it had already stopped early)
+    return state, EarlyStopping(patience=patience), 1
+
+
+def _epoch_batches(algorithm: Algorithm, data_key, step_key, epoch: int, n_labeled: int,
+                   n_unlabeled: int, steps: int):
+    """(labeled rows, unlabeled rows or None, keys) of every step of `epoch`, folded from
+    (key, epoch) so a resumed run draws what an uninterrupted one would."""
+    rng = _epoch_rng(data_key, epoch)
+    lab = index_stream(rng, n_labeled, algorithm.labeled_batch, steps)
+    unl = (index_stream(rng, n_unlabeled, algorithm.unlabeled_batch, steps)
+           if algorithm.unlabeled_batch else None)
+    keys = jax.random.split(jax.random.fold_in(step_key, epoch), steps)
+    return lab, unl, keys
+
+
+def _train_epoch(feeder, state, batches, before_step):
+    """Run one epoch's steps; (state, the losses as a host array, one sync at the end)."""
+    lab, unl, keys = batches
+    losses = []
+    for i in range(len(keys)):
+        if before_step is not None:
+            before_step()
+        state, metrics = feeder(state, lab[i], None if unl is None else unl[i], keys[i])
+        losses.append(metrics["loss"])
+    return state, np.asarray(jnp.stack(losses))
+
+
+def _check_finite(losses: np.ndarray, state, global_step: int, epoch: int) -> int:
+    """Raise TrainingDiverged naming the step; else the global step after this epoch."""
+    if not np.all(np.isfinite(losses)):
+        bad = int(np.argmin(np.isfinite(losses)))
+        raise TrainingDiverged(
+            f"non-finite training loss at step {global_step + bad + 1} (epoch {epoch})")
+    global_step += len(losses)
+    if not _all_finite(state.params):  # the last step's update: its loss was still finite
+        raise TrainingDiverged(f"non-finite parameters after step {global_step} (epoch {epoch})")
+    return global_step
+
+
+def _result(state, stopper: EarlyStopping, eval_step, test: tuple, tc, mesh) -> FitResult:
+    """Evaluate the best epoch's variables on the test split."""
+    final = evaluate(eval_step, stopper.variables, *test, batch_size=tc.eval_batch_size,
                      mesh=mesh)
     min_loss_epoch = None
-    if track_test:
-        min_loss_epoch = int(min(history, key=lambda r: r["test_loss"])["epoch"])
-    return FitResult(state=state, variables=best["variables"], best_epoch=best["epoch"],
-                     epochs_run=len(history), watch_accuracy=best["acc"],
+    if tc.watch == "test":
+        min_loss_epoch = int(min(stopper.history, key=lambda r: r["test_loss"])["epoch"])
+    return FitResult(state=state, variables=stopper.variables, best_epoch=stopper.epoch,
+                     epochs_run=len(stopper.history), watch_accuracy=stopper.accuracy,
                      test_accuracy=final["accuracy"], test_loss=final["loss"],
-                     min_test_loss_epoch=min_loss_epoch, history=history)
+                     min_test_loss_epoch=min_loss_epoch, history=stopper.history)
