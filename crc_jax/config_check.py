@@ -16,6 +16,8 @@ WATCHABLE = ("test", "val")
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "fixmatch_cosine")
+DROPOUT_SSL = ("supervised", "fixmatch")  # the algorithms whose train steps pass a dropout key
+NEEDS_DROPOUT = ("bald",)
 
 
 def _int(config, field: str, *, minimum: int) -> int:
@@ -44,6 +46,13 @@ def validate(config) -> None:
                                       f"available: {', '.join(available)}")
     _choice(config.ssl.name, "ssl.name", available)
 
+    dropout = config.model.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError("model.dropout", f"must be a number in [0, 1), got {dropout!r}")
+    if dropout and config.ssl.name not in DROPOUT_SSL:
+        raise ConfigError("model.dropout", f"needs ssl.name in {', '.join(DROPOUT_SSL)} "
+                                           f"(which train with dropout), got {config.ssl.name!r}")
+
     _int(config, "seed", minimum=0)
     _int(config, "trials", minimum=1)
     strategies = list(config.strategies)
@@ -55,6 +64,9 @@ def validate(config) -> None:
         except ValueError as err:
             raise ConfigError("strategies", str(err)) from None
         _choice(name, "strategies", acquisition.names())
+        if name in NEEDS_DROPOUT and not dropout:
+            raise ConfigError("strategies", f"{name!r} needs MC dropout: set model.dropout "
+                                            "to a rate in (0, 1)")
     if len(set(strategies)) != len(strategies):
         raise ConfigError("strategies", f"lists a strategy twice: {strategies}")
 
