@@ -1,9 +1,10 @@
 """A paired comparison of every baseline family on scikit-learn's 8x8 digits (2-core CPU).
 
 FixMatch on the demo's MLP (digits_fixmatch's training settings) with dropout 0.25 before
-the head (needed by BALD; the same model for every strategy), strategies random,
-entropy, CRC (last-layer NTK, G = 5), BADGE, core-set, TypiClust, ProbCover and BALD;
-Q0 = 20 (2 per class), Q = 10, 3 acquisitions, 10 trials. Trial k starts every strategy
+the head (needed by BALD; the same model for every strategy), every registered strategy
+but greedy CRC: random, entropy, margin, least confidence, EGL, CRC (last-layer NTK,
+G = 5), CRC on the infinite-width MLP kernel, BADGE, core-set, TypiClust, ProbCover and
+BALD; Q0 = 20 (2 per class), Q = 10, 5 acquisitions (up to 70 labels), 10 trials. Trial k starts every strategy
 from the same labeled set (drawn from (seed, k)) and trains its step-0 model with the
 same keys, so differences between strategies are paired by trial. The report adds the
 area under each learning curve and its paired difference to random with a 95% paired-t
@@ -20,7 +21,8 @@ Expect:   about an hour on a shared 2-core CPU (README gives the measured wall t
 
 from experiments.configs import digits_fixmatch
 
-STRATEGIES = ("random", "entropy", "crc", "badge", "coreset", "typiclust", "probcover", "bald")
+STRATEGIES = ("random", "entropy", "margin", "confidence", "egl", "crc", "crc_infinite:arch=mlp",
+              "badge", "coreset", "typiclust", "probcover", "bald")
 
 
 def get_config(arg=None):
@@ -31,7 +33,7 @@ def get_config(arg=None):
     c.al.initial_size = 20
     c.al.query_size = 10
     c.al.group_size = 5
-    c.al.steps = 3
+    c.al.steps = 5
     if arg == "supervised":
         c.ssl.name = "supervised"
         c.strategies = ("random",)
