@@ -6,7 +6,11 @@ Writes report.md (a table: rows strategies, columns labeled counts, cells mean �
 test accuracy over trials, like the paper's Tables 4-6), report.csv (the same numbers)
 and learning_curve.png (accuracy vs labeled count, one line per strategy, ± std shaded).
 Following the paper's selection rule (§4.1), the trial with the median final accuracy
-of each strategy is named as such.
+of each strategy is named as such. With at least 3 trials it adds the statistics of
+experiments/stats.py: the area under each learning curve and the paired difference of
+every strategy to random with a 95% paired-t interval (in report.md and stats.csv),
+learning_curve_ci.png (95% bands) and paired_difference.png. A strategy name that an
+earlier workdir already holds is shown as "name [workdir]".
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from crc_jax import faults
+from experiments import stats
 
 
 def load_rows(workdirs) -> list[dict]:
@@ -28,9 +33,13 @@ def load_rows(workdirs) -> list[dict]:
         path = Path(workdir) / "summary.csv"
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: run experiments.main on {workdir} first")
+        earlier = {r["strategy"] for r in rows}
         with open(path) as f:
             for r in csv.DictReader(f):
-                rows.append({"strategy": r["strategy"], "trial": int(r["trial"]),
+                name = r["strategy"]
+                if name in earlier:
+                    name = f"{name} [{Path(workdir).name}]"
+                rows.append({"strategy": name, "trial": int(r["trial"]),
                              "step": int(r["step"]), "num_labeled": int(r["num_labeled"]),
                              "test_accuracy": float(r["test_accuracy"])})
     return rows
@@ -123,10 +132,25 @@ def write_report(workdirs, *, out_dir) -> str:
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
     title = " + ".join(Path(w).name for w in workdirs)
-    (out / "report.md").write_text(f"# {title}\n\n{table}\n![learning curves](learning_curve.png)\n")
+    body = f"# {title}\n\n{table}\n![learning curves](learning_curve.png)\n"
+    trials = max(len({r["trial"] for r in rows if r["strategy"] == s})
+                 for s in {r["strategy"] for r in rows})
+    if trials >= stats.MIN_TRIALS:
+        aulc = stats.aulc_table(rows)
+        table += "\n" + stats.markdown(aulc)
+        body += ("\n## Area under the learning curve, paired to random\n\n" + stats.markdown(aulc)
+                 + "\n![learning curves, 95% CI](learning_curve_ci.png)\n"
+                 + "\n![paired differences](paired_difference.png)\n")
+    (out / "report.md").write_text(body)
     faults.maybe_kill("report")
     write_csv(rows, out / "report.csv")
     plot_learning_curves(rows, out / "learning_curve.png", title=f"{title}: learning curves")
+    if trials >= stats.MIN_TRIALS:
+        stats.write_csv(aulc, out / "stats.csv")
+        stats.plot_curves_with_ci(rows, out / "learning_curve_ci.png",
+                                  title=f"{title}: mean, 95% t interval")
+        stats.plot_paired_differences(aulc, out / "paired_difference.png",
+                                      title=f"{title}: Δ AULC vs random")
     return table
 
 
