@@ -3,7 +3,8 @@
 The geometric baselines (core-set, TypiClust, ProbCover, BADGE) need distances between
 pool points, but a pool-by-pool matrix of an SVHN-sized pool (73,257²) is 21 GB in
 float32. Everything here works on blocks of `chunk` rows by `chunk` columns, padded to
-that size so each jitted kernel compiles once, and reduces each block (a minimum, a
+a power of two (`block_size`) so the jitted kernels compile for a few sizes only, however
+the pool, the labeled set or a cluster grows, and reduces each block (a minimum, a
 count) before the next: memory is O(chunk² + N·d), whatever N is.
 
     ‖a − b‖² = ‖a‖² + ‖b‖² − 2 a·b   (clipped at 0; float32 on the device)
@@ -40,6 +41,11 @@ def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[:1], size - len(x), axis=0)])
 
 
+def block_size(n: int, chunk: int = DEFAULT_CHUNK) -> int:
+    """The block side for n rows: the next power of two >= n (at least 8), at most chunk."""
+    return min(chunk, 1 << max(3, (max(n, 1) - 1).bit_length()))
+
+
 def blocks(n: int, chunk: int):
     """(start, stop) pairs covering range(n) in steps of `chunk`."""
     return [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
@@ -58,12 +64,13 @@ def min_sq_distances(points: np.ndarray, centers: np.ndarray, *,
     out = np.full(len(points), np.inf, np.float32)
     if len(centers) == 0 or len(points) == 0:
         return out
-    pc, cc = min(chunk, len(points)), min(chunk, len(centers))
+    pc, cc = block_size(len(points), chunk), block_size(len(centers), chunk)
     for s, e in blocks(len(points), pc):
         a = jnp.asarray(pad_rows(points[s:e], pc))
         best = jnp.full((pc,), jnp.inf, jnp.float32)
         for cs, ce in blocks(len(centers), cc):
             best = jnp.minimum(best, _block_min(a, jnp.asarray(pad_rows(centers[cs:ce], cc))))
+            # (padding repeats a real center, so it never lowers a minimum)
         out[s:e] = np.asarray(best)[:e - s]
     return out
 
@@ -78,19 +85,18 @@ def k_smallest_sq_distances(points: np.ndarray, k: int, *,
     n = len(points)
     if not 0 < k < n:
         raise ValueError(f"need 0 < k < n, got k={k}, n={n}")
-    c = min(chunk, n)
+    c = block_size(n, chunk)
+    kb = 1 << (k - 1).bit_length()  # top-k width rounded up to a power of two (compiles)
     out = np.empty((n, k), np.float32)
     for s, e in blocks(n, c):
         a = jnp.asarray(pad_rows(points[s:e], c))
-        best = jnp.full((c, k), jnp.inf, jnp.float32)
+        best = jnp.full((c, kb), jnp.inf, jnp.float32)
         for cs, ce in blocks(n, c):
             b = jnp.asarray(pad_rows(points[cs:ce], c))
-            cols = np.arange(cs, cs + c)
-            valid = cols < ce
-            # Exclude self-pairs by making them invalid for the rows of this block.
-            d = _block_with_self_excluded(a, b, jnp.asarray(valid), s, cs, k)
-            best = -jax.lax.top_k(-jnp.concatenate([best, d], axis=1), k)[0]
-        out[s:e] = np.asarray(best)[:e - s]
+            valid = np.arange(cs, cs + c) < ce  # padded columns are not neighbours
+            d = _block_with_self_excluded(a, b, jnp.asarray(valid), s, cs, kb)
+            best = -jax.lax.top_k(-jnp.concatenate([best, d], axis=1), kb)[0]
+        out[s:e] = np.asarray(best)[:e - s, :k]
     return out
 
 

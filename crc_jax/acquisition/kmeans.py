@@ -26,7 +26,7 @@ def _block_assign(a, centers):
 def assign(feats: np.ndarray, centers: np.ndarray, *,
            chunk: int = distances.DEFAULT_CHUNK) -> np.ndarray:
     """Index of the nearest center of each row (first on ties), (N,) int64."""
-    c = min(chunk, len(feats))
+    c = distances.block_size(len(feats), chunk)
     centers = jnp.asarray(centers, jnp.float32)
     out = np.empty(len(feats), np.int64)
     for s, e in distances.blocks(len(feats), c):

@@ -45,15 +45,15 @@ def other_cluster_distance(feats: np.ndarray, labels: np.ndarray, *,
                            chunk: int = distances.DEFAULT_CHUNK) -> np.ndarray:
     """r(x): distance to the nearest point with another label, (N,) (inf if none)."""
     n = len(feats)
-    c = min(chunk, n)
+    c = distances.block_size(n, chunk)
     out = np.empty(n, np.float32)
     for s, e in distances.blocks(n, c):
         a = jnp.asarray(distances.pad_rows(feats[s:e], c))
         la = jnp.asarray(distances.pad_rows(labels[s:e], c))
         best = jnp.full((c,), jnp.inf, jnp.float32)
         for cs, ce in distances.blocks(n, c):
-            b = jnp.asarray(distances.pad_rows(feats[cs:ce], c))
-            lb = jnp.asarray(distances.pad_rows(labels[cs:ce], c))
+            b = jnp.asarray(distances.pad_rows(feats[cs:ce], c))  # padding repeats a real
+            lb = jnp.asarray(distances.pad_rows(labels[cs:ce], c))  # point: minima unchanged
             best = jnp.minimum(best, _block_other_min(a, la, b, lb))
         out[s:e] = np.asarray(best)[:e - s]
     return np.sqrt(out)
@@ -77,7 +77,7 @@ def ball_counts(points: np.ndarray, targets: np.ndarray, weight: np.ndarray, del
     out = np.zeros(len(points), np.int64)
     if len(targets) == 0 or len(points) == 0:
         return out
-    pc, tc = min(chunk, len(points)), min(chunk, len(targets))
+    pc, tc = distances.block_size(len(points), chunk), distances.block_size(len(targets), chunk)
     dsq = jnp.float32(delta * delta)
     for s, e in distances.blocks(len(points), pc):
         a = jnp.asarray(distances.pad_rows(points[s:e], pc))
