@@ -11,7 +11,7 @@ code, the first pick is the point of largest ‖g‖, then each next pick is dra
 probability ∝ D²(x), the squared distance to the nearest pick so far (k-means++ D²
 sampling; picked points have D² = 0 and cannot be drawn again).
 
-The C·d embeddings are never formed: with a = p − e_ŷ,
+The C·d embeddings are never formed; with a = p − e_ŷ,
 
     ‖g_i − g_j‖² = ‖a_i‖²‖φ_i‖² + ‖a_j‖²‖φ_j‖² − 2 (a_i·a_j)(φ_i·φ_j),
 

@@ -94,7 +94,6 @@ def ball_counts(points: np.ndarray, targets: np.ndarray, weight: np.ndarray, del
 def max_coverage(feats: np.ndarray, is_labeled: np.ndarray, budget: int, delta: float,
                  key) -> tuple[np.ndarray, float]:
     """Positions of `budget` greedy picks and the fraction covered after them."""
-    n = len(feats)
     covered = distances.min_sq_distances(feats, feats[is_labeled]) < np.float32(delta) ** 2
     degree = ball_counts(feats, feats, (~covered).astype(np.float32), delta)
     candidate = ~is_labeled
