@@ -146,11 +146,12 @@ def write_report(workdirs, *, out_dir) -> str:
     write_csv(rows, out / "report.csv")
     plot_learning_curves(rows, out / "learning_curve.png", title=f"{title}: learning curves")
     if trials >= stats.MIN_TRIALS:
+        short = title if len(title) <= 40 else out.name   # many workdirs: the output folder
         stats.write_csv(aulc, out / "stats.csv")
         stats.plot_curves_with_ci(rows, out / "learning_curve_ci.png",
-                                  title=f"{title}: mean, 95% t interval")
+                                  title=f"{short}: mean, 95% t interval")
         stats.plot_paired_differences(aulc, out / "paired_difference.png",
-                                      title=f"{title}: Δ AULC vs random")
+                                      title=f"{short}: Δ AULC vs random")
     return table
 
 
