@@ -13,6 +13,8 @@ so a selection is reproducible from the strategy's key.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,21 +33,35 @@ def bald_from_probs(probs):
     return _entropy(jnp.mean(probs, axis=0)) - jnp.mean(_entropy(probs), axis=0)
 
 
+@functools.lru_cache(maxsize=8)
+def _batch_scores_fn(apply, samples: int):
+    """(variables, xb, key, start) -> BALD scores of a batch, jitted once per apply."""
+
+    @jax.jit
+    def batch_scores(variables, xb, key, start):
+        probs = jnp.stack([jax.nn.softmax(apply(variables, xb, jax.random.fold_in(
+            jax.random.fold_in(key, t), start)), axis=-1) for t in range(samples)])
+        return bald_from_probs(probs)
+
+    return batch_scores
+
+
 def bald_scores(ctx: Context, indices: np.ndarray, key, *, samples: int) -> np.ndarray:
-    """BALD scores of pool indices from `samples` MC-dropout passes, in batches."""
+    """BALD scores of pool indices from `samples` MC-dropout passes, in batches.
+
+    The passes of one batch run in one jitted function: the part of the network before
+    the first dropout layer is the same computation in every pass, and XLA's common
+    subexpression elimination computes it once (a model with dropout before the head
+    then costs about one forward pass, not `samples`).
+    """
     if ctx.stochastic_apply_fn is None:
         raise ValueError("bald needs a model with dropout (config model.dropout > 0): "
                          "the Context has no stochastic_apply_fn")
-    apply = jax.jit(ctx.stochastic_apply_fn)
-
-    def batch_probs(xb, start):
-        return jnp.stack([jax.nn.softmax(apply(ctx.variables, xb, jax.random.fold_in(
-            jax.random.fold_in(key, t), start)), axis=-1) for t in range(samples)])
-
+    batch_scores = _batch_scores_fn(ctx.stochastic_apply_fn, samples)
     out = []
     for start in range(0, len(indices), ctx.batch_size):
         xb = jnp.asarray(ctx.x[indices[start:start + ctx.batch_size]])
-        out.append(np.asarray(bald_from_probs(batch_probs(xb, start)), np.float64))
+        out.append(np.asarray(batch_scores(ctx.variables, xb, key, start), np.float64))
     return np.concatenate(out) if out else np.zeros(0)
 
 
