@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import jax
+import numpy as np
 from flax import serialization
 
-from crc_jax import faults
+from crc_jax import distributed, faults
 from crc_jax.errors import RunDirError
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,18 @@ class TrainCheckpointer:
         restored = self._manager.restore(epoch, args=ocp.args.Composite(
             tree=ocp.args.StandardRestore(abstract)))
         state = serialization.from_state_dict(template_state, restored["tree"]["state"])
+        # Host copies: with several processes, orbax refuses to save again arrays that sit
+        # on one process's device (the state is placed on the mesh by fit, these are not).
+        best = jax.tree_util.tree_map(np.asarray, restored["tree"]["best"])
         log.info("resuming training from the checkpoint of epoch %d", epoch)
-        return state, restored["tree"]["best"], meta
+        return state, best, meta
 
     def close(self, *, remove: bool = False) -> None:
         self._manager.close()
         if remove:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            distributed.barrier("crc_jax.checkpoint.close")  # no process still reads it
+            if distributed.is_writer():
+                shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _kill_once_writing(directory: Path, epoch: int) -> None:
@@ -101,7 +107,7 @@ def _kill_once_writing(directory: Path, epoch: int) -> None:
     `epoch` exists, i.e. in the middle of the write (orbax renames it when done)."""
 
     def watch():
-        while not any(directory.glob(f"{epoch}.orbax-checkpoint-tmp-*")):
+        while not any(directory.glob(f"{epoch}.orbax-checkpoint-tmp*")):
             time.sleep(0.0005)
         faults.kill_now()
 

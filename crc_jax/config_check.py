@@ -7,6 +7,8 @@ CLI prints that one line and exits with status 2. Checks that need the data set'
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 
 from crc_jax import acquisition, data, models, ssl
@@ -40,11 +42,7 @@ def validate(config) -> None:
     """Raise ConfigError on the first bad field of `config`."""
     _choice(config.dataset.name, "dataset.name", data.names())
     _choice(config.model.name, "model.name", models.names())
-    available = ssl.names()
-    if config.ssl.name in ssl.PLANNED and config.ssl.name not in available:
-        raise ConfigError("ssl.name", f"{config.ssl.name!r} is not available yet; "
-                                      f"available: {', '.join(available)}")
-    _choice(config.ssl.name, "ssl.name", available)
+    _choice(config.ssl.name, "ssl.name", ssl.names())
 
     dropout = config.model.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
@@ -87,6 +85,8 @@ def validate(config) -> None:
         raise ConfigError("al.query_size", f"{q} must be divisible by the {num_classes} classes "
                                            "in the pseudo-AL setting (R per class)")
     _choice(config.al.first_query, "al.first_query", ("trained", "random_init"))
+    for spec in strategies:
+        check_strategy(config, spec)
     _int(config, "dataset.train_size", minimum=0)
     _int(config, "dataset.test_size", minimum=0)
 
@@ -115,11 +115,52 @@ def validate(config) -> None:
             raise ConfigError("ssl.threshold", f"must be in [0, 1], got {config.ssl.threshold}")
 
 
+def check_strategy(config, spec: str) -> None:
+    """Build the strategy of `spec` as the run will, so a bad option fails before any work:
+    unknown options, bad values (the factory's own checks) and group sizes or group counts
+    that cannot fill al.query_size."""
+    from crc_jax.loop import make_strategy  # loop imports this module
+
+    name, options = acquisition.parse_spec(spec)
+    params = inspect.signature(acquisition.STRATEGIES.factory(name)).parameters
+    for key, value in options.items():
+        if key not in params:
+            known = ", ".join(params) or "none"
+            raise ConfigError("strategies", f"{spec!r}: {name} has no option {key!r} "
+                                            f"(its options: {known})")
+        if isinstance(params[key].default, bool) and not isinstance(value, bool):
+            raise ConfigError("strategies", f"{spec!r}: {key} must be True or False, "
+                                            f"got {value!r}")
+    try:
+        make_strategy(config, spec)
+        if "subset" in options:
+            acquisition.crc.check_subset(options["subset"])
+    except (TypeError, ValueError) as err:
+        raise ConfigError("strategies", f"{spec!r}: {err}") from None
+    q = config.al.query_size
+    if "group_size" in params:
+        g = options.get("group_size", config.al.group_size)
+        if g is None:
+            g = q
+        if q % g:
+            raise ConfigError("strategies", f"{spec!r}: group_size {g} must divide "
+                                            f"al.query_size ({q})")
+        max_groups = options.get("max_groups")
+        if max_groups is not None and max_groups < q // g:
+            raise ConfigError("strategies", f"{spec!r}: max_groups={max_groups} leaves fewer "
+                                            f"than the {q // g} groups of {g} a query of {q} needs")
+        if config.al.pseudo_al and "class_balanced" in params and g != q:
+            raise ConfigError("strategies", f"{spec!r}: in the pseudo-AL setting one "
+                                            f"class-balanced group is the whole query: "
+                                            f"group_size must equal al.query_size ({q})")
+
+
 def _check_data_parallel(config) -> None:
     """config.distributed's counts (ConfigDict checks the types), and batches that split
     evenly over the devices."""
     _int(config, "distributed.num_processes", minimum=0)
     _int(config, "distributed.process_id", minimum=-1)
+    _int(config, "distributed.heartbeat_timeout", minimum=1)
     devices = jax.device_count()
     batch = config.train.batch_size
     if batch % devices:
@@ -133,3 +174,17 @@ def check_pool_budget(config, pool_size: int) -> None:
     if total > pool_size:
         raise ConfigError("al.steps", f"Q0 + steps*Q = {total} labels exceed the pool of "
                                       f"{pool_size} images of {config.dataset.name}")
+
+
+def check_class_counts(config, pool_y, num_classes: int) -> None:
+    """Step 0 labels Q0/C images of every class: each class must have that many in the pool."""
+    import numpy as np
+
+    per_class = config.al.initial_size // num_classes
+    counts = np.bincount(np.asarray(pool_y, np.int64), minlength=num_classes)
+    short = np.flatnonzero(counts < per_class)
+    if len(short):
+        k = int(short[0])
+        raise ConfigError("al.initial_size", f"Q0/C = {per_class} images of each class at step "
+                                             f"0, but class {k} has {counts[k]} in the pool of "
+                                             f"{config.dataset.name}")

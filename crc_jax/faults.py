@@ -2,8 +2,10 @@
 
 Set CRC_JAX_FAULT="point:n" and the n-th time the process reaches `maybe_kill(point)`
 it kills itself with SIGKILL, exactly as a crash or an OOM kill would. Points:
-train_step, checkpoint, acquisition, journal_append, report. Unset (always, outside the
-tests) this is one environment lookup.
+train_step, checkpoint, acquisition, journal_append, report; and for `crc-jax` projects
+labels_append (halfway through a labels-log write) and project_save (after a round's
+training, before its model and queue are saved). Unset (always, outside the tests) this
+is one environment lookup.
 """
 
 from __future__ import annotations

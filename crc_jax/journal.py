@@ -53,7 +53,11 @@ class Journal:
         """All whole entries. Drops (and truncates away) a torn last line; raises on others."""
         if not self.path.exists():
             return []
-        raw = self.path.read_bytes()
+        try:
+            raw = self.path.read_bytes()
+        except OSError as err:
+            raise RunDirError(f"{self.path}: cannot be read as a journal "
+                              f"({err.strerror or err})") from None
         lines = raw.split(b"\n")
         complete, tail = lines[:-1], lines[-1]
         entries = []

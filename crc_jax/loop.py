@@ -1,4 +1,4 @@
-"""The active-learning loop (paper §4.1, DESIGN.md "The protocol").
+"""The active-learning loop (paper §4.1, docs/design.md "The protocol").
 
 For each strategy and trial: step 0 labels Q0 images sampled class-balanced (the same
 images for every strategy of a trial); then, `al.steps` times, the model is trained
@@ -26,7 +26,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from crc_jax import acquisition, config_check, data, faults, models, ssl
+from crc_jax import acquisition, config_check, data, distributed, faults, models, ssl
 from crc_jax.data.pool import Pool
 from crc_jax.errors import RunDirError
 from crc_jax.journal import Journal
@@ -75,6 +75,7 @@ def build_setup(config) -> Setup:
         watch = (pool_x[val], pool_y[val])
         pool_x, pool_y = pool_x[rest], pool_y[rest]
     config_check.check_pool_budget(config, len(pool_x))
+    config_check.check_class_counts(config, pool_y, ds.num_classes)
 
     options = {"width": config.model.width} if config.model.width else {}
     dropout = config.model.get("dropout", 0.0)
@@ -131,11 +132,15 @@ def per_class(strategy):
     def class_balanced_strategy(ctx, budget, key):
         per = budget // ctx.num_classes
         classes = ctx.oracle(ctx.unlabeled)
-        picked = []
+        picked, records = [], {}
         for c in range(ctx.num_classes):
-            sub = dataclasses.replace(ctx, unlabeled=ctx.unlabeled[classes == c])
+            # a record of its own: dataclasses.replace would share ctx's dict
+            sub = dataclasses.replace(ctx, unlabeled=ctx.unlabeled[classes == c], record={})
             picked.append(np.asarray(strategy(sub, per, jax.random.fold_in(key, c))))
-            ctx.record.update(sub.record)
+            if sub.record:
+                records[str(c)] = sub.record
+        if records:
+            ctx.record["per_class"] = records
         return np.concatenate(picked)
 
     return class_balanced_strategy
@@ -160,20 +165,40 @@ def _check_acquired(acquired: np.ndarray, pool: Pool, budget: int, spec: str) ->
     return acquired
 
 
-def replay(journal_entries: list, pool: Pool, initial: np.ndarray, path: Path) -> None:
-    """Re-label what the journal records, checking it belongs to this run."""
+def run_fingerprint(config, spec: str, trial: int) -> str:
+    """A short hash of what a trial's results depend on: the config (cosmetic fields aside),
+    the strategy spec and the trial. Step 0's journal line carries it."""
+    body = json.dumps([comparable_config(config.to_dict()), spec, trial], sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def replay(journal_entries: list, pool: Pool, initial: np.ndarray, path: Path,
+           fingerprint: str | None = None) -> None:
+    """Re-label what the journal records, checking it belongs to this run: the same initial
+    set, labels that match the data set's, and (when the journal has one) the same config
+    fingerprint. Any mismatch is a RunDirError naming the journal; the file is not changed."""
     first = journal_entries[0]
     if first.get("initial") != initial.tolist():
         raise RunDirError(f"{path}: its initial labeled set differs from this config's "
                           "(a journal from another data set or seed)")
+    recorded = first.get("config_fingerprint")
+    if fingerprint is not None and recorded is not None and recorded != fingerprint:
+        raise RunDirError(f"{path}: written by another config (its config fingerprint "
+                          "differs); use a new --workdir")
+    if recorded is None:
+        log.warning("%s: no config fingerprint (written by an older version); not checked", path)
     pool.label(initial)
     for entry in journal_entries:
-        acquired = np.asarray(entry.get("acquired", []), dtype=np.int64)
-        if len(acquired):
-            labels = pool.label(acquired)
-            if labels.tolist() != entry["labels"]:
-                raise RunDirError(f"{path}: step {entry['step']} records labels that differ "
-                                  "from the data set's (a journal from another data set)")
+        try:
+            acquired = np.asarray(entry.get("acquired", []), dtype=np.int64)
+            if len(acquired):
+                labels = pool.label(acquired)
+                if labels.tolist() != entry["labels"]:
+                    raise RunDirError(f"{path}: step {entry['step']} records labels that differ "
+                                      "from the data set's (a journal from another data set)")
+        except (ValueError, TypeError, KeyError) as err:
+            raise RunDirError(f"{path}: step {entry.get('step')} records an acquisition this "
+                              f"pool cannot replay ({err}); the journal was left untouched") from None
 
 
 def make_checkpointer(config, spec: str, trial: int, step: int, trial_dir: Path):
@@ -205,18 +230,20 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
     config = setup.config
     al = config.al
     journal = Journal(trial_dir / "journal.jsonl")
-    entries = journal.read()
+    entries = distributed.from_writer(journal.read, errors=(RunDirError,))
     pool = Pool(setup.pool_y, setup.dataset.num_classes)
     initial = pool.initial_indices(al.initial_size, np.random.default_rng([config.seed, trial]))
+    fingerprint = run_fingerprint(config, spec, trial)
     if entries:
-        replay(entries, pool, initial, journal.path)
+        replay(entries, pool, initial, journal.path, fingerprint)
         log.info("%s trial %d: resuming after step %d", spec, trial, len(entries) - 1)
     else:
         pool.label(initial)
     strategy = make_strategy(config, spec)
     trial_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), trial)
 
-    remove_stale_checkpoints(trial_dir, len(entries))
+    if distributed.is_writer():
+        remove_stale_checkpoints(trial_dir, len(entries))
 
     for step in range(len(entries), al.steps + 1):
         started = time.time()
@@ -237,6 +264,7 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
                  "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                  "min_test_loss_epoch": result.min_test_loss_epoch}
         if step == 0:
+            entry["config_fingerprint"] = fingerprint
             entry["initial"] = initial.tolist()
             entry["initial_labels"] = pool.oracle_labels(initial).tolist()
         if step < al.steps:
@@ -249,21 +277,22 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
                 stochastic_apply_fn=setup.stochastic_apply,
                 batch_size=config.train.eval_batch_size)
             faults.maybe_kill("acquisition")
-            acquired = _check_acquired(strategy(ctx, al.query_size, acquire_key), pool,
-                                       al.query_size, spec)
+            acquired = distributed.agree(strategy(ctx, al.query_size, acquire_key),
+                                         what="acquisition")
+            acquired = _check_acquired(acquired, pool, al.query_size, spec)
             entry["acquired"] = acquired.tolist()
             entry["labels"] = pool.label(acquired).tolist()
             if ctx.record:
                 entry["record"] = ctx.record
-        entry["seconds"] = round(time.time() - started, 2)
-        journal.append(entry)
+        if distributed.is_writer():
+            journal.append(entry)   # no timings: identical runs write identical journals
         entries.append(entry)
         if on_step is not None:
             on_step(entry, labeled, result)
         if checkpointer is not None:
             checkpointer.close(remove=True)
-        log.info("%s trial %d step %d: %d labels, test accuracy %.4f (%d epochs)", spec, trial,
-                 step, len(labeled), result.test_accuracy, result.epochs_run)
+        log.info("%s trial %d step %d: %d labels, test accuracy %.4f (%d epochs, %.1f s)", spec, trial,
+                 step, len(labeled), result.test_accuracy, result.epochs_run, time.time() - started)
     return entries
 
 
@@ -282,17 +311,44 @@ def write_summary(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+def check_journals(config, workdir: Path) -> None:
+    """Every journal this config would resume must carry its fingerprint (checked before
+    config.json is written, so a directory whose config.json was lost is not adopted)."""
+    for spec in config.strategies:
+        for trial in range(config.trials):
+            journal = Journal(workdir / strategy_dirname(spec) / f"trial_{trial}" / "journal.jsonl")
+            entries = journal.read()
+            recorded = entries[0].get("config_fingerprint") if entries else None
+            if recorded is not None and recorded != run_fingerprint(config, spec, trial):
+                raise RunDirError(f"{journal.path}: written by another config (its config "
+                                  "fingerprint differs); use a new --workdir")
+
+
+def bind_checked(rundir: RunDir, config, workdir: Path) -> None:
+    """Bind the directory to `config` once its journals are known to be this config's."""
+    bound = (workdir / "config.json").exists()
+    if bound:  # another config.json: its difference is the clearer message
+        rundir.bind_config(config.to_dict())
+    check_journals(config, workdir)
+    if not bound:
+        rundir.bind_config(config.to_dict())
+
+
 def run(config, workdir) -> list[dict]:
-    """Validate, then run every strategy x trial into `workdir`; returns the summary rows."""
+    """Validate, then run every strategy x trial into `workdir`; returns the summary rows.
+
+    The data are loaded and the journals checked before config.json binds the directory,
+    so bad data or another run's journals leave a new directory unbound."""
     config_check.validate(config)
     workdir = Path(workdir)
-    with RunDir(workdir) as rundir:
-        rundir.bind_config(config.to_dict())
+    with distributed.run_dir(workdir) as bind:  # process 0 locks and writes, alone
         setup = build_setup(config)
+        bind(lambda rundir: bind_checked(rundir, config, workdir))
         rows = []
         for spec in config.strategies:
             for trial in range(config.trials):
                 trial_dir = workdir / strategy_dirname(spec) / f"trial_{trial}"
                 rows += summary_rows(spec, trial, run_trial(setup, spec, trial, trial_dir))
-        write_summary(workdir / "summary.csv", rows)
+        if distributed.is_writer():
+            write_summary(workdir / "summary.csv", rows)
     return rows

@@ -42,7 +42,7 @@ FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 # --------------------------------------------------------------------------- subsets
 
-def _key_name(entry) -> str:
+def key_name(entry) -> str:
     for attr in ("key", "name", "idx"):
         if hasattr(entry, attr):
             return str(getattr(entry, attr))
@@ -67,7 +67,7 @@ def last_layer_name(params) -> str:
 def parameter_paths(params) -> list[tuple]:
     """The path (tuple of names) of every parameter leaf, in `tree_leaves` order."""
     flat, _ = jax.tree_util.tree_flatten_with_path(params)
-    return [tuple(_key_name(k) for k in path) for path, _ in flat]
+    return [tuple(key_name(k) for k in path) for path, _ in flat]
 
 
 def parameter_mask(params, subset: Subset) -> list[bool]:
@@ -225,7 +225,7 @@ def last_layer_ntk(features1, num_classes: int, features2=None, *, bias: bool = 
 def min_positive_eigenvalue(K, rank):
     """λ⁺min of CRC: the r-th largest eigenvalue of K (…, n, n), r = min(n, rank).
 
-    Rank-aware (DESIGN.md "CRC, exactly"): while |L ∪ g| ≤ ρ this is λmin, so a set
+    Rank-aware (docs/design.md "CRC, exactly"): while |L ∪ g| ≤ ρ this is λmin, so a set
     holding a repeated sample scores 0 (Proposition 2); beyond the rank ρ of the pool's
     kernel it is the smallest eigenvalue that can be positive. `rank` may be an int or
     an array broadcasting against the leading axes. Batched over leading axes.

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from crc_jax.errors import RunDirError
 
-# Fields that do not change results: a resumed run may differ in these.
-COSMETIC_FIELDS = ("train.progress",)
+# Fields that do not change results: a resumed run may differ in these. How many
+# processes share the work does not (tests/test_multiprocess.py checks it).
+COSMETIC_FIELDS = ("train.progress", "distributed")
 
 
 def comparable_config(config_dict: dict) -> dict:
@@ -40,6 +41,20 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif a.get(k) != b.get(k):
             out.append(f"{name}: {a.get(k)!r} -> {b.get(k)!r}")
     return out
+
+
+def read_config_json(path: Path) -> dict:
+    """The config a run directory is bound to; RunDirError when config.json is unreadable."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        problem = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise RunDirError(f"{path}: unreadable ({problem}); it binds the directory to its "
+                          "run, so fix or restore it, or use a new --workdir") from None
+    if not isinstance(old, dict) or not old:
+        raise RunDirError(f"{path}: holds {type(old).__name__} {str(old)[:40]!r}, not a config; "
+                          "fix or restore it, or use a new --workdir")
+    return old
 
 
 class RunDir:
@@ -75,8 +90,8 @@ class RunDir:
     def bind_config(self, config_dict: dict) -> None:
         """Write config.json, or check that the existing one describes the same run."""
         path = self.path / "config.json"
-        if path.exists():
-            old = json.loads(path.read_text())
+        if path.exists() or path.is_symlink():
+            old = read_config_json(path)
             changes = _diff(comparable_config(old), comparable_config(config_dict))
             if changes:
                 raise RunDirError(

@@ -15,7 +15,9 @@ Multi-host (TPU pods, multi-node GPU): `initialize_distributed(config.distribute
 `jax.distributed.initialize` before any other JAX work; afterwards `jax.devices()` lists
 every host's devices and the mesh spans them all. Each host computes the same batch from
 the same seeded index arrays; `shard_batch` hands every device the slice it owns
-(`jax.make_array_from_callback`), and `to_host` gathers outputs that are spread over hosts.
+(`jax.make_array_from_callback`: each process supplies only its own devices' rows), and
+`to_host` gathers outputs that are spread over hosts. Who writes, and how the processes
+agree, is crc_jax.distributed's job.
 """
 
 from __future__ import annotations
@@ -140,10 +142,8 @@ def per_sample(fn: Callable, mesh: Optional[Mesh]) -> Callable:
     """
     if not is_parallel(mesh):
         return jax.jit(fn)
-    from jax.experimental.shard_map import shard_map
-
-    return jax.jit(shard_map(fn, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS),
-                             check_rep=False))
+    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS),
+                                 check_vma=False))
 
 
 def pad_rows(x: np.ndarray, multiple: int) -> tuple[np.ndarray, int]:
@@ -199,21 +199,7 @@ def map_batches(fn: Callable, variables, x: np.ndarray, *, batch_size: int,
 
 
 def initialize_distributed(config) -> None:
-    """jax.distributed.initialize from config.distributed, when `enabled` (multi-host runs).
+    """jax.distributed.initialize from config.distributed, when enabled (crc_jax.distributed)."""
+    from crc_jax import distributed
 
-    Empty/zero/negative fields are left to JAX's auto-detection (TPU pods, SLURM, Open MPI):
-    on a Cloud TPU pod `enabled=True` alone is enough. Must run before any JAX computation.
-    """
-    if not config.enabled:
-        return
-    kwargs = {}
-    if config.coordinator_address:
-        kwargs["coordinator_address"] = str(config.coordinator_address)
-    if int(config.num_processes) > 0:
-        kwargs["num_processes"] = int(config.num_processes)
-    if int(config.process_id) >= 0:
-        kwargs["process_id"] = int(config.process_id)
-    jax.distributed.initialize(**kwargs)
-    log.info("jax.distributed: process %d of %d, %d local / %d global devices",
-             jax.process_index(), jax.process_count(), jax.local_device_count(),
-             jax.device_count())
+    distributed.initialize(config)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from crc_jax import faults, sharding
+from crc_jax import faults, feeding, sharding
 from crc_jax.ssl.base import Algorithm
 from crc_jax.state import TrainState
 
@@ -124,7 +124,7 @@ def _copy_tree(tree):
 def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
         x_unlabeled: Optional[np.ndarray], watch: tuple, test: tuple, train_config,
         key: jax.Array, eval_apply: Callable, desc: str = "train",
-        checkpointer=None, mesh=None) -> FitResult:
+        checkpointer=None, mesh=None, feed: str = "auto") -> FitResult:
     """Train a freshly initialized model with `algorithm` and early stopping on `watch`.
 
     x_labeled/y_labeled: the labeled set; x_unlabeled: the unlabeled pool images (used
@@ -134,6 +134,8 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
     it holds a checkpoint, training continues from it.
     `mesh` (crc_jax.sharding; default every device): batches are split over its devices,
     the state replicated; with one device nothing changes.
+    `feed` (crc_jax.feeding): "device" keeps the pools on the device and gathers each batch
+    there with a jitted gather, "host" gathers on the host; "auto": the device when they fit.
     """
     tc = train_config
     init_key, data_key, step_key = jax.random.split(key, 3)
@@ -162,7 +164,9 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
             if patience and progress["epoch"] - best["epoch"] >= patience:
                 start_epoch = int(tc.max_epochs) + 1  # it had already stopped early
     state = sharding.replicate(mesh, state)
-    train_step = sharding.data_parallel(algorithm.train_step, mesh)
+    feeder = feeding.BatchFeeder(algorithm.train_step, mesh, x_labeled=x_labeled,
+                                 y_labeled=y_labeled, x_unlabeled=x_unlabeled if mu_b else None,
+                                 feed=feed)
     bar = tqdm(range(start_epoch, int(tc.max_epochs) + 1), desc=desc, leave=False,
                disable=not tc.progress, dynamic_ncols=True)
     for epoch in bar:
@@ -172,11 +176,8 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
         keys = jax.random.split(jax.random.fold_in(step_key, epoch), steps)
         losses = []
         for i in range(steps):
-            batch = {"x_l": x_labeled[lab_idx[i]], "y_l": y_labeled[lab_idx[i]]}
-            if mu_b:
-                batch["x_u"] = x_unlabeled[unl_idx[i]]
             faults.maybe_kill("train_step")
-            state, metrics = train_step(state, sharding.shard_batch(mesh, batch), keys[i])
+            state, metrics = feeder(state, lab_idx[i], unl_idx[i] if mu_b else None, keys[i])
             losses.append(metrics["loss"])
         losses = np.asarray(jnp.stack(losses))
         if not np.all(np.isfinite(losses)):

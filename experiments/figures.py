@@ -1,13 +1,18 @@
 """The paper's figures from real runs.
 
-    python -m experiments.figures moons [--out docs/figures] [--workdir runs/figure1]
+    python -m experiments.figures moons [--workdir runs/figure1_moons] [--out DIR]
         Figure 1: the Pi-model decision boundary on two-moons after each CRC acquisition,
-        starting from 4 labeled points (config moons_pi), as one PNG grid.
-    python -m experiments.figures eigen RUNDIR [RUNDIR ...] [--out docs/figures]
+        starting from 4 labeled points (config moons_pi), as one PNG grid. The run goes
+        into --workdir, which must be new, empty, or one this command made before (only
+        its own files are replaced); the PNG goes to --out (default: the workdir).
+    python -m experiments.figures eigen RUNDIR [RUNDIR ...] [--out DIR]
         Figure 3 from CRC journals: (a) the smallest chosen-group eigenvalue at an
         acquisition against the epochs until the test loss reached its minimum when
         training on the enlarged set, log-log with the fitted slope; (b) the distribution
-        of candidate-group eigenvalues at each acquisition step.
+        of candidate-group eigenvalues at each acquisition step. --out defaults to the
+        first RUNDIR.
+
+A bad argument prints one `error:` line and exits with status 2.
 """
 
 from __future__ import annotations
@@ -15,12 +20,37 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+EXIT_USAGE = 2
+MARKER = "figure1_moons.json"  # written into a workdir this command made
+JOURNAL = Path("crc") / "trial_0" / "journal.jsonl"
+
+
+class FigureError(ValueError):
+    """A bad argument or input of a figure command (one line)."""
+
+
+def claim_workdir(workdir: Path, seed: int) -> None:
+    """Make `workdir` ours: create it, or reuse one this command made (removing only the
+    journal it wrote there). Refuses any other non-empty directory: never delete what this
+    command did not create."""
+    if workdir.exists() and not workdir.is_dir():
+        raise FigureError(f"--workdir {workdir}: exists and is not a directory")
+    if workdir.is_dir() and any(workdir.iterdir()):
+        if not (workdir / MARKER).is_file():
+            raise FigureError(f"--workdir {workdir}: not empty and not made by `figures moons`; "
+                              "choose a new or empty directory")
+        (workdir / JOURNAL).unlink(missing_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text(json.dumps({"made_by": "experiments.figures moons",
+                                              "seed": seed}) + "\n")
 
 
 def figure1_moons(out: Path, workdir: Path, *, seed: int = 0) -> Path:
@@ -34,15 +64,14 @@ def figure1_moons(out: Path, workdir: Path, *, seed: int = 0) -> Path:
     config = moons_pi.get_config()
     config.seed = seed
     config.train.progress = False
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    claim_workdir(workdir, seed)
     setup = loop.build_setup(config)
     snapshots = []
 
     def keep(entry, labeled, result):
         snapshots.append((entry, np.array(labeled), result.variables))
 
-    loop.run_trial(setup, "crc", 0, workdir / "crc" / "trial_0", on_step=keep)
+    loop.run_trial(setup, "crc", 0, workdir / JOURNAL.parent, on_step=keep)
 
     x, y = setup.pool_x, setup.pool_y
     lo, hi = x.min(0) - 0.4, x.max(0) + 0.4
@@ -101,10 +130,17 @@ def crc_points(workdirs) -> tuple[list, dict]:
 def figure3_eigen(workdirs, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    pairs, candidates = crc_points(workdirs)
+    missing = [str(w) for w in workdirs if not Path(w).is_dir()]
+    if missing:
+        raise FigureError(f"no such run directory: {', '.join(missing)}")
+    try:
+        pairs, candidates = crc_points(workdirs)
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        raise FigureError(f"unreadable journal under {', '.join(map(str, workdirs))} "
+                          f"({type(err).__name__}: {err})") from None
     if not pairs:
-        raise SystemExit("no CRC journal entries with chosen scores found in "
-                         + ", ".join(map(str, workdirs)))
+        raise FigureError("no CRC journal entries with chosen scores found in "
+                          + ", ".join(map(str, workdirs)))
     lam, epochs = np.array(pairs, dtype=float).T
     fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     ax_a.scatter(lam, epochs, s=30)
@@ -142,17 +178,26 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="figure", required=True)
     moons = sub.add_parser("moons", help="Figure 1")
-    moons.add_argument("--out", default="docs/figures")
+    moons.add_argument("--out", default=None, help="folder of the PNG (default: the workdir)")
     moons.add_argument("--workdir", default="runs/figure1_moons")
     moons.add_argument("--seed", type=int, default=0)
     eigen = sub.add_parser("eigen", help="Figure 3")
     eigen.add_argument("workdirs", nargs="+")
-    eigen.add_argument("--out", default="docs/figures")
+    eigen.add_argument("--out", default=None, help="folder of the PNG (default: the first RUNDIR)")
     args = parser.parse_args(argv)
-    if args.figure == "moons":
-        print(figure1_moons(Path(args.out), Path(args.workdir), seed=args.seed))
-    else:
-        print(figure3_eigen(args.workdirs, Path(args.out)))
+    from experiments import cli_logging
+
+    cli_logging.setup()
+    try:
+        if args.figure == "moons":
+            workdir = Path(args.workdir)
+            path = figure1_moons(Path(args.out or workdir), workdir, seed=args.seed)
+        else:
+            path = figure3_eigen(args.workdirs, Path(args.out or args.workdirs[0]))
+    except FigureError as err:
+        sys.stderr.write(f"error: {err}\n")
+        sys.exit(EXIT_USAGE)
+    print(f"figure: {path}")
 
 
 if __name__ == "__main__":

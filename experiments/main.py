@@ -2,33 +2,44 @@
 
     python -m experiments.main --config=svhn_mt --workdir=runs/svhn_mt
     python -m experiments.main --config=cifar10_fixmatch:100 --config.trials=1
+    python -m experiments.main --help      (configs, strategies, common fields)
 
 NAME resolves to experiments/configs/NAME.py (a path works too); `--config.a.b=v`
 overrides fields. Rerunning the same command on a workdir resumes it. A bad config,
-bad data or an unusable workdir prints one line and exits with status 2.
+bad data or an unusable workdir prints one line and exits with status 2; Ctrl-C prints
+one line and exits with status 130 (the run resumes from its last completed step).
 
 Devices: the run is data-parallel over every device JAX sees (crc_jax.sharding);
-`--config.distributed.enabled=True` first calls jax.distributed.initialize (multi-host,
-docs/accelerators.md). `--mock_data=N` runs on tfds.testing.mock_data (N random examples
-per split; tests and the Colab notebook's smoke run).
+`--config.distributed.enabled=True` first calls jax.distributed.initialize (multi-host).
+`--mock_data=N` runs on tfds.testing.mock_data (N random examples per split; tests and
+the Colab notebook's smoke run).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import sys
-from pathlib import Path
+import os
 
-from absl import app, flags
-from ml_collections import config_flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
+
+import logging  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from experiments import supervisor
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+_WORKDIR = None  # the run directory, once known (for the Ctrl-C message)
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--help=true")
 
 
 def resolve_config_arg(argv: list[str]) -> list[str]:
-    """Turn --config=NAME[:arg] into --config=experiments/configs/NAME.py[:arg]."""
+    """Turn --config=NAME[:arg] into --config=experiments/configs/NAME.py[:arg], and move it
+    before the --config.a.b overrides (which absl can only apply to a loaded config)."""
     out = list(argv)
     for i, arg in enumerate(out):
         if arg.startswith("--config="):
@@ -46,7 +57,9 @@ def resolve_config_arg(argv: list[str]) -> list[str]:
             sys.stderr.write(f"error: config {name!r} not found; known: {', '.join(known)}\n")
             sys.exit(EXIT_USAGE)
         out[j] = f"--config={value}" if j == i else value
-    return out
+    config_args = [a for a in out[1:] if a.startswith("--config=")]
+    rest = [a for a in out[1:] if not a.startswith("--config=")]
+    return out[:1] + config_args + rest
 
 
 config_flags.DEFINE_config_file("config", None, "Experiment config (name or path).",
@@ -56,19 +69,18 @@ flags.DEFINE_integer("mock_data", 0, "Run on tfds.testing.mock_data with this ma
                      "per split instead of the real TFDS data (0: real data).")
 
 
-def data_context(mock_examples: int):
-    """tfds.testing.mock_data(num_examples=N) when N > 0, else nothing."""
-    if mock_examples <= 0:
-        return contextlib.nullcontext()
-    import tensorflow_datasets as tfds
-
-    return tfds.testing.mock_data(num_examples=mock_examples)
-
-
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl parsing, but a bad flag or override is one line and exit status 2."""
+    """absl parsing, but a bad flag or override is one line and exit status 2, and --help
+    prints the configs, strategies and common fields and exits with status 0."""
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        from experiments.cli_help import help_text
+
+        sys.stdout.write(help_text())
+        sys.exit(0)
+    argv = resolve_config_arg(argv)
+    sys.argv[:] = argv  # ml_collections reads the overrides' order from sys.argv
     try:
-        return flags.FLAGS(resolve_config_arg(argv))
+        return flags.FLAGS(argv)
     except flags.Error as err:
         sys.stderr.write(f"error: {str(err).splitlines()[0]}\n")
     except (AttributeError, KeyError) as err:  # an override naming a field the config lacks
@@ -78,35 +90,72 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(EXIT_USAGE)
 
 
-def main(argv: list[str]) -> None:
-    del argv
+def run(config, workdir: str) -> None:
+    """Validate, run, write the report, and say where everything went."""
     import jax
 
-    from crc_jax import loop, sharding
-    from crc_jax.errors import ConfigError, DataError, RunDirError
-    from crc_jax.train import TrainingDiverged
-    from experiments import report
+    from crc_jax import config_check, distributed, loop, sharding
+    from experiments import mock_data, report
     from experiments.configs.base import apply_smoke
 
-    logging.getLogger().setLevel(logging.INFO)
-    for noisy in ("jax", "absl", "tensorflow", "orbax", "etils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    config = flags.FLAGS.config
-    if config is None:
-        sys.stderr.write("error: --config is required (e.g. --config=digits)\n")
-        sys.exit(EXIT_USAGE)
-    workdir = flags.FLAGS.workdir or f"runs/{Path(flags.FLAGS['config'].config_filename).stem}"
     apply_smoke(config)
     sharding.initialize_distributed(config.distributed)  # multi-host: before any JAX work
-    logging.info("data-parallel over %d %s device(s)", jax.device_count(), jax.default_backend())
-    try:
-        with data_context(flags.FLAGS.mock_data):
-            loop.run(config, workdir)
+    config_check.validate(config)
+    mock_data.check(config, flags.FLAGS.mock_data)
+    logging.info("data-parallel over %d %s device(s)%s", jax.device_count(), jax.default_backend(),
+                 f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
+    with mock_data.context(flags.FLAGS.mock_data):
+        loop.run(config, workdir)
+    if distributed.is_writer():   # multi-process: process 0 writes and prints, alone
         print(report.write_report([workdir], out_dir=workdir))
+        print(report.where(workdir, workdir))
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    from experiments import cli_logging
+
+    cli_logging.setup()
+    config = flags.FLAGS.config
+    if config is None:
+        sys.stderr.write("error: --config is required (e.g. --config=digits; --help lists "
+                         "the configs)\n")
+        sys.exit(EXIT_USAGE)
+    if config.distributed.enabled and not supervisor.is_worker():
+        d = config.distributed  # multi-process: run as a worker, report a lost peer in one line
+        sys.exit(supervisor.supervise(sys.argv, process_id=int(d.process_id),
+                                      num_processes=int(d.num_processes)))
+    global _WORKDIR
+    workdir = flags.FLAGS.workdir or f"runs/{Path(flags.FLAGS['config'].config_filename).stem}"
+    _WORKDIR = workdir
+    import jax
+
+    from crc_jax import distributed
+    from crc_jax.errors import ConfigError, DataError, RunDirError
+    from crc_jax.train import TrainingDiverged
+
+    try:
+        run(config, workdir)
     except (ConfigError, DataError, RunDirError, TrainingDiverged) as err:
         sys.stderr.write(f"error: {err}\n")
         sys.exit(EXIT_USAGE)
+    except jax.errors.JaxRuntimeError as err:
+        if not distributed.is_multiprocess():
+            raise
+        # most likely a peer died mid-collective: JAX ends this process once it knows
+        supervisor.await_peer_verdict(err, timeout=config.distributed.heartbeat_timeout + 30)
+
+
+def interrupted(workdir: str | None) -> None:
+    """Ctrl-C: one line (what was completed is kept), exit status 130."""
+    where = f" on {workdir}" if workdir else ""
+    sys.stderr.write(f"\ninterrupted: completed steps are kept; rerun the same command{where} "
+                     "to resume\n")
+    sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    try:
+        app.run(main, flags_parser=parse_flags)
+    except KeyboardInterrupt:
+        interrupted(_WORKDIR)

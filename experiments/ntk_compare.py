@@ -39,6 +39,7 @@ import numpy as np
 from absl import app, flags
 
 from crc_jax import infinite
+from experiments import ntk_kernels
 from experiments.main import EXIT_USAGE, parse_flags
 
 log = logging.getLogger("ntk_compare")
@@ -88,17 +89,17 @@ def build_model(arch: str, width: int, num_classes: int, config):
 def _gd_step(model, q, x, y, lr):
     """One step of gradient descent on ½·mean‖f(x) − y‖² in NTK coordinates, biases fixed."""
     def loss(q):
-        f = model.apply({"params": infinite.standard_coordinates(q)}, x)
+        f = model.apply({"params": ntk_kernels.standard_coordinates(q)}, x)
         return 0.5 * jnp.mean(jnp.sum(jnp.square(f - y), axis=-1))
 
     value, grad = jax.value_and_grad(loss)(q)
-    grad = infinite.kernels_only(grad)
+    grad = ntk_kernels.kernels_only(grad)
     return jax.tree_util.tree_map(lambda a, g: a - lr * g, q, grad), value
 
 
 def train(model, params, x, y_onehot, *, steps: int, lr: float):
     """(trained params, initial loss, final loss) after `steps` of full-batch GD."""
-    q = infinite.ntk_coordinates(params)
+    q = ntk_kernels.ntk_coordinates(params)
     x, y = jnp.asarray(x), jnp.asarray(y_onehot)
     losses = []
     for step in range(steps + 1):          # the last call only measures the final loss
@@ -108,7 +109,7 @@ def train(model, params, x, y_onehot, *, steps: int, lr: float):
             q = q_next
     if not np.isfinite(losses[-1]):
         raise FloatingPointError(f"gradient descent diverged (lr {lr:.3g}): lower train.lr_fraction")
-    return infinite.standard_coordinates(q), losses[0], losses[-1]
+    return ntk_kernels.standard_coordinates(q), losses[0], losses[-1]
 
 
 # --------------------------------------------------------------------------- CRC on a fixed sample
@@ -140,11 +141,11 @@ def compare_seed(model, seed: int, x, y_onehot, reference: dict, *, labeled, gro
     inf = reference["spectrum"]
 
     def measure(stage, params, loss):
-        k_emp = infinite.empirical_trace_ntk(model, params, x)
-        emp = infinite.spectrum_summary(k_emp)
+        k_emp = ntk_kernels.empirical_trace_ntk(model, params, x)
+        emp = ntk_kernels.spectrum_summary(k_emp)
         overlap, rho = compare_selections(crc_scores(k_emp, labeled, groups), reference["scores"], top_k)
         return {"seed": seed, "stage": stage,
-                "distance": infinite.relative_distance(k_emp, reference["k"]),
+                "distance": ntk_kernels.relative_distance(k_emp, reference["k"]),
                 "lambda_min_emp": emp["lambda_min"], "lambda_plus_min_emp": emp["lambda_plus_min"],
                 "lambda_min_inf": inf["lambda_min"], "lambda_plus_min_inf": inf["lambda_plus_min"],
                 "rank_emp": emp["rank"], "rank_inf": inf["rank"], "crc_overlap": overlap,
@@ -188,7 +189,7 @@ def run(config, workdir) -> list[dict]:
             k_inf = infinite.infinite_trace_ntk(
                 infinite.infinite_kernel_fn(twin), x, num_classes=num_classes,
                 batch_size=infinite.kernel_batch_size(twin, x.shape[1:]))
-            inf = infinite.spectrum_summary(k_inf)
+            inf = ntk_kernels.spectrum_summary(k_inf)
             reference = {"k": k_inf, "spectrum": inf, "scores": crc_scores(k_inf, labeled, groups)}
             # GD on ½·mean‖f − y‖² is stable for lr < 2n / λmax(K_inf), K_inf per output, in
             # the infinite-width limit: one lr for every width and seed.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,22 +27,56 @@ import numpy as np
 from crc_jax import faults
 from experiments import stats
 
+EXIT_USAGE = 2
+SUMMARY_COLUMNS = ("strategy", "trial", "step", "num_labeled", "test_accuracy")
+OUTPUTS = ("report.md", "report.csv", "learning_curve.png")
+
+
+class ReportError(ValueError):
+    """A run directory or summary.csv that cannot be reported on, and why (one line)."""
+
 
 def load_rows(workdirs) -> list[dict]:
+    """The rows of every workdir's summary.csv; ReportError names the file and the problem."""
     rows = []
     for workdir in workdirs:
+        if not Path(workdir).is_dir():
+            raise ReportError(f"{workdir}: no such run directory")
         path = Path(workdir) / "summary.csv"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: run experiments.main on {workdir} first")
+        if not path.is_file():
+            raise ReportError(f"{path} not found: run experiments.main on {workdir} first "
+                              "(or let it finish)")
         earlier = {r["strategy"] for r in rows}
-        with open(path) as f:
-            for r in csv.DictReader(f):
-                name = r["strategy"]
-                if name in earlier:
-                    name = f"{name} [{Path(workdir).name}]"
-                rows.append({"strategy": name, "trial": int(r["trial"]),
-                             "step": int(r["step"]), "num_labeled": int(r["num_labeled"]),
-                             "test_accuracy": float(r["test_accuracy"])})
+        for r in _read_summary(path):
+            if r["strategy"] in earlier:   # the same name from another workdir
+                r["strategy"] = f"{r['strategy']} [{Path(workdir).name}]"
+            rows.append(r)
+    return rows
+
+
+def _read_summary(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in SUMMARY_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ReportError(f"{path}: not a summary.csv (missing columns "
+                                  f"{', '.join(missing)})")
+            rows = []
+            for line, r in enumerate(reader, start=2):
+                try:
+                    row = {"strategy": r["strategy"], "trial": int(r["trial"]),
+                           "step": int(r["step"]), "num_labeled": int(r["num_labeled"]),
+                           "test_accuracy": float(r["test_accuracy"])}
+                except (TypeError, ValueError):
+                    raise ReportError(f"{path}: line {line} is malformed") from None
+                if not (row["strategy"] and 0.0 <= row["test_accuracy"] <= 1.0):
+                    raise ReportError(f"{path}: line {line} is malformed")
+                rows.append(row)
+    except UnicodeDecodeError:
+        raise ReportError(f"{path}: not a text file") from None
+    if not rows:
+        raise ReportError(f"{path}: holds no results")
     return rows
 
 
@@ -155,12 +190,31 @@ def write_report(workdirs, *, out_dir) -> str:
     return table
 
 
+def where(workdirs, out_dir) -> str:
+    """The closing lines of a run or a report: where the results and the report went."""
+    workdirs = [workdirs] if isinstance(workdirs, (str, os.PathLike)) else list(workdirs)
+    out = Path(out_dir)
+    lines = [f"results: {', '.join(str(Path(w)) for w in workdirs)} (summary.csv, journals)",
+             "report:  " + ", ".join(str(out / name) for name in OUTPUTS)]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdirs", nargs="+")
     parser.add_argument("--out", default=None, help="output folder (default: the first workdir)")
     args = parser.parse_args(argv)
-    print(write_report(args.workdirs, out_dir=args.out or args.workdirs[0]))
+    out_dir = args.out or args.workdirs[0]
+    try:
+        table = write_report(args.workdirs, out_dir=out_dir)
+    except ReportError as err:
+        sys.stderr.write(f"error: {err}\n")
+        sys.exit(EXIT_USAGE)
+    except OSError as err:
+        sys.stderr.write(f"error: --out {out_dir}: cannot be written ({err.strerror})\n")
+        sys.exit(EXIT_USAGE)
+    print(table)
+    print(where(args.workdirs, out_dir))
 
 
 if __name__ == "__main__":

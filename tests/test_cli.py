@@ -68,7 +68,6 @@ def journal_entries(workdir):
     for path in sorted(Path(workdir).glob("*/trial_*/journal.jsonl")):
         lines = [json.loads(line) for line in path.read_text().splitlines()]
         for line in lines:
-            line.pop("seconds")
             line.pop("crc32")
         out[str(path.relative_to(workdir))] = lines
     return out
@@ -111,3 +110,71 @@ def test_other_config_on_existing_workdir_is_refused(tmp_path):
     second = run_main(TINY + ["--config.strategies=('random',)", "--config.al.steps=1"], tmp_path)
     assert second.returncode == 2
     assert "another config" in second.stderr.strip().splitlines()[-1]
+
+
+def test_help_exits_0_listing_configs_strategies_fields_and_tuple_syntax():
+    from crc_jax import acquisition
+    from experiments import cli_help
+
+    proc = subprocess.run([sys.executable, "-m", "experiments.main", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    configs = sorted(p.stem for p in (ROOT / "experiments" / "configs").glob("*.py")
+                     if p.stem not in ("base", "__init__"))
+    for name in configs:
+        first_line = (ROOT / "experiments" / "configs" / f"{name}.py").read_text().split(
+            '"""')[1].strip().splitlines()[0]
+        assert any(line.split()[:1] == [name] and first_line in line
+                   for line in out.splitlines()), name
+    assert set(cli_help.STRATEGY_NAMES) == set(acquisition.names())
+    for name in acquisition.names():
+        assert name in out
+    for field in ("al.query_size", "al.group_size", "dataset.data_dir", "train.max_epochs"):
+        assert f"  {field} " in out
+    assert "--config.strategies=\"('random','crc:group_size=10')\"" in out
+
+
+def test_override_before_config_works_and_the_run_says_where_results_went(tmp_path):
+    # --config.x=v written before --config=NAME: absl alone refuses this order.
+    args = ["--config.trials=1", "--config.al.steps=0", "--config=digits",
+            "--config.train.max_epochs=1", "--config.train.steps_per_epoch=1",
+            "--config.train.progress=False", "--config.strategies=('random',)"]
+    proc = run_main(args, tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-2] == f"results: {tmp_path / 'run'} (summary.csv, journals)"
+    assert lines[-1] == "report:  " + ", ".join(
+        str(tmp_path / "run" / n) for n in ("report.md", "report.csv", "learning_curve.png"))
+    for name in ("summary.csv", "report.md", "report.csv", "learning_curve.png"):
+        assert (tmp_path / "run" / name).is_file()
+    report = subprocess.run([sys.executable, "-m", "experiments.report", str(tmp_path / "run"),
+                             "--out", str(tmp_path / "rep")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert report.stdout.strip().splitlines()[-1].startswith(f"report:  {tmp_path / 'rep'}/")
+
+
+def test_ctrl_c_prints_one_line_exits_130_and_the_rerun_resumes(tmp_path):
+    args = TINY + ["--config.strategies=('random',)"]
+    workdir = tmp_path / "run"
+    journal = workdir / "random" / "trial_0" / "journal.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.main", *args,
+                             f"--workdir={workdir}"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists() and journal.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last == (f"interrupted: completed steps are kept; rerun the same command on "
+                    f"{workdir} to resume")
+    resumed = run_main(args, workdir)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming after step" in resumed.stderr

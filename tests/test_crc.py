@@ -177,7 +177,9 @@ def test_above_rank_score_is_smallest_positive_gram_eigenvalue(variables):
     for g, score in zip(groups, s):
         z = np.concatenate([phi[np.concatenate([labeled, g])], np.ones((24, 1))], axis=1)
         ev = np.linalg.eigvalsh(C * z.T @ z)                     # (d+1)² feature Gram
-        assert score == pytest.approx(ev[ev > 1e-9 * ev[-1]].min(), rel=1e-8)
+        # phi is float32, recomputed here in another batch shape than the strategy's, so its
+        # last bits may differ; Weyl: |Δλ| <= ‖ΔG‖ <= ~2·ε₃₂·‖G‖
+        assert abs(score - ev[ev > 1e-9 * ev[-1]].min()) <= 4 * np.finfo(np.float32).eps * ev[-1]
         assert score > 1e-3
 
 

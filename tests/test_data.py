@@ -155,3 +155,66 @@ def test_load_validates_what_a_loader_returns(monkeypatch):
     monkeypatch.setattr(embedded, "moons", bad_moons)
     with pytest.raises(DataError, match="moons train: non-finite.*example 2"):
         data.load("moons")
+
+
+def _npz(path, x_train, x_test, **extra):
+    x_tr, y_tr, x_te, y_te = embedded_digits_small()
+    np.savez(path, x_train=x_train, y_train=y_tr, x_test=x_test, y_test=y_te, num_classes=10,
+             **extra)
+    return str(path)
+
+
+def embedded_digits_small():
+    from crc_jax.data import embedded
+
+    x_tr, y_tr, x_te, y_te = embedded.digits()
+    return x_tr[:200], y_tr[:200], x_te[:50], y_te[:50]
+
+
+def test_npz_uint8_pixels_are_scaled_once_with_a_warning(tmp_path, caplog):
+    x_tr, _, x_te, _ = embedded_digits_small()
+    u8_tr = np.round(x_tr * 255).astype(np.uint8)
+    u8_te = np.round(x_te * 255).astype(np.uint8)
+    with caplog.at_level("WARNING"):
+        ds = data.load("npz", data_dir=_npz(tmp_path / "u8.npz", u8_tr, u8_te))
+    np.testing.assert_array_equal(ds.x_train, u8_tr.astype(np.float32) / 255.0)
+    np.testing.assert_array_equal(ds.x_test, u8_te.astype(np.float32) / 255.0)
+    assert ds.x_train.dtype == np.float32 and ds.x_train.max() <= 1.0
+    scaled = [r for r in caplog.records if "uint8 pixels" in r.getMessage()]
+    assert [r.getMessage().split(":")[0] for r in scaled] == ["npz train", "npz test"]
+
+
+def test_npz_images_without_channel_axis_get_one_channel(tmp_path, caplog):
+    x_tr, _, x_te, _ = embedded_digits_small()
+    with caplog.at_level("WARNING"):
+        ds = data.load("npz", data_dir=_npz(tmp_path / "hw.npz", x_tr[..., 0], x_te[..., 0]))
+    assert ds.image_shape == (8, 8, 1)
+    np.testing.assert_array_equal(ds.x_train, x_tr)
+    assert sum("without a channel axis" in r.getMessage() for r in caplog.records) == 2
+
+
+@pytest.mark.parametrize("arrays, match", [
+    (dict(x_train="x255"), r"x_train holds pixel values in \[0, 255\]"),
+    (dict(x_train="int64"), r"x_train holds int64 pixels"),
+    (dict(x_train="complex"), r"x_train holds complex values"),
+    (dict(x_test="crop"), r"x_test holds inputs of shape \(7, 7, 1\)"),
+    (dict(num_classes=0), r"num_classes must be an integer >= 2, got 0"),
+    (dict(num_classes=10.7), r"num_classes must be an integer >= 2, got 10\.7"),
+    (dict(num_classes=np.array([10, 10])), r"num_classes must be a single value"),
+    (dict(y_train="object"), r"y_train cannot be read without unpickling"),
+    (dict(x_train="scalar"), r"x_train must hold N inputs"),
+    (dict(y_train="no class 3"), r"no examples of class 3 \(of 10\)"),
+])
+def test_npz_refuses_what_has_no_obvious_meaning(tmp_path, arrays, match):
+    x_tr, y_tr, x_te, y_te = embedded_digits_small()
+    files = dict(x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te, num_classes=10)
+    variants = {"x255": x_tr * 255, "int64": np.round(x_tr * 255).astype(np.int64),
+                "complex": x_tr.astype(np.complex64), "crop": x_te[:, :7, :7],
+                "object": y_tr.astype(object), "scalar": np.float32(0.5),
+                "no class 3": np.where(y_tr == 3, 4, y_tr)}
+    for key, value in arrays.items():
+        files[key] = variants[value] if isinstance(value, str) else value
+    np.savez(tmp_path / "bad.npz", **files)
+    with pytest.raises(DataError, match=match):
+        data.num_classes("npz", str(tmp_path / "bad.npz"))
+        data.load("npz", data_dir=str(tmp_path / "bad.npz"))

@@ -50,7 +50,6 @@ def outputs(workdir: Path) -> dict:
     for path in journal_paths(workdir):
         entries = [json.loads(line) for line in path.read_text().splitlines()]
         for entry in entries:
-            entry.pop("seconds")
             entry.pop("crc32")
         out[str(path.relative_to(workdir))] = entries
     for name in ("summary.csv", "report.md", "report.csv"):
@@ -94,7 +93,7 @@ def state_at_kill(workdir: Path) -> dict:
         lines += raw.count(b"\n")
         torn += bool(raw) and not raw.endswith(b"\n")
     return {"journal_lines": lines, "torn_lines": torn,
-            "partial_checkpoints": len(list(workdir.rglob("*.orbax-checkpoint-tmp-*"))),
+            "partial_checkpoints": len(list(workdir.rglob("*.orbax-checkpoint-tmp*"))),
             "summary": (workdir / "summary.csv").exists(),
             "report_csv": (workdir / "report.csv").exists()}
 

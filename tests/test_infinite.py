@@ -13,6 +13,7 @@ from crc_jax import infinite, models, ntk
 from crc_jax.acquisition import crc_infinite
 from crc_jax.acquisition.context import Context
 from crc_jax.acquisition.crc import random_groups, top_groups
+from experiments import ntk_kernels
 
 C = 10
 
@@ -37,7 +38,7 @@ LAYERS = {"MLP": lambda m: [f"Dense_{i}" for i in range(m.depth)] + ["head"],
 
 def stax_params(model, params, stax_init):
     """The stax network's parameters holding the Flax kernels in NTK coordinates."""
-    q = infinite.ntk_coordinates(params)
+    q = ntk_kernels.ntk_coordinates(params)
     kernels = iter(q[name]["kernel"] for name in LAYERS[type(model).__name__](model))
     return [(next(kernels), None) if isinstance(p, tuple) and len(p) == 2 else p for p in stax_init]
 
@@ -62,7 +63,7 @@ def test_stax_counterpart_is_the_flax_model_in_ntk_coordinates(build, digits):
     sp = stax_params(model, params, stax_init)
     np.testing.assert_allclose(np.asarray(apply_fn(sp, x)), np.asarray(model.apply({"params": params}, x)),
                                rtol=1e-5, atol=1e-6)
-    ours = infinite.empirical_trace_ntk(model, params, x)
+    ours = ntk_kernels.empirical_trace_ntk(model, params, x)
     np.testing.assert_allclose(ours, nt_trace_ntk(apply_fn, sp, x), rtol=2e-5, atol=1e-6)
 
 
@@ -73,14 +74,14 @@ def test_dense_fast_path_equals_jacobian_contraction(digits):
     params = model.init(jax.random.PRNGKey(3), x)["params"]
     # Non-zero biases, so the standard parameterization's bias terms count.
     params = jax.tree_util.tree_map(lambda v: v + 0.1 if v.ndim == 1 else v, params)
-    assert infinite._dense_layers(model, params, x[:1]) == {"Dense_0": True, "Dense_1": True, "head": True}
-    standard = ntk.empirical_ntk(infinite.FlaxApply(model), params, x, x2, subset="all")
-    np.testing.assert_allclose(infinite.empirical_trace_ntk(model, params, x, x2, parameterization="standard"),
+    assert ntk_kernels.dense_layers(model, params, x[:1]) == {"Dense_0": True, "Dense_1": True, "head": True}
+    standard = ntk.empirical_ntk(ntk_kernels.FlaxApply(model), params, x, x2, subset="all")
+    np.testing.assert_allclose(ntk_kernels.empirical_trace_ntk(model, params, x, x2, parameterization="standard"),
                                standard, rtol=2e-5, atol=1e-6)
-    q = infinite.ntk_coordinates(params)
-    in_ntk = ntk.empirical_ntk(infinite.FlaxApply(model, ntk_coordinates=True), q, x, x2,
+    q = ntk_kernels.ntk_coordinates(params)
+    in_ntk = ntk.empirical_ntk(ntk_kernels.FlaxApply(model, ntk_coordinates=True), q, x, x2,
                                subset=lambda path: path[-1] == "kernel")
-    np.testing.assert_allclose(infinite.empirical_trace_ntk(model, params, x, x2), in_ntk,
+    np.testing.assert_allclose(ntk_kernels.empirical_trace_ntk(model, params, x, x2), in_ntk,
                                rtol=2e-5, atol=1e-6)
 
 
@@ -97,9 +98,9 @@ def test_dense_fast_path_counts_only_existing_biases(digits):
     model = MixedBias()
     x = jnp.asarray(digits[:6])
     params = model.init(jax.random.PRNGKey(4), x)["params"]
-    assert infinite._dense_layers(model, params, x[:1]) == {"Dense_0": False, "Dense_1": True}
-    np.testing.assert_allclose(infinite.empirical_trace_ntk(model, params, x, parameterization="standard"),
-                               ntk.empirical_ntk(infinite.FlaxApply(model), params, x, subset="all"),
+    assert ntk_kernels.dense_layers(model, params, x[:1]) == {"Dense_0": False, "Dense_1": True}
+    np.testing.assert_allclose(ntk_kernels.empirical_trace_ntk(model, params, x, parameterization="standard"),
+                               ntk.empirical_ntk(ntk_kernels.FlaxApply(model), params, x, subset="all"),
                                rtol=2e-5, atol=1e-6)
 
 
@@ -140,8 +141,8 @@ def test_distance_at_init_falls_like_inverse_sqrt_width(digits, depth):
     rms = []
     for width in widths:
         model = models.get("mlp", num_classes=C, width=width, depth=depth)
-        d = [infinite.relative_distance(
-            infinite.empirical_trace_ntk(model, model.init(jax.random.PRNGKey(s), x[:1])["params"], x),
+        d = [ntk_kernels.relative_distance(
+            ntk_kernels.empirical_trace_ntk(model, model.init(jax.random.PRNGKey(s), x[:1])["params"], x),
             k_inf) for s in range(4)]
         rms.append(np.sqrt(np.mean(np.square(d))))
     slope = np.polyfit(np.log(widths), np.log(rms), 1)[0]
@@ -218,13 +219,15 @@ def test_crc_infinite_picks_top_groups_and_reuses_kernel_rows(digits):
     groups = random_groups(key, ctx.unlabeled, 4)
     expected = brute_force_scores(model, x, ctx.labeled, groups)
     assert np.array_equal(np.sort(picked), np.sort(groups[top_groups(expected, 2)].ravel()))
-    first = ctx.record["crc_infinite"]
-    assert first["kernel_entries_computed"] == 30 * 6   # every pool row vs L, once
+    rows = strategy.kernel_rows(ctx)
+    assert rows.evaluations == 30 * 6   # every pool row vs L, once
+    assert set(ctx.record["crc_infinite"]) >= {"group_size", "chosen_scores"}
+    assert not {"seconds", "kernel_entries_computed"} & set(ctx.record["crc_infinite"])  # reproducible
 
     ctx2 = context(x, np.concatenate([ctx.labeled, picked]), model)
     picked2 = strategy(ctx2, 8, jax.random.PRNGKey(6))
     # Rows held from step 1; only the 8 new labeled columns are computed.
-    assert ctx2.record["crc_infinite"]["kernel_entries_computed"] == 30 * 8
+    assert strategy.kernel_rows(ctx2) is rows and rows.evaluations == 30 * 6 + 30 * 8
     fresh = crc_infinite.make_crc_infinite(group_size=4)
     assert np.array_equal(picked2, fresh(context(x, ctx2.labeled, model), 8, jax.random.PRNGKey(6)))
     assert len(set(picked2.tolist())) == 8 and not set(picked2) & set(ctx2.labeled.tolist())

@@ -32,17 +32,38 @@ def test_notebook_is_valid_and_has_no_stored_outputs():
     assert any("report.md" in c for c in cells)
 
 
-def test_requirement_builds_a_pip_url_from_a_folder_or_a_url():
+def notebook_install_functions() -> dict:
     nb = json.loads(NOTEBOOK.read_text())
-    source = next(c for c in code_cells(nb) if "def requirement" in c)
-    namespace = {}
-    exec(source.split("\n\n\nif SKIP_INSTALL")[0], {"Path": Path}, namespace)  # the function only
-    requirement = namespace["requirement"]
+    source = next(c for c in code_cells(nb) if "def install_plan" in c)
+    namespace = {"Path": Path}
+    exec(source.split("\n\n\nif SKIP_INSTALL")[0], namespace)  # the functions only
+    return namespace
+
+
+def test_requirement_builds_a_pip_url_from_a_folder_or_a_url():
+    requirement = notebook_install_functions()["requirement"]
     assert requirement(str(ROOT), "tpu") == f"crc_jax[tpu] @ {ROOT.resolve().as_uri()}"
     assert requirement("git+https://example.org/crc_jax.git", "cuda12") == \
         "crc_jax[cuda12] @ git+https://example.org/crc_jax.git"
     assert requirement("git+https://example.org/crc_jax.git", "cpu") == \
         "crc_jax @ git+https://example.org/crc_jax.git"
+
+
+def test_install_plan_keeps_a_current_runtime_jax_and_its_libtpu():
+    plan = notebook_install_functions()["install_plan"]
+    url = "git+https://example.org/crc_jax.git"
+    req, keep = plan(url, "tpu", {"jax": "0.12.0.1", "jaxlib": "0.12.0.1", "libtpu": "0.0.44"})
+    assert req == f"crc_jax @ {url}"                      # no [tpu] extra: it would pull another jax
+    assert keep == ["jax==0.12.0.1", "jaxlib==0.12.0.1", "libtpu==0.0.44"]
+    req, keep = plan(url, "tpu", {"jax": "0.4.38", "jaxlib": "0.4.38"})  # too old: the extra decides
+    assert req == f"crc_jax[tpu] @ {url}" and keep == []
+    assert plan(url, "cuda13", {}) == (f"crc_jax[cuda13] @ {url}", [])
+
+
+def test_installed_reads_this_environments_jax():
+    installed = notebook_install_functions()["installed"]
+    import jax
+    assert installed()["jax"] == jax.__version__
 
 
 @pytest.mark.slow

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from crc_jax.acquisition.baseline import predict_probs
+from crc_jax.acquisition import distances
 from crc_jax.acquisition.context import Context, check_budget
-from crc_jax.acquisition.gram import pool_features
 from crc_jax.acquisition.registry import register
 
 
@@ -76,7 +76,7 @@ def make_badge():
         check_budget(ctx, budget)
         unlabeled = np.sort(np.asarray(ctx.unlabeled))
         a = gradient_factors(predict_probs(ctx, unlabeled))
-        phi = pool_features(ctx, unlabeled)
+        phi = distances.context_features(ctx, unlabeled)
         return unlabeled[kmeans_pp_seeds(a, phi, budget, key)]
 
     return badge

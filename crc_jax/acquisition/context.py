@@ -24,7 +24,8 @@ class Context:
     unlabeled:    indices still unlabeled, sorted.
     num_classes:  C.
     features_fn:  (variables, x) -> penultimate features (N, d), the input of the final
-                  dense layer "head"; the fast path of last-layer NTKs uses it.
+                  dense layer "head"; the fast path of last-layer NTKs uses it (without
+                  it, CRC derives Φ from a dense head itself).
     oracle:       index array -> labels. Only the pseudo-AL setting (paper Table 3) may read
                   it, because that setting is defined with class-balanced groups.
     model:        the Flax module (for strategies that need its structure), or None.

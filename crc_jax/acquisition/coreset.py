@@ -19,7 +19,6 @@ import numpy as np
 
 from crc_jax.acquisition import distances
 from crc_jax.acquisition.context import Context, check_budget
-from crc_jax.acquisition.gram import pool_features
 from crc_jax.acquisition.registry import register
 
 
@@ -53,9 +52,10 @@ def make_coreset():
         del key
         check_budget(ctx, budget)
         unlabeled = np.sort(np.asarray(ctx.unlabeled))
-        feats = pool_features(ctx, unlabeled)
-        centers = pool_features(ctx, np.asarray(ctx.labeled)) if len(ctx.labeled) else \
-            np.zeros((0, feats.shape[1]), np.float32)
+        feats = distances.context_features(ctx, unlabeled)
+        labeled = np.asarray(ctx.labeled)
+        centers = (distances.context_features(ctx, labeled) if len(labeled)
+                   else np.zeros((0, feats.shape[1]), np.float32))
         return unlabeled[k_center_greedy(feats, centers, budget)]
 
     return coreset

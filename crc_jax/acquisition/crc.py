@@ -13,6 +13,11 @@ L ∪ picked: budget/G scoring rounds instead of one (the cost is logged; wall t
 out of ctx.record so that identical runs write identical journals). `class_balanced=True` is the pseudo-AL setting of
 Table 3: every group holds budget/C samples of each class (read from the oracle) and
 G = budget.
+
+`backend` picks where the eigenvalues are computed (crc_jax.acquisition.device_spectra):
+"auto" (the host CPU on a CPU machine, the accelerator on a GPU/TPU), "host", "device",
+or "device_f32" (float32 prefilter + float64 finalists, what a TPU runs). The scores, and
+so the chosen groups, are the same; the journal records which one ran.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from crc_jax.acquisition import device_spectra
 from crc_jax.acquisition import gram as gram_lib
 from crc_jax.acquisition.context import Context, check_budget
 from crc_jax.acquisition.registry import register
@@ -81,18 +87,29 @@ def class_balanced_groups(ctx: Context, key, budget: int,
     return groups
 
 
-def score_groups(ctx: Context, groups, *, subset="last") -> np.ndarray:
+def score_groups(ctx: Context, groups, *, subset="last", backend: str = "auto") -> np.ndarray:
     """s(g) = λ⁺min(K̃(L ∪ g, L ∪ g)) for each row g of an (n_groups, G) array of pool indices."""
     check_subset(subset)
+    device_spectra.check_backend(backend)
     groups = np.asarray(groups, dtype=np.int64)
     if groups.ndim != 2:
         raise ValueError(f"groups must be an (n_groups, G) index array, got shape {groups.shape}")
-    return gram_lib.build(ctx, groups, subset=subset).score()
+    return gram_lib.build(ctx, groups, subset=subset, backend=backend).score()
 
 
 def top_groups(scores: np.ndarray, k: int) -> np.ndarray:
     """Rows of the k highest scores; ties go to the earlier row (the partition is random)."""
     return np.argsort(-np.asarray(scores), kind="stable")[:k]
+
+
+def best_of(gram, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the k best of `rows`, their scores, the scores of all `rows`): the Gram's own `top`
+    (one transfer on the device backend), or `score` + `top_groups` for Grams without one."""
+    if hasattr(gram, "top"):
+        return gram.top(rows, k)
+    scores = np.asarray(gram.score(rows))
+    best = top_groups(scores, k)
+    return np.asarray(rows)[best], scores[best], scores
 
 
 def pick_sequentially(gram, rounds: int, *, desc: str) -> tuple[list[int], list[float], np.ndarray]:
@@ -103,14 +120,13 @@ def pick_sequentially(gram, rounds: int, *, desc: str) -> tuple[list[int], list[
     remaining = np.arange(len(gram.groups))
     rows, chosen, first = [], [], None
     for _ in tqdm(range(rounds), desc=desc, disable=None if rounds > 1 else True, leave=False):
-        scores = gram.score(remaining)
+        best, score, scores = best_of(gram, remaining, 1)
         if first is None:
             first = scores
-        best = int(top_groups(scores, 1)[0])
-        rows.append(int(remaining[best]))
-        chosen.append(float(scores[best]))
-        gram.extend_base([remaining[best]])
-        remaining = np.delete(remaining, best)
+        rows.append(int(best[0]))
+        chosen.append(float(score[0]))
+        gram.extend_base(best)
+        remaining = remaining[remaining != best[0]]
     return rows, chosen, first
 
 
@@ -126,9 +142,10 @@ def summarize(scores: np.ndarray) -> dict:
 
 @register("crc")
 def make_crc(group_size: Optional[int] = None, subset="last", max_groups: Optional[int] = None,
-             class_balanced: bool = False, sequential: bool = False):
+             class_balanced: bool = False, sequential: bool = False, backend: str = "auto"):
     """CRC (Algorithm 1). group_size=None means G = budget (one group is the whole batch)."""
     check_subset(subset)
+    device_spectra.check_backend(backend)
     if group_size is not None and (not isinstance(group_size, (int, np.integer)) or group_size <= 0):
         raise ValueError(f"crc group_size must be a positive integer, got {group_size!r}")
     if max_groups is not None and (not isinstance(max_groups, (int, np.integer)) or max_groups <= 0):
@@ -147,20 +164,19 @@ def make_crc(group_size: Optional[int] = None, subset="last", max_groups: Option
         if len(groups) < need:
             raise ValueError(f"crc needs {need} groups of {g} but max_groups={max_groups} "
                              f"leaves {len(groups)}")
-        gram = gram_lib.build(ctx, groups, subset=subset)
+        gram = gram_lib.build(ctx, groups, subset=subset, backend=backend)
         if sequential:
             rows, chosen, scores = pick_sequentially(gram, need, desc="CRC rounds")
         else:
-            scores = gram.score()
-            rows = [int(r) for r in top_groups(scores, need)]
-            chosen = [float(scores[r]) for r in rows]
+            picked, chosen_scores, scores = gram.top(None, need)
+            rows, chosen = [int(r) for r in picked], [float(s) for s in chosen_scores]
         seconds = time.perf_counter() - start
         ctx.record["crc"] = {"group_size": g, "subset": subset if isinstance(subset, str) else "custom",
-                             "sequential": bool(sequential), "rank": gram.rank,
+                             "sequential": bool(sequential), "rank": gram.rank, **gram.describe(),
                              "chosen_scores": chosen, **summarize(scores)}
         log.info("crc: %d groups of %d scored in %.2fs, chosen scores %s", len(groups), g, seconds,
                  np.round(chosen, 6).tolist())
         return groups[np.asarray(rows)].ravel()
 
-    crc.score_groups = lambda ctx, groups: score_groups(ctx, groups, subset=subset)
+    crc.score_groups = lambda ctx, groups: score_groups(ctx, groups, subset=subset, backend=backend)
     return crc

@@ -2,7 +2,8 @@
 
 `budget` rounds; each adds the single candidate x maximizing λ⁺min(K̃(S ∪ {x})) with
 S = L ∪ picked so far: O(U·Q) eigendecompositions instead of Algorithm 1's O(U/G).
-`max_candidates` limits the search to a random subset of the unlabeled pool.
+`max_candidates` limits the search to a random subset of the unlabeled pool; `backend`
+is CRC's (crc_jax.acquisition.device_spectra: "auto", "host", "device", "device_f32").
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Optional
 import jax
 import numpy as np
 
+from crc_jax.acquisition import device_spectra
 from crc_jax.acquisition import gram as gram_lib
 from crc_jax.acquisition.context import Context, check_budget
 from crc_jax.acquisition.crc import check_subset, pick_sequentially, summarize
@@ -23,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 @register("crc_greedy")
-def make_crc_greedy(subset="last", max_candidates: Optional[int] = None):
+def make_crc_greedy(subset="last", max_candidates: Optional[int] = None, backend: str = "auto"):
     check_subset(subset)
+    device_spectra.check_backend(backend)
     if max_candidates is not None and max_candidates <= 0:
         raise ValueError(f"crc_greedy max_candidates must be positive, got {max_candidates!r}")
 
@@ -38,9 +41,10 @@ def make_crc_greedy(subset="last", max_candidates: Optional[int] = None):
             keep = np.asarray(jax.random.permutation(key, len(unlabeled)))[:max_candidates]
             cand = unlabeled[np.sort(keep)]
         start = time.perf_counter()
-        gram = gram_lib.build(ctx, cand[:, None], subset=subset)
+        gram = gram_lib.build(ctx, cand[:, None], subset=subset, backend=backend)
         rows, chosen, first = pick_sequentially(gram, budget, desc="greedy CRC")
-        ctx.record["crc_greedy"] = {"chosen_scores": chosen, "rank": gram.rank, **summarize(first)}
+        ctx.record["crc_greedy"] = {"chosen_scores": chosen, "rank": gram.rank, **gram.describe(),
+                                    **summarize(first)}
         log.info("crc_greedy: %d picks from %d candidates in %.2fs", budget, len(cand),
                  time.perf_counter() - start)
         return cand[np.asarray(rows)]

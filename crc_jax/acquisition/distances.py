@@ -8,6 +8,10 @@ the pool, the labeled set or a cluster grows, and reduces each block (a minimum,
 count) before the next: memory is O(chunk² + N·d), whatever N is.
 
     ‖a − b‖² = ‖a‖² + ‖b‖² − 2 a·b   (clipped at 0; float32 on the device)
+
+`context_features` gives the features these strategies measure distances on: the
+Context's penultimate features (`features_fn`), or, without one, those derived from a
+dense head (crc_jax.acquisition.features.head_features_fn).
 """
 
 from __future__ import annotations
@@ -19,6 +23,17 @@ import jax.numpy as jnp
 import numpy as np
 
 DEFAULT_CHUNK = 1024
+
+
+def context_features(ctx, indices) -> np.ndarray:
+    """Penultimate features (n, d) float32 of pool indices, as the Context gives them."""
+    from crc_jax.acquisition import features
+
+    fn = ctx.features_fn if ctx.features_fn is not None else features.head_features_fn(ctx)
+    if fn is None:
+        raise ValueError("this strategy needs penultimate features: the Context has no "
+                         "features_fn and the model no plain dense head")
+    return features.pool_features(ctx, fn, np.asarray(indices))
 
 
 @jax.jit

@@ -5,22 +5,27 @@ B (the labeled set, grown by the sequential variants), and scores groups by
 
     s(g) = λ⁺min(K̃(B ∪ g, B ∪ g)),   r = min(|B| + G, ρ)   (ntk.min_positive_eigenvalue)
 
-Two backends return the same scores:
+Two kinds of Gram return the same scores:
 
-  FeatureGram   subset "last" with `ctx.features_fn`: K̃ = C·ZZᵀ with Z = [Φ, 1]. Φ is
-                computed once for the whole pool (whose [Φ, 1] gives the rank ρ). The
-                non-zero spectrum of K̃(S, S) is C times that of ZₛᵀZₛ, so each group costs
-                one eigvalsh of side min(|B| + G, d + 1): the (d+1)² side is Z_BᵀZ_B
-                (precomputed) + Z_gᵀZ_g, the kernel side borders the precomputed Z_B Z_Bᵀ.
+  FeatureGram   subset "last" on a final dense layer: K̃ = C·ZZᵀ with Z = [Φ, 1]. Φ comes
+                from `ctx.features_fn`, or is derived from the dense head itself
+                (crc_jax.acquisition.features), so a hand-built Context gets the fast
+                path too. Φ is computed once for the whole pool (whose [Φ, 1] gives the
+                rank ρ). The non-zero spectrum of K̃(S, S) is C times that of ZₛᵀZₛ, so
+                each group costs one eigvalsh of side min(|B| + G, d + 1): the (d+1)²
+                side is Z_BᵀZ_B (precomputed) + Z_gᵀZ_g, the kernel side borders Z_B Z_Bᵀ.
   JacobianGram  any subset: K̃(B, B), K̃(B, candidates) and the within-group blocks K̃(g, g)
                 from per-sample Jacobians, each candidate's Jacobian computed once (base
                 Jacobians too when they fit in memory); each group costs one eigvalsh of
-                side |B| + G. ρ: for "last", the rank of [Φ, 1] with Φ = ∂f₀/∂W_head[:, 0]
-                over the pool; for "all" or a predicate, |B| + G (DESIGN.md).
+                side |B| + G. ρ: for "last", the rank of [Φ, 1] over the pool when the
+                head is dense, else |B| + G; for "all" or a predicate, |B| + G.
 
-Eigenvalues are computed in float64 on the host (`spectra`) from float32 features or
-kernels; groups are scored in chunks of about 16 MiB of matrices, and nothing
-pool-by-pool is ever formed.
+Each runs on one of two backends (`backend`, see device_spectra): "host" decomposes in
+float64 on the host CPU (`spectra`), groups in chunks of about 16 MiB of matrices;
+"device" keeps features, kernels and scores on the accelerator and decomposes with a
+jitted, batched eigvalsh (float64 where the device has it, else float32 scores with the
+finalists rescored on the host in float64), and `top` hands back only the chosen rows
+and the score vector. Nothing pool-by-pool is ever formed.
 
 Features and Jacobians are computed data-parallel over the devices of `mesh`
 (crc_jax.sharding; default every device): each batch of images is split over the
@@ -41,21 +46,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from crc_jax import ntk, sharding
+from crc_jax.acquisition import device_spectra as dev
+from crc_jax.acquisition import features as feat
 from crc_jax.acquisition import spectra
+from crc_jax.acquisition.backend_gram import BackendGram
 from crc_jax.acquisition.context import Context
 
 log = logging.getLogger(__name__)
-
-
-def pool_features(ctx: Context, indices: Optional[np.ndarray] = None, *,
-                  mesh=None) -> np.ndarray:
-    """Penultimate features Φ (n, d) of pool images, in batches of ctx.batch_size split
-    over the devices of `mesh` (default every device)."""
-    mesh = sharding.make_mesh() if mesh is None else mesh
-    indices = None if indices is None else np.asarray(indices)
-    out = sharding.map_batches(ctx.features_fn, ctx.variables, ctx.x,
-                               batch_size=ctx.batch_size, mesh=mesh, indices=indices)
-    return out.astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,56 +83,107 @@ def variables_subset(ctx: Context, subset) -> InParams:
     return InParams(subset)
 
 
-def head_has_bias(params) -> bool:
-    head = params.get(ntk.last_layer_name(params), {})
-    return "bias" in head
-
-
 # --------------------------------------------------------------------------- backends
 
-class FeatureGram:
-    """Last-layer CRC scores from penultimate features: K̃ = C·(ΦΦᵀ + 1)."""
+class FeatureGram(BackendGram):
+    """Last-layer CRC scores from penultimate features: K̃ = C·(ΦΦᵀ + 1).
 
-    def __init__(self, ctx: Context, groups: np.ndarray, *, mesh=None):
+    features_fn: (variables, x) -> Φ; default ctx.features_fn (see `build` for the
+    derived one). backend: "host", "device", "device_f32" or "auto".
+    """
+
+    def __init__(self, ctx: Context, groups: np.ndarray, *, mesh=None, backend: str = "host",
+                 features_fn=None):
         self.groups = np.asarray(groups)
         self.scale = float(ctx.num_classes)
-        bias = head_has_bias(ctx.params)
-        phi = pool_features(ctx, mesh=mesh)
-        self.rank = ntk.feature_rank(phi, bias=bias)
-        z = phi.astype(np.float64)
-        self.z = np.concatenate([z, np.ones((len(z), 1))], axis=1) if bias else z
+        self._set_backend(backend)
+        bias = feat.head_has_bias(ctx.params)
+        fn = ctx.features_fn if features_fn is None else features_fn
         self.base = np.asarray(ctx.labeled, dtype=np.int64)
-        log.debug("FeatureGram: pool %s, rank %d of %d", phi.shape, self.rank, self.z.shape[1])
+        self.z_dev, self._base_gram = None, None
+        if self.dtype == "float64":      # everything stays on the device
+            phi = feat.pool_features_on_device(ctx, fn, mesh=mesh)      # the model in float32
+            with dev.x64(self.dtype):
+                self.z_dev, gram = dev.gram_of(phi.astype(jnp.float64), bias=bias)
+                rtol = self.z_dev.shape[1] * ntk.FLOAT32_EPS
+                self._rank = dev.rank_from_gram(gram, rtol)
+            self.z = None
+        else:                           # host float64 Z: all scores, or the finalists
+            phi = feat.pool_features(ctx, fn, mesh=mesh)
+            self._rank = ntk.feature_rank(phi, bias=bias)
+            z = phi.astype(np.float64)
+            self.z = np.concatenate([z, np.ones((len(z), 1))], axis=1) if bias else z
+            if self.dtype == "float32":
+                self.z_dev = jnp.asarray(self.z, dtype=jnp.float32)
+        self.width = (self.z if self.z is not None else self.z_dev).shape[1]
+        log.debug("FeatureGram (%s): pool %d, width %d", self.backend, len(ctx.x), self.width)
 
     def extend_base(self, rows) -> None:
         self.base = np.concatenate([self.base, self.groups[np.asarray(rows)].ravel()])
 
-    def score(self, rows: Optional[np.ndarray] = None) -> np.ndarray:
-        rows = np.arange(len(self.groups)) if rows is None else np.asarray(rows)
-        g, d = self.groups.shape[1], self.z.shape[1]
-        n = len(self.base) + g
+    def _device_base_gram(self):
+        """Z_BᵀZ_B on the device, updated by the rows added since the last call (a fixed
+        shape per round, so the sequential variants do not recompile as B grows)."""
+        done, gram = self._base_gram if self._base_gram is not None else (0, None)
+        if gram is None or done > len(self.base):
+            done, gram = 0, jnp.zeros((self.width, self.width), self.z_dev.dtype)
+        if done < len(self.base):
+            z_new = self.z_dev[jnp.asarray(self.base[done:])]
+            gram = gram + jnp.matmul(z_new.T, z_new, precision=ntk.HIGHEST)
+        self._base_gram = (len(self.base), gram)
+        return gram
+
+    def _side(self) -> tuple[int, int]:
+        """(matrix side, n = |B| + G): the kernel side n while n ≤ d + 1, else d + 1."""
+        n = len(self.base) + self.groups.shape[1]
+        return min(n, self.width), n
+
+    def _rel_error(self) -> float:
+        return dev.rel_error(self._side()[0], self.groups.shape[1])
+
+    def _host_scores(self, rows: np.ndarray) -> np.ndarray:
+        side, n = self._side()
         z_b = self.z[self.base]
-        if n <= d:   # kernel side, n²: border Z_B Z_Bᵀ with the group's rows
+        if n <= self.width:   # kernel side, n²: border Z_B Z_Bᵀ with the group's rows
             k_bb = z_b @ z_b.T
 
             def matrices(r):
                 zg = self.z[self.groups[r]]
                 return spectra.bordered(k_bb, zg @ z_b.T, np.matmul(zg, np.swapaxes(zg, 1, 2)))
-        else:        # feature side, (d+1)²: Z_BᵀZ_B + Z_gᵀZ_g
+        else:                 # feature side, (d+1)²: Z_BᵀZ_B + Z_gᵀZ_g
             gram_base = z_b.T @ z_b
 
             def matrices(r):
                 return spectra.updated(gram_base, self.z[self.groups[r]])
-        return self.scale * spectra.score_rows(rows, min(n, d), matrices, min(n, self.rank))
+        return self.scale * spectra.score_rows(rows, side, matrices, min(n, self.rank))
+
+    def _device_scores(self, rows: np.ndarray):
+        side, n = self._side()
+        z = self.z_dev
+        idx = side - jnp.minimum(n, self._rank)
+        if n <= self.width:
+            z_b = z[jnp.asarray(self.base)]
+            k_bb = jnp.matmul(z_b, z_b.T, precision=ntk.HIGHEST)
+            kernel, args = dev.kernel_side, (z, z_b, k_bb)
+        else:
+            kernel, args = dev.feature_side, (z, self._device_base_gram())
+        per = dev.rows_per_chunk(side, len(rows), z.dtype.itemsize)
+        s, t = dev.score_chunks(kernel, args, self.groups[rows], per, idx)
+        return self.scale * s, self.scale * t
 
 
-class JacobianGram:
-    """CRC scores from per-sample Jacobians over any parameter subset."""
+class JacobianGram(BackendGram):
+    """CRC scores from per-sample Jacobians over any parameter subset.
+
+    On the host backend the kernel blocks are float64 NumPy arrays; on the device backend
+    they stay device arrays (float64, or float32 for the prefilter).
+    """
 
     def __init__(self, ctx: Context, groups: np.ndarray, *, subset="last",
-                 budget_bytes: int = ntk.JACOBIAN_BUDGET_BYTES, mesh=None):
+                 budget_bytes: int = ntk.JACOBIAN_BUDGET_BYTES, mesh=None, backend: str = "host"):
         self.groups = np.asarray(groups)
         self.ctx = ctx
+        self._set_backend(backend)
         self.mesh = sharding.make_mesh() if mesh is None else mesh
         self.f, self.params = ctx.apply_fn, sharding.replicate(self.mesh, ctx.variables)
         self.subset = variables_subset(ctx, subset)
@@ -144,15 +192,36 @@ class JacobianGram:
         self.batch = ntk.jacobian_batch_size(self.f, self.params, x[:1], subset=self.subset,
                                              budget_bytes=budget_bytes)
         self.base = np.asarray(ctx.labeled, dtype=np.int64)
-        self.rank = self._rank() if subset == "last" else None
-        jac = self._jac
+        self._rank = self._head_rank() if subset == "last" else None   # None: |B| + G
+        with dev.x64(self.dtype):
+            self._build(x)
 
+    def _head_rank(self) -> Optional[int]:
+        """Rank of [Φ, 1] over the pool when the head is dense (Φ: its input), else None."""
+        fn = feat.head_features_fn(self.ctx)
+        if fn is None:
+            return None
+        phi = sharding.map_batches(fn, self.params, self.ctx.x, batch_size=self.ctx.batch_size,
+                                   mesh=self.mesh)
+        return ntk.feature_rank(phi, bias=feat.head_has_bias(self.ctx.params))
+
+    def _keep(self, k):
+        """A contracted block as the backend holds it: float64 NumPy, or a device array."""
+        if self.dtype is None:
+            return _host(k).astype(np.float64)
+        return jnp.asarray(k, dtype=self.dtype)
+
+    def _xp(self):
+        return np if self.dtype is None else jnp
+
+    def _build(self, x) -> None:
+        jac, xp = self._jac, self._xp()
         held_base = None
         if len(self.base) == 0:
-            self.k_bb = np.zeros((0, 0))
+            self.k_bb = xp.zeros((0, 0), dtype=self.dtype or np.float64)
         elif len(self.base) <= self.batch:
             held_base = jac(x[self.base])
-            self.k_bb = _host(ntk.contract_jit(held_base, held_base, trace=True)).astype(np.float64)
+            self.k_bb = self._keep(ntk.contract_jit(held_base, held_base, trace=True))
         else:
             self.k_bb = self._base_blocks()
         g = self.groups.shape[1]
@@ -166,10 +235,10 @@ class JacobianGram:
             jc = jac(x[members])
             if hold_cand:
                 cand_jac.append(jc)
-            k_gg.append(_host(_within_groups(jc, g)))
+            k_gg.append(self._keep(_within_groups(jc, g)))
             k_bc.append(self._base_cross(jc, held_base))
-        self.k_gg = np.concatenate(k_gg).astype(np.float64)
-        self.k_bc = np.concatenate(k_bc, axis=1).astype(np.float64)
+        self.k_gg = xp.concatenate(k_gg)
+        self.k_bc = xp.concatenate(k_bc, axis=1)
         self.cand_jac = (tuple(jnp.concatenate(p) for p in zip(*cand_jac)) if hold_cand else None)
 
     def _jac(self, x: np.ndarray):
@@ -190,74 +259,78 @@ class JacobianGram:
         j = sharding.replicate(self.mesh, fn(self.params, sharding.shard_batch(self.mesh, padded)))
         return j if len(padded) == n else tuple(a[:n] for a in j)
 
-    def _base_blocks(self) -> np.ndarray:
+    def _base_blocks(self):
         """K̃(B, B) block by block when the base Jacobians do not fit in memory at once
         (the upper block triangle, mirrored; as ntk.empirical_ntk, on the mesh)."""
         x, base, b = self.ctx.x, self.base, self.batch
         chunks = [base[s:s + b] for s in range(0, len(base), b)]
-        offsets = np.cumsum([0] + [len(c) for c in chunks])
-        k = np.empty((len(base), len(base)))
+        blocks = [[None] * len(chunks) for _ in chunks]
         for i, ci in enumerate(chunks):
             ji = self._jac(x[ci])
             for j in range(i, len(chunks)):
                 jj = ji if j == i else self._jac(x[chunks[j]])
-                block = _host(ntk.contract_jit(ji, jj, trace=True))
-                k[offsets[i]:offsets[i + 1], offsets[j]:offsets[j + 1]] = block
-                k[offsets[j]:offsets[j + 1], offsets[i]:offsets[i + 1]] = block.T
-        return k
+                blocks[i][j] = self._keep(ntk.contract_jit(ji, jj, trace=True))
+                blocks[j][i] = blocks[i][j].T
+        return self._xp().block(blocks)
 
-    def _base_cross(self, jc, held_base) -> np.ndarray:
+    def _base_cross(self, jc, held_base):
         """K̃(B, chunk): against held base Jacobians, or base blocks recomputed."""
+        xp = self._xp()
         if len(self.base) == 0:
-            return np.zeros((0, jc[0].shape[0]))
+            return xp.zeros((0, jc[0].shape[0]), dtype=self.dtype or np.float64)
         if held_base is not None:
-            return _host(ntk.contract_jit(held_base, jc, trace=True))
-        return np.concatenate(
-            [_host(ntk.contract_jit(self._jac(self.ctx.x[self.base[s:s + self.batch]]), jc, trace=True))
+            return self._keep(ntk.contract_jit(held_base, jc, trace=True))
+        return xp.concatenate(
+            [self._keep(ntk.contract_jit(self._jac(self.ctx.x[self.base[s:s + self.batch]]), jc,
+                                         trace=True))
              for s in range(0, len(self.base), self.batch)], axis=0)
-
-    def _rank(self) -> Optional[int]:
-        """Rank of [Φ, 1] over the pool, Φ = ∂f₀/∂W_head[:, 0] (the head's input)."""
-        params = self.ctx.params
-        top = ntk.last_layer_name(params)
-        head = params[top]
-        kernel = head.get("kernel") if hasattr(head, "get") else None
-        if kernel is None or kernel.ndim != 2 or kernel.shape[1] != self.ctx.num_classes:
-            log.warning("last layer %r is not a dense kernel: CRC uses rank |L ∪ g|", top)
-            return None
-        out = sharding.map_batches(_HeadInputFn(self.f, top), self.params, self.ctx.x,
-                                   batch_size=self.ctx.batch_size, mesh=self.mesh)
-        return ntk.feature_rank(out, bias="bias" in head)
 
     def extend_base(self, rows) -> None:
         rows = np.asarray(rows)
         g = self.groups.shape[1]
         pos = (rows[:, None] * g + np.arange(g)).ravel()
         new = self.cand[pos]
-        jn = self._jac(self.ctx.x[new])
-        if self.cand_jac is not None:
-            k_nc = _host(ntk.contract_jit(jn, self.cand_jac, trace=True)).astype(np.float64)
-        else:
-            k_nc = np.concatenate(
-                [_host(ntk.contract_jit(jn, self._jac(self.ctx.x[self.cand[s:s + self.batch]]),
-                                        trace=True)).astype(np.float64)
-                 for s in range(0, len(self.cand), self.batch)], axis=1)
-        k_bn = self.k_bc[:, pos]
-        self.k_bb = np.block([[self.k_bb, k_bn], [k_bn.T, k_nc[:, pos]]])
-        self.k_bc = np.concatenate([self.k_bc, k_nc], axis=0)
+        xp = self._xp()
+        with dev.x64(self.dtype):
+            jn = self._jac(self.ctx.x[new])
+            if self.cand_jac is not None:
+                k_nc = self._keep(ntk.contract_jit(jn, self.cand_jac, trace=True))
+            else:
+                k_nc = xp.concatenate(
+                    [self._keep(ntk.contract_jit(jn, self._jac(self.ctx.x[self.cand[s:s + self.batch]]),
+                                                 trace=True))
+                     for s in range(0, len(self.cand), self.batch)], axis=1)
+            k_bn = self.k_bc[:, pos]
+            self.k_bb = xp.block([[self.k_bb, k_bn], [k_bn.T, k_nc[:, pos]]])
+            self.k_bc = xp.concatenate([self.k_bc, k_nc], axis=0)
         self.base = np.concatenate([self.base, new])
 
-    def score(self, rows: Optional[np.ndarray] = None) -> np.ndarray:
-        rows = np.arange(len(self.groups)) if rows is None else np.asarray(rows)
+    def _n_rank(self) -> tuple[int, int]:
+        n = len(self.base) + self.groups.shape[1]
+        return n, (n if self._rank is None else min(n, self._rank))
+
+    def _rel_error(self) -> float:
+        return dev.rel_error(self._n_rank()[0], self.groups.shape[1])
+
+    def _host_scores(self, rows: np.ndarray) -> np.ndarray:
         g = self.groups.shape[1]
-        n = len(self.base) + g
-        rank = n if self.rank is None else min(n, self.rank)
+        n, rank = self._n_rank()
+        pos = rows[:, None] * g + np.arange(g)                               # (b, G)
+        k_bb = np.asarray(self.k_bb, dtype=np.float64)                       # host copies of
+        k_bg = np.asarray(self.k_bc[:, pos.ravel()], dtype=np.float64)       # what `rows` need
+        k_bg = k_bg.reshape(len(k_bb), len(rows), g)
+        k_gg = np.asarray(self.k_gg[rows], dtype=np.float64)
 
         def matrices(r):
-            pos = r[:, None] * g + np.arange(g)                              # (b, G)
-            return spectra.bordered(self.k_bb, np.moveaxis(self.k_bc[:, pos], 0, 2), self.k_gg[r])
+            return spectra.bordered(k_bb, np.moveaxis(k_bg[:, r], 0, 2), k_gg[r])
 
-        return spectra.score_rows(rows, n, matrices, rank)
+        return spectra.score_rows(np.arange(len(rows)), n, matrices, rank)
+
+    def _device_scores(self, rows: np.ndarray):
+        n, rank = self._n_rank()
+        per = dev.rows_per_chunk(n, len(rows), self.k_gg.dtype.itemsize)
+        return dev.score_chunks(dev.jacobian_side, (self.k_bb, self.k_bc, self.k_gg), rows, per,
+                                n - rank)
 
 
 def _host(x) -> np.ndarray:
@@ -284,31 +357,13 @@ class _JacobianFn:
         return ntk.jacobians(self.apply_fn, variables, x, subset=self.subset)
 
 
-@dataclasses.dataclass(frozen=True)
-class _HeadInputFn:
-    """(variables, x) -> ∂f₀/∂W_top[:, 0] per sample; hashable, so its compiled form is cached."""
-
-    apply_fn: Any
-    top: str
-
-    def __call__(self, variables, x):
-        return _head_input(self.apply_fn, variables, x, top=self.top)
-
-
-def _head_input(apply_fn, variables, x, *, top):
-    """Per-sample ∂f₀/∂W_top[:, 0]: the input features of a final dense layer `top`."""
-    params = variables["params"]
-
-    def f0(w, xi):
-        head = {**params[top], "kernel": params[top]["kernel"].at[:, 0].set(w)}
-        return apply_fn({**variables, "params": {**params, top: head}}, xi[None])[0, 0]
-
-    return jax.vmap(jax.grad(f0), in_axes=(None, 0))(params[top]["kernel"][:, 0], x)
-
-
-def build(ctx: Context, groups: np.ndarray, *, subset="last", mesh=None):
-    """The backend for `subset`: features when possible, Jacobians otherwise; both compute
-    on the devices of `mesh` (default every device)."""
-    if subset == "last" and ctx.features_fn is not None:
-        return FeatureGram(ctx, groups, mesh=mesh)
-    return JacobianGram(ctx, groups, subset=subset, mesh=mesh)
+def build(ctx: Context, groups: np.ndarray, *, subset="last", mesh=None, backend: str = "auto"):
+    """The Gram for `subset`: features for "last" on a dense head (from ctx.features_fn, or
+    derived from the head), Jacobians otherwise; features and Jacobians are computed on
+    the devices of `mesh` (default every device), eigenvalues on `backend` ("auto": the
+    host on a CPU, the device on a GPU/TPU)."""
+    if subset == "last":
+        fn = ctx.features_fn if ctx.features_fn is not None else feat.head_features_fn(ctx)
+        if fn is not None:
+            return FeatureGram(ctx, groups, mesh=mesh, backend=backend, features_fn=fn)
+    return JacobianGram(ctx, groups, subset=subset, mesh=mesh, backend=backend)

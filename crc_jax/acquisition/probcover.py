@@ -26,7 +26,6 @@ import numpy as np
 
 from crc_jax.acquisition import distances, kmeans
 from crc_jax.acquisition.context import Context, check_budget
-from crc_jax.acquisition.gram import pool_features
 from crc_jax.acquisition.registry import register
 
 
@@ -126,7 +125,7 @@ def make_probcover(delta: float = 0.0, purity: float = 0.95, normalize_features:
         check_budget(ctx, budget)
         indices = np.sort(np.concatenate([np.asarray(ctx.labeled), np.asarray(ctx.unlabeled)]))
         is_labeled = np.isin(indices, ctx.labeled)
-        feats = pool_features(ctx, indices)
+        feats = distances.context_features(ctx, indices)
         if normalize_features:
             feats = normalize(feats)
         cluster_key, pick_key = jax.random.split(key)

@@ -21,7 +21,6 @@ import numpy as np
 
 from crc_jax.acquisition import distances, kmeans
 from crc_jax.acquisition.context import Context, check_budget
-from crc_jax.acquisition.gram import pool_features
 from crc_jax.acquisition.registry import register
 
 
@@ -82,7 +81,7 @@ def make_typiclust(knn: int = 20, min_cluster_size: int = 5, max_clusters: int =
         check_budget(ctx, budget)
         indices = np.sort(np.concatenate([np.asarray(ctx.labeled), np.asarray(ctx.unlabeled)]))
         is_labeled = np.isin(indices, ctx.labeled)
-        feats = pool_features(ctx, indices)
+        feats = distances.context_features(ctx, indices)
         k = min(len(ctx.labeled) + budget, max_clusters, len(indices))
         _, labels = kmeans.kmeans(feats, k, key, max_iter=max_iter)
         ctx.record["typiclust_clusters"] = int(k)

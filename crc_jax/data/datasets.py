@@ -89,17 +89,81 @@ def load(name: str, *, data_dir: str = "", train_size: int = 0, test_size: int =
     splits = {}
     for split, x, y, size, stream in (("train", x_train, y_train, train_size, 0),
                                       ("test", x_test, y_test, test_size, 1)):
-        x = np.asarray(x, np.float32)
+        x = prepare_inputs(x, split=f"{name} {split}", array=f"x_{split}")
         y = np.asarray(y)
         validate_arrays(x, y, source.num_classes, split=f"{name} {split}")
+        check_pixel_range(x, split=f"{name} {split}", array=f"x_{split}")
+        if split == "train" and name == "npz":  # the file's num_classes must be honest
+            check_every_class(y, source.num_classes, split=f"{name} {split}")
+        if split == "test" and x.shape[1:] != splits["train"][0].shape[1:]:
+            raise DataError(f"{name} test: x_test holds inputs of shape {x.shape[1:]}, but "
+                            f"x_train's are {splits['train'][0].shape[1:]}")
         if size > 0:
-            keep = stratified_subset(y, size, np.random.default_rng([seed, stream]))
+            keep = stratified_subset(y, size, np.random.default_rng([seed, stream]),
+                                     field=f"dataset.{split}_size")
             x, y = x[keep], y[keep]
         splits[split] = (x, y.astype(np.int32))
         log.info("%s %s: %d examples of shape %s", name, split, len(x), x.shape[1:])
     return Dataset(name=name, x_train=splits["train"][0], y_train=splits["train"][1],
                    x_test=splits["test"][0], y_test=splits["test"][1],
                    num_classes=source.num_classes, flip=source.flip)
+
+
+def prepare_inputs(x, *, split: str, array: str) -> np.ndarray:
+    """Inputs as float32 (N, H, W, C) images or (N, D) vectors.
+
+    Converts what has one obvious meaning, saying so: uint8 pixels are scaled to [0, 1]
+    (x / 255), and (N, H, W) images get one channel. Refuses (`DataError`, naming the
+    array) what has not: a scalar or 1-D array, complex, boolean or non-numeric values,
+    more than 4 axes, and integer pixels other than uint8.
+    """
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise DataError(f"{split}: {array} must hold N inputs, (N, H, W, C) images or (N, D) "
+                        f"vectors; got shape {x.shape}")
+    if x.ndim > 4:
+        raise DataError(f"{split}: {array} has {x.ndim} axes {x.shape}; expected (N, H, W, C) "
+                        "images or (N, D) vectors")
+    if np.iscomplexobj(x):
+        raise DataError(f"{split}: {array} holds complex values ({x.dtype}); inputs must be "
+                        "real")
+    if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.number):
+        raise DataError(f"{split}: inputs must be numeric, got dtype {x.dtype} in {array}")
+    if x.ndim == 3:
+        log.warning("%s: %s holds images of shape %s without a channel axis; using them as "
+                    "1-channel images %s", split, array, x.shape[1:], x.shape[1:] + (1,))
+        x = x[..., None]
+    if np.issubdtype(x.dtype, np.integer) and x.ndim == 4:
+        if x.dtype != np.uint8:
+            raise DataError(f"{split}: {array} holds {x.dtype} pixels; give uint8 (0-255) or "
+                            "float pixels in [0, 1]")
+        log.warning("%s: %s holds uint8 pixels; scaled to [0, 1] (x / 255)", split, array)
+        return x.astype(np.float32) / 255.0
+    return x.astype(np.float32)
+
+
+PIXEL_SLACK = 1e-3  # float rounding of pixels scaled to [0, 1] elsewhere
+
+
+def check_pixel_range(x: np.ndarray, *, split: str, array: str) -> None:
+    """Images must lie in [0, 1] (the augmentation clips to it); vectors may lie anywhere."""
+    if x.ndim != 4 or not len(x):
+        return
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -PIXEL_SLACK or hi > 1 + PIXEL_SLACK:
+        hint = " (0-255 pixels: divide by 255, or save them as uint8)" if hi > 1.5 else ""
+        raise DataError(f"{split}: {array} holds pixel values in [{lo:g}, {hi:g}]; images "
+                        f"must lie in [0, 1]{hint}")
+
+
+def check_every_class(y: np.ndarray, num_classes: int, *, split: str) -> None:
+    """Every class must have examples in the pool: step 0 labels Q0/C images of each."""
+    counts = np.bincount(np.asarray(y, np.int64), minlength=num_classes)
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        raise DataError(f"{split}: no examples of class{'es' if len(empty) > 1 else ''} "
+                        f"{', '.join(map(str, empty[:10]))} (of {num_classes}); step 0 labels "
+                        "Q0/C images of every class")
 
 
 def validate_arrays(x: np.ndarray, y: np.ndarray, num_classes: int, *, split: str = "data") -> None:
@@ -129,7 +193,8 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, num_classes: int, *, split: st
             raise DataError(f"{split}: non-finite input value (NaN or inf) in example {bad}")
 
 
-def stratified_subset(y: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+def stratified_subset(y: np.ndarray, size: int, rng: np.random.Generator, *,
+                      field: str = "") -> np.ndarray:
     """Sorted indices of `size` examples drawn without replacement, classes kept in proportion.
 
     Class c gets floor(size * n_c / N) examples; the remaining slots go to the
@@ -137,7 +202,9 @@ def stratified_subset(y: np.ndarray, size: int, rng: np.random.Generator) -> np.
     """
     y = np.asarray(y)
     if size > len(y):
-        raise DataError(f"asked for a subset of {size} examples, but the split has {len(y)}")
+        where = f"config.{field}={size}: " if field else ""
+        raise DataError(f"{where}asked for a subset of {size} examples, but the split has "
+                        f"{len(y)}" + (f"; set {field} <= {len(y)} (0 = all)" if field else ""))
     classes, counts = np.unique(y, return_counts=True)
     quota = size * counts / len(y)
     take = np.floor(quota).astype(int)

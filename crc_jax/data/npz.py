@@ -1,8 +1,9 @@
 """Your own pool from a .npz file (dataset.name = "npz", dataset.data_dir = its path).
 
-The file holds x_train, y_train, x_test, y_test (inputs already scaled as the model
-expects: NHWC images or (N, D) vectors; integer labels) and num_classes; an optional
-boolean `flip` says whether horizontal flips preserve labels.
+The file holds x_train, y_train, x_test, y_test (NHWC images in [0, 1], or uint8 images
+that are scaled on loading, or (N, D) vectors; integer labels) and num_classes, an
+integer >= 2; an optional boolean `flip` says whether horizontal flips preserve labels.
+Arrays must be numeric: a pickled object array is refused, never unpickled.
 """
 
 from __future__ import annotations
@@ -31,15 +32,41 @@ def _open(path: str):
     return archive
 
 
+def _array(archive, path: str, key: str) -> np.ndarray:
+    try:
+        return archive[key]
+    except ValueError as err:  # an object array: np.load refuses to unpickle it
+        raise DataError(f"{path}: array {key} cannot be read without unpickling Python "
+                        f"objects ({err}); save it as a numeric array") from None
+    except (OSError, EOFError) as err:
+        raise DataError(f"{path}: array {key} is unreadable ({err})") from None
+
+
+def _scalar(archive, path: str, key: str) -> np.ndarray:
+    value = _array(archive, path, key)
+    if value.ndim != 0:
+        raise DataError(f"{path}: {key} must be a single value, got an array of shape "
+                        f"{value.shape}")
+    return value
+
+
 def num_classes(path: str) -> int:
-    return int(_open(path)["num_classes"])
+    value = _scalar(_open(path), path, "num_classes")
+    if not np.issubdtype(value.dtype, np.integer) or int(value) < 2:
+        raise DataError(f"{path}: num_classes must be an integer >= 2, got {value.item()!r}")
+    return int(value)
 
 
 def flip(path: str) -> bool:
     archive = _open(path)
-    return bool(archive["flip"]) if "flip" in archive.files else False
+    if "flip" not in archive.files:
+        return False
+    value = _scalar(archive, path, "flip")
+    if value.dtype != np.bool_:
+        raise DataError(f"{path}: flip must be True or False, got {value.item()!r}")
+    return bool(value)
 
 
 def load(path: str):
     archive = _open(path)
-    return tuple(archive[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    return tuple(_array(archive, path, k) for k in ("x_train", "y_train", "x_test", "y_test"))

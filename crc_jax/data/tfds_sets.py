@@ -11,8 +11,10 @@ TensorFlow 2.21. TensorFlow and TFDS are imported here, lazily.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 
 import numpy as np
 
@@ -26,9 +28,11 @@ _BATCH = 4096
 def load(tfds_name: str, data_dir: str = ""):
     """(x_train, y_train, x_test, y_test) of a TFDS image set; x float32 NHWC in [0, 1].
 
-    data_dir "" uses the TFDS default directory and downloads the set if needed; any
-    other directory must already hold the prepared set (else `DataError`).
+    data_dir "" uses the TFDS default directory and downloads the set if needed (a failed
+    download is a `DataError` saying how to prepare the set elsewhere); any other directory
+    must already hold the prepared set (else `DataError`).
     """
+    quiet_tensorflow()
     import tensorflow_datasets as tfds
 
     _hide_gpus_from_tensorflow()
@@ -39,10 +43,12 @@ def load(tfds_name: str, data_dir: str = ""):
             raise DataError(f"data_dir {data_dir!r} holds no prepared {tfds_name!r}; prepare "
                             f"it with `tfds build {tfds_name} --data_dir={data_dir}`, or use "
                             "data_dir='' to let TFDS download it")
+    builder = tfds.builder(tfds_name, data_dir=data_dir or None)
+    if not builder.is_prepared():
+        download_and_prepare(builder, tfds_name)
     out = []
     for split in ("train", "test"):
-        ds = tfds.load(tfds_name, split=split, data_dir=data_dir or None, download=not data_dir,
-                       as_supervised=True, shuffle_files=False)
+        ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
         xs, ys = [], []
         for images, labels in tfds.as_numpy(ds.batch(_BATCH)):
             xs.append(scale(images))
@@ -52,6 +58,22 @@ def load(tfds_name: str, data_dir: str = ""):
         out += [np.concatenate(xs), np.concatenate(ys)]
         log.info("loaded %s %s: %d images", tfds_name, split, len(out[-1]))
     return tuple(out)
+
+
+def download_and_prepare(builder, tfds_name: str) -> None:
+    """Run TFDS's download and preparation; a network failure becomes one `DataError` line.
+
+    Only network errors (OSError, which requests' and urllib's errors derive from) are
+    turned into the message; anything else, such as a missing module, propagates.
+    """
+    log.debug("preparing %s in %s (TFDS downloads it on first use)", tfds_name, builder.data_dir)
+    try:
+        builder.download_and_prepare()
+    except OSError as err:
+        raise DataError(  # the error type only: parallel downloads fail in any order
+            f"could not download {tfds_name!r} ({type(err).__name__}); on a "
+            f"machine with internet run `tfds build {tfds_name} --data_dir=DIR`, copy DIR here "
+            "and pass --config.dataset.data_dir=DIR") from None
 
 
 def scale(images: np.ndarray) -> np.ndarray:
@@ -67,3 +89,35 @@ def _hide_gpus_from_tensorflow():
         tf.config.set_visible_devices([], "GPU")
     except RuntimeError:  # TensorFlow already initialized its devices; nothing to do
         log.debug("TensorFlow devices already initialized; GPUs left visible to it")
+
+
+def quiet_tensorflow() -> None:
+    """Import TensorFlow without its C++ start-up messages (CUDA probing on machines without
+    a GPU, oneDNN notes), and hide accelerators from it: it only reads files here.
+
+    TF_CPP_MIN_LOG_LEVEL filters TensorFlow's logs once it runs, but the messages written
+    while it loads bypass it, so stderr (fd 2) goes to /dev/null during the import, unless
+    TF_CPP_MIN_LOG_LEVEL is set below 2 (to debug TensorFlow itself).
+    """
+    level = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules:
+        return
+    quiet = level.isdigit() and int(level) >= 2
+    with _stderr_to_devnull() if quiet else contextlib.nullcontext():
+        import tensorflow  # noqa: F401
+        import tensorflow_datasets  # noqa: F401
+
+        _hide_gpus_from_tensorflow()
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

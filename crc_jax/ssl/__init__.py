@@ -9,20 +9,9 @@ from crc_jax.ssl.base import ALGORITHMS, Algorithm
 
 __all__ = ["ALGORITHMS", "Algorithm", "create", "names"]
 
-# Algorithms planned but not implemented yet: config validation says "not available
-# yet" for these instead of "unknown". Every planned algorithm has landed.
-PLANNED: tuple = ()
-
 
 def _import_all():
-    import importlib
-
-    for module in ("supervised", "fixmatch", "mean_teacher", "pi_model"):
-        try:
-            importlib.import_module(f"crc_jax.ssl.{module}")
-        except ModuleNotFoundError as err:
-            if err.name != f"crc_jax.ssl.{module}":
-                raise
+    from crc_jax.ssl import fixmatch, mean_teacher, pi_model, supervised  # noqa: F401  (registration)
 
 
 def names() -> list[str]:

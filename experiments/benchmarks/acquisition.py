@@ -2,11 +2,15 @@
 
     python -m experiments.benchmarks.acquisition            # all three parts (~10 min on 2 CPU cores)
     python -m experiments.benchmarks.acquisition --part ntk
+    python -m experiments.benchmarks.acquisition --part hand_built
 
 1. scoring: CRC scores of a 20,000-image pool in groups of G = 10 against |L| = 500 with
    d = 128 penultimate features, against a direct implementation (per group: the
    (|L|+G)² trace NTK from per-sample last-layer Jacobians, then eigvalsh), timed on a
    subset of the groups. Goal: ≥ 20× the direct groups/s, scores equal to ~1e-4.
+1b. hand_built: the same scoring, end to end, for a Context built by hand without
+   features_fn (Φ derived from the dense head) next to one with features_fn, pool 4,500,
+   |L| = 500, G = 10, d = 128, against the direct implementation. Goal: ≥ 20× direct.
 2. ntk: `empirical_ntk(subset="all")` on a small CNN (64 images) against
    neural-tangents' JACOBIAN_CONTRACTION and NTK_VECTOR_PRODUCTS (all jitted,
    vmap_axes=0). Goal: at least as fast as the fastest, values equal after ×C.
@@ -19,6 +23,7 @@ Figures are recorded in experiments/benchmarks/RESULTS.md ("## Acquisition").
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -138,6 +143,30 @@ def bench_scoring(n_pool=20_000, n_labeled=500, group_size=10, direct_groups=20)
     }
 
 
+def bench_hand_built(n_pool=4_500, n_labeled=500, group_size=10, direct_groups=20):
+    """"last" scoring of a hand-built Context without features_fn (Φ derived from the dense
+    head) vs one with features_fn vs the direct implementation; whole `score_groups` calls."""
+    ctx = make_context(n_pool, n_labeled)
+    bare = dataclasses.replace(ctx, features_fn=None)
+    groups = crc_lib.random_groups(jax.random.PRNGKey(0), ctx.unlabeled, group_size)
+    rates, scores = {}, {}
+    for name, c in (("with features_fn", ctx), ("hand-built, no features_fn", bare)):
+        crc_lib.score_groups(c, groups[:8], backend="host")                  # compile
+        t = time.perf_counter()
+        scores[name] = crc_lib.score_groups(c, groups, backend="host")
+        rates[name] = len(groups) / (time.perf_counter() - t)
+    rank = crc_lib.gram_lib.build(ctx, groups[:1], backend="host").rank
+    direct_scores(ctx, groups[:2], rank)                                     # compile
+    t = time.perf_counter()
+    ref = direct_scores(ctx, groups[:direct_groups], rank)
+    rates["direct"] = direct_groups / (time.perf_counter() - t)
+    diffs = {name: float(np.max(np.abs(s[:direct_groups] - ref) / np.abs(ref)))
+             for name, s in scores.items()}
+    return {"setting": f"pool {n_pool}, |L| = {n_labeled}, G = {group_size}, d = 128, C = 10, "
+                       f"{len(groups)} groups, rank ρ = {rank}; end to end (features included)",
+            "groups_per_s": rates, "max_rel_diff_vs_direct": diffs}
+
+
 # --------------------------------------------------------------------------- 2. NTK
 
 class SmallCNN(nn.Module):
@@ -218,7 +247,8 @@ def machine() -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["all", "scoring", "ntk", "memory"], default="all")
+    parser.add_argument("--part", choices=["all", "scoring", "hand_built", "ntk", "memory"],
+                        default="all")
     parser.add_argument("--direct-groups", type=int, default=20,
                         help="groups the direct implementation is timed on")
     args = parser.parse_args()
@@ -235,6 +265,14 @@ def main():
               f"scores in [{r['score_range'][0]:.3g}, {r['score_range'][1]:.3g}]")
         for name, seconds in r["strategy_seconds"].items():
             print(f"  whole acquisition, {name:42s} {seconds:7.2f} s")
+    if args.part in ("all", "hand_built"):
+        r = bench_hand_built(direct_groups=args.direct_groups)
+        print(f"\n[hand_built] {r['setting']}")
+        direct = r["groups_per_s"]["direct"]
+        for name, rate in r["groups_per_s"].items():
+            diff = r["max_rel_diff_vs_direct"].get(name)
+            print(f"  {name:28s} {rate:10.1f} groups/s  ({rate / direct:6.1f}x direct)"
+                  + ("" if diff is None else f"  max rel. score diff vs direct {diff:.1e}"))
     if args.part in ("all", "ntk"):
         r = bench_ntk()
         print(f"\n[ntk] {r['setting']}")

@@ -76,6 +76,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.distributed.coordinator_address = ""  # "host:port" of process 0; "" = auto-detect (TPU pods)
     c.distributed.num_processes = 0         # 0 = auto-detect
     c.distributed.process_id = -1           # -1 = auto-detect
+    c.distributed.heartbeat_timeout = 100   # seconds; a peer silent this long ends the run
     return c
 
 

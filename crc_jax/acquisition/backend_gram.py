@@ -1,0 +1,81 @@
+"""What both CRC Grams share: the eigenvalue backend they run on, and the top-k choice.
+
+`top(rows, k)` returns the k best groups with one device-to-host transfer on the device
+backend; on the float32 device path (TPU, or backend="device_f32") it rescores the
+finalists that float32 error could promote in float64 on the host, so the chosen groups
+are those of the float64 reference (crc_jax.acquisition.device_spectra).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import jax
+import numpy as np
+
+from crc_jax.acquisition import device_spectra as dev
+
+log = logging.getLogger(__name__)
+
+
+class BackendGram:
+    """Backend bookkeeping and the choice of the top groups, shared by both Grams.
+
+    Subclasses provide `_host_scores(rows)` (float64 NumPy) and, on the device backend,
+    `_device_scores(rows)` -> (scores, traces) device arrays.
+    """
+
+    groups: np.ndarray
+
+    def _set_backend(self, backend: str) -> None:
+        self.backend = dev.resolve(backend)
+        self.dtype = dev.device_dtype(self.backend)
+
+    @property
+    def rank(self) -> Optional[int]:
+        r = self._rank
+        return None if r is None else int(r)
+
+    def describe(self) -> dict:
+        """What ran, for the journal: {"backend": ..., "dtype": ...} (no timings)."""
+        return {"backend": "host" if self.dtype is None else "device",
+                "dtype": "float64" if self.dtype is None else self.dtype}
+
+    def _rows(self, rows) -> np.ndarray:
+        return np.arange(len(self.groups)) if rows is None else np.asarray(rows)
+
+    def score(self, rows: Optional[np.ndarray] = None) -> np.ndarray:
+        """Scores of `rows` (default all groups) as float64 NumPy. On the float32 device
+        path these are the float32 prefilter scores; `top` rescores its finalists."""
+        rows = self._rows(rows)
+        if len(rows) == 0:
+            return np.zeros(0)
+        if self.dtype is None:
+            return self._host_scores(rows)
+        with dev.x64(self.dtype):
+            return np.asarray(self._device_scores(rows)[0], dtype=np.float64)[:len(rows)]
+
+    def top(self, rows: Optional[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(the k best rows, their scores, the scores of all `rows`), best first, ties to the
+        earlier row; one device-to-host transfer on the device backend."""
+        rows = self._rows(rows)
+        if self.dtype is None:
+            scores = self._host_scores(rows)
+            pick = np.argsort(-scores, kind="stable")[:k]
+        elif self.dtype == "float64":
+            with dev.x64(self.dtype):
+                s, _ = self._device_scores(rows)
+                pick, scores = jax.device_get((dev.top_rows(s, k=k), s))
+            scores = np.asarray(scores, dtype=np.float64)[:len(rows)]
+        else:
+            s, traces = self._device_scores(rows)
+            keep = dev.finalists(s, traces, self._rel_error(), k=k)
+            scores, keep = jax.device_get((s, keep))
+            scores = np.asarray(scores, dtype=np.float64)[:len(rows)]
+            fin = np.flatnonzero(keep[:len(rows)])
+            scores[fin] = self._host_scores(rows[fin])
+            pick = fin[np.argsort(-scores[fin], kind="stable")[:k]]
+            log.debug("float32 prefilter: %d of %d groups rescored in float64", len(fin), len(rows))
+        pick = np.asarray(pick)
+        return rows[pick], scores[pick], scores

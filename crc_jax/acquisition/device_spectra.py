@@ -1,0 +1,197 @@
+"""λ⁺min of many small symmetric matrices on the accelerator: jitted, batched eigvalsh.
+
+The device twin of `spectra` (host NumPy/LAPACK). The (d+1)² feature-side matrices
+Z_BᵀZ_B + Z_gᵀZ_g, the (|B|+G)² bordered kernel-side ones and the Jacobian-side ones are
+assembled and decomposed on the device, a fixed-size chunk of groups per jitted call
+(one compile; the chunk bounded by the device's memory), and the scores stay on the device
+until the caller has chosen its groups: one transfer per acquisition.
+
+Precision. Where the device computes float64 (CPU, GPU) everything runs in float64 inside
+`jax.enable_x64`, as the host backend does. A TPU has no float64: its float32 scores are a
+prefilter. `finalists` keeps every group that float32 error could lift above the cut (the
+bound is `rel_error(side)·trace(M)`, a generous multiple of the eigenvalue perturbation
+bound n·ε₃₂·‖M‖₂) and at least the top 4·k, and the caller rescores those on the host in
+float64, so the chosen groups are those of the float64 reference.
+
+Backends: "host" (spectra), "device" (float64 where supported, else the float32 prefilter),
+"device_f32" (the prefilter forced: what a TPU runs, testable on any machine), "auto"
+(host on a CPU, device on a GPU/TPU).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from crc_jax import ntk
+
+BACKENDS = ("auto", "host", "device", "device_f32")
+CHUNK_BYTES_MAX = 1 << 30          # matrices of one chunk, before eigvalsh's workspace
+CHUNK_BYTES_UNKNOWN = 1 << 26      # where the device reports no memory size (a CPU)
+WORKSPACE_FACTOR = 4               # eigvalsh holds a few copies of its input
+FINALIST_FACTOR = 4                # rescore at least the top 4·k groups on the host
+HIGHEST = ntk.HIGHEST
+
+
+def check_backend(backend) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"crc backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+
+
+def resolve(backend: str, platform: Optional[str] = None) -> str:
+    """"auto" -> "host" on a CPU, "device" on a GPU/TPU; other names unchanged."""
+    check_backend(backend)
+    if backend != "auto":
+        return backend
+    platform = jax.default_backend() if platform is None else platform
+    return "host" if platform == "cpu" else "device"
+
+
+def supports_float64(platform: Optional[str] = None) -> bool:
+    """Whether the device computes float64 natively (a TPU does not)."""
+    platform = jax.default_backend() if platform is None else platform
+    return platform != "tpu"
+
+
+def device_dtype(backend: str) -> Optional[str]:
+    """The dtype a resolved backend decomposes in: None (host), "float64" or "float32"."""
+    if backend == "host":
+        return None
+    if backend == "device_f32" or not supports_float64():
+        return "float32"
+    return "float64"
+
+
+def x64(dtype: Optional[str]):
+    """The context the device work of `dtype` runs in (float64 needs jax.enable_x64)."""
+    return jax.enable_x64(dtype == "float64")
+
+
+def device_bytes_limit() -> Optional[int]:
+    """The default device's memory in bytes, when it reports one (GPU/TPU; not CPU)."""
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001 -- backends without memory stats raise various errors
+        return None
+    return None if not stats else stats.get("bytes_limit")
+
+
+def rows_per_chunk(side: int, n_rows: int, itemsize: int = 8) -> int:
+    """Matrices per jitted call: bounded by CHUNK_BYTES_MAX and 1/16 of device memory
+    (CHUNK_BYTES_UNKNOWN where the device does not say), a power of two (few compiles) no
+    larger than needed for `n_rows`."""
+    limit = device_bytes_limit()
+    budget = min(CHUNK_BYTES_MAX, limit // 16) if limit else CHUNK_BYTES_UNKNOWN
+    fit = max(1, budget // (WORKSPACE_FACTOR * itemsize * side * side))
+    want = 1 << max(0, int(np.ceil(np.log2(max(1, n_rows)))))
+    return int(max(1, min(want, 1 << int(np.floor(np.log2(fit))))))
+
+
+def rel_error(side: int, group_size: int) -> float:
+    """Bound on |λ₃₂ − λ| / trace(M) for float32 assembly and eigvalsh of a PSD matrix."""
+    return 4.0 * (side + group_size) * ntk.FLOAT32_EPS
+
+
+# --------------------------------------------------------------------------- matrices
+
+def _rth(m, idx):
+    """idx-th smallest eigenvalue of each (b, n, n) symmetric matrix (idx = n − r)."""
+    ev = jnp.linalg.eigvalsh(m, symmetrize_input=False)
+    return jax.lax.dynamic_index_in_dim(ev, idx, axis=1, keepdims=False)
+
+
+def _trace(m):
+    return jnp.trace(m, axis1=1, axis2=2)
+
+
+def _bordered(k_bb, k_gb, k_gg):
+    """[[K_BB, K_Bg], [K_gB, K_gg]] (full, symmetric) for k_gb (b, G, nB), k_gg (b, G, G)."""
+    b = k_gb.shape[0]
+    top = jnp.concatenate([jnp.broadcast_to(k_bb, (b, *k_bb.shape)), jnp.swapaxes(k_gb, 1, 2)], 2)
+    return jnp.concatenate([top, jnp.concatenate([k_gb, k_gg], axis=2)], axis=1)
+
+
+@jax.jit
+def feature_side(z, gram_base, groups, idx):
+    """(scores, traces) of Z_BᵀZ_B + Z_gᵀZ_g for a chunk of groups (b, G) of rows of z."""
+    zg = z[groups]
+    m = gram_base[None] + jnp.einsum("bgi,bgj->bij", zg, zg, precision=HIGHEST)
+    return _rth(m, idx), _trace(m)
+
+
+@jax.jit
+def kernel_side(z, z_b, k_bb, groups, idx):
+    """(scores, traces) of the bordered Z_S Z_Sᵀ, S = B ∪ g, for a chunk of groups (b, G)."""
+    zg = z[groups]
+    k_gb = jnp.einsum("bgd,nd->bgn", zg, z_b, precision=HIGHEST)
+    k_gg = jnp.einsum("bgd,bhd->bgh", zg, zg, precision=HIGHEST)
+    m = _bordered(k_bb, k_gb, k_gg)
+    return _rth(m, idx), _trace(m)
+
+
+@jax.jit
+def jacobian_side(k_bb, k_bc, k_gg, rows, idx):
+    """(scores, traces) of the bordered trace NTK for a chunk of group rows, from
+    K̃(B, B), K̃(B, candidates) (nB, n_groups·G) and within-group blocks (n_groups, G, G)."""
+    g = k_gg.shape[1]
+    pos = rows[:, None] * g + jnp.arange(g)
+    k_gb = jnp.moveaxis(k_bc[:, pos], 0, 2)
+    m = _bordered(k_bb, k_gb, k_gg[rows])
+    return _rth(m, idx), _trace(m)
+
+
+@partial(jax.jit, static_argnames=("bias",))
+def gram_of(phi, *, bias: bool):
+    """(Z, ZᵀZ) with Z = [Φ, 1] (Φ without bias), in the dtype of phi."""
+    z = jnp.concatenate([phi, jnp.ones((phi.shape[0], 1), phi.dtype)], axis=1) if bias else phi
+    return z, jnp.matmul(z.T, z, precision=HIGHEST)
+
+
+@jax.jit
+def rank_from_gram(gram, rtol):
+    """ntk.feature_rank's count on the device: eigenvalues of ZᵀZ above rtol²·λmax."""
+    ev = jnp.linalg.eigvalsh(gram)
+    return jnp.where(ev[-1] > 0, jnp.sum(ev > rtol ** 2 * ev[-1]), 0)
+
+
+def score_chunks(kernel, args: tuple, rows: np.ndarray, per_chunk: int, idx):
+    """kernel(*args, chunk_rows, idx) over fixed-size chunks of `rows` (the last padded with
+    rows[0]): (scores, traces), device arrays padded to a whole number of chunks, the
+    padding's scores -inf. Padded lengths change rarely, so the sequential variants (one
+    row fewer each round) reuse compiled code. No host synchronization."""
+    rows = np.asarray(rows)
+    n = len(rows)
+    padded = np.concatenate([rows, np.repeat(rows[:1], -n % per_chunk, axis=0)])
+    chunks = jnp.asarray(padded.reshape(-1, per_chunk, *rows.shape[1:]))
+    outs = [kernel(*args, chunks[i], idx) for i in range(chunks.shape[0])]
+    return _masked(jnp.concatenate([o[0] for o in outs]), n), jnp.concatenate([o[1] for o in outs])
+
+
+@jax.jit
+def _masked(scores, n):
+    return jnp.where(jnp.arange(scores.shape[0]) < n, scores, -jnp.inf)
+
+
+# --------------------------------------------------------------------------- selection
+
+@partial(jax.jit, static_argnames=("k",))
+def top_rows(scores, *, k: int):
+    """Positions of the k highest scores, ties to the earlier position (as crc.top_groups)."""
+    return jnp.argsort(-scores, stable=True)[:k]
+
+
+@partial(jax.jit, static_argnames=("k",))
+def finalists(scores, traces, rel, *, k: int):
+    """Mask of the groups whose float64 score could be among the top k given float32
+    scores: the top FINALIST_FACTOR·k, and every group whose score plus its error bound
+    reaches the cut (the k-th score) minus the largest error bound of the top k."""
+    err = rel * jnp.abs(traces)
+    order = jnp.argsort(-scores, stable=True)
+    cut = scores[order[k - 1]]
+    keep = scores + err >= cut - jnp.max(err[order[:k]])
+    top = jnp.zeros(scores.shape, bool).at[order[:FINALIST_FACTOR * k]].set(True)
+    return keep | top

@@ -1,0 +1,244 @@
+"""`crc-jax`: label your own images. A thin layer over crc_jax.project.Project.
+
+    crc-jax init DIR --images PATH [--labels FILE.csv] [--classes a,b,c] [--image-size 32]
+    crc-jax next DIR --budget N [--strategy crc] [--ssl fixmatch] [--cold-start crc|random]
+    crc-jax label DIR [--port 8765]
+    crc-jax status DIR | predict DIR [--out FILE] | export DIR --format csv|label-studio --out FILE
+    crc-jax import DIR FILE
+
+A bad value ends with one line, `error: ...`, and exit status 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("crc_jax.cli")
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse would print the usage first)
+        raise UsageError(message)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> Parser:
+    from crc_jax.project.settings import COLD_STARTS, SSL_NAMES, RoundSettings
+
+    d = RoundSettings()
+    p = Parser(prog="crc-jax", description="Label your own images with active semi-supervised "
+                                           "learning (CRC).")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    s = sub.add_parser("init", help="scan a folder of images into a new project directory")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--images", type=Path, required=True, help="folder tree of images")
+    s.add_argument("--labels", type=Path, help="CSV with header path,label (or Label Studio JSON)")
+    s.add_argument("--classes", help="class names, comma-separated")
+    s.add_argument("--image-size", type=positive_int, default=32, help="side in pixels (32)")
+
+    def round_options(s):
+        s.add_argument("--strategy", default=d.strategy, help="acquisition strategy (crc)")
+        s.add_argument("--ssl", default=d.ssl, choices=SSL_NAMES)
+        s.add_argument("--cold-start", default=d.cold_start, choices=COLD_STARTS,
+                       help="first batch without labels: CRC on a random model, or random")
+        s.add_argument("--model", default=d.model)
+        s.add_argument("--width", type=positive_int, default=d.width)
+        s.add_argument("--epochs", type=positive_int, default=d.epochs)
+        s.add_argument("--steps-per-epoch", type=positive_int, default=d.steps_per_epoch)
+        s.add_argument("--no-flip", action="store_true", help="no horizontal flips (text, digits)")
+        s.add_argument("--seed", type=int, default=d.seed)
+
+    s = sub.add_parser("next", help="train, pick the next images to label, write queue.csv")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--budget", type=positive_int, required=True)
+    round_options(s)
+
+    s = sub.add_parser("label", help="serve the labeling page on 127.0.0.1")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    s.add_argument("--budget", type=positive_int, default=20, help="images per round started from the page")
+    round_options(s)
+
+    s = sub.add_parser("status", help="labels per class, rounds, accuracy estimate, learning curve")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("predict", help="CSV of predictions for every image (latest model)")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--out", type=Path, help="CSV to write (default DIR/predictions.csv)")
+
+    s = sub.add_parser("export", help="write the labels as CSV (path,label) or Label Studio JSON")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--format", choices=("csv", "label-studio"), default="csv")
+    s.add_argument("--out", type=Path, required=True)
+
+    s = sub.add_parser("import", help="add labels from a CSV (path,label) or a Label Studio export")
+    s.add_argument("dir", type=Path)
+    s.add_argument("file", type=Path)
+    return p
+
+
+def settings_from(args):
+    from crc_jax.project.settings import RoundSettings
+
+    settings = RoundSettings(strategy=args.strategy, ssl=args.ssl, cold_start=args.cold_start,
+                             model=args.model, width=args.width, epochs=args.epochs,
+                             steps_per_epoch=args.steps_per_epoch, flip=not args.no_flip,
+                             seed=args.seed)
+    try:
+        settings.check()
+    except ValueError as err:
+        raise UsageError(f"--{str(err).replace('_', '-')}") from None
+    return settings
+
+
+def cmd_init(args):
+    from crc_jax.project import Project
+
+    classes = [c for c in args.classes.split(",")] if args.classes else None
+    project, result = Project.create(args.dir, args.images, image_size=args.image_size,
+                                     classes=classes, labels_csv=args.labels)
+    for path, reason in result.skipped:
+        print(f"skipped {path}: {reason}")
+    for path, kept in result.duplicates:
+        print(f"duplicate {path}: same bytes as {kept} (kept out)")
+    print(f"{args.dir}: {len(project)} images at {args.image_size}x{args.image_size}, "
+          f"{len(result.duplicates)} exact duplicates kept out, {len(result.skipped)} unreadable "
+          f"skipped; classes: {', '.join(project.classes) or '(none yet)'}; "
+          f"{len(project.labels())} labels")
+
+
+def cmd_next(args):
+    from crc_jax.project import Project
+
+    settings = settings_from(args)
+    project = Project.open(args.dir)
+    ids = project.next_batch(args.budget, settings)
+    rows = project.queue()
+    print(f"{len(ids)} images queued in {args.dir / 'queue.csv'}"
+          f"{' (cold start: no model yet)' if project.rounds()[-1]['cold_start'] else ''}")
+    print(f"{'id':>6}  {'predicted':<12} {'conf':>5}  path")
+    for row in rows[:10]:
+        print(f"{row['id']:>6}  {row['predicted'] or '-':<12} {row['confidence'] or '-':>5}  {row['path']}")
+    if len(rows) > 10:
+        print(f"   ... {len(rows) - 10} more; label them with: crc-jax label {args.dir}")
+
+
+def cmd_label(args):
+    from crc_jax.project import Project
+    from crc_jax.project.server import make_server
+
+    settings = settings_from(args)
+    project = Project.open(args.dir)
+    if not project.classes:
+        raise UsageError(f"{args.dir} has no classes yet: give --classes to init, or import labels")
+    server = make_server(project, host=args.host, port=args.port, settings=settings,
+                         budget=args.budget)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"labeling page: http://{host}:{server.port}/  (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+def cmd_status(args):
+    from crc_jax.project import Project
+
+    st = Project.open(args.dir).status()
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return
+    print(f"{st['images']} images, {st['labeled']} labeled, {st['skipped']} skipped, "
+          f"{st['rounds']} rounds, queue {st['queued'] - st['pending']}/{st['queued']} answered")
+    for name, count in st["labels_per_class"].items():
+        print(f"  {name:<16} {count}")
+    acc = st["accuracy"]
+    if acc:
+        print(f"accuracy estimate (round {acc['round']}, on {acc['checked']} queued images labeled "
+              f"after it predicted them): {acc['accuracy']:.3f} (95% CI {acc['low']:.3f}-{acc['high']:.3f})")
+        print(f"learning curve: {st['learning_curve']}")
+    else:
+        print("accuracy estimate: none yet (it needs a trained round whose queue was labeled)")
+
+
+def cmd_predict(args):
+    from crc_jax.project import Project, store
+
+    project = Project.open(args.dir)
+    out = args.out or project.dir / "predictions.csv"
+    if args.out is not None and out.exists():
+        raise UsageError(f"--out {out}: already exists; choose a new file")
+    rows = project.predict()
+    fields = ["id", "path", "predicted", "confidence", "label"]
+    store.write_atomic(out, store.csv_bytes(fields, [[r[f] for f in fields] for r in rows]))
+    print(f"{len(rows)} predictions written to {out}")
+
+
+def cmd_export(args):
+    from crc_jax.project import Project, exchange
+
+    n = exchange.export(Project.open(args.dir), args.out, args.format)
+    print(f"{n} labels written to {args.out} ({args.format})")
+
+
+def cmd_import(args):
+    from crc_jax.project import Project
+
+    project = Project.open(args.dir)
+    before = len(project.labels())
+    added = project.import_file(args.file)
+    print(f"{added} new answers imported ({before} -> {len(project.labels())} labeled)")
+
+
+COMMANDS = {"init": cmd_init, "next": cmd_next, "label": cmd_label, "status": cmd_status,
+            "predict": cmd_predict, "export": cmd_export, "import": cmd_import}
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    for noisy in ("jax", "absl", "werkzeug", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from crc_jax.errors import DataError, RunDirError
+    from crc_jax.project.labels_log import LabelConflict
+
+    try:
+        args = build_parser().parse_args(argv)
+        COMMANDS[args.command](args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (DataError, LabelConflict, RunDirError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # a budget the pool cannot meet, a bad strategy option
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

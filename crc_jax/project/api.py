@@ -1,0 +1,306 @@
+"""The practitioner's loop as a Python API: a project directory, its labels, its rounds.
+
+    project = Project.create("proj", images="photos/", classes=["cat", "dog"])
+    ids = project.next_batch(50)                 # trains, picks, writes queue.csv; labels nothing
+    project.add_labels({ids[0]: "cat", ...})     # appended to the labels log, fsynced
+    project.status(); project.predict()
+
+The CLI (crc_jax.cli) and the labeling page (crc_jax.project.server) are thin layers
+over this class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from crc_jax import faults, journal
+from crc_jax.project import labels_log, store
+from crc_jax.project.scan import ScanResult, scan
+from crc_jax.project.settings import RoundSettings
+from crc_jax.project.store import ProjectError
+
+log = logging.getLogger(__name__)
+
+QUEUE_FIELDS = ["id", "path", "predicted", "confidence"]
+
+
+class Project:
+    """A labeling project directory (see crc_jax.project.store for its files)."""
+
+    def __init__(self, directory: os.PathLike):
+        self.dir = Path(directory)
+        self.meta = store.read_meta(self.dir)
+        self.paths, self.hashes = store.read_index(self.dir)
+        self._id_of = {p: i for i, p in enumerate(self.paths)}
+        self.log = labels_log.LabelsLog(self.dir / "labels.jsonl")
+        self.rounds_journal = journal.Journal(self.dir / "rounds.jsonl")
+
+    # -- creating and opening ------------------------------------------------------------
+    @classmethod
+    def create(cls, directory: os.PathLike, images: os.PathLike, *, image_size: int = 32,
+               classes: Optional[list] = None, labels_csv: Optional[os.PathLike] = None,
+               progress: bool = True) -> tuple["Project", ScanResult]:
+        """Scan `images`, store the pool in `directory`; optional classes and a labels CSV."""
+        directory, images = Path(directory), Path(images)
+        if not images.is_dir():
+            raise ProjectError(f"--images {images}: not a folder")
+        if not 8 <= int(image_size) <= 512:
+            raise ProjectError(f"--image-size: must be between 8 and 512, got {image_size}")
+        classes = store.check_class_names(classes) if classes else []
+        if (directory / store.PROJECT_FILE).exists():
+            store.prepare_dir(directory)  # raises: already a project
+        labels_rows = None
+        if labels_csv is not None:
+            from crc_jax.project import exchange
+            labels_rows = exchange.read_labels_file(Path(labels_csv))
+        result = scan(images, int(image_size), progress=progress)
+        if not result.paths:
+            raise ProjectError(f"--images {images}: no readable images found "
+                               f"({len(result.skipped)} unreadable)")
+        if labels_rows is not None:  # checked against the scan before anything is written
+            from crc_jax.project import exchange
+            classes = classes or sorted({label for _, label in labels_rows})
+            exchange.resolve_rows(exchange.PathIndex(result.paths, classes), labels_rows)
+        store.prepare_dir(directory)
+        store.write_pool(directory, result.images, result.paths, result.hashes)
+        meta = {"format": store.FORMAT_VERSION, "images": str(images.resolve()),
+                "image_size": int(image_size), "classes": classes,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        store.finish_init(directory, meta)
+        project = cls(directory)
+        if labels_rows is not None:
+            project.import_rows(labels_rows, source=f"init:{Path(labels_csv).name}")
+        return project, result
+
+    @classmethod
+    def open(cls, directory: os.PathLike) -> "Project":
+        return cls(directory)
+
+    # -- what is stored ------------------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def images_root(self) -> Path:
+        return Path(self.meta["images"])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def pool(self) -> np.ndarray:
+        return store.load_pool(self.dir)
+
+    def id_of(self, path: str) -> int:
+        if path not in self._id_of:
+            raise ProjectError(f"{path!r} is not an image of this project")
+        return self._id_of[path]
+
+    def set_classes(self, names: list) -> None:
+        """Name the classes once (the first labels given); later changes are refused."""
+        names = store.check_class_names(names)
+        if self.classes and names != self.classes:
+            raise ProjectError(f"the project's classes are already {', '.join(self.classes)}")
+        self.meta["classes"] = names
+        store.write_meta(self.dir, self.meta)
+
+    # -- labels --------------------------------------------------------------------------
+    def answers(self) -> dict:
+        """{id: class name, or None when skipped}."""
+        return self.log.answers()
+
+    def labels(self) -> dict:
+        """{id: class name} of every labeled image."""
+        return self.log.labels()
+
+    def _check_ids(self, ids) -> None:
+        bad = [i for i in ids if not (isinstance(i, (int, np.integer)) and 0 <= i < len(self))]
+        if bad:
+            raise ProjectError(f"unknown image ids: {', '.join(map(str, bad[:5]))}"
+                               f"{' ...' if len(bad) > 5 else ''} (ids run 0..{len(self) - 1})")
+
+    def _check_queued(self, ids) -> None:
+        queued = set(self.queue_ids())
+        outside = [i for i in ids if i not in queued]
+        if outside:
+            raise ProjectError(f"image {outside[0]} ({self.paths[outside[0]]}) is not in the "
+                               "queue; only queued images take answers here (use import)")
+
+    def add_labels(self, labels: dict, *, source: str = "api", queued_only: bool = True) -> int:
+        """Save {id: class name} (checked as a whole, then appended); returns how many were new.
+
+        Unknown ids or classes, an id outside the queue (unless queued_only=False) and an
+        answer that contradicts a saved one are refused before anything is written.
+        """
+        ids = list(labels)
+        self._check_ids(ids)
+        unknown = sorted({str(c) for c in labels.values()} - set(self.classes))
+        if unknown and self.classes:
+            raise ProjectError(f"unknown class {unknown[0]!r}; the classes are "
+                               f"{', '.join(self.classes)}")
+        if queued_only:
+            self._check_queued(ids)
+        if unknown:  # the first labels given name the classes
+            self.set_classes(unknown)
+        events = [{"op": "label", "id": int(i), "label": str(c), "source": source}
+                  for i, c in labels.items()]
+        return len(self.log.record(events))
+
+    def skip(self, image_id: int, *, source: str = "api") -> int:
+        """Mark an image unsure: it leaves the queue and later rounds do not pick it."""
+        self._check_ids([image_id])
+        self._check_queued([image_id])
+        return len(self.log.record([{"op": "skip", "id": int(image_id), "source": source}]))
+
+    def undo(self, image_id: int, *, source: str = "api") -> int:
+        """Forget the answer for an image (it returns to the queue if it was queued)."""
+        self._check_ids([image_id])
+        return len(self.log.record([{"op": "undo", "id": int(image_id), "source": source}]))
+
+    def import_rows(self, rows: list, *, source: str) -> int:
+        """Labels given as (path, class name) pairs, e.g. from a CSV or Label Studio."""
+        from crc_jax.project import exchange
+        index = exchange.PathIndex(self.paths, self.classes)
+        return self.add_labels(exchange.resolve_rows(index, rows), source=source,
+                               queued_only=False)
+
+    def import_file(self, path: os.PathLike) -> int:
+        from crc_jax.project import exchange
+        path = Path(path)
+        return self.import_rows(exchange.read_labels_file(path), source=f"import:{path.name}")
+
+    # -- rounds --------------------------------------------------------------------------
+    def rounds(self) -> list[dict]:
+        """Completed rounds. Only reads: a torn last line (a crash mid-append, or an append
+        in progress in another process) is ignored here and cut off by the next round."""
+        path = self.rounds_journal.path
+        if not path.exists():
+            return []
+        entries = []
+        for number, line in enumerate(path.read_bytes().split(b"\n")[:-1], start=1):
+            try:
+                entries.append(journal.decode(line.decode()))
+            except (ValueError, UnicodeDecodeError) as err:
+                raise ProjectError(f"{path}: line {number} is corrupt ({err})") from None
+        return entries
+
+    def queue(self) -> list[dict]:
+        """The rows of queue.csv (id, path, predicted, confidence), in the order picked."""
+        path = self.dir / "queue.csv"
+        return store.read_csv(path) if path.exists() else []
+
+    def queue_ids(self) -> list[int]:
+        return [int(r["id"]) for r in self.queue()]
+
+    def pending(self) -> list[int]:
+        """Queued ids without an answer yet, in queue order."""
+        answered = self.answers()
+        return [i for i in self.queue_ids() if i not in answered]
+
+    def next_batch(self, n: int, settings: RoundSettings = RoundSettings()) -> list[int]:
+        """Train on the labels so far plus the unlabeled pool, pick `n` ids, write queue.csv.
+
+        Labels nothing. One round runs at a time per project (another is refused). A
+        crash anywhere leaves the labels untouched; rerunning redoes the round exactly.
+        """
+        from crc_jax.project import rounds
+
+        settings.check()
+        with store.round_lock(self.dir):
+            started = time.time()
+            answers = self.answers()
+            labels = {i: c for i, c in answers.items() if c is not None}
+            labeled = np.array(sorted(labels), dtype=np.int64)
+            y = np.array([self.classes.index(labels[i]) for i in labeled], dtype=np.int32)
+            candidates = np.array([i for i in range(len(self)) if i not in answers], np.int64)
+            index = len(self.rounds_journal.read())  # the one writer: cuts a torn line
+            result = rounds.run_round(settings, pool=self.pool(), labeled=labeled, labels=y,
+                                      candidates=candidates, num_classes=len(self.classes),
+                                      budget=int(n), round_index=index)
+            faults.maybe_kill("project_save")
+            model_file = self._save_model(index, result.variables)
+            self._write_queue(result)
+            entry = {"step": index, "cold_start": result.cold_start, "strategy": result.strategy,
+                     "settings": dataclasses.asdict(settings), "classes": self.classes,
+                     "num_labeled": int(len(labeled)),
+                     "labeled_sha256": hashlib.sha256(labeled.tobytes()).hexdigest()[:16],
+                     "queue": result.picked.tolist(), "model": model_file,
+                     "predicted": self._predicted(result, result.picked),
+                     "seconds": round(time.time() - started, 2)}
+            self.rounds_journal.append(entry)
+            return result.picked.tolist()
+
+    def _predicted(self, result, ids) -> Optional[list]:
+        if result.probs is None:
+            return None
+        return [int(np.argmax(result.probs[i])) for i in ids]
+
+    def _save_model(self, index: int, variables) -> Optional[str]:
+        if variables is None:
+            return None
+        from flax import serialization
+
+        (self.dir / "models").mkdir(exist_ok=True)
+        name = f"models/round_{index}.msgpack"
+        store.write_atomic(self.dir / name, serialization.to_bytes(variables))
+        return name
+
+    def _write_queue(self, result) -> None:
+        rows = []
+        for i in result.picked.tolist():
+            if result.probs is None:
+                rows.append([i, self.paths[i], "", ""])
+            else:
+                k = int(np.argmax(result.probs[i]))
+                rows.append([i, self.paths[i], self.classes[k], f"{result.probs[i, k]:.4f}"])
+        store.write_atomic(self.dir / "queue.csv", store.csv_bytes(QUEUE_FIELDS, rows))
+
+    # -- the trained model -----------------------------------------------------------------
+    def latest_model(self):
+        """(rounds.Trainer, variables, rounds entry) of the last round that trained, or None."""
+        from flax import serialization
+
+        from crc_jax.project import rounds
+
+        trained = [e for e in self.rounds() if e.get("model")]
+        if not trained:
+            return None
+        entry = trained[-1]
+        settings = RoundSettings(**entry["settings"])
+        trainer = rounds.trainer(settings, len(entry["classes"]), "supervised")
+        template = trainer.init_variables(rounds.images_as_float(self.pool()[:1]),
+                                          rounds.round_key(0, 0))
+        raw = (self.dir / entry["model"]).read_bytes()
+        return trainer, serialization.from_bytes(template, raw), entry
+
+    def predict(self) -> list[dict]:
+        """id, path, predicted class, confidence and the label (if any) of every image."""
+        from crc_jax.project import rounds
+
+        latest = self.latest_model()
+        if latest is None:
+            raise ProjectError(f"{self.dir}: no trained model yet; label the first batch and "
+                               "run crc-jax next")
+        trainer, variables, entry = latest
+        probs = trainer.probs(variables, rounds.images_as_float(self.pool()))
+        labels = self.labels()
+        classes = entry["classes"]
+        return [{"id": i, "path": p, "predicted": classes[int(np.argmax(probs[i]))],
+                 "confidence": f"{float(np.max(probs[i])):.4f}", "label": labels.get(i, "")}
+                for i, p in enumerate(self.paths)]
+
+    def status(self) -> dict:
+        from crc_jax.project import report
+        return report.status(self)
+
+    def meta_json(self) -> str:
+        return json.dumps(self.meta, indent=2, sort_keys=True)

@@ -1,0 +1,166 @@
+"""The labels log: every answer an annotator gives, appended whole, fsynced, never rewritten.
+
+One JSON line per event, checksummed as the run journal's lines are (crc_jax.journal):
+    {"seq": n, "op": "label", "id": 17, "label": "cat", "source": "page", "time": ...}
+    {"seq": n, "op": "skip",  "id": 17, ...}        unsure: kept out of later queues
+    {"seq": n, "op": "undo",  "id": 17, ...}        forget the answer for image 17
+The current labels are the log replayed. Writers (the labeling page's threads, `import`,
+the Python API, another process) take an exclusive `flock` around read-check-append, so
+two tabs answering one image cannot both be written: the second gets a `LabelConflict`
+unless it gives the same answer, which is then a no-op (nothing is doubled). A torn last
+line (a crash mid-append) is ignored on reading and cut off by the next writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from crc_jax import faults, journal
+
+log = logging.getLogger(__name__)
+
+OPS = ("label", "skip", "undo")
+
+
+class LabelConflict(ValueError):
+    """An answer that contradicts one already saved (another tab, another process)."""
+
+
+class LabelsLog:
+    """Append-only labels log at `path`; state() gives {id: label or None (skipped)}."""
+
+    def __init__(self, path: os.PathLike):
+        self.path = Path(path)
+        self._offset = 0
+        self._answers: dict[int, object] = {}  # id -> class name, or None when skipped
+        self._events: list[dict] = []
+        self._mutex = threading.RLock()  # threads of one process share this object
+
+    # -- reading -------------------------------------------------------------------------
+    def _catch_up(self, *, repair: bool) -> None:
+        """Read the bytes appended since the last read (by us or another process)."""
+        with self._mutex:
+            if self.path.exists():
+                self._read_new(repair=repair)
+
+    def _read_new(self, *, repair: bool) -> None:
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            raw = f.read()
+        lines = raw.split(b"\n")
+        for number, line in enumerate(lines[:-1]):
+            try:
+                event = journal.decode(line.decode())
+            except (ValueError, UnicodeDecodeError) as err:
+                raise ValueError(f"{self.path}: a line near byte {self._offset} is corrupt "
+                                 f"({err}); the log was left untouched") from None
+            self._apply(event)
+            self._offset += len(line) + 1
+        if lines[-1] and repair:
+            log.warning("%s: cutting a torn last line (%d bytes) left by a crash",
+                        self.path, len(lines[-1]))
+            with open(self.path, "r+b") as f:
+                f.truncate(self._offset)
+                os.fsync(f.fileno())
+
+    def _apply(self, event: dict) -> None:
+        self._events.append(event)
+        op, image = event["op"], int(event["id"])
+        if op == "label":
+            self._answers[image] = event["label"]
+        elif op == "skip":
+            self._answers[image] = None
+        elif op == "undo":
+            self._answers.pop(image, None)
+
+    def refresh(self) -> None:
+        self._catch_up(repair=False)
+
+    def answers(self) -> dict:
+        """{id: class name, or None for skipped}: the log replayed."""
+        self.refresh()
+        return dict(self._answers)
+
+    def labels(self) -> dict:
+        """{id: class name} of labeled images (skips left out)."""
+        return {k: v for k, v in self.answers().items() if v is not None}
+
+    def events(self) -> list[dict]:
+        self.refresh()
+        return list(self._events)
+
+    # -- writing -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self):
+        """Exclusive across threads and processes; yields with the state up to date."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._catch_up(repair=True)
+            yield self
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _append(self, events: list[dict]) -> None:
+        """Write events (inside `locked`), fsync, then apply them."""
+        seq = len(self._events)
+        lines = []
+        for i, event in enumerate(events):
+            lines.append(journal.encode({"seq": seq + i, "time": round(time.time(), 3), **event}))
+        data = "".join(lines).encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if faults.armed("labels_append"):  # a crash halfway through the write
+                os.write(fd, data[:len(data) // 2])
+                os.fsync(fd)
+                faults.kill_now()
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._catch_up(repair=False)
+
+    def record(self, events: list[dict]) -> list[dict]:
+        """Append answers atomically as a batch after checking them all; returns those written.
+
+        An event: {"op": "label"|"skip"|"undo", "id": int, "label": str (label only),
+        "source": str}. An answer equal to the saved one is dropped (no double); one that
+        differs from a saved answer raises LabelConflict and nothing is written.
+        """
+        with self.locked():
+            fresh, conflicts = [], []
+            state = dict(self._answers)
+            for event in events:
+                if event["op"] not in OPS:
+                    raise ValueError(f"unknown labels-log op {event['op']!r}")
+                image = int(event["id"])
+                new = event.get("label") if event["op"] == "label" else None
+                if event["op"] == "undo":
+                    if image in state:
+                        state.pop(image)
+                        fresh.append(event)
+                    continue
+                if image in state:
+                    if state[image] != new:
+                        conflicts.append((image, state[image], new))
+                    continue
+                state[image] = new
+                fresh.append(event)
+            if conflicts:
+                image, old, new = conflicts[0]
+                raise LabelConflict(
+                    f"image {image} already has the answer {json.dumps(old)}, not "
+                    f"{json.dumps(new)} (answered elsewhere, e.g. another tab); undo it first"
+                    + (f"; {len(conflicts) - 1} more conflicts" if len(conflicts) > 1 else ""))
+            if fresh:
+                self._append(fresh)
+            return fresh

@@ -1,0 +1,176 @@
+"""One labeling round: train on what is labeled plus the unlabeled pool, pick the next batch.
+
+The library does the work: a model from crc_jax.models, an SSL algorithm from
+crc_jax.ssl, crc_jax.train.fit, and a strategy from crc_jax.acquisition through its
+`Context`. Cold start (fewer labels than classes): nothing is trained, and the
+first batch is picked by CRC on a randomly initialized model (the paper's Appendix B.2
+setting) or at random. Randomness is folded from (seed, round), so a round rerun after a
+crash picks the same batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from crc_jax import acquisition, models, ssl
+from crc_jax.project.settings import RoundSettings, library_config
+from crc_jax.train import fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RoundResult:
+    """picked: pool ids to label next; variables: the model (None at a random cold start);
+    probs: (N, C) class probabilities of the trained model, or None when nothing was trained."""
+
+    picked: np.ndarray
+    variables: Any
+    probs: Optional[np.ndarray]
+    cold_start: bool
+    strategy: str
+
+
+def round_key(seed: int, round_index: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.PRNGKey(seed), round_index)
+
+
+def default_group_size(budget: int) -> int:
+    """CRC's group size G: 5 (the paper's FixMatch setting) when it divides the budget,
+    else the largest divisor of the budget up to 5."""
+    return max(g for g in range(1, 6) if budget % g == 0)
+
+
+def make_strategy(spec: str, budget: int):
+    name, options = acquisition.parse_spec(spec)
+    if acquisition.STRATEGIES.accepts(name, "group_size") and "group_size" not in options:
+        options["group_size"] = default_group_size(budget)
+    return acquisition.STRATEGIES.get(name, **options)
+
+
+def images_as_float(pool_uint8: np.ndarray) -> np.ndarray:
+    return np.asarray(pool_uint8, dtype=np.float32) / 255.0
+
+
+class Trainer:
+    """The model, its SSL algorithm and jitted apply functions for one set of settings.
+
+    Built once per (settings, classes, algorithm) and cached, so later rounds in the same
+    process (the labeling page, the Python API) reuse the compiled train and eval steps.
+    """
+
+    def __init__(self, settings: RoundSettings, num_classes: int, ssl_name: str):
+        self.settings = settings
+        options = {"batch_norm": False} if settings.model == "cnn" else {}
+        # No BatchNorm in the CNN: rounds are a few hundred steps, too few for running
+        # statistics (momentum 0.99) to settle, and evaluation mode would use them.
+        self.model = models.get(settings.model, num_classes=max(num_classes, 2),
+                                width=settings.width, **options)
+        self.config = library_config(settings, ssl_name)
+        self.algorithm = ssl.create(self.config, self.model,
+                                    num_train_steps=settings.epochs * settings.steps_per_epoch,
+                                    flip=settings.flip)
+        model = self.model
+        self.eval_apply = lambda v, xb: model.apply(v, xb, train=False)
+        self.features_fn = lambda v, xb: model.apply(v, xb, train=False, return_features=True)[1]
+        self._probs = jax.jit(lambda v, xb: jax.nn.softmax(model.apply(v, xb, train=False), -1))
+
+    def fit(self, x: np.ndarray, labeled: np.ndarray, labels: np.ndarray,
+            unlabeled: np.ndarray, key) -> Any:
+        """Fit from scratch for settings.epochs epochs; the final evaluation variables."""
+        x_l, y_l = x[labeled], labels.astype(np.int32)
+        result = fit(self.algorithm, x_labeled=x_l, y_labeled=y_l, x_unlabeled=x[unlabeled],
+                     watch=(x_l, y_l), test=(x_l, y_l), train_config=self.config.train,
+                     key=key, eval_apply=self.eval_apply, desc=f"train n={len(labeled)}")
+        # No held-out split to pick a best epoch on: use the model where training ended.
+        return self.algorithm.eval_variables(result.state)
+
+    def init_variables(self, x: np.ndarray, key) -> Any:
+        return self.model.init(key, x[:1], train=False)
+
+    def probs(self, variables, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Softmax class probabilities of every image (the last batch padded: one compile)."""
+        out = []
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size]
+            pad = batch_size - len(xb)
+            if pad:
+                xb = np.concatenate([xb, np.repeat(xb[:1], pad, axis=0)])
+            out.append(np.asarray(self._probs(variables, xb))[:batch_size - pad])
+        return np.concatenate(out)
+
+
+def trainer(settings: RoundSettings, num_classes: int, ssl_name: str) -> Trainer:
+    """The cached Trainer; fields that do not change training (seed, strategies) are ignored."""
+    return _cached_trainer(dataclasses.replace(settings, seed=0, strategy="", cold_start=""),
+                           num_classes, ssl_name)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_trainer(settings: RoundSettings, num_classes: int, ssl_name: str) -> Trainer:
+    return Trainer(settings, num_classes, ssl_name)
+
+
+def is_cold(labels: np.ndarray, num_classes: int) -> bool:
+    """Cold start: no classes yet, or fewer labels than classes. A class still without
+    labels after that does not keep the project cold: the model trains on the others
+    (its output for that class stays available), so later rounds use what was learned."""
+    return num_classes < 1 or len(labels) < num_classes
+
+
+def run_round(settings: RoundSettings, *, pool: np.ndarray, labeled: np.ndarray,
+              labels: np.ndarray, candidates: np.ndarray, num_classes: int, budget: int,
+              round_index: int) -> RoundResult:
+    """Train (unless cold) and pick `budget` ids among `candidates`.
+
+    pool: (N, S, S, 3) uint8; labeled / labels: ids and class indices; candidates: the
+    unlabeled ids a strategy may pick (skipped images already removed).
+    """
+    if budget <= 0:
+        raise ValueError(f"budget must be a positive integer, got {budget}")
+    if budget > len(candidates):
+        raise ValueError(f"budget {budget} exceeds the {len(candidates)} images left to label")
+    x = images_as_float(pool)
+    key = round_key(settings.seed, round_index)
+    train_key, init_key, pick_key = jax.random.split(key, 3)
+    unlabeled = np.setdiff1d(np.arange(len(x)), labeled)
+    cold = is_cold(labels, num_classes)
+    t = trainer(settings, num_classes, settings.ssl if len(unlabeled) else "supervised")
+    probs = None
+    if cold:
+        spec = settings.cold_start
+        variables = t.init_variables(x, init_key)
+        log.info("cold start (%d labels, %d classes): %s on a randomly initialized model",
+                 len(labeled), num_classes, spec)
+    else:
+        spec = settings.strategy
+        variables = t.fit(x, labeled, labels, unlabeled, train_key)
+        probs = t.probs(variables, x)
+    ctx = acquisition.Context(
+        apply_fn=t.eval_apply, variables=variables, x=x,
+        labeled=np.asarray(labeled, np.int64), unlabeled=np.sort(np.asarray(candidates, np.int64)),
+        num_classes=max(num_classes, 2), features_fn=t.features_fn, model=t.model,
+        batch_size=256)
+    picked = np.asarray(make_strategy(spec, budget)(ctx, budget, pick_key), dtype=np.int64)
+    if len(set(picked.tolist())) != budget or not set(picked.tolist()) <= set(ctx.unlabeled.tolist()):
+        raise RuntimeError(f"strategy {spec!r} returned an invalid selection")
+    return RoundResult(picked=picked, variables=None if cold else variables, probs=probs,
+                       cold_start=cold, strategy=spec)
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (sound for small counts and 0 or 1)."""
+    if total == 0:
+        return 0.0, 1.0
+    p = correct / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -1,0 +1,250 @@
+"""The labeling page: a small Flask app over `Project`, served on 127.0.0.1.
+
+Routes (JSON unless noted):
+    GET  /                  the page (one HTML file, no assets from the internet)
+    GET  /image/<id>        the original file of image <id> of the project
+    GET  /api/state         classes, the queue with answers, counts, the round in progress
+    POST /api/answer        {"id": 3, "label": "cat"} or {"id": 3, "skip": true}
+    POST /api/undo          {"id": 3}
+    POST /api/next-round    {"budget": 20}: trains and picks in a background thread
+Every answer goes straight to the labels log (fsynced) before the reply. Safety: only
+images of the project are served, by id (no paths from the client; symlinks leaving the
+images folder are refused); POSTs must be JSON from the page's own origin (Origin or
+Sec-Fetch-Site checked) and the Host header must name this server, so another web site
+cannot post labels or start rounds.
+
+Flask (with Werkzeug's threaded server) is used rather than hand-written HTTP: it is
+small, well kept, pure Python, and its routing and file serving (conditional requests,
+MIME types, safe paths) are what this page needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import logging
+import socket
+import threading
+import time
+from importlib import resources
+
+from flask import Flask, Response, abort, jsonify, request, send_file
+
+from crc_jax.project.api import Project
+from crc_jax.project.labels_log import LabelConflict
+from crc_jax.project.settings import RoundSettings
+from crc_jax.project.store import ProjectError
+
+log = logging.getLogger(__name__)
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+BROWSER_FORMATS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+MAX_DIRECT_BYTES = 2 * 1024 * 1024  # larger files are sent as a downscaled preview
+PREVIEW_SIDE = 1024
+
+
+@functools.lru_cache(maxsize=64)
+def preview_png(path: str, mtime: float) -> bytes:
+    """The image as an RGB PNG of at most PREVIEW_SIDE pixels a side (mtime: cache key)."""
+    from PIL import Image
+
+    from crc_jax.project.scan import to_rgb
+
+    with Image.open(path) as img:
+        img.load()
+        rgb = to_rgb(img)
+    rgb.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    out = io.BytesIO()
+    rgb.save(out, format="PNG")
+    return out.getvalue()
+
+
+@dataclasses.dataclass
+class RoundJob:
+    """The round started from the page: its phase, timing, result or error."""
+
+    running: bool = False
+    phase: str = "idle"
+    started: float = 0.0
+    finished: float = 0.0
+    error: str = ""
+    picked: int = 0
+
+    def as_dict(self) -> dict:
+        elapsed = (time.time() if self.running else self.finished) - self.started
+        return {"running": self.running, "phase": self.phase, "error": self.error,
+                "picked": self.picked, "elapsed": round(elapsed, 1) if self.started else 0.0}
+
+
+def page_html() -> str:
+    return resources.files("crc_jax.project").joinpath("static/label.html").read_text("utf-8")
+
+
+def create_app(project: Project, *, settings: RoundSettings = RoundSettings(),
+               budget: int = 20) -> Flask:
+    """The Flask app for `project`; rounds started from the page use `settings`."""
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    job = RoundJob()
+    job_lock = threading.Lock()
+    images_root = project.images_root.resolve()
+
+    def fail(status: int, message: str):
+        response = jsonify({"error": message})
+        response.status_code = status
+        abort(response)
+
+    @app.before_request
+    def same_origin_only():
+        host = request.host.rsplit(":", 1)[0] if not request.host.startswith("[") \
+            else request.host.split("]")[0] + "]"
+        if host not in LOCAL_HOSTS and host != app.config.get("BOUND_HOST"):
+            fail(403, f"host {request.host!r} refused (DNS rebinding protection)")
+        if request.method != "POST":
+            return
+        origin = request.headers.get("Origin")
+        if origin is not None and origin != request.host_url.rstrip("/"):
+            fail(403, f"cross-origin request from {origin} refused")
+        if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+            fail(403, "cross-site request refused")
+        if not request.is_json:
+            fail(415, "send JSON (Content-Type: application/json)")
+
+    def body() -> dict:
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            fail(400, "the body must be a JSON object")
+        return data
+
+    def image_id(data: dict) -> int:
+        value = data.get("id")
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < len(project):
+            fail(400, f"id must be an image id in 0..{len(project) - 1}, got {value!r}")
+        return value
+
+    def state() -> dict:
+        answers = project.answers()
+        queue = []
+        for row in project.queue():
+            i = int(row["id"])
+            queue.append({"id": i, "path": row["path"], "predicted": row["predicted"],
+                          "confidence": row["confidence"],
+                          # null: not answered yet; "": skipped; else the class
+                          "answer": (answers[i] or "") if i in answers else None})
+        with job_lock:
+            round_state = job.as_dict()
+        trained = [e for e in project.rounds() if not e.get("cold_start")]
+        # A progress estimate for the page: the last trained round's duration.
+        round_state["expected"] = trained[-1]["seconds"] if trained else None
+        return {"classes": project.classes, "queue": queue, "budget": budget,
+                "done": sum(q["answer"] is not None for q in queue), "total": len(queue),
+                "labeled": sum(1 for c in answers.values() if c is not None),
+                "rounds": len(project.rounds()), "round": round_state}
+
+    @app.get("/")
+    def index():
+        return Response(page_html(), mimetype="text/html")
+
+    @app.get("/image/<int:image_id>")
+    def image(image_id: int):
+        if not 0 <= image_id < len(project):
+            abort(404)
+        path = (images_root / project.paths[image_id]).resolve()
+        if not path.is_relative_to(images_root) or not path.is_file():
+            abort(404)
+        if path.suffix.lower() in BROWSER_FORMATS and path.stat().st_size <= MAX_DIRECT_BYTES:
+            response = send_file(path, max_age=3600)
+        else:  # TIFF, 16-bit, or a big photo: a PNG preview the browser shows quickly
+            try:
+                data = preview_png(str(path), path.stat().st_mtime)
+            except (OSError, ValueError):
+                abort(404)
+            response = Response(data, mimetype="image/png")
+            response.cache_control.max_age = 3600
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    @app.get("/api/state")
+    def get_state():
+        return jsonify(state())
+
+    @app.post("/api/answer")
+    def answer():
+        data = body()
+        i = image_id(data)
+        try:
+            if data.get("skip") is True:
+                project.skip(i, source="page")
+            else:
+                label = data.get("label")
+                if label not in project.classes:
+                    fail(400, f"label must be one of {', '.join(project.classes)}, got {label!r}")
+                project.add_labels({i: label}, source="page")
+        except LabelConflict as err:
+            fail(409, str(err))
+        except ProjectError as err:
+            fail(400, str(err))
+        return jsonify({"ok": True, "id": i})
+
+    @app.post("/api/undo")
+    def undo():
+        i = image_id(body())
+        project.undo(i, source="page")
+        return jsonify({"ok": True, "id": i})
+
+    def run_round(n: int):
+        try:
+            picked = project.next_batch(n, settings)
+            with job_lock:
+                job.picked, job.phase = len(picked), "done"
+        except Exception as err:  # shown on the page; the labels log is untouched
+            log.exception("round failed")
+            with job_lock:
+                job.error, job.phase = f"{type(err).__name__}: {err}", "failed"
+        finally:
+            with job_lock:
+                job.running, job.finished = False, time.time()
+
+    @app.post("/api/next-round")
+    def next_round():
+        data = body()
+        n = data.get("budget", budget)
+        if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+            fail(400, f"budget must be a positive integer, got {n!r}")
+        with job_lock:
+            if job.running:
+                fail(409, "a round is already running")
+            job.running, job.phase, job.error, job.picked = True, "training and picking", "", 0
+            job.started = time.time()
+        threading.Thread(target=run_round, args=(n,), daemon=True).start()
+        return jsonify({"ok": True}), 202
+
+    app.round_job = job
+    return app
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, or ProjectError naming the port when it is taken."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ProjectError(f"--port {port}: cannot listen on {host}:{port} ({err.strerror}); "
+                           "choose another port") from None
+    sock.listen(64)
+    return sock
+
+
+def make_server(project: Project, *, host: str = "127.0.0.1", port: int = 8765,
+                settings: RoundSettings = RoundSettings(), budget: int = 20):
+    """A threaded Werkzeug server for the page (call .serve_forever(); .port)."""
+    from werkzeug.serving import make_server as werkzeug_server
+
+    sock = bind(host, port)
+    app = create_app(project, settings=settings, budget=budget)
+    app.config["BOUND_HOST"] = host
+    server = werkzeug_server(host, sock.getsockname()[1], app, threaded=True, fd=sock.fileno())
+    server.listening_socket = sock  # keep it referenced: the server uses its descriptor
+    return server

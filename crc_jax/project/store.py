@@ -1,0 +1,159 @@
+"""A labeling project's directory: the scanned pool, stored once, and its metadata.
+
+    DIR/project.json     format version, images folder, image size, class names
+    DIR/pool.npy         (N, S, S, 3) uint8: every kept image, resized
+    DIR/index.csv        id,path,sha256: path relative to the images folder
+    DIR/labels.jsonl     the labels log (crc_jax.project.labels_log)
+    DIR/rounds.jsonl     one checksummed line per completed round (crc_jax.journal)
+    DIR/queue.csv        the images to label next
+    DIR/models/          the model of each round (flax msgpack)
+
+Files are written to a temporary name, fsynced and renamed, so a crash leaves either the
+old file or the new one. project.json is written last by `init`: a directory without it
+is not a project yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from crc_jax.errors import DataError
+
+FORMAT_VERSION = 1
+PROJECT_FILE = "project.json"
+INIT_MARKER = ".init-incomplete"
+OWNED = ("pool.npy", "index.csv", "labels.jsonl", "rounds.jsonl", "queue.csv")
+
+
+class ProjectError(DataError):
+    """A project directory that cannot be used as asked, and why."""
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` by `data` whole: temporary file, fsync, rename, fsync the folder."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def csv_bytes(header: list, rows: list) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def check_class_names(names: list) -> list[str]:
+    clean = [str(n).strip() for n in names]
+    if any(not n for n in clean):
+        raise ProjectError("class names must not be empty")
+    if len(set(clean)) != len(clean):
+        raise ProjectError(f"class names repeat: {', '.join(clean)}")
+    return clean
+
+
+def prepare_dir(directory: Path) -> None:
+    """Refuse a directory that is already a project or holds files `init` did not write."""
+    if (directory / PROJECT_FILE).exists():
+        raise ProjectError(f"{directory} is already a crc-jax project; open it, or choose a "
+                           "new directory")
+    if directory.exists() and not (directory / INIT_MARKER).exists():
+        present = [name for name in OWNED + ("models",) if (directory / name).exists()]
+        if present:
+            raise ProjectError(f"{directory} already holds {', '.join(present)}, which crc-jax "
+                               "init did not write; choose a new directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / INIT_MARKER).touch()
+
+
+def write_pool(directory: Path, images: np.ndarray, paths: list, hashes: list) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, images, allow_pickle=False)
+    write_atomic(directory / "pool.npy", buffer.getvalue())
+    write_atomic(directory / "index.csv",
+                 csv_bytes(["id", "path", "sha256"],
+                           [[i, p, h] for i, (p, h) in enumerate(zip(paths, hashes))]))
+
+
+def write_meta(directory: Path, meta: dict) -> None:
+    write_atomic(directory / PROJECT_FILE,
+                 (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+
+
+def finish_init(directory: Path, meta: dict) -> None:
+    write_meta(directory, meta)
+    (directory / INIT_MARKER).unlink(missing_ok=True)
+
+
+def read_meta(directory: Path) -> dict:
+    path = directory / PROJECT_FILE
+    if not path.exists():
+        if (directory / INIT_MARKER).exists():
+            raise ProjectError(f"{directory}: crc-jax init did not finish; run it again")
+        raise ProjectError(f"{directory} is not a crc-jax project (no {PROJECT_FILE}); "
+                           "create one with: crc-jax init DIR --images PATH")
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ProjectError(f"{path} is not valid JSON ({err})") from None
+    version = meta.get("format") if isinstance(meta, dict) else None
+    if not isinstance(version, int):
+        raise ProjectError(f"{path} has no format version: not written by crc-jax")
+    if version > FORMAT_VERSION:
+        raise ProjectError(f"{directory} was made by a newer crc-jax (project format {version}; "
+                           f"this one reads {FORMAT_VERSION}); upgrade crc_jax")
+    if version < FORMAT_VERSION:
+        raise ProjectError(f"{directory} was made by an older crc-jax (project format {version}; "
+                           f"this one reads {FORMAT_VERSION}); run init again in a new directory")
+    return meta
+
+
+def read_index(directory: Path) -> tuple[list, list]:
+    rows = read_csv(directory / "index.csv")
+    for expected, row in enumerate(rows):
+        if int(row["id"]) != expected:
+            raise ProjectError(f"{directory / 'index.csv'}: row {expected + 2} holds id "
+                               f"{row['id']}, expected {expected}")
+    return [r["path"] for r in rows], [r["sha256"] for r in rows]
+
+
+def load_pool(directory: Path) -> np.ndarray:
+    return np.load(directory / "pool.npy", mmap_mode="r", allow_pickle=False)
+
+
+@contextlib.contextmanager
+def round_lock(directory: Path):
+    """One round at a time per project: an advisory flock the kernel drops if we die."""
+    fd = os.open(directory / ".round.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ProjectError(f"{directory}: another round is running; wait for it") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -1,0 +1,171 @@
+"""docs/reliability.md: its fixed text, and the bad-input table written from real runs.
+
+    python -m experiments.reliability_doc        (or: make docs)
+
+runs every case of experiments/bad_inputs.py through the command line and rewrites the
+bad-input section; the fault-campaign section is kept as it is (the slow fault test
+measures it). `tests/test_bad_inputs.py` runs the same cases and checks that the
+committed file equals what this module writes from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+from experiments import bad_inputs
+
+DOC = bad_inputs.ROOT / "docs" / "reliability.md"
+
+DOC_HEAD = """\
+# Reliability: crashes, resumes and bad inputs
+
+<!-- Generated: the bad-input table by `make docs` (python -m experiments.reliability_doc),
+     the campaign by `pytest -m slow tests/test_faults.py`; edit the text in
+     experiments/reliability_doc.py. tests/test_bad_inputs.py checks the table is current. -->
+
+A run directory survives being killed at any moment (SIGKILL, OOM, a lost machine) and
+resumes to the same results as a run that was never interrupted; bad inputs stop a run
+with one line and exit status 2 before they can change anything already computed.
+
+## Mechanisms
+
+- **Journal** (`crc_jax/journal.py`): `WORKDIR/<strategy>/trial_<k>/journal.jsonl` holds one
+  JSON line per completed acquisition step (accuracy, the indices acquired and their labels,
+  the initial set at step 0). A line is written whole with one `write`, then `fsync`ed, before
+  the next step starts. Rerunning the same command replays the journal into the pool and
+  continues after its last line. Randomness is folded from (seed, trial, step) and
+  (key, epoch), never carried in process state, so the continuation draws what an
+  uninterrupted run draws. The replay checks that the journal belongs to this run: step 0's
+  line carries a fingerprint of the config (cosmetic fields aside), strategy and trial, checked
+  before `config.json` is (re)written, so a directory whose `config.json` was lost is not
+  adopted by another config; the initial set and every recorded label must match the pool's.
+- **Checksums**: every journal line carries the CRC-32 of its canonical JSON body. A torn
+  last line (a crash mid-append) is dropped with a warning and truncated away; a bad line
+  anywhere else is corruption and stops the run naming the line, leaving the file as it is.
+- **Lock** (`crc_jax/rundir.py`): `WORKDIR/config.json` binds the directory to one config
+  (only cosmetic fields such as `train.progress` may differ on a rerun); it is written only
+  once the config, every strategy with its options and the data have been checked, so a
+  refused run leaves no binding behind. An exclusive
+  `flock` on `WORKDIR/.lock` keeps a second writer out. The kernel releases it when the
+  process dies, so a crash never leaves it stuck.
+- **Checkpoints** (`crc_jax/checkpoint.py`): with `train.checkpoint_every=E`, training
+  saves (state, best variables, early-stopping record) with orbax every E epochs, keeping the
+  last two; orbax writes a temporary folder and renames it, so a half-written checkpoint is
+  never read. A killed step resumes from its latest checkpoint, bit-identically. Each
+  checkpoint carries a fingerprint of (config, strategy, trial, step), checked before its
+  arrays are read: one from another config or model is refused. A state whose loss or
+  parameters are NaN/inf is never saved: training stops first (`TrainingDiverged`, naming
+  the step), so the last checkpoint on disk is the last good one.
+- **Fault points** (`crc_jax/faults.py`): `CRC_JAX_FAULT="point:n"` makes the process
+  SIGKILL itself the n-th time it reaches `point`: `train_step` (before a training step),
+  `checkpoint` (once orbax's temporary folder exists, i.e. mid-write), `acquisition` (after
+  training, before the strategy picks), `journal_append` (after half of the line is written
+  and fsynced) and `report` (after report.md, before report.csv).
+- **Same seed, same results**: two runs of one config give identical journals (up to the
+  `seconds` timing field) and byte-identical `summary.csv` on CPU
+  (`tests/test_faults.py::test_same_seed_runs_are_identical`).
+
+Run the fault campaign (10 kills on a tiny digits config, each resumed and compared with an
+uninterrupted run; a few minutes on 2 CPU cores):
+
+    .venv/bin/python -m pytest -m slow tests/test_faults.py      # or: make test-slow
+
+The always-on suite runs one kill (mid checkpoint write) and the same-seed check
+(`tests/test_faults.py`), and every bad input below (`tests/test_bad_inputs.py`, which also checks that the table
+below is what `make docs` writes today).
+"""
+
+SECTIONS = {
+    "campaign": ("Fault-injection campaign",
+                 "Not run in this checkout yet: run the slow target above."),
+    "bad-inputs": ("Bad inputs", "Not generated yet: run `make docs`."),
+}
+
+
+TABLE_INTRO = (
+    "Each bad input below was tried through the command line (`python -m experiments.main "
+    "--config=digits` shrunk to a 2-step run, unless the row names another command; `<tmp>` "
+    "is the temporary folder of the run). \"Earlier results\": for inputs that act on an "
+    "existing run directory (a finished run; for the data rows, its config then pointed at "
+    "a bad copy of its .npz file), every file in it (the lock file aside) was compared byte "
+    "for byte before and after the failed run.")
+TABLE_TAIL = (
+    "A diverging run keeps its last good checkpoint: `fit` raises before a NaN/inf state "
+    "is evaluated or saved (`test_nan_loss_names_step_and_keeps_last_good_checkpoint`, "
+    "`test_nan_parameters_are_never_checkpointed`).")
+
+
+def table_row(result: dict, root: Path) -> str:
+    """One markdown row: the case, its one error line (paths under `root` as <tmp>), exit
+    status, and what happened to earlier results."""
+    errors = bad_inputs.error_lines(result["proc"].stderr)
+    message = errors[-1] if errors else str(result["proc"].stderr.strip().splitlines()[-1:])
+    message = message.replace(str(root), "<tmp>").replace("|", "\\|")
+    if result["existing"]:
+        files = sorted({re.sub(r"(checkpoints/step_\d+)/.*", r"\1/*", k)
+                        for k in result["before"]})
+        kept = (f"byte-identical: {', '.join(files)}" if result["after"] == result["before"]
+                else "**changed**")
+    elif result.get("may_bind"):
+        kept = "none before; no journal, summary or report written"
+    else:
+        kept = "none before; nothing written (no config.json, journal, summary or report)"
+    problems = bad_inputs.verdict(result)
+    flag = "; **" + "; ".join(problems) + "**" if problems else ""
+    return (f"| {result['name']} | {result['given']} | `` {message} `` | "
+            f"{result['proc'].returncode} | {kept}{flag} |")
+
+
+def bad_inputs_section(results: list, root: Path) -> str:
+    return "\n".join([TABLE_INTRO, "",
+                      "| Bad input | Given as | Message (the one `error:` line) | Exit | "
+                      "Earlier results |", "|---|---|---|---|---|",
+                      *(table_row(r, root) for r in results), "", TABLE_TAIL])
+
+
+def render(sections: dict, old: str = "") -> str:
+    """The whole document: DOC_HEAD, then each section from `sections`, else from `old`."""
+    parts = [DOC_HEAD]
+    for key, (title, placeholder) in SECTIONS.items():
+        if key in sections:
+            text = sections[key]
+        else:
+            found = re.search(rf"<!-- begin:{key} -->\n(.*?)<!-- end:{key} -->", old, re.S)
+            text = found.group(1) if found else placeholder
+        parts.append(f"## {title}\n\n<!-- begin:{key} -->\n{text.strip()}\n<!-- end:{key} -->\n")
+    return "\n".join(parts)
+
+
+def update_doc(name: str, body: str, doc: Path = DOC) -> None:
+    """Rewrite `doc` with section `name` set to `body`, the others kept."""
+    old = doc.read_text() if doc.exists() else ""
+    doc.parent.mkdir(exist_ok=True)
+    doc.write_text(render({name: body}, old))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(DOC), help="the document to (re)write")
+    args = parser.parse_args(argv)
+    from experiments import cli_logging
+
+    cli_logging.setup(logging.WARNING)
+    logging.getLogger(__name__).setLevel(logging.INFO)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp).resolve()
+        logging.getLogger(__name__).info("running the bad-input cases (a few minutes)")
+        results = bad_inputs.run_cases(root)
+        update_doc("bad-inputs", bad_inputs_section(results, root), Path(args.out))
+    failing = [r["name"] for r in results if bad_inputs.verdict(r)]
+    print(f"wrote {args.out}: {len(results)} bad inputs, {len(failing)} failing"
+          + (f" ({', '.join(failing)})" if failing else ""))
+    sys.exit(1 if failing else 0)
+
+
+if __name__ == "__main__":
+    main()

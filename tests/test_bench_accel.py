@@ -1,0 +1,37 @@
+"""`make bench-accel`: its import graph stays free of TensorFlow/TFDS (accelerator machines
+run it offline without them), and the --quick run completes end to end on a CPU."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+FORBIDDEN = ("tensorflow", "tensorflow_datasets")
+
+
+def test_accel_benchmark_imports_no_tensorflow():
+    code = ("import sys; import experiments.benchmarks.accel, experiments.benchmarks.accel_parts; "
+            "from crc_jax._nt_compat import import_neural_tangents; import_neural_tangents(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in %r))" % (FORBIDDEN,))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_bench_accel_quick_runs_end_to_end(tmp_path):
+    out = tmp_path / "accel.json"
+    proc = subprocess.run([sys.executable, "-m", "experiments.benchmarks.accel", "--quick",
+                           "--json", str(out), "--part_timeout", "900"],
+                          capture_output=True, text=True, timeout=3000)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| crc | CRC scores |L|=50, device |" in proc.stdout
+    figures = json.loads(out.read_text())
+    assert set(figures["parts"]) == {"step", "epoch", "crc", "ntk"}
+    for part in figures["parts"].values():
+        assert part["forbidden_modules"] == [] and part["rows"]
+        assert part["peak_MiB"] > 0
+    crc = [r for r in figures["parts"]["crc"]["rows"] if r["what"].endswith("device")]
+    assert all(r["same_groups"] and r["max_rel_diff"] < 1e-6 for r in crc)
+    epoch = {r["what"]: r for r in figures["parts"]["epoch"]["rows"]}
+    assert epoch["fit epoch, feed=device"]["value"] > 0 and epoch["fit epoch, feed=host"]["value"] > 0

@@ -1,0 +1,74 @@
+"""fit's batch feeding: pools on the device with the gather in a jitted call, or host batches.
+
+Both paths must train the bit-identical model (the same step on the same batches), and
+the automatic choice must fall back to the host when the pools are too large.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from crc_jax import data, feeding, models, ssl
+from crc_jax.train import fit
+from experiments.configs.base import get_base_config
+
+
+def setup(ssl_name):
+    config = get_base_config()
+    config.ssl.name = ssl_name
+    config.train.max_epochs = 2
+    config.train.steps_per_epoch = 3
+    config.train.patience = 0
+    config.train.batch_size = 8
+    config.train.progress = False
+    ds = data.load("moons")
+    model = models.get("mlp", num_classes=2, width=16)
+    algorithm = ssl.create(config, model, num_train_steps=6, flip=False)
+    kwargs = dict(x_labeled=ds.x_train[:10], y_labeled=ds.y_train[:10],
+                  x_unlabeled=ds.x_train[10:], watch=(ds.x_test[:64], ds.y_test[:64]),
+                  test=(ds.x_test, ds.y_test), train_config=config.train,
+                  key=jax.random.PRNGKey(5), eval_apply=lambda v, x: model.apply(v, x, train=False))
+    return algorithm, kwargs
+
+
+@pytest.mark.parametrize("ssl_name", ["fixmatch", "supervised"])
+def test_device_feed_trains_the_same_model_as_host_feed(ssl_name):
+    algorithm, kwargs = setup(ssl_name)
+    host = fit(algorithm, feed="host", **kwargs)
+    device = fit(algorithm, feed="device", **kwargs)
+    assert [r["loss"] for r in device.history] == [r["loss"] for r in host.history]
+    for a, b in zip(jax.tree_util.tree_leaves(device.state.params),
+                    jax.tree_util.tree_leaves(host.state.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert device.test_accuracy == host.test_accuracy
+
+
+def test_device_feeder_gathers_the_rows_it_is_given():
+    x_l = np.arange(5 * 3, dtype=np.float32).reshape(5, 3)
+    y_l = np.arange(5)
+    x_u = -np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
+    seen = []
+
+    def step(state, batch, key):
+        seen.append({k: np.asarray(v) for k, v in batch.items()})
+        return state, {}
+
+    feeder = feeding.BatchFeeder(step, None, x_labeled=x_l, y_labeled=y_l, x_unlabeled=x_u,
+                                 feed="device")
+    assert feeder.on_device and isinstance(feeder.pools["x_u"], jax.Array)
+    feeder(0, np.array([4, 0, 4]), np.array([6, 1]), None)
+    np.testing.assert_array_equal(seen[0]["x_l"], x_l[[4, 0, 4]])
+    np.testing.assert_array_equal(seen[0]["y_l"], [4, 0, 4])
+    np.testing.assert_array_equal(seen[0]["x_u"], x_u[[6, 1]])
+
+
+def test_auto_feed_uses_the_device_on_accelerators_when_the_pools_fit(monkeypatch):
+    small = np.zeros((10, 4), np.float32)
+    assert feeding.feeds_on_device("auto", (small, None), platform="gpu")
+    assert not feeding.feeds_on_device("auto", (small, None), platform="cpu")
+    assert not feeding.feeds_on_device("auto", (small, None))           # this machine: CPU
+    monkeypatch.setattr(feeding, "DEVICE_FEED_MAX_BYTES", small.nbytes - 1)
+    assert not feeding.feeds_on_device("auto", (small, None), platform="gpu")
+    assert feeding.feeds_on_device("device", (small, None))
+    with pytest.raises(ValueError, match="feed must be one of auto, host, device"):
+        feeding.feeds_on_device("gpu", (small,))

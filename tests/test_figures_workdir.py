@@ -1,0 +1,36 @@
+"""`figures moons` never deletes what it did not create: a foreign non-empty workdir is
+refused untouched; its own workdir is reused, replacing only the journal it wrote."""
+
+import pytest
+
+from experiments import figures
+
+
+def test_foreign_non_empty_workdir_is_refused_and_kept(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "random").mkdir()
+    (tmp_path / "random" / "journal.jsonl").write_text("x\n")
+    with pytest.raises(figures.FigureError, match="not empty and not made by"):
+        figures.claim_workdir(tmp_path, seed=0)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["config.json", "journal.jsonl",
+                                                           "random"]
+
+
+def test_own_workdir_is_reused_removing_only_its_journal(tmp_path):
+    workdir = tmp_path / "fig"
+    figures.claim_workdir(workdir, seed=0)
+    journal = workdir / figures.JOURNAL
+    journal.parent.mkdir(parents=True)
+    journal.write_text("old run\n")
+    (workdir / "notes.txt").write_text("a user's file")
+    figures.claim_workdir(workdir, seed=1)
+    assert not journal.exists()
+    assert (workdir / "notes.txt").read_text() == "a user's file"
+    assert '"seed": 1' in (workdir / figures.MARKER).read_text()
+
+
+def test_a_file_as_workdir_is_refused(tmp_path):
+    (tmp_path / "f").write_text("data")
+    with pytest.raises(figures.FigureError, match="is not a directory"):
+        figures.claim_workdir(tmp_path / "f", seed=0)
+    assert (tmp_path / "f").read_text() == "data"
