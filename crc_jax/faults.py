@@ -37,3 +37,12 @@ def kill_now() -> None:
 def maybe_kill(point: str) -> None:
     if armed(point):
         kill_now()
+
+
+def hook(point: str):
+    """A callable that runs `maybe_kill(point)`, or None when no fault is set for `point`
+    (so code that takes an optional per-step callback pays nothing outside the tests)."""
+    spec = os.environ.get(ENV, "")
+    if spec.partition(":")[0] != point:
+        return None
+    return lambda: maybe_kill(point)

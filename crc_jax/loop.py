@@ -256,7 +256,7 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
                      test=setup.test, train_config=config.train, key=train_key,
                      eval_apply=setup.eval_apply,
                      desc=f"{spec} t{trial} s{step} n={len(labeled)}",
-                     checkpointer=checkpointer)
+                     checkpointer=checkpointer, before_step=faults.hook("train_step"))
         entry = {"step": step, "num_labeled": int(len(labeled)),
                  "test_accuracy": float(result.test_accuracy),
                  "test_loss": float(result.test_loss),

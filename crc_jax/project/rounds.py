@@ -19,7 +19,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from crc_jax import acquisition, models, ssl
+from crc_jax import acquisition, faults, models, ssl
 from crc_jax.project.settings import RoundSettings, library_config
 from crc_jax.train import fit
 
@@ -88,7 +88,8 @@ class Trainer:
         x_l, y_l = x[labeled], labels.astype(np.int32)
         result = fit(self.algorithm, x_labeled=x_l, y_labeled=y_l, x_unlabeled=x[unlabeled],
                      watch=(x_l, y_l), test=(x_l, y_l), train_config=self.config.train,
-                     key=key, eval_apply=self.eval_apply, desc=f"train n={len(labeled)}")
+                     key=key, eval_apply=self.eval_apply, desc=f"train n={len(labeled)}",
+                     before_step=faults.hook("train_step"))
         # No held-out split to pick a best epoch on: use the model where training ended.
         return self.algorithm.eval_variables(result.state)
 
