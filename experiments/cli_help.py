@@ -37,7 +37,7 @@ COMMON_FIELDS = (
 )
 
 STRATEGY_NAMES = ("random", "entropy", "confidence", "margin", "egl", "crc", "crc_greedy",
-                  "crc_infinite")
+                  "crc_infinite", "badge", "coreset", "typiclust", "probcover", "bald")
 
 
 def config_summaries() -> list[tuple[str, str]]:
@@ -80,6 +80,7 @@ def help_text() -> str:
         "strategies (options as name:key=value,key=value):",
         "  " + ", ".join(STRATEGY_NAMES),
         "  e.g. crc:subset=all,group_size=10  crc:max_groups=200  crc_infinite:arch=mlp",
+        "  bald needs --config.model.dropout > 0 (MC dropout)",
         "",
         "common fields (--config.FIELD=VALUE; default in brackets):",
         *(f"  {field.ljust(24)} {what} [{_default(base, field)}]" for field, what in COMMON_FIELDS),

@@ -8,6 +8,11 @@ and learning_curve.png (accuracy vs labeled count, one line per strategy, ± std
 The trial with the median final accuracy of each strategy is named (a pointer to a
 typical trial; the paper's §4.1 median rule is another thing, the median initial model
 of al.initial_model = "median").
+With at least 3 trials it adds the statistics of experiments/stats.py: the area under
+each learning curve and the paired difference of every strategy to random with a 95%
+paired-t interval (in report.md and stats.csv), learning_curve_ci.png (95% bands) and
+paired_difference.png. A strategy name that an earlier workdir already holds is shown as
+"name [workdir]".
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from crc_jax.run import faults
+from experiments import stats
 
 EXIT_USAGE = 2
 SUMMARY_COLUMNS = ("strategy", "trial", "step", "num_labeled", "test_accuracy")
@@ -42,7 +48,11 @@ def load_rows(workdirs) -> list[dict]:
         if not path.is_file():
             raise ReportError(f"{path} not found: run experiments.main on {workdir} first "
                               "(or let it finish)")
-        rows += _read_summary(path)
+        earlier = {r["strategy"] for r in rows}
+        for r in _read_summary(path):
+            if r["strategy"] in earlier:   # the same name from another workdir
+                r["strategy"] = f"{r['strategy']} [{Path(workdir).name}]"
+            rows.append(r)
     return rows
 
 
@@ -159,10 +169,26 @@ def write_report(workdirs, *, out_dir) -> str:
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
     title = " + ".join(Path(w).name for w in workdirs)
-    (out / "report.md").write_text(f"# {title}\n\n{table}\n![learning curves](learning_curve.png)\n")
+    body = f"# {title}\n\n{table}\n![learning curves](learning_curve.png)\n"
+    trials = max(len({r["trial"] for r in rows if r["strategy"] == s})
+                 for s in {r["strategy"] for r in rows})
+    if trials >= stats.MIN_TRIALS:
+        aulc = stats.aulc_table(rows)
+        table += "\n" + stats.markdown(aulc)
+        body += ("\n## Area under the learning curve, paired to random\n\n" + stats.markdown(aulc)
+                 + "\n![learning curves, 95% CI](learning_curve_ci.png)\n"
+                 + "\n![paired differences](paired_difference.png)\n")
+    (out / "report.md").write_text(body)
     faults.maybe_kill("report")
     write_csv(rows, out / "report.csv")
     plot_learning_curves(rows, out / "learning_curve.png", title=f"{title}: learning curves")
+    if trials >= stats.MIN_TRIALS:
+        short = title if len(title) <= 40 else out.name   # many workdirs: the output folder
+        stats.write_csv(aulc, out / "stats.csv")
+        stats.plot_curves_with_ci(rows, out / "learning_curve_ci.png",
+                                  title=f"{short}: mean, 95% t interval")
+        stats.plot_paired_differences(aulc, out / "paired_difference.png",
+                                      title=f"{short}: Δ AULC vs random")
     return table
 
 

@@ -51,7 +51,13 @@ def ctx():
     labeled = np.array([0, 7, 13, 21])
     return Context(apply_fn=apply_fn, variables=v, x=x, labeled=labeled,
                    unlabeled=np.setdiff1d(np.arange(40), labeled), num_classes=C,
-                   features_fn=features_fn, batch_size=16, oracle=lambda idx: np.asarray(idx) % C)
+                   features_fn=features_fn, batch_size=16, oracle=lambda idx: np.asarray(idx) % C,
+                   stochastic_apply_fn=noisy_apply_fn)
+
+
+def noisy_apply_fn(variables, x, key):
+    """A stand-in for MC dropout (BALD): the logits plus key-dependent noise."""
+    return apply_fn(variables, x) + jax.random.normal(key, (x.shape[0], C))
 
 
 OPTIONS = {"crc": {"group_size": 2}, "crc_infinite": {"group_size": 2, "arch": "mlp"}}
@@ -132,7 +138,7 @@ def test_specs_and_options(ctx):
     for spec in ("crc", "crc:max_groups=4", "crc:sequential=True", "crc:class_balanced=True"):
         get(spec, group_size=6)(ctx, 6, jax.random.PRNGKey(0))
     with pytest.raises(KeyError, match="unknown strategy"):
-        get("badge")
+        get("no_such_strategy")
 
 
 def test_crc_without_features_fn_matches_fast_path(ctx):

@@ -13,7 +13,8 @@ from crc_jax.acquisition.context import Context, check_budget
 from crc_jax.acquisition.registry import STRATEGIES
 
 # Importing the modules registers their strategies.
-from crc_jax.acquisition import baseline, crc, crc_greedy, crc_infinite, egl  # noqa: F401,E402
+from crc_jax.acquisition import (  # noqa: F401,E402
+    badge, bald, baseline, coreset, crc, crc_greedy, crc_infinite, egl, probcover, typiclust)
 
 __all__ = ["Context", "check_budget", "get", "names", "parse_spec", "STRATEGIES"]
 

@@ -29,6 +29,9 @@ class Context:
     oracle:       index array -> labels. Only the pseudo-AL setting (paper Table 3) may read
                   it, because that setting is defined with class-balanced groups.
     model:        the Flax module (for strategies that need its structure), or None.
+    stochastic_apply_fn: (variables, x, key) -> logits (N, C) with the model's dropout
+                  active (drawn from `key`) and everything else in evaluation mode; None
+                  when the model has no dropout. MC-dropout strategies (BALD) need it.
     batch_size:   how many images to push through the model at once.
     record:       a dict a strategy may fill with JSON-serializable extras for the journal.
     """
@@ -42,6 +45,7 @@ class Context:
     features_fn: Optional[Callable[[Any, Any], Any]] = None
     oracle: Optional[Callable[[np.ndarray], np.ndarray]] = None
     model: Any = None
+    stochastic_apply_fn: Optional[Callable[[Any, Any, Any], Any]] = None
     batch_size: int = 512
     record: dict = dataclasses.field(default_factory=dict)
 

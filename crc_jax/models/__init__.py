@@ -11,8 +11,18 @@ Every model takes `dtype`, the dtype of its activations ("float32" or "bfloat16"
 precision). Parameters stay float32 whatever it is, and so do the returned logits and
 features: the head runs in float32 on float32 features, so losses, softmaxes and the
 NTK quantities CRC computes from them keep float32 precision.
+
+Every model takes `dropout` (default 0): the rate of a dropout layer on the features,
+before the head. It is active exactly in the passes given a "dropout" PRNG stream,
+
+    logits = model.apply(variables, x, train=False, rngs={"dropout": key})
+
+whatever `train` is: the SSL train steps pass one (training with dropout), evaluation
+passes none (deterministic), and MC-dropout acquisition (BALD) passes one per sample with
+BatchNorm in evaluation mode. With rate 0 the layer is the identity.
 """
 
+import flax.linen as nn
 import jax.numpy as jnp
 
 from crc_jax.registry import Registry
@@ -27,6 +37,19 @@ def activation_dtype(dtype):
     if name not in DTYPES:
         raise ValueError(f"activation dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     return DTYPES[name]
+
+
+def check_dropout(rate) -> None:
+    if not 0.0 <= float(rate) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {rate!r}")
+
+
+def dropout_before_head(module: nn.Module, features):
+    """Dropout of rate `module.dropout` on the features, active when the pass has a
+    "dropout" PRNG stream (see the module docstring); the identity at rate 0."""
+    if not module.dropout:
+        return features
+    return nn.Dropout(module.dropout, deterministic=not module.has_rng("dropout"))(features)
 
 
 def get(name: str, *, num_classes: int, **options):

@@ -14,7 +14,8 @@ The very first block takes its shortcut after the activation
 ("activate_before_residual"). Depth 28 = 1 + 3 groups * 4 blocks * 2 convs + 3 (the
 counted 1x1 shortcuts), so (28 - 4) / 6 = 4 blocks per group.
 
-No dropout, no conv biases (BatchNorm follows every conv). BatchNorm momentum 0.999
+No dropout by default (`dropout` > 0 adds it before the head, for MC-dropout
+strategies; crc_jax.models.dropout_before_head), no conv biases (BatchNorm follows every conv). BatchNorm momentum 0.999
 (Flax convention: running = 0.999 * running + 0.001 * batch) and epsilon 1e-3, as in
 the TensorFlow reference. Convs are initialized N(0, 2 / (k*k*out_channels))
 (He et al., fan-out), the head Glorot-normal, biases zero. About 1.47 M parameters
@@ -30,7 +31,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from crc_jax.models import MODELS, activation_dtype
+from crc_jax.models import MODELS, activation_dtype, check_dropout, dropout_before_head
 
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 _BatchNorm = functools.partial(nn.BatchNorm, momentum=0.999, epsilon=1e-3)
@@ -70,6 +71,7 @@ class WideResNet(nn.Module):
     widen: int = 2
     blocks: int = 4
     dtype: Any = jnp.float32
+    dropout: float = 0.0
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_features: bool = False):
@@ -84,14 +86,18 @@ class WideResNet(nn.Module):
         h = _lrelu(_BatchNorm(use_running_average=not train, dtype=self.dtype)(h))
         features = jnp.mean(h.astype(jnp.float32), axis=(1, 2))
         logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.xavier_normal(),
-                          bias_init=nn.initializers.zeros, name="head")(features)
+                          bias_init=nn.initializers.zeros,
+                          name="head")(dropout_before_head(self, features))
         return (logits, features) if return_features else logits
 
 
 @MODELS.register("wrn28_2")
-def wrn28_2(*, num_classes: int, width: int = 0, dtype="float32") -> WideResNet:
+def wrn28_2(*, num_classes: int, width: int = 0, dtype="float32",
+            dropout: float = 0.0) -> WideResNet:
     """WRN-28-k; `width` is the widen factor k (0 = 2, the paper's WRN-28-2); `dtype` of
-    the activations."""
+    the activations; `dropout` rate before the head (0 = the paper's)."""
+    check_dropout(dropout)
     if width < 0:
         raise ValueError(f"width must be >= 0, got {width}")
-    return WideResNet(num_classes=num_classes, widen=width or 2, dtype=activation_dtype(dtype))
+    return WideResNet(num_classes=num_classes, widen=width or 2, dtype=activation_dtype(dtype),
+                      dropout=float(dropout))

@@ -21,6 +21,8 @@ SCHEDULES = ("constant", "cosine", "fixmatch_cosine", "step")
 INITIAL_MODELS = ("per_trial", "median")
 EMA_BATCH_STATS = ("average", "copy")
 EVAL_MODELS = ("teacher", "student")
+DROPOUT_SSL = ("supervised", "fixmatch")  # the algorithms whose train steps pass a dropout key
+NEEDS_DROPOUT = ("bald",)
 
 
 def _int(config, field: str, *, minimum: int) -> int:
@@ -45,6 +47,13 @@ def validate(config) -> None:
     _choice(config.model.name, "model.name", models.names())
     _choice(config.ssl.name, "ssl.name", ssl.names())
 
+    dropout = config.model.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError("model.dropout", f"must be a number in [0, 1), got {dropout!r}")
+    if dropout and config.ssl.name not in DROPOUT_SSL:
+        raise ConfigError("model.dropout", f"needs ssl.name in {', '.join(DROPOUT_SSL)} "
+                                           f"(which train with dropout), got {config.ssl.name!r}")
+
     _int(config, "seed", minimum=0)
     _int(config, "trials", minimum=1)
     strategies = list(config.strategies)
@@ -56,6 +65,9 @@ def validate(config) -> None:
         except ValueError as err:
             raise ConfigError("strategies", str(err)) from None
         _choice(name, "strategies", acquisition.names())
+        if name in NEEDS_DROPOUT and not dropout:
+            raise ConfigError("strategies", f"{name!r} needs MC dropout: set model.dropout "
+                                            "to a rate in (0, 1)")
     if len(set(strategies)) != len(strategies):
         raise ConfigError("strategies", f"lists a strategy twice: {strategies}")
 

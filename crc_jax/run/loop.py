@@ -54,6 +54,7 @@ class Setup:
     algorithm: Any
     eval_apply: Callable
     features_fn: Callable
+    stochastic_apply: Callable | None = None
 
 
 def strategy_dirname(spec: str) -> str:
@@ -79,6 +80,9 @@ def build_setup(config) -> Setup:
     config_check.check_class_counts(config, pool_y, ds.num_classes)
 
     options = {"width": config.model.width} if config.model.width else {}
+    dropout = config.model.get("dropout", 0.0)
+    if dropout:
+        options["dropout"] = dropout
     # The train step runs activations in config.train.dtype (mixed precision); evaluation
     # and acquisition run the same float32 parameters with float32 activations, so
     # feature ranks and the small NTK eigenvalues CRC ranks by keep float32 precision.
@@ -94,9 +98,13 @@ def build_setup(config) -> Setup:
     def features_fn(variables, x):
         return model.apply(variables, x, train=False, return_features=True)[1]
 
+    def stochastic_apply(variables, x, key):  # MC dropout: dropout on, BatchNorm in eval mode
+        return model.apply(variables, x, train=False, rngs={"dropout": key})
+
     return Setup(config=config, dataset=ds, pool_x=pool_x, pool_y=pool_y, watch=watch,
                  test=test, model=model, algorithm=algorithm, eval_apply=eval_apply,
-                 features_fn=features_fn)
+                 features_fn=features_fn,
+                 stochastic_apply=stochastic_apply if dropout else None)
 
 
 def make_strategy(config, spec: str):
@@ -149,7 +157,7 @@ def acquisition_context(setup: Setup, pool: Pool, variables) -> acquisition.Cont
         labeled=pool.labeled.copy(), unlabeled=pool.unlabeled.copy(),
         num_classes=setup.dataset.num_classes, features_fn=setup.features_fn,
         oracle=pool.oracle_labels if config.al.pseudo_al else None, model=setup.model,
-        batch_size=config.train.eval_batch_size)
+        stochastic_apply_fn=setup.stochastic_apply, batch_size=config.train.eval_batch_size)
 
 
 def _check_acquired(acquired: np.ndarray, pool: Pool, budget: int, spec: str) -> np.ndarray:

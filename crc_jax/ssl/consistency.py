@@ -16,6 +16,9 @@ import optax
 from crc_jax.data import augment
 from crc_jax.state import TrainState, create_train_state
 
+# fold_in constant of a train step's dropout key: the step's other keys stay as they were.
+DROPOUT_FOLD = 1_000_033
+
 
 def init_state_fn(model, tx, *, ema_decay: float, ema_batch_stats: str = "average",
                   ema_warmup: bool = False):
@@ -70,14 +73,16 @@ def ema_batch_stats_rule(config) -> str:
     return str(config.ssl.get("ema_batch_stats", "average"))
 
 
-def forward(apply_fn, params, batch_stats, x):
+def forward(apply_fn, params, batch_stats, x, dropout_key=None):
     """Train-mode logits of `x`; returns (logits, new batch statistics).
 
     BatchNorm normalizes with the statistics of this batch and updates its running
-    averages; models without BatchNorm return `batch_stats` unchanged.
+    averages; models without BatchNorm return `batch_stats` unchanged. `dropout_key`
+    feeds the models' dropout (crc_jax.models; inactive without it or at rate 0).
     """
+    rngs = {} if dropout_key is None else {"dropout": dropout_key}
     logits, updates = apply_fn({"params": params, "batch_stats": batch_stats}, x, train=True,
-                               mutable=["batch_stats"])
+                               mutable=["batch_stats"], rngs=rngs)
     return logits, updates.get("batch_stats", batch_stats)
 
 

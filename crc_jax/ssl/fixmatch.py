@@ -39,10 +39,11 @@ def pseudo_label_loss(weak_logits, strong_logits, *, threshold: float):
 
 
 def fixmatch_loss(params, state: TrainState, x_l, y_l, x_weak, x_strong, *,
-                  threshold: float, weight: float):
+                  threshold: float, weight: float, dropout_key=None):
     """Total FixMatch loss; returns (loss, (new batch statistics, metrics))."""
     x = jnp.concatenate([x_l, x_weak, x_strong], axis=0)
-    logits, batch_stats = consistency.forward(state.apply_fn, params, state.batch_stats, x)
+    logits, batch_stats = consistency.forward(state.apply_fn, params, state.batch_stats, x,
+                                              dropout_key)
     logits_l, logits_w, logits_s = consistency.split(
         logits, (x_l.shape[0], x_weak.shape[0], x_strong.shape[0]))
     supervised = jnp.mean(consistency.per_sample_ce(logits_l, y_l))
@@ -65,7 +66,8 @@ def make_train_step(*, weak_fn, strong_fn, threshold: float, weight: float):
         x_weak = weak_fn(k_w, x_u)
         x_strong = strong_fn(k_s, x_u)
         grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(
-            state.params, state, x_l, batch["y_l"], x_weak, x_strong)
+            state.params, state, x_l, batch["y_l"], x_weak, x_strong,
+            dropout_key=jax.random.fold_in(key, consistency.DROPOUT_FOLD))
         state = state.apply_gradients(grads=grads).replace(batch_stats=batch_stats)
         return state.update_ema(), metrics
 

@@ -17,9 +17,10 @@ from crc_jax.ssl.base import Algorithm, register
 from crc_jax.state import TrainState
 
 
-def supervised_loss(params, state: TrainState, x, y):
+def supervised_loss(params, state: TrainState, x, y, dropout_key=None):
     """Cross-entropy on a labeled batch; returns (loss, new batch statistics)."""
-    logits, batch_stats = consistency.forward(state.apply_fn, params, state.batch_stats, x)
+    logits, batch_stats = consistency.forward(state.apply_fn, params, state.batch_stats, x,
+                                              dropout_key)
     return jnp.mean(consistency.per_sample_ce(logits, y)), batch_stats
 
 
@@ -28,7 +29,8 @@ def make_train_step(*, augment_fn):
     def train_step(state: TrainState, batch, key):
         x = augment_fn(key, batch["x_l"])
         (loss, batch_stats), grads = jax.value_and_grad(supervised_loss, has_aux=True)(
-            state.params, state, x, batch["y_l"])
+            state.params, state, x, batch["y_l"],
+            jax.random.fold_in(key, consistency.DROPOUT_FOLD))
         state = state.apply_gradients(grads=grads).replace(batch_stats=batch_stats)
         state = state.update_ema()
         return state, {"loss": loss}

@@ -25,6 +25,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "cnn"             # wrn28_2 | cnn | mlp
     c.model.width = 0                # 0 = the model's default width
+    c.model.dropout = 0.0            # dropout rate before the head (BALD's MC dropout needs > 0)
 
     c.ssl = ml_collections.ConfigDict()
     c.ssl.name = "supervised"        # supervised | fixmatch | mean_teacher | pi_model
