@@ -246,76 +246,33 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
     start: the run's median initial model (crc_jax.run.initial_model), used as step 0.
     """
     config = setup.config
-    al = config.al
     journal = Journal(trial_dir / "journal.jsonl")
     entries = distributed.from_writer(journal.read, errors=(RunDirError,))
     pool = Pool(setup.pool_y, setup.dataset.num_classes)
     strategy = make_strategy(config, spec)
     trial_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), trial)
-    # --- step 0's labeled set (crc_jax.run.initial_model: per_trial | median | first query)
-    strategy_picks_initial = al.first_query == "random_init"
-    initial_record = None
-    if start is not None:
-        initial = start.indices
-    elif strategy_picks_initial:
-        initial = None
-    else:
-        initial = pool.initial_indices(al.initial_size, np.random.default_rng([config.seed, trial]))
     fingerprint = run_fingerprint(config, spec, trial)
-    if entries:
-        replay(entries, pool, initial, journal.path, fingerprint)
-        initial = np.asarray(entries[0]["initial"], dtype=np.int64)
-        log.info("%s trial %d: resuming after step %d", spec, trial, len(entries) - 1)
-    else:
-        if strategy_picks_initial:
-            initial, initial_record = initial_model.first_query(
-                setup, strategy, pool, trial_key, acquisition_context)
-        pool.label(initial)
-
+    initial, initial_record = _label_step_zero(setup, spec, trial, pool, strategy, trial_key,
+                                               start, entries, journal.path, fingerprint)
     if distributed.is_writer():
         remove_stale_checkpoints(trial_dir, len(entries))
 
-    for step in range(len(entries), al.steps + 1):
+    for step in range(len(entries), config.al.steps + 1):
         started = time.time()
         train_key, acquire_key = jax.random.split(jax.random.fold_in(trial_key, step))
         labeled = pool.labeled
-        reuse_start = step == 0 and start is not None
-        checkpointer = None if reuse_start else make_checkpointer(config, spec, trial, step,
-                                                                   trial_dir)
-        if reuse_start:
+        checkpointer = None
+        if step == 0 and start is not None:
             result = start.result  # trained once for the whole run
         else:
-            result = fit(setup.algorithm, x_labeled=setup.pool_x[labeled],
-                         y_labeled=pool.labeled_labels.astype(np.int32),
-                         x_unlabeled=setup.pool_x[pool.unlabeled], watch=setup.watch,
-                         test=setup.test, train_config=config.train, key=train_key,
-                         eval_apply=setup.eval_apply,
-                         desc=f"{spec} t{trial} s{step} n={len(labeled)}",
-                         checkpointer=checkpointer, before_step=faults.hook("train_step"))
-        entry = {"step": step, "num_labeled": int(len(labeled)),
-                 "test_accuracy": float(result.test_accuracy),
-                 "test_loss": float(result.test_loss),
-                 "watch_accuracy": float(result.watch_accuracy),
-                 "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-                 "min_test_loss_epoch": result.min_test_loss_epoch}
+            checkpointer = make_checkpointer(config, spec, trial, step, trial_dir)
+            result = _train(setup, pool, train_key, checkpointer,
+                            desc=f"{spec} t{trial} s{step} n={len(labeled)}")
+        entry = _step_entry(step, labeled, result)
         if step == 0:
-            entry["config_fingerprint"] = fingerprint
-            entry["initial"] = initial.tolist()
-            entry["initial_labels"] = pool.oracle_labels(initial).tolist()
-            if start is not None:
-                entry["initial_candidate"] = start.candidate
-            if initial_record:
-                entry["initial_record"] = initial_record
-        if step < al.steps:
-            ctx = acquisition_context(setup, pool, result.variables)
-            faults.maybe_kill("acquisition")
-            acquired = distributed.agree(strategy(ctx, al.query_size, acquire_key),
-                                         what="acquisition")
-            acquired = _check_acquired(acquired, pool, al.query_size, spec)
-            entry["acquired"] = acquired.tolist()
-            entry["labels"] = pool.label(acquired).tolist()
-            if ctx.record:
-                entry["record"] = ctx.record
+            entry.update(_step_zero_fields(pool, initial, fingerprint, start, initial_record))
+        if step < config.al.steps:
+            entry.update(_acquire(setup, pool, strategy, result.variables, acquire_key, spec))
         if distributed.is_writer():
             journal.append(entry)   # no timings: identical runs write identical journals
         entries.append(entry)
@@ -326,6 +283,75 @@ def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
         log.info("%s trial %d step %d: %d labels, test accuracy %.4f (%d epochs, %.1f s)", spec, trial,
                  step, len(labeled), result.test_accuracy, result.epochs_run, time.time() - started)
     return entries
+
+
+def _label_step_zero(setup: Setup, spec: str, trial: int, pool: Pool, strategy, trial_key,
+                     start, entries: list, path: Path, fingerprint: str):
+    """Label step 0's set: replayed from the journal on a resume, else the median initial
+    model's, the strategy's first query (al.first_query="random_init", Appendix B.2) or Q0
+    drawn class-balanced per trial. Returns (initial indices, first-query record or None)."""
+    config = setup.config
+    if start is not None:
+        initial = start.indices
+    elif config.al.first_query == "random_init":
+        initial = None
+    else:
+        initial = pool.initial_indices(config.al.initial_size,
+                                       np.random.default_rng([config.seed, trial]))
+    if entries:
+        replay(entries, pool, initial, path, fingerprint)
+        log.info("%s trial %d: resuming after step %d", spec, trial, len(entries) - 1)
+        return np.asarray(entries[0]["initial"], dtype=np.int64), None
+    record = None
+    if initial is None:
+        initial, record = initial_model.first_query(setup, strategy, pool, trial_key,
+                                                    acquisition_context)
+    pool.label(initial)
+    return initial, record
+
+
+def _train(setup: Setup, pool: Pool, key, checkpointer, *, desc: str):
+    """Train from scratch on the pool as labeled now (fit with early stopping)."""
+    labeled = pool.labeled
+    return fit(setup.algorithm, x_labeled=setup.pool_x[labeled],
+               y_labeled=pool.labeled_labels.astype(np.int32),
+               x_unlabeled=setup.pool_x[pool.unlabeled], watch=setup.watch, test=setup.test,
+               train_config=setup.config.train, key=key, eval_apply=setup.eval_apply, desc=desc,
+               checkpointer=checkpointer, before_step=faults.hook("train_step"))
+
+
+def _step_entry(step: int, labeled: np.ndarray, result) -> dict:
+    """The journal line's metrics of one step's trained model."""
+    return {"step": step, "num_labeled": int(len(labeled)),
+            "test_accuracy": float(result.test_accuracy), "test_loss": float(result.test_loss),
+            "watch_accuracy": float(result.watch_accuracy), "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run, "min_test_loss_epoch": result.min_test_loss_epoch}
+
+
+def _step_zero_fields(pool: Pool, initial: np.ndarray, fingerprint: str, start,
+                      initial_record) -> dict:
+    """What step 0's line adds: the config fingerprint and the initial set with its labels."""
+    fields = {"config_fingerprint": fingerprint, "initial": initial.tolist(),
+              "initial_labels": pool.oracle_labels(initial).tolist()}
+    if start is not None:
+        fields["initial_candidate"] = start.candidate
+    if initial_record:
+        fields["initial_record"] = initial_record
+    return fields
+
+
+def _acquire(setup: Setup, pool: Pool, strategy, variables, key, spec: str) -> dict:
+    """Run the strategy, label what it picked (process 0's choice on every process), and
+    return the journal fields: acquired indices, their labels, the strategy's record."""
+    ctx = acquisition_context(setup, pool, variables)
+    faults.maybe_kill("acquisition")
+    query = setup.config.al.query_size
+    acquired = distributed.agree(strategy(ctx, query, key), what="acquisition")
+    acquired = _check_acquired(acquired, pool, query, spec)
+    fields = {"acquired": acquired.tolist(), "labels": pool.label(acquired).tolist()}
+    if ctx.record:
+        fields["record"] = ctx.record
+    return fields
 
 
 def summary_rows(spec: str, trial: int, entries: list) -> list[dict]:
