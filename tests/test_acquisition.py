@@ -1,36 +1,20 @@
 """Every strategy: budget distinct unlabeled indices, deterministic per key, clear errors;
 uncertainty scores and EGL against direct computations."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from conftest import TinyCNN  # the shared tiny model (tests/conftest.py)
 from crc_jax.acquisition import Context, get, names, parse_spec
 from crc_jax.acquisition.egl import expected_gradient_length
 
 C = 3
 
 
-class TinyCNN(nn.Module):
-    """Conv (kernel + bias), BatchNorm, Dense, and the final Dense "head" (model contract)."""
-
-    num_classes: int = C
-    width: int = 8
-
-    @nn.compact
-    def __call__(self, x, train=False, return_features=False):
-        x = nn.relu(nn.Conv(2, (3, 3))(x))
-        x = nn.BatchNorm(use_running_average=not train)(x)
-        x = x.reshape(x.shape[0], -1)
-        h = nn.tanh(nn.Dense(self.width)(x))
-        logits = nn.Dense(self.num_classes, name="head")(h)
-        return (logits, h) if return_features else logits
-
-
-MODEL = TinyCNN()
+MODEL = TinyCNN(num_classes=C, width=8, conv_features=2)
 
 
 def apply_fn(variables, x):

@@ -2,11 +2,11 @@
 
 import json
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
+from conftest import TinyCNN  # the shared tiny model (tests/conftest.py)
 from crc_jax import ntk
 from crc_jax.acquisition import Context, get
 from crc_jax.acquisition import crc as crc_lib
@@ -15,23 +15,7 @@ C = 4
 WIDTH = 16          # d; the last-layer kernel has rank d + 1 = 17
 
 
-class TinyCNN(nn.Module):
-    """Conv (kernel + bias), BatchNorm, Dense, and the final Dense "head" (model contract)."""
-
-    num_classes: int = C
-    width: int = WIDTH
-
-    @nn.compact
-    def __call__(self, x, train=False, return_features=False):
-        x = nn.relu(nn.Conv(3, (3, 3))(x))
-        x = nn.BatchNorm(use_running_average=not train)(x)
-        x = x.reshape(x.shape[0], -1)
-        h = nn.tanh(nn.Dense(self.width)(x))
-        logits = nn.Dense(self.num_classes, name="head")(h)
-        return (logits, h) if return_features else logits
-
-
-MODEL = TinyCNN()
+MODEL = TinyCNN(num_classes=C, width=WIDTH, conv_features=3)
 
 
 def apply_fn(variables, x):

@@ -2,7 +2,6 @@
 
 from functools import partial
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,25 +12,9 @@ from crc_jax import ntk
 C = 4
 
 
-class TinyCNN(nn.Module):
-    """Conv (kernel + bias), BatchNorm, Dense, and the final Dense "head" (model contract)."""
-
-    num_classes: int = C
-    width: int = 6
-
-    @nn.compact
-    def __call__(self, x, train=False, return_features=False):
-        x = nn.relu(nn.Conv(3, (3, 3))(x))
-        x = nn.BatchNorm(use_running_average=not train)(x)
-        x = x.reshape(x.shape[0], -1)
-        h = nn.tanh(nn.Dense(self.width)(x))
-        logits = nn.Dense(self.num_classes, name="head")(h)
-        return (logits, h) if return_features else logits
-
-
 @pytest.fixture(scope="module")
-def model():
-    m = TinyCNN()
+def model(tiny_cnn):
+    m = tiny_cnn(num_classes=C, width=6, conv_features=3)
     x = jax.random.normal(jax.random.PRNGKey(1), (7, 5, 5, 2))
     variables = m.init(jax.random.PRNGKey(0), x)
     # Non-trivial running statistics, so BatchNorm is not the identity.
