@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from crc_jax.run import faults, journal
+from crc_jax.run import journal
 
 log = logging.getLogger(__name__)
 
@@ -116,17 +116,7 @@ class LabelsLog:
         lines = []
         for i, event in enumerate(events):
             lines.append(journal.encode({"seq": seq + i, "time": round(time.time(), 3), **event}))
-        data = "".join(lines).encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            if faults.armed("labels_append"):  # a crash halfway through the write
-                os.write(fd, data[:len(data) // 2])
-                os.fsync(fd)
-                faults.kill_now()
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        journal.append_synced(self.path, "".join(lines).encode(), fault_point="labels_append")
         self._catch_up(repair=False)
 
     def record(self, events: list[dict]) -> list[dict]:

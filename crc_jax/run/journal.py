@@ -84,14 +84,19 @@ class Journal:
     def append(self, entry: dict) -> None:
         """Write one entry whole, then flush and fsync, before returning."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = encode(entry).encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            if faults.armed("journal_append"):  # a crash halfway through the write
-                os.write(fd, data[:len(data) // 2])
-                os.fsync(fd)
-                faults.kill_now()
-            os.write(fd, data)
+        append_synced(self.path, encode(entry).encode(), fault_point="journal_append")
+
+
+def append_synced(path: Path, data: bytes, *, fault_point: str) -> None:
+    """Append `data` with one write, then fsync, before returning. Fault injection at
+    `fault_point` writes half of it, fsyncs and dies: the torn line a crash leaves."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if faults.armed(fault_point):  # a crash halfway through the write
+            os.write(fd, data[:len(data) // 2])
             os.fsync(fd)
-        finally:
-            os.close(fd)
+            faults.kill_now()
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

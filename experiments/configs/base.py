@@ -129,7 +129,6 @@ def apply_smoke(config) -> None:
     config.trials = 1
     config.model.name = "cnn"
     config.model.width = 4
-    config.dataset.train_size = config.dataset.train_size or 0
     config.dataset.test_size = min(config.dataset.test_size or 64, 64)
     config.al.steps = min(config.al.steps, 2)
     config.train.max_epochs = 2
