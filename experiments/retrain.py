@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import csv
 import json
 import logging
 import sys
@@ -253,12 +252,9 @@ def retrain(run_dir, *, seeds: int, first_seed: int | None, out=None,
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    from crc_jax.run import loop
+
+    loop.write_summary(path, rows, fields=FIELDS)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -360,10 +360,11 @@ def summary_rows(spec: str, trial: int, entries: list) -> list[dict]:
             for e in entries]
 
 
-def write_summary(path: Path, rows: list[dict]) -> None:
+def write_summary(path: Path, rows: list[dict], fields=SUMMARY_FIELDS) -> None:
+    """rows as CSV at `path`, written to a temporary file and renamed (never half written)."""
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(path)

@@ -212,11 +212,9 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def bench_memory(n_pool=73_257, n_labeled=200, group_size=20):
-    ctx = make_context(n_pool, n_labeled, seed=1)
-    groups = crc_lib.random_groups(jax.random.PRNGKey(0), ctx.unlabeled, group_size)
-    crc_lib.score_groups(ctx, groups[:4])   # compile (and a first pass over the pool)
-    before, peak, done = rss_bytes(), [0], threading.Event()
+def with_peak_rss(fn):
+    """(fn(), seconds, peak RSS in bytes while it ran), RSS sampled every 5 ms."""
+    peak, done = [rss_bytes()], threading.Event()
 
     def sample():
         while not done.is_set():
@@ -226,15 +224,26 @@ def bench_memory(n_pool=73_257, n_labeled=200, group_size=20):
     thread = threading.Thread(target=sample)
     thread.start()
     t = time.perf_counter()
-    scores = crc_lib.score_groups(ctx, groups)
-    seconds = time.perf_counter() - t
-    done.set()
-    thread.join()
+    try:
+        out = fn()
+    finally:
+        seconds = time.perf_counter() - t
+        done.set()
+        thread.join()
+    return out, seconds, peak[0]
+
+
+def bench_memory(n_pool=73_257, n_labeled=200, group_size=20):
+    ctx = make_context(n_pool, n_labeled, seed=1)
+    groups = crc_lib.random_groups(jax.random.PRNGKey(0), ctx.unlabeled, group_size)
+    crc_lib.score_groups(ctx, groups[:4])   # compile (and a first pass over the pool)
+    before = rss_bytes()
+    scores, seconds, peak = with_peak_rss(lambda: crc_lib.score_groups(ctx, groups))
     pool_matrix = 4 * n_pool ** 2
     return {"setting": f"pool {n_pool} (32×32×3, {ctx.x.nbytes / 2**20:.0f} MiB of images), |L| = {n_labeled}, "
                        f"G = {group_size}, d = 128, {len(groups)} groups",
-            "rss_before_MiB": before / 2**20, "rss_peak_MiB": peak[0] / 2**20,
-            "peak_increase_MiB": (peak[0] - before) / 2**20,
+            "rss_before_MiB": before / 2**20, "rss_peak_MiB": peak / 2**20,
+            "peak_increase_MiB": (peak - before) / 2**20,
             "pool_by_pool_float32_MiB": pool_matrix / 2**20, "seconds": seconds,
             "n_scores": len(scores)}
 

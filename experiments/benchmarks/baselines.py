@@ -19,15 +19,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import threading
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from crc_jax.acquisition import get
-from experiments.benchmarks.acquisition import machine, make_context, rss_bytes
+from experiments.benchmarks.acquisition import machine, make_context, rss_bytes, with_peak_rss
 
 STRATEGIES = ("random", "entropy", "coreset", "badge", "typiclust", "probcover", "bald")
 REFERENCE = "entropy"
@@ -46,22 +44,10 @@ def with_mc_dropout(ctx):
 
 
 def measure(strategy, ctx, budget):
-    before, peak, done = rss_bytes(), [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_bytes())
-            time.sleep(0.005)
-
-    thread = threading.Thread(target=sample)
-    thread.start()
-    t = time.perf_counter()
-    picked = strategy(ctx, budget, jax.random.PRNGKey(0))
-    seconds = time.perf_counter() - t
-    done.set()
-    thread.join()
+    before = rss_bytes()
+    picked, seconds, peak = with_peak_rss(lambda: strategy(ctx, budget, jax.random.PRNGKey(0)))
     assert len(set(np.asarray(picked).tolist())) == budget
-    return seconds, (max(peak[0], before) - before) / 2**20
+    return seconds, (max(peak, before) - before) / 2**20
 
 
 def main():
