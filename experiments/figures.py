@@ -42,6 +42,17 @@ class FigureError(ValueError):
     """A bad argument or input of a figure command (one line)."""
 
 
+
+def save(fig, path: Path) -> Path:
+    """Lay out, write and close a figure; returns where it went."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
 def claim_workdir(workdir: Path, seed: int) -> None:
     """Make `workdir` ours: create it, or reuse one this command made (removing only the
     journal it wrote there). Refuses any other non-empty directory: never delete what this
@@ -104,12 +115,7 @@ def figure1_moons(out: Path, workdir: Path, *, seed: int = 0) -> Path:
     axes[0][0].legend(loc="lower left", fontsize=7)
     fig.suptitle("Figure 1: Π-model decision boundary (black) as CRC enlarges the labeled set "
                  "(two-moons)", fontsize=11)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "figure1_moons.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, out / "figure1_moons.png")
 
 
 def crc_points(workdirs) -> tuple[list, dict]:
@@ -171,12 +177,7 @@ def figure3_eigen(workdirs, out: Path) -> Path:
     ax_b.set_title("(b) candidate-group eigenvalues per step")
     ax_b.grid(alpha=0.3)
     fig.suptitle("Figure 3 from " + ", ".join(Path(w).name for w in workdirs), fontsize=11)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "figure3_eigen.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, out / "figure3_eigen.png")
 
 
 def transfer_curves(workdir) -> dict:
@@ -229,12 +230,7 @@ def figure2_transfer(workdir: Path, out: Path) -> Path:
     trials = max(acc.shape[0] for _, acc in curves.values())
     fig.suptitle(f"Figure 2 (Appendix B.2) from {Path(workdir).name}: {config['dataset']['name']}, "
                  f"{config['ssl']['name']}, {trials} trials", fontsize=11)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "figure2_transfer.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, out / "figure2_transfer.png")
 
 
 def main(argv=None) -> None:

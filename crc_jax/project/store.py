@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from crc_jax.errors import DataError
+from crc_jax.run.journal import write_atomic  # noqa: F401 (the project's writes use it as store.write_atomic)
 
 FORMAT_VERSION = 1
 PROJECT_FILE = "project.json"
@@ -35,21 +36,6 @@ OWNED = ("pool.npy", "index.csv", "labels.jsonl", "rounds.jsonl", "queue.csv")
 
 class ProjectError(DataError):
     """A project directory that cannot be used as asked, and why."""
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` by `data` whole: temporary file, fsync, rename, fsync the folder."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def csv_bytes(header: list, rows: list) -> bytes:

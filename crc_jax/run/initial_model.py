@@ -19,7 +19,6 @@ Three rules, picked by config.al.initial_model and config.al.first_query:
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -30,7 +29,7 @@ from flax import serialization
 from crc_jax import distributed
 from crc_jax.data.pool import Pool
 from crc_jax.errors import RunDirError
-from crc_jax.run.journal import Journal
+from crc_jax.run.journal import Journal, write_atomic
 from crc_jax.train import FitResult, fit
 
 log = logging.getLogger(__name__)
@@ -91,15 +90,6 @@ def _stored_result(entry: dict, variables) -> FitResult:
                      min_test_loss_epoch=entry["min_test_loss_epoch"], history=[])
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _stored_variables(setup, directory: Path, k: int):
     """Candidate k's trained variables: read by process 0, broadcast to the others."""
     if distributed.is_writer():
@@ -146,7 +136,7 @@ def prepare(setup, workdir, *, fit_fn: Callable | None = None) -> InitialModel |
         entry = _entry(k, indices, setup.pool_y[indices], result)
         if distributed.is_writer():
             directory.mkdir(parents=True, exist_ok=True)
-            _write_atomic(directory / f"candidate_{k}.msgpack",
+            write_atomic(directory / f"candidate_{k}.msgpack",
                           serialization.msgpack_serialize(jax.device_get(result.variables)))
             journal.append(entry)
         entries.append(entry)
