@@ -43,3 +43,30 @@ class TinyCNN(nn.Module):
 def tiny_cnn():
     """TinyCNN(num_classes=..., width=..., conv_features=...) for fixture-style tests."""
     return TinyCNN
+
+
+@pytest.fixture(scope="session")
+def moons_fit():
+    """moons_fit(ssl_name, epochs=, labeled=, unlabeled=, watch=, seed=) -> (algorithm,
+    fit kwargs): a tiny two-moons fit (MLP of width 16, 3 steps per epoch, batch 8)."""
+    import jax
+
+    from crc_jax import data, models, ssl
+    from experiments.configs.base import get_base_config
+
+    def make(ssl_name="supervised", *, epochs, labeled, unlabeled, watch, seed):
+        config = get_base_config()
+        config.ssl.name = ssl_name
+        config.train.max_epochs, config.train.steps_per_epoch = epochs, 3
+        config.train.patience, config.train.batch_size, config.train.progress = 0, 8, False
+        ds = data.load("moons")
+        model = models.get("mlp", num_classes=2, width=16)
+        algorithm = ssl.create(config, model, num_train_steps=3 * epochs, flip=False)
+        kwargs = dict(x_labeled=ds.x_train[:labeled], y_labeled=ds.y_train[:labeled],
+                      x_unlabeled=ds.x_train[labeled:] if unlabeled else None,
+                      watch=(ds.x_test[:watch], ds.y_test[:watch]), test=(ds.x_test, ds.y_test),
+                      train_config=config.train, key=jax.random.PRNGKey(seed),
+                      eval_apply=lambda v, x: model.apply(v, x, train=False))
+        return algorithm, kwargs
+
+    return make

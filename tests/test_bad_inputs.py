@@ -17,12 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crc_jax import data, models, ssl
 from crc_jax.run.checkpoint import TrainCheckpointer
 from crc_jax.train import TrainingDiverged, fit
 from experiments import bad_inputs, reliability_doc
 from experiments.bad_inputs import error_lines
-from experiments.configs.base import get_base_config
 
 DOC = reliability_doc.DOC
 
@@ -64,23 +62,6 @@ def test_diverged_cli_run_keeps_only_finite_checkpoints(outcomes):
 
 # ------------------------------------------------------- divergence inside training
 
-def tiny_fit_setup():
-    config = get_base_config()
-    config.train.max_epochs = 5
-    config.train.steps_per_epoch = 3
-    config.train.patience = 0
-    config.train.batch_size = 8
-    config.train.progress = False
-    ds = data.load("moons")
-    model = models.get("mlp", num_classes=2, width=16)
-    algorithm = ssl.create(config, model, num_train_steps=15, flip=False)
-    kwargs = dict(x_labeled=ds.x_train[:12], y_labeled=ds.y_train[:12], x_unlabeled=None,
-                  watch=(ds.x_test[:100], ds.y_test[:100]), test=(ds.x_test, ds.y_test),
-                  train_config=config.train, key=jax.random.PRNGKey(3),
-                  eval_apply=lambda v, x: model.apply(v, x, train=False))
-    return algorithm, kwargs
-
-
 def poisoned(algorithm, *, from_step: int, loss_too: bool):
     """`algorithm` whose parameters become NaN at step `from_step` (1-based) and after; the
     reported loss turns NaN at that step too when `loss_too`, else stays finite."""
@@ -118,8 +99,8 @@ def assert_trees_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_nan_loss_names_step_and_keeps_last_good_checkpoint(tmp_path):
-    algorithm, kwargs = tiny_fit_setup()
+def test_nan_loss_names_step_and_keeps_last_good_checkpoint(tmp_path, moons_fit):
+    algorithm, kwargs = moons_fit(epochs=5, labeled=12, unlabeled=False, watch=100, seed=3)
     ckpt = TrainCheckpointer(tmp_path / "ckpt", every=1, fingerprint="f")
     # Step 8 is the second step of epoch 3 (3 steps per epoch).
     with pytest.raises(TrainingDiverged, match=r"^non-finite training loss at step 8 \(epoch 3\)$"):
@@ -131,10 +112,10 @@ def test_nan_loss_names_step_and_keeps_last_good_checkpoint(tmp_path):
     assert_trees_equal(state.params, params_after(algorithm, kwargs, epochs=2))
 
 
-def test_nan_parameters_are_never_checkpointed(tmp_path):
+def test_nan_parameters_are_never_checkpointed(tmp_path, moons_fit):
     """The last step of epoch 3 makes the parameters NaN while its own loss is finite:
     epoch 3 must not be saved as a checkpoint."""
-    algorithm, kwargs = tiny_fit_setup()
+    algorithm, kwargs = moons_fit(epochs=5, labeled=12, unlabeled=False, watch=100, seed=3)
     ckpt = TrainCheckpointer(tmp_path / "ckpt", every=1, fingerprint="f")
     with pytest.raises(TrainingDiverged, match=r"^non-finite parameters after step 9 \(epoch 3\)$"):
         fit(poisoned(algorithm, from_step=9, loss_too=False), checkpointer=ckpt, **kwargs)

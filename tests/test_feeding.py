@@ -8,32 +8,13 @@ import jax
 import numpy as np
 import pytest
 
-from crc_jax import data, feeding, models, ssl
+from crc_jax import feeding
 from crc_jax.train import fit
-from experiments.configs.base import get_base_config
-
-
-def setup(ssl_name):
-    config = get_base_config()
-    config.ssl.name = ssl_name
-    config.train.max_epochs = 2
-    config.train.steps_per_epoch = 3
-    config.train.patience = 0
-    config.train.batch_size = 8
-    config.train.progress = False
-    ds = data.load("moons")
-    model = models.get("mlp", num_classes=2, width=16)
-    algorithm = ssl.create(config, model, num_train_steps=6, flip=False)
-    kwargs = dict(x_labeled=ds.x_train[:10], y_labeled=ds.y_train[:10],
-                  x_unlabeled=ds.x_train[10:], watch=(ds.x_test[:64], ds.y_test[:64]),
-                  test=(ds.x_test, ds.y_test), train_config=config.train,
-                  key=jax.random.PRNGKey(5), eval_apply=lambda v, x: model.apply(v, x, train=False))
-    return algorithm, kwargs
 
 
 @pytest.mark.parametrize("ssl_name", ["fixmatch", "supervised"])
-def test_device_feed_trains_the_same_model_as_host_feed(ssl_name):
-    algorithm, kwargs = setup(ssl_name)
+def test_device_feed_trains_the_same_model_as_host_feed(ssl_name, moons_fit):
+    algorithm, kwargs = moons_fit(ssl_name, epochs=2, labeled=10, unlabeled=True, watch=64, seed=5)
     host = fit(algorithm, feed="host", **kwargs)
     device = fit(algorithm, feed="device", **kwargs)
     assert [r["loss"] for r in device.history] == [r["loss"] for r in host.history]
