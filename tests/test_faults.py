@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from crc_jax import acquisition, data
+from crc_jax.run.loop import strategy_dirname
 from experiments.bad_inputs import cli_args, run_main
 from experiments import reliability_doc
 from experiments.reliability_doc import update_doc
@@ -31,6 +32,10 @@ QUICK = {"trials": 1, "strategies": ("random", "entropy"), "al.steps": 1,
 CAMPAIGN_STRATEGIES = tuple(s for s in ("random", "entropy", "crc") if s in acquisition.names())
 CAMPAIGN = dict(QUICK, **{"strategies": CAMPAIGN_STRATEGIES, "al.steps": 2,
                           "train.max_epochs": 3, "train.steps_per_epoch": 4})
+# Pseudo-AL (R = 1 per class) with crc_infinite run once per class and CRC's class-balanced
+# groups: records that must come out identical (no timings, no cache counters, per class).
+PSEUDO_AL = dict(QUICK, **{"strategies": ("crc_infinite:arch=mlp,group_size=1", "crc"),
+                           "al.pseudo_al": True, "al.group_size": 10})
 Q0, Q = 20, 10  # the digits config's al.initial_size and al.query_size
 
 
@@ -66,7 +71,7 @@ def label_problems(workdir: Path, settings: dict) -> list[str]:
     problems = []
     for spec in settings["strategies"]:
         for trial in range(settings["trials"]):
-            path = workdir / spec / f"trial_{trial}" / "journal.jsonl"
+            path = workdir / strategy_dirname(spec) / f"trial_{trial}" / "journal.jsonl"
             entries = [json.loads(line) for line in path.read_text().splitlines()]
             if [e["step"] for e in entries] != list(range(settings["al.steps"] + 1)):
                 problems.append(f"{path}: steps {[e['step'] for e in entries]}")
@@ -132,6 +137,32 @@ def quick(tmp_path_factory):
     return {k: (jobs[k][0], procs[k]) for k in jobs}
 
 
+@pytest.fixture(scope="module")
+def pseudo_al_pair(tmp_path_factory):
+    """Two uninterrupted pseudo-AL runs with crc_infinite and crc, side by side."""
+    root = tmp_path_factory.mktemp("faults_pseudo_al")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        procs = list(pool.map(lambda k: run(PSEUDO_AL, root / k / "run"), ("a", "b")))
+    return [(root / k / "run", p) for k, p in zip(("a", "b"), procs)]
+
+
+def test_same_seed_pseudo_al_runs_with_crc_infinite_are_identical(pseudo_al_pair):
+    (dir1, proc1), (dir2, proc2) = pseudo_al_pair
+    assert proc1.returncode == 0, proc1.stderr[-3000:]
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    first = outputs(dir1)
+    assert outputs(dir2) == first
+    assert label_problems(dir1, PSEUDO_AL) == []
+    step0 = json.loads((dir1 / strategy_dirname(PSEUDO_AL["strategies"][0]) / "trial_0" /
+                        "journal.jsonl").read_text().splitlines()[0])
+    # one record per class, each crc_infinite's own, none of them timings
+    per_class = step0["record"]["per_class"]
+    assert sorted(per_class, key=int) == [str(c) for c in range(10)]
+    assert all(set(r["crc_infinite"]) >= {"group_size", "chosen_scores"} and
+               "seconds" not in r["crc_infinite"] for r in per_class.values())
+    assert len(set(step0["labels"])) == 10          # R = 1 image of each class
+
+
 def test_same_seed_runs_are_identical(quick):
     (dir1, proc1), (dir2, proc2) = quick["ref1"], quick["ref2"]
     assert proc1.returncode == 0, proc1.stderr[-3000:]
@@ -155,6 +186,18 @@ def test_sigkill_mid_checkpoint_write_resumes_identically(quick):
     assert resumed_from_epoch(resumed.stderr) == 1
     assert outputs(workdir) == outputs(quick["ref1"][0])
     assert label_problems(workdir, QUICK) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["acquisition:2", "journal_append:2"])
+def test_pseudo_al_crc_infinite_run_killed_resumes_identically(tmp_path, fault):
+    reference = run(PSEUDO_AL, tmp_path / "reference" / "run")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    r = kill_and_resume(PSEUDO_AL, tmp_path, fault)
+    assert r["killed"].returncode == -9, r["killed"].stderr[-3000:]
+    assert r["resumed"].returncode == 0, r["resumed"].stderr[-3000:]
+    assert outputs(r["workdir"]) == outputs(tmp_path / "reference" / "run")
+    assert label_problems(r["workdir"], PSEUDO_AL) == []
 
 
 # ------------------------------------------------------------------------- campaign

@@ -131,8 +131,8 @@ def test_two_processes_give_the_one_process_run(reference, tmp_path):
     (r0, out0, err0), (r1, out1, err1) = finish(start_two([ours, theirs]))
     assert r0 == 0, err0[-4000:]
     assert r1 == 0, err1[-4000:]
-    assert "process 0 of 2, 1 local / 2 global devices" in err0
-    assert "process 1 of 2, 1 local / 2 global devices" in err1
+    assert "data-parallel over 2 cpu device(s) in 2 processes" in err0
+    assert "data-parallel over 2 cpu device(s) in 2 processes" in err1
     assert_same_run(reference, journals(ours))
     # process 0 wrote the whole run directory; process 1 nothing at all
     for name in ("config.json", "summary.csv", ".lock", "report.md", "report.csv"):
