@@ -70,3 +70,26 @@ def moons_fit():
         return algorithm, kwargs
 
     return make
+
+
+def tiny_digits(**overrides):
+    """The digits config shrunk to seconds: a narrow CNN, 2 epochs of 2 steps."""
+    from experiments.configs import digits
+
+    c = digits.get_config()
+    c.trials = 2
+    c.strategies = ("random", "entropy")
+    c.model.width = 4
+    c.train.max_epochs = 2
+    c.train.steps_per_epoch = 2
+    c.train.patience = 0
+    c.train.batch_size = 16
+    c.train.progress = False
+    c.al.steps = 1
+    for dotted, value in overrides.items():
+        node = c
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c

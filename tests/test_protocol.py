@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import tiny_digits  # tests/conftest.py
 from crc_jax import models, optim, ssl
 from crc_jax.run import initial_model
 from crc_jax.run import config_check, loop
@@ -21,33 +22,12 @@ from crc_jax.data import augment
 from crc_jax.errors import ConfigError
 from crc_jax.state import create_train_state
 from crc_jax.train import FitResult
-from experiments.configs import digits, transfer
+from experiments.configs import transfer
 from experiments.configs.base import get_base_config
 
 PAPER_CONFIGS = ("cifar10_fixmatch", "cifar100_fixmatch", "cifar10_fixmatch_pseudo_al",
                  "cifar10_group_size", "cifar10_last_vs_full", "svhn_mt", "svhn_mt_pseudo_al",
                  "transfer")
-
-
-def tiny_digits(**overrides):
-    """The digits config shrunk to seconds: a narrow CNN, 2 epochs of 2 steps."""
-    c = digits.get_config()
-    c.trials = 2
-    c.strategies = ("random", "entropy")
-    c.model.width = 4
-    c.train.max_epochs = 2
-    c.train.steps_per_epoch = 2
-    c.train.patience = 0
-    c.train.batch_size = 16
-    c.train.progress = False
-    c.al.steps = 1
-    for dotted, value in overrides.items():
-        node = c
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
 
 
 # ------------------------------------------------------------------ median initial model

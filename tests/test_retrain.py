@@ -6,23 +6,14 @@ import json
 import numpy as np
 import pytest
 
+from conftest import tiny_digits  # tests/conftest.py
 from crc_jax.run import loop
 from experiments import retrain
-from experiments.configs import digits
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    c = digits.get_config()
-    c.trials = 2
-    c.strategies = ("entropy",)
-    c.model.width = 4
-    c.train.max_epochs = 2
-    c.train.steps_per_epoch = 2
-    c.train.patience = 0
-    c.train.batch_size = 16
-    c.train.progress = False
-    c.al.steps = 2
+    c = tiny_digits(**{"strategies": ("entropy",), "al.steps": 2})
     workdir = tmp_path_factory.mktemp("run")
     loop.run(c, workdir)
     return workdir
