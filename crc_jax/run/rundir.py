@@ -17,8 +17,9 @@ from crc_jax import distributed
 from crc_jax.errors import RunDirError
 
 # Fields that do not change results: a resumed run may differ in these. How many
-# processes share the work does not (tests/test_multiprocess.py checks it).
-COSMETIC_FIELDS = ("train.progress", "distributed")
+# processes share the work does not (tests/test_multiprocess.py checks it), nor how often
+# training checkpoints (a resume from a checkpoint is bit-identical: tests/test_checkpoint.py).
+COSMETIC_FIELDS = ("train.progress", "train.checkpoint_every", "distributed")
 
 
 def comparable_config(config_dict: dict) -> dict:
