@@ -127,7 +127,8 @@ def apply_smoke(config) -> None:
     if not config.smoke:
         return
     config.trials = 1
-    config.model.name = "cnn"
+    if config.model.name == "wrn28_2":   # the MLP of point data sets (two-moons) stays an MLP
+        config.model.name = "cnn"
     config.model.width = 4
     config.dataset.test_size = min(config.dataset.test_size or 64, 64)
     config.al.steps = min(config.al.steps, 2)
