@@ -2,12 +2,13 @@
 
 `CRC_JAX_FAULT="point:n"` (crc_jax/run/faults.py) kills `python -m experiments.main` the n-th time
 it reaches a point. Each killed run is rerun with the same command and must end exactly as
-a run that was never interrupted: the same journals (up to the `seconds` timing field and
-the checksum), the same summary.csv and report bytes, and every label acquired exactly once.
+a run that was never interrupted: the same journals (up to the checksum; journals hold no
+timings), the same summary.csv and report bytes, and every label acquired exactly once.
 
-Always on: two uninterrupted runs (same seed, same results) and one kill mid checkpoint
-write. Slow target (`pytest -m slow tests/test_faults.py`): the 10-kill campaign, which
-rewrites the campaign section of docs/reliability.md.
+Always on: two uninterrupted runs (same seed, same results), the same for a pseudo-AL run
+with crc_infinite and crc, and one kill mid checkpoint write. Slow target
+(`pytest -m slow tests/test_faults.py`): kills of that pseudo-AL run and the 10-kill
+campaign, whose table `make docs-campaign` writes into docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def journal_paths(workdir: Path) -> list[Path]:
 
 
 def outputs(workdir: Path) -> dict:
-    """What a finished run produced, minus timings: journals, summary and report bytes."""
+    """What a finished run produced: journals (without checksums), summary and report bytes."""
     out = {}
     for path in journal_paths(workdir):
         entries = [json.loads(line) for line in path.read_text().splitlines()]
@@ -300,8 +301,8 @@ def test_fault_campaign(tmp_path):
         f"Config: `--config=digits` with strategies {', '.join(CAMPAIGN_STRATEGIES)}, 1 trial, "
         f"{CAMPAIGN['al.steps']} acquisition steps (Q0={Q0}, Q={Q}), "
         f"{CAMPAIGN['train.max_epochs']} epochs of {CAMPAIGN['train.steps_per_epoch']} steps, "
-        "a checkpoint every epoch. \"Identical\": every journal (entries without `seconds` "
-        "and `crc32`), summary.csv, report.md and report.csv equal the uninterrupted run's. "
+        "a checkpoint every epoch. \"Identical\": every journal (entries without their "
+        "`crc32`), summary.csv, report.md and report.csv equal the uninterrupted run's. "
         "\"Label problems\": steps missing, an index labeled twice, a labeled count other than "
         "Q0 + step*Q, or a label other than the pool's.",
         "",
