@@ -35,14 +35,6 @@ def check_feed(feed: str) -> None:
         raise ValueError(f"feed must be one of {', '.join(FEEDS)}; got {feed!r}")
 
 
-def _device_bytes_limit() -> Optional[int]:
-    try:
-        stats = jax.local_devices()[0].memory_stats()
-    except Exception:  # noqa: BLE001 -- backends without memory stats raise various errors
-        return None
-    return None if not stats else stats.get("bytes_limit")
-
-
 def feeds_on_device(feed: str, arrays, platform: Optional[str] = None) -> bool:
     """Whether `feed` puts `arrays` (the pools; None entries ignored) on the device of
     `platform` (default: JAX's default backend)."""
@@ -52,7 +44,7 @@ def feeds_on_device(feed: str, arrays, platform: Optional[str] = None) -> bool:
     if (jax.default_backend() if platform is None else platform) == "cpu":
         return False
     need = sum(np.asarray(a).nbytes for a in arrays if a is not None)
-    limit = _device_bytes_limit()
+    limit = sharding.device_bytes_limit()
     return need <= DEVICE_FEED_MAX_BYTES and (limit is None or need <= limit // 4)
 
 

@@ -203,3 +203,12 @@ def initialize_distributed(config) -> None:
     from crc_jax import distributed
 
     distributed.initialize(config)
+
+
+def device_bytes_limit() -> Optional[int]:
+    """This process's first device's memory in bytes, when it reports one (GPU/TPU; not CPU)."""
+    try:
+        stats = jax.local_devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001 -- backends without memory stats raise various errors
+        return None
+    return None if not stats else stats.get("bytes_limit")

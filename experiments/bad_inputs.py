@@ -57,14 +57,9 @@ def make_config(settings: dict):
     """The config the CLI builds from `cli_args(settings)`, in process."""
     from experiments.configs.digits import get_config
 
-    config = get_config()
-    for dotted, value in settings.items():
-        *parents, leaf = dotted.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    from experiments.configs.base import set_fields
+
+    return set_fields(get_config(), settings)
 
 
 def snapshot(directory: Path) -> dict:

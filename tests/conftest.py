@@ -75,6 +75,7 @@ def moons_fit():
 def tiny_digits(**overrides):
     """The digits config shrunk to seconds: a narrow CNN, 2 epochs of 2 steps."""
     from experiments.configs import digits
+    from experiments.configs.base import set_fields
 
     c = digits.get_config()
     c.trials = 2
@@ -86,10 +87,4 @@ def tiny_digits(**overrides):
     c.train.batch_size = 16
     c.train.progress = False
     c.al.steps = 1
-    for dotted, value in overrides.items():
-        node = c
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return set_fields(c, overrides)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crc_jax import ntk
+from crc_jax import ntk, sharding
 
 BACKENDS = ("auto", "host", "device", "device_f32")
 CHUNK_BYTES_MAX = 1 << 30          # matrices of one chunk, before eigvalsh's workspace
@@ -71,20 +71,11 @@ def x64(dtype: Optional[str]):
     return jax.enable_x64(dtype == "float64")
 
 
-def device_bytes_limit() -> Optional[int]:
-    """The default device's memory in bytes, when it reports one (GPU/TPU; not CPU)."""
-    try:
-        stats = jax.devices()[0].memory_stats()
-    except Exception:  # noqa: BLE001 -- backends without memory stats raise various errors
-        return None
-    return None if not stats else stats.get("bytes_limit")
-
-
 def rows_per_chunk(side: int, n_rows: int, itemsize: int = 8) -> int:
     """Matrices per jitted call: bounded by CHUNK_BYTES_MAX and 1/16 of device memory
     (CHUNK_BYTES_UNKNOWN where the device does not say), a power of two (few compiles) no
     larger than needed for `n_rows`."""
-    limit = device_bytes_limit()
+    limit = sharding.device_bytes_limit()
     budget = min(CHUNK_BYTES_MAX, limit // 16) if limit else CHUNK_BYTES_UNKNOWN
     fit = max(1, budget // (WORKSPACE_FACTOR * itemsize * side * side))
     want = 1 << max(0, int(np.ceil(np.log2(max(1, n_rows)))))

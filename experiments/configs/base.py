@@ -140,3 +140,14 @@ def apply_smoke(config) -> None:
     config.train.progress = False
     config.train.val_size = min(config.train.val_size, 32)
     config.al.initial_candidates = min(config.al.initial_candidates, 3)
+
+
+def set_fields(config, settings: dict):
+    """Set dotted fields in place ({"train.lr": 0.1} -> config.train.lr = 0.1); returns config."""
+    for dotted, value in settings.items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return config
