@@ -26,7 +26,7 @@ test-slow: $(STAMP)
 
 # docs/reliability.md's bad-input table, from real runs of every case (a few minutes)
 docs: $(STAMP)
-	$(PY) -m experiments.reliability_doc
+	PYTHONPATH=. $(PY) tests/reliability_doc.py
 
 # the 10-kill fault campaign (slow), its table written into docs/reliability.md
 docs-campaign: $(STAMP)

@@ -41,7 +41,8 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> Parser:
-    from crc_jax.project.settings import COLD_STARTS, SSL_NAMES, RoundSettings
+    from crc_jax import acquisition, ssl
+    from crc_jax.project.settings import RoundSettings
 
     d = RoundSettings()
     p = Parser(prog="crc-jax", description="Label your own images with active semi-supervised "
@@ -57,8 +58,9 @@ def build_parser() -> Parser:
 
     def round_options(s):
         s.add_argument("--strategy", default=d.strategy, help="acquisition strategy (crc)")
-        s.add_argument("--ssl", default=d.ssl, choices=SSL_NAMES)
-        s.add_argument("--cold-start", default=d.cold_start, choices=COLD_STARTS,
+        s.add_argument("--ssl", default=d.ssl, choices=ssl.names())
+        s.add_argument("--cold-start", default=d.cold_start,
+                       choices=acquisition.STRATEGIES.names("cold_start"),
                        help="first batch without labels: CRC on a random model, or random")
         s.add_argument("--model", default=d.model)
         s.add_argument("--width", type=positive_int, default=d.width)
@@ -108,7 +110,8 @@ def settings_from(args):
     try:
         settings.check()
     except ValueError as err:
-        raise UsageError(f"--{str(err).replace('_', '-')}") from None
+        field, _, problem = str(err).partition(": ")   # "cold_start: ..." -> "--cold-start: ..."
+        raise UsageError(f"--{field.replace('_', '-')}: {problem}") from None
     return settings
 
 
@@ -185,7 +188,8 @@ def cmd_status(args):
 
 
 def cmd_predict(args):
-    from crc_jax.project import Project, store
+    from crc_jax import durable
+    from crc_jax.project import Project
 
     project = Project.open(args.dir)
     out = args.out or project.dir / "predictions.csv"
@@ -193,7 +197,7 @@ def cmd_predict(args):
         raise UsageError(f"--out {out}: already exists; choose a new file")
     rows = project.predict()
     fields = ["id", "path", "predicted", "confidence", "label"]
-    store.write_atomic(out, store.csv_bytes(fields, [[r[f] for f in fields] for r in rows]))
+    durable.write_csv(out, fields, [[r[f] for f in fields] for r in rows])
     print(f"{len(rows)} predictions written to {out}")
 
 
@@ -222,7 +226,7 @@ def main(argv=None) -> int:
     for noisy in ("jax", "absl", "werkzeug", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from crc_jax.errors import DataError, RunDirError
+    from crc_jax.errors import DataError, StorageError
     from crc_jax.project.labels_log import LabelConflict
 
     try:
@@ -231,7 +235,7 @@ def main(argv=None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (DataError, LabelConflict, RunDirError) as err:
+    except (DataError, LabelConflict, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:  # a budget the pool cannot meet, a bad strategy option

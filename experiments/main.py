@@ -132,12 +132,12 @@ def main(argv: list[str]) -> None:
     import jax
 
     from crc_jax import distributed
-    from crc_jax.errors import ConfigError, DataError, RunDirError
+    from crc_jax.errors import ConfigError, DataError, StorageError
     from crc_jax.train import TrainingDiverged
 
     try:
         run(config, workdir)
-    except (ConfigError, DataError, RunDirError, TrainingDiverged) as err:
+    except (ConfigError, DataError, StorageError, TrainingDiverged) as err:
         sys.stderr.write(f"error: {err}\n")
         sys.exit(EXIT_USAGE)
     except jax.errors.JaxRuntimeError as err:

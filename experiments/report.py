@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crc_jax.run import faults
+from crc_jax import durable, faults
 from experiments import stats
 
 EXIT_USAGE = 2
@@ -130,14 +130,9 @@ def markdown_table(rows: list[dict]) -> str:
 
 def write_csv(rows: list[dict], path: Path) -> None:
     strategies, counts, cells = aggregate(rows)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["strategy", "num_labeled", "mean_accuracy", "std_accuracy", "trials"])
-        for s in strategies:
-            for n in counts:
-                v = cells[(s, n)]
-                if v:
-                    w.writerow([s, n, f"{np.mean(v):.4f}", f"{np.std(v):.4f}", len(v)])
+    durable.write_csv(path, ["strategy", "num_labeled", "mean_accuracy", "std_accuracy", "trials"],
+                      [[s, n, f"{np.mean(cells[(s, n)]):.4f}", f"{np.std(cells[(s, n)]):.4f}",
+                        len(cells[(s, n)])] for s in strategies for n in counts if cells[(s, n)]])
 
 
 def plot_learning_curves(rows: list[dict], path: Path, title: str = "") -> None:

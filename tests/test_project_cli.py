@@ -129,7 +129,7 @@ def test_next_status_predict(capsys, tmp_path, images):
                "--image-size", 8)[0] == 0
     one_line_error(capsys, "next", tmp_path / "p", "--budget", 41, match="budget 41 exceeds")
     one_line_error(capsys, "next", tmp_path / "p", "--budget", 5, "--strategy", "kcenter",
-                   match="--strategy: unknown 'kcenter'")
+                   match="--strategy: unknown strategy 'kcenter'")
     one_line_error(capsys, "predict", tmp_path / "p", match="no trained model yet")
     code, out, _ = run(capsys, "next", tmp_path / "p", "--budget", 10, "--cold-start", "random")
     assert code == 0 and "cold start" in out and "queue.csv" in out

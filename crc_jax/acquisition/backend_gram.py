@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from crc_jax.acquisition import device_spectra as dev
+from crc_jax.acquisition.device_spectra import Spectra
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +23,14 @@ log = logging.getLogger(__name__)
 class BackendGram:
     """Backend bookkeeping and the choice of the top groups, shared by both Grams.
 
-    Subclasses provide `_host_scores(rows)` (float64 NumPy) and, on the device backend,
+    Subclasses set `spectra` (crc_jax.acquisition.device_spectra.Spectra), `groups` and
+    `_rank`, and provide `_host_scores(rows)` (float64 NumPy) and, on a device spectra,
     `_device_scores(rows)` -> (scores, traces) device arrays.
     """
 
     groups: np.ndarray
-
-    def _set_backend(self, backend: str) -> None:
-        self.backend = dev.resolve(backend)
-        self.dtype = dev.device_dtype(self.backend)
+    spectra: Spectra = dev.HOST
+    _rank: Optional[int] = None
 
     @property
     def rank(self) -> Optional[int]:
@@ -39,8 +39,7 @@ class BackendGram:
 
     def describe(self) -> dict:
         """What ran, for the journal: {"backend": ..., "dtype": ...} (no timings)."""
-        return {"backend": "host" if self.dtype is None else "device",
-                "dtype": "float64" if self.dtype is None else self.dtype}
+        return self.spectra.describe()
 
     def _rows(self, rows) -> np.ndarray:
         return np.arange(len(self.groups)) if rows is None else np.asarray(rows)
@@ -51,20 +50,20 @@ class BackendGram:
         rows = self._rows(rows)
         if len(rows) == 0:
             return np.zeros(0)
-        if self.dtype is None:
+        if not self.spectra.on_device:
             return self._host_scores(rows)
-        with dev.x64(self.dtype):
+        with self.spectra.precision():
             return np.asarray(self._device_scores(rows)[0], dtype=np.float64)[:len(rows)]
 
     def top(self, rows: Optional[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(the k best rows, their scores, the scores of all `rows`), best first, ties to the
         earlier row; one device-to-host transfer on the device backend."""
         rows = self._rows(rows)
-        if self.dtype is None:
+        if not self.spectra.on_device:
             scores = self._host_scores(rows)
             pick = np.argsort(-scores, kind="stable")[:k]
-        elif self.dtype == "float64":
-            with dev.x64(self.dtype):
+        elif self.spectra.device_float64:
+            with self.spectra.precision():
                 s, _ = self._device_scores(rows)
                 pick, scores = jax.device_get((dev.top_rows(s, k=k), s))
             scores = np.asarray(scores, dtype=np.float64)[:len(rows)]

@@ -62,3 +62,17 @@ def check_budget(ctx: Context, budget: int, group_size: int = 1) -> None:
         raise ValueError(f"budget {budget} exceeds the {len(ctx.unlabeled)} unlabeled samples")
     if group_size <= 0 or budget % group_size:
         raise ValueError(f"group size {group_size} must be positive and divide the budget {budget}")
+
+
+def model_context(model, variables, *, x: np.ndarray, labeled, unlabeled, num_classes: int,
+                  batch_size: int, oracle=None) -> Context:
+    """The Context of a Flax model of crc_jax.models (its evaluation passes, features and,
+    with dropout, MC-dropout pass) over the pool `x` as it stands."""
+    from crc_jax import models
+
+    fns = models.apply_functions(model)
+    return Context(apply_fn=fns.logits, variables=variables, x=x,
+                   labeled=np.asarray(labeled, np.int64).copy(),
+                   unlabeled=np.sort(np.asarray(unlabeled, np.int64)),
+                   num_classes=num_classes, features_fn=fns.features, oracle=oracle,
+                   model=model, stochastic_apply_fn=fns.stochastic, batch_size=batch_size)

@@ -102,16 +102,6 @@ def top_groups(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-np.asarray(scores), kind="stable")[:k]
 
 
-def best_of(gram, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(the k best of `rows`, their scores, the scores of all `rows`): the Gram's own `top`
-    (one transfer on the device backend), or `score` + `top_groups` for Grams without one."""
-    if hasattr(gram, "top"):
-        return gram.top(rows, k)
-    scores = np.asarray(gram.score(rows))
-    best = top_groups(scores, k)
-    return np.asarray(rows)[best], scores[best], scores
-
-
 def pick_sequentially(gram, rounds: int, *, desc: str) -> tuple[list[int], list[float], np.ndarray]:
     """Pick `rounds` rows one at a time, each the best against base ∪ rows picked so far.
 
@@ -120,7 +110,7 @@ def pick_sequentially(gram, rounds: int, *, desc: str) -> tuple[list[int], list[
     remaining = np.arange(len(gram.groups))
     rows, chosen, first = [], [], None
     for _ in tqdm(range(rounds), desc=desc, disable=None if rounds > 1 else True, leave=False):
-        best, score, scores = best_of(gram, remaining, 1)
+        best, score, scores = gram.top(remaining, 1)
         if first is None:
             first = scores
         rows.append(int(best[0]))
@@ -140,7 +130,7 @@ def summarize(scores: np.ndarray) -> dict:
     return out
 
 
-@register("crc", group_size=True, class_balanced=True)
+@register("crc", group_size=True, class_balanced=True, cold_start=True)
 def make_crc(group_size: Optional[int] = None, subset="last", max_groups: Optional[int] = None,
              class_balanced: bool = False, sequential: bool = False, backend: str = "auto"):
     """CRC (Algorithm 1). group_size=None means G = budget (one group is the whole batch)."""

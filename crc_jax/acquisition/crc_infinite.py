@@ -40,6 +40,7 @@ import numpy as np
 from crc_jax import infinite, ntk
 from crc_jax.acquisition import crc as crc_lib
 from crc_jax.acquisition import spectra
+from crc_jax.acquisition.backend_gram import BackendGram
 from crc_jax.acquisition.context import Context, check_budget
 from crc_jax.acquisition.registry import register
 
@@ -110,9 +111,10 @@ def _within_groups(kernel_fn, xg):
     return jax.vmap(lambda a: kernel_fn(a, None))(xg)
 
 
-class InfiniteGram:
+class InfiniteGram(BackendGram):
     """Scores of candidate groups against a base set B (the labeled set, grown by
-    `extend_base` in the sequential variant), with the interface crc.pick_sequentially uses."""
+    `extend_base` in the sequential variant), with the Gram interface of
+    crc_jax.acquisition.gram (score, top, extend_base, rank, describe), on the host."""
 
     def __init__(self, rows: KernelRows, groups: np.ndarray, base: np.ndarray):
         """K̃(B, B), K̃(candidates, B) from `rows`; the within-group blocks K̃(g, g) fresh,
@@ -121,7 +123,7 @@ class InfiniteGram:
         self.rows, self.groups = rows, np.asarray(groups, np.int64)
         self.base = np.asarray(base, np.int64)
         self.cand = self.groups.ravel()
-        self.rank = None   # full rank: r = |B ∪ g|
+        self._rank = None   # full rank: r = |B ∪ g|
         self.k_bb = rows.block(self.base, self.base)
         self.k_cb = rows.block(self.cand, self.base)           # (candidates, B)
         g = self.groups.shape[1]
@@ -144,9 +146,8 @@ class InfiniteGram:
         self.k_cb = np.concatenate([self.k_cb, self.rows.block(self.cand, new)], axis=1)
         self.base = np.concatenate([self.base, new])
 
-    def score(self, which: Optional[np.ndarray] = None) -> np.ndarray:
+    def _host_scores(self, which: np.ndarray) -> np.ndarray:
         """λmin(K̃(B ∪ g)) per group, 0 below the float32 floor n·ε_float32·λmax."""
-        which = np.arange(len(self.groups)) if which is None else np.asarray(which)
         g = self.groups.shape[1]
         n = len(self.base) + g
 
@@ -228,9 +229,8 @@ def make_crc_infinite(group_size: Optional[int] = None, max_groups: Optional[int
         if sequential:
             picked, chosen, scores = crc_lib.pick_sequentially(gram, need, desc="CRC-infinite rounds")
         else:
-            scores = gram.score()
-            picked = [int(r) for r in crc_lib.top_groups(scores, need)]
-            chosen = [float(scores[r]) for r in picked]
+            best, chosen_scores, scores = gram.top(None, need)
+            picked, chosen = [int(r) for r in best], [float(s) for s in chosen_scores]
         # the journal record holds what identical runs reproduce; timings and cache counters
         # (which depend on what an earlier step of this process computed) go to the log
         ctx.record["crc_infinite"] = {

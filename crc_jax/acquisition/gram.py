@@ -50,6 +50,7 @@ from crc_jax.acquisition import device_spectra as dev
 from crc_jax.acquisition import features as feat
 from crc_jax.acquisition import spectra
 from crc_jax.acquisition.backend_gram import BackendGram
+from crc_jax.acquisition.device_spectra import HOST, Spectra
 from crc_jax.acquisition.context import Context
 
 log = logging.getLogger(__name__)
@@ -89,21 +90,21 @@ class FeatureGram(BackendGram):
     """Last-layer CRC scores from penultimate features: K̃ = C·(ΦΦᵀ + 1).
 
     features_fn: (variables, x) -> Φ; default ctx.features_fn (see `build` for the
-    derived one). backend: "host", "device", "device_f32" or "auto".
+    derived one). spectra: where the eigenvalues are computed (default the host).
     """
 
-    def __init__(self, ctx: Context, groups: np.ndarray, *, mesh=None, backend: str = "host",
+    def __init__(self, ctx: Context, groups: np.ndarray, *, mesh=None, spectra: Spectra = HOST,
                  features_fn=None):
         self.groups = np.asarray(groups)
         self.scale = float(ctx.num_classes)
-        self._set_backend(backend)
+        self.spectra = spectra
         bias = feat.head_has_bias(ctx.params)
         fn = ctx.features_fn if features_fn is None else features_fn
         self.base = np.asarray(ctx.labeled, dtype=np.int64)
         self.z_dev, self._base_gram = None, None
-        if self.dtype == "float64":      # everything stays on the device
+        if spectra.device_float64:       # everything stays on the device
             phi = feat.pool_features_on_device(ctx, fn, mesh=mesh)      # the model in float32
-            with dev.x64(self.dtype):
+            with spectra.precision():
                 self.z_dev, gram = dev.gram_of(phi.astype(jnp.float64), bias=bias)
                 rtol = self.z_dev.shape[1] * ntk.FLOAT32_EPS
                 self._rank = dev.rank_from_gram(gram, rtol)
@@ -113,10 +114,10 @@ class FeatureGram(BackendGram):
             self._rank = ntk.feature_rank(phi, bias=bias)
             z = phi.astype(np.float64)
             self.z = np.concatenate([z, np.ones((len(z), 1))], axis=1) if bias else z
-            if self.dtype == "float32":
+            if spectra.prefilter:
                 self.z_dev = jnp.asarray(self.z, dtype=jnp.float32)
         self.width = (self.z if self.z is not None else self.z_dev).shape[1]
-        log.debug("FeatureGram (%s): pool %d, width %d", self.backend, len(ctx.x), self.width)
+        log.debug("FeatureGram (%s): pool %d, width %d", spectra, len(ctx.x), self.width)
 
     def extend_base(self, rows) -> None:
         self.base = np.concatenate([self.base, self.groups[np.asarray(rows)].ravel()])
@@ -180,10 +181,11 @@ class JacobianGram(BackendGram):
     """
 
     def __init__(self, ctx: Context, groups: np.ndarray, *, subset="last",
-                 budget_bytes: int = ntk.JACOBIAN_BUDGET_BYTES, mesh=None, backend: str = "host"):
+                 budget_bytes: int = ntk.JACOBIAN_BUDGET_BYTES, mesh=None,
+                 spectra: Spectra = HOST):
         self.groups = np.asarray(groups)
         self.ctx = ctx
-        self._set_backend(backend)
+        self.spectra = spectra
         self.mesh = sharding.make_mesh() if mesh is None else mesh
         self.f, self.params = ctx.apply_fn, sharding.replicate(self.mesh, ctx.variables)
         self.subset = variables_subset(ctx, subset)
@@ -193,7 +195,7 @@ class JacobianGram(BackendGram):
                                              budget_bytes=budget_bytes)
         self.base = np.asarray(ctx.labeled, dtype=np.int64)
         self._rank = self._head_rank() if subset == "last" else None   # None: |B| + G
-        with dev.x64(self.dtype):
+        with spectra.precision():
             self._build(x)
 
     def _head_rank(self) -> Optional[int]:
@@ -207,18 +209,18 @@ class JacobianGram(BackendGram):
 
     def _keep(self, k):
         """A contracted block as the backend holds it: float64 NumPy, or a device array."""
-        if self.dtype is None:
+        if not self.spectra.on_device:
             return _host(k).astype(np.float64)
-        return jnp.asarray(k, dtype=self.dtype)
+        return jnp.asarray(k, dtype=self.spectra.dtype)
 
     def _xp(self):
-        return np if self.dtype is None else jnp
+        return jnp if self.spectra.on_device else np
 
     def _build(self, x) -> None:
         jac, xp = self._jac, self._xp()
         held_base = None
         if len(self.base) == 0:
-            self.k_bb = xp.zeros((0, 0), dtype=self.dtype or np.float64)
+            self.k_bb = xp.zeros((0, 0), dtype=self.spectra.dtype)
         elif len(self.base) <= self.batch:
             held_base = jac(x[self.base])
             self.k_bb = self._keep(ntk.contract_jit(held_base, held_base, trace=True))
@@ -277,7 +279,7 @@ class JacobianGram(BackendGram):
         """K̃(B, chunk): against held base Jacobians, or base blocks recomputed."""
         xp = self._xp()
         if len(self.base) == 0:
-            return xp.zeros((0, jc[0].shape[0]), dtype=self.dtype or np.float64)
+            return xp.zeros((0, jc[0].shape[0]), dtype=self.spectra.dtype)
         if held_base is not None:
             return self._keep(ntk.contract_jit(held_base, jc, trace=True))
         return xp.concatenate(
@@ -291,7 +293,7 @@ class JacobianGram(BackendGram):
         pos = (rows[:, None] * g + np.arange(g)).ravel()
         new = self.cand[pos]
         xp = self._xp()
-        with dev.x64(self.dtype):
+        with self.spectra.precision():
             jn = self._jac(self.ctx.x[new])
             if self.cand_jac is not None:
                 k_nc = self._keep(ntk.contract_jit(jn, self.cand_jac, trace=True))
@@ -361,9 +363,10 @@ def build(ctx: Context, groups: np.ndarray, *, subset="last", mesh=None, backend
     """The Gram for `subset`: features for "last" on a dense head (from ctx.features_fn, or
     derived from the head), Jacobians otherwise; features and Jacobians are computed on
     the devices of `mesh` (default every device), eigenvalues on `backend` ("auto": the
-    host on a CPU, the device on a GPU/TPU)."""
+    host on a CPU, the device on a GPU/TPU; see device_spectra.spectra_for)."""
+    spectra = dev.spectra_for(backend)
     if subset == "last":
         fn = ctx.features_fn if ctx.features_fn is not None else feat.head_features_fn(ctx)
         if fn is not None:
-            return FeatureGram(ctx, groups, mesh=mesh, backend=backend, features_fn=fn)
-    return JacobianGram(ctx, groups, subset=subset, mesh=mesh, backend=backend)
+            return FeatureGram(ctx, groups, mesh=mesh, spectra=spectra, features_fn=fn)
+    return JacobianGram(ctx, groups, subset=subset, mesh=mesh, spectra=spectra)

@@ -59,15 +59,24 @@ class _Source:
 SOURCES = Registry("data set")   # name -> factory(data_dir) -> _Source
 
 
-def _fixed(load: Callable[[str], Arrays], num_classes: int, flip: bool):
-    return lambda *, data_dir: _Source(load, num_classes, flip)
+def register(name: str, *, num_classes: int, flip: bool, **traits):
+    """Decorator registering `load(data_dir) -> (x_train, y_train, x_test, y_test)` as data
+    set `name` with a fixed number of classes; `flip`: whether a horizontal flip keeps the
+    label. Adding a data set is one module with such a loader, and this registration."""
+    def decorator(load: Callable[[str], Arrays]):
+        SOURCES.register(name, **traits)(lambda *, data_dir: _Source(load, num_classes, flip))
+        return load
+
+    return decorator
 
 
-SOURCES.register("svhn")(_fixed(functools.partial(tfds_sets.load, "svhn_cropped"), 10, False))
-SOURCES.register("cifar10")(_fixed(functools.partial(tfds_sets.load, "cifar10"), 10, True))
-SOURCES.register("cifar100")(_fixed(functools.partial(tfds_sets.load, "cifar100"), 100, True))
-SOURCES.register("digits")(_fixed(lambda data_dir: embedded.digits(), 10, False))
-SOURCES.register("moons")(_fixed(lambda data_dir: embedded.moons(), 2, False))
+for _name, _builder, _classes, _flip in (("svhn", "svhn_cropped", 10, False),
+                                         ("cifar10", "cifar10", 10, True),
+                                         ("cifar100", "cifar100", 100, True)):
+    register(_name, num_classes=_classes, flip=_flip, tfds_name=_builder)(
+        functools.partial(tfds_sets.load, _builder))
+register("digits", num_classes=10, flip=False)(lambda data_dir: embedded.digits())
+register("moons", num_classes=2, flip=False)(lambda data_dir: embedded.moons())
 # your own pool: classes and flip come from the file
 SOURCES.register("npz")(lambda *, data_dir: _Source(npz.load, npz.num_classes(data_dir),
                                                      npz.flip(data_dir)))
@@ -82,6 +91,11 @@ def _source(name: str, data_dir: str) -> _Source:
 def names() -> list[str]:
     """The data set names `load` accepts."""
     return SOURCES.names()
+
+
+def tfds_name(name: str) -> str | None:
+    """The TFDS builder behind data set `name` (its registration trait), or None."""
+    return SOURCES.traits(name).get("tfds_name") if name in SOURCES else None
 
 
 def num_classes(name: str, data_dir: str = "") -> int:

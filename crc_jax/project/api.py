@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import time
@@ -22,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from crc_jax.run import faults, journal
+from crc_jax import durable, faults
 from crc_jax.project import labels_log, store
 from crc_jax.project.scan import ScanResult, scan
 from crc_jax.project.settings import RoundSettings
@@ -40,9 +39,8 @@ class Project:
         self.dir = Path(directory)
         self.meta = store.read_meta(self.dir)
         self.paths, self.hashes = store.read_index(self.dir)
-        self._id_of = {p: i for i, p in enumerate(self.paths)}
         self.log = labels_log.LabelsLog(self.dir / "labels.jsonl")
-        self.rounds_journal = journal.Journal(self.dir / "rounds.jsonl")
+        self.rounds_journal = durable.Journal(self.dir / "rounds.jsonl")
 
     # -- creating and opening ------------------------------------------------------------
     @classmethod
@@ -99,11 +97,6 @@ class Project:
 
     def pool(self) -> np.ndarray:
         return store.load_pool(self.dir)
-
-    def id_of(self, path: str) -> int:
-        if path not in self._id_of:
-            raise ProjectError(f"{path!r} is not an image of this project")
-        return self._id_of[path]
 
     def set_classes(self, names: list) -> None:
         """Name the classes once (the first labels given); later changes are refused."""
@@ -182,21 +175,12 @@ class Project:
     def rounds(self) -> list[dict]:
         """Completed rounds. Only reads: a torn last line (a crash mid-append, or an append
         in progress in another process) is ignored here and cut off by the next round."""
-        path = self.rounds_journal.path
-        if not path.exists():
-            return []
-        entries = []
-        for number, line in enumerate(path.read_bytes().split(b"\n")[:-1], start=1):
-            try:
-                entries.append(journal.decode(line.decode()))
-            except (ValueError, UnicodeDecodeError) as err:
-                raise ProjectError(f"{path}: line {number} is corrupt ({err})") from None
-        return entries
+        return self.rounds_journal.entries()
 
     def queue(self) -> list[dict]:
         """The rows of queue.csv (id, path, predicted, confidence), in the order picked."""
         path = self.dir / "queue.csv"
-        return store.read_csv(path) if path.exists() else []
+        return durable.read_csv(path) if path.exists() else []
 
     def queue_ids(self) -> list[int]:
         return [int(r["id"]) for r in self.queue()]
@@ -251,7 +235,7 @@ class Project:
 
         (self.dir / "models").mkdir(exist_ok=True)
         name = f"models/round_{index}.msgpack"
-        store.write_atomic(self.dir / name, serialization.to_bytes(variables))
+        durable.write_atomic(self.dir / name, serialization.to_bytes(variables))
         return name
 
     def _write_queue(self, result) -> None:
@@ -262,7 +246,7 @@ class Project:
             else:
                 k = int(np.argmax(result.probs[i]))
                 rows.append([i, self.paths[i], self.classes[k], f"{result.probs[i, k]:.4f}"])
-        store.write_atomic(self.dir / "queue.csv", store.csv_bytes(QUEUE_FIELDS, rows))
+        durable.write_atomic(self.dir / "queue.csv", durable.csv_bytes(QUEUE_FIELDS, rows))
 
     # -- the trained model -----------------------------------------------------------------
     def latest_model(self):
@@ -301,6 +285,3 @@ class Project:
     def status(self) -> dict:
         from crc_jax.project import report
         return report.status(self)
-
-    def meta_json(self) -> str:
-        return json.dumps(self.meta, indent=2, sort_keys=True)

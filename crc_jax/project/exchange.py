@@ -16,7 +16,7 @@ import re
 import urllib.parse
 from pathlib import Path
 
-from crc_jax.project import store
+from crc_jax import durable
 from crc_jax.project.store import ProjectError
 
 UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
@@ -149,7 +149,7 @@ def export(project, out: Path, fmt: str) -> int:
     labels = project.labels()
     ids = sorted(labels)
     if fmt == "csv":
-        data = store.csv_bytes(["path", "label"], [[project.paths[i], labels[i]] for i in ids])
+        data = durable.csv_bytes(["path", "label"], [[project.paths[i], labels[i]] for i in ids])
     else:
         tasks = [{"id": i + 1,
                   "data": {"image": "/data/local-files/?d=" + urllib.parse.quote(
@@ -159,5 +159,5 @@ def export(project, out: Path, fmt: str) -> int:
                                                "value": {"choices": [labels[i]]}}]}]}
                  for i in ids]
         data = (json.dumps(tasks, indent=1) + "\n").encode()
-    store.write_atomic(out, data)
+    durable.write_atomic(out, data)
     return len(ids)

@@ -12,11 +12,21 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 from pathlib import Path
 
-from crc_jax.project.rounds import wilson_interval
-
 log = logging.getLogger(__name__)
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (sound for small counts and 0 or 1)."""
+    if total == 0:
+        return 0.0, 1.0
+    p = correct / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def round_accuracies(project) -> list[dict]:

@@ -22,7 +22,7 @@ import numpy as np
 from flax import serialization
 
 from crc_jax import distributed
-from crc_jax.run import faults
+from crc_jax import faults
 from crc_jax.errors import RunDirError
 
 log = logging.getLogger(__name__)
