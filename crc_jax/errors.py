@@ -18,3 +18,10 @@ class DataError(ValueError):
 
 class RunDirError(RuntimeError):
     """A run directory that cannot be used: another config, a corrupt journal, a second writer."""
+
+
+class MissingExtra(ImportError):
+    """A feature needs an optional dependency group (a pip extra) that is not installed.
+
+    The message is one line naming the feature and the command that installs the extra.
+    """

@@ -6,7 +6,8 @@ Images are NHWC float32 in [0, 1] (what the on-device augmentation expects);
 two-moons points are (N, 2) float32; labels are int32 in [0, C). Every split goes
 through `validate_arrays`, so bad data fails here with a `DataError` rather than as a
 NaN loss many steps later. `train_size` / `test_size` > 0 keep a seeded, stratified
-random subset.
+random subset. The TFDS sets (svhn, cifar10, cifar100) need the `tfds` extra; without it
+`num_classes` and `load` raise one `MissingExtra` line naming `pip install 'crc_jax[tfds]'`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -56,16 +57,25 @@ class _Source:
     flip: bool
 
 
-SOURCES = Registry("data set")   # name -> factory(data_dir) -> _Source
+SOURCES: Registry[_Source] = Registry("data set")   # name -> factory(data_dir) -> _Source
 
 
 def _fixed(load: Callable[[str], Arrays], num_classes: int, flip: bool):
     return lambda *, data_dir: _Source(load, num_classes, flip)
 
 
-SOURCES.register("svhn")(_fixed(functools.partial(tfds_sets.load, "svhn_cropped"), 10, False))
-SOURCES.register("cifar10")(_fixed(functools.partial(tfds_sets.load, "cifar10"), 10, True))
-SOURCES.register("cifar100")(_fixed(functools.partial(tfds_sets.load, "cifar100"), 100, True))
+def _tfds(name: str, tfds_name: str, num_classes: int, flip: bool):
+    """A TFDS set: its source exists only with the `tfds` extra installed (else one
+    `MissingExtra` line, raised where the config is checked, before any work)."""
+    def factory(*, data_dir):
+        tfds_sets.require(f"data set {name!r}")
+        return _Source(functools.partial(tfds_sets.load, tfds_name), num_classes, flip)
+    return factory
+
+
+SOURCES.register("svhn")(_tfds("svhn", "svhn_cropped", 10, False))
+SOURCES.register("cifar10")(_tfds("cifar10", "cifar10", 10, True))
+SOURCES.register("cifar100")(_tfds("cifar100", "cifar100", 100, True))
 SOURCES.register("digits")(_fixed(lambda data_dir: embedded.digits(), 10, False))
 SOURCES.register("moons")(_fixed(lambda data_dir: embedded.moons(), 2, False))
 # your own pool: classes and flip come from the file
@@ -96,7 +106,7 @@ def load(name: str, *, data_dir: str = "", train_size: int = 0, test_size: int =
     """Load data set `name`; `data_dir` "" lets TFDS use (and download to) its default."""
     source = _source(name, data_dir)
     x_train, y_train, x_test, y_test = source.load(data_dir)
-    splits = {}
+    splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split, x, y, size, stream in (("train", x_train, y_train, train_size, 0),
                                       ("test", x_test, y_test, test_size, 1)):
         x = prepare_inputs(x, split=f"{name} {split}", array=f"x_{split}")
