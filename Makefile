@@ -28,8 +28,7 @@ test-slow: $(STAMP)
 
 # ruff over the tree, mypy over crc_jax/ (settings in pyproject.toml); .ci/run runs it first
 lint: $(STAMP)
-	$(PY) -m ruff check .
-	$(PY) -m mypy
+	status=0; $(PY) -m ruff check . || status=1; $(PY) -m mypy || status=1; exit $$status
 
 # sdist + wheel into dist/, their metadata checked, then the wheel installed without extras
 # into a fresh venv beside the locked jax and run from there (tests/test_wheel.py)
