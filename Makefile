@@ -4,15 +4,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow docs docs-campaign bench bench-scaling bench-accel lock clean
+.PHONY: demo test test-slow lint dist docs docs-campaign bench bench-scaling bench-accel lock clean
 
 LOCK := requirements/lock.txt
 
 # The tested, locked set (jax 0.10.x on Python 3.11); pyproject.toml keeps ranges for users.
+# '.[dev]': the core install plus every extra the tests exercise (tfds, infinite), the test
+# tools and the linters (pyproject.toml, [project.optional-dependencies]).
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c $(LOCK) -e '.[test]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -23,6 +25,18 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# ruff over the tree, mypy over crc_jax/ (settings in pyproject.toml); .ci/run runs it first
+lint: $(STAMP)
+	status=0; $(PY) -m ruff check . || status=1; $(PY) -m mypy || status=1; exit $$status
+
+# sdist + wheel into dist/, their metadata checked, then the wheel installed without extras
+# into a fresh venv beside the locked jax and run from there (tests/test_wheel.py)
+dist: $(STAMP)
+	rm -f dist/crc_jax-*
+	$(PY) -m build -q --outdir dist .
+	$(PY) -m twine check --strict dist/crc_jax-*
+	CRC_JAX_DIST=dist $(PY) -m pytest -q -m slow tests/test_wheel.py
 
 # docs/reliability.md's bad-input table, from real runs of every case (a few minutes)
 docs: $(STAMP)
@@ -47,13 +61,16 @@ bench-accel: $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))
 	$(PY) -m experiments.benchmarks.accel $(ACCEL_ARGS)
 
 # Re-resolve the locked set in a fresh venv (run after changing dependencies in pyproject.toml).
+# LOCK_FROM=$(LOCK) keeps every already locked version and resolves only what is new.
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install -q --upgrade pip && .lock-venv/bin/pip install -q -e '.[test]'
+	.lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q $(if $(LOCK_FROM),-c $(LOCK_FROM)) -e '.[dev]'
 	{ echo "# The tested set: make test / make demo install with '-c $(LOCK)' (Python 3.11)."; \
-	  echo "# Regenerate: make lock (a fresh venv, pip install -e '.[test]', pip freeze)."; \
-	  .lock-venv/bin/pip freeze | grep -v '^-e \|^crc.jax'; } > $(LOCK)
+	  echo "# Regenerate: make lock (a fresh venv, pip install -e '.[dev]', pip freeze)."; \
+	  .lock-venv/bin/pip freeze | grep -v '^-e \|^crc.jax\|^# Editable'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -69,8 +69,12 @@ def _skip_experimental() -> None:
 
 
 def import_neural_tangents():
-    """`import neural_tangents`, with the moved JAX names restored first. Idempotent."""
+    """`import neural_tangents`, with the moved JAX names restored first. Idempotent.
+    Without the `infinite` extra: one `MissingExtra` line naming it."""
     global _done
+    from crc_jax import extras
+
+    extras.require("infinite", "the infinite-width NTK (neural-tangents)")
     if not _done:
         _patch_jax()
         _skip_experimental()

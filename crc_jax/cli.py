@@ -5,6 +5,7 @@
     crc-jax label DIR [--port 8765]
     crc-jax status DIR | predict DIR [--out FILE] | export DIR --format csv|label-studio --out FILE
     crc-jax import DIR FILE
+    crc-jax --version
 
 A bad value ends with one line, `error: ...`, and exit status 2; nothing is written.
 """
@@ -17,6 +18,8 @@ import logging
 import os
 import sys
 from pathlib import Path
+
+from crc_jax import __version__
 
 log = logging.getLogger("crc_jax.cli")
 
@@ -47,6 +50,7 @@ def build_parser() -> Parser:
     d = RoundSettings()
     p = Parser(prog="crc-jax", description="Label your own images with active semi-supervised "
                                            "learning (CRC).")
+    p.add_argument("--version", action="version", version=f"crc-jax {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     s = sub.add_parser("init", help="scan a folder of images into a new project directory")
@@ -226,7 +230,7 @@ def main(argv=None) -> int:
     for noisy in ("jax", "absl", "werkzeug", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from crc_jax.errors import DataError, StorageError
+    from crc_jax.errors import DataError, MissingExtra, StorageError
     from crc_jax.project.labels_log import LabelConflict
 
     try:
@@ -235,7 +239,7 @@ def main(argv=None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (DataError, LabelConflict, StorageError) as err:
+    except (DataError, LabelConflict, MissingExtra, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:  # a budget the pool cannot meet, a bad strategy option

@@ -23,3 +23,10 @@ class StorageError(RuntimeError):
 
 class RunDirError(StorageError):
     """A run directory that cannot be used: another config, a corrupt journal, a second writer."""
+
+
+class MissingExtra(ImportError):
+    """A feature needs an optional dependency group (a pip extra) that is not installed.
+
+    The message is one line naming the feature and the command that installs the extra.
+    """

@@ -5,7 +5,8 @@ MLP or CNN (crc_jax.infinite, NTK parameterization): a random partition of the
 unlabeled pool into groups of G (or `max_groups` of them), s(g) = λmin(K̃(L ∪ g, L ∪ g)),
 the top budget/G groups labeled. The kernel depends on the architecture and the
 images only, not on a trained model, so the labeled set it builds can be reused across
-models and seeds (the transferability question of Appendix B.2).
+models and seeds (the transferability question of Appendix B.2). It needs the `infinite`
+extra (neural-tangents): without it, building the strategy raises one `MissingExtra` line.
 
 Rank. The infinite ReLU NTK is full rank on distinct inputs that are not positive
 multiples of one another, so r = |L ∪ g| and s(g) = λmin. The kernel is computed in
@@ -37,7 +38,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from crc_jax import infinite, ntk
+from crc_jax import extras, infinite, ntk
 from crc_jax.acquisition import crc as crc_lib
 from crc_jax.acquisition import spectra
 from crc_jax.acquisition.backend_gram import BackendGram
@@ -201,6 +202,7 @@ def make_crc_infinite(group_size: Optional[int] = None, max_groups: Optional[int
     if depth is not None and (arch != "mlp" or not isinstance(depth, (int, np.integer)) or depth < 1):
         raise ValueError(f"crc_infinite depth must be a positive integer, with arch='mlp'; "
                          f"got depth={depth!r}, arch={arch!r}")
+    extras.require("infinite", "strategy 'crc_infinite'")   # before any work: the config check
     held = {}   # the kernel rows of this strategy's pool, kept across steps
 
     def kernel_rows(ctx: Context) -> KernelRows:
