@@ -7,7 +7,9 @@
     crc-jax import DIR FILE
     crc-jax --version
 
-A bad value ends with one line, `error: ...`, and exit status 2; nothing is written.
+A bad value, a damaged project or a file system that refuses a write (read-only, full)
+ends with one line, `error: ...`, and exit status 2; nothing is half-written. Ctrl-C ends
+with one line, `interrupted: ...`, and exit status 130.
 """
 
 from __future__ import annotations
@@ -40,6 +42,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number in 0..65535, got {text!r}")
     return value
 
 
@@ -80,7 +92,7 @@ def build_parser() -> Parser:
 
     s = sub.add_parser("label", help="serve the labeling page on 127.0.0.1")
     s.add_argument("dir", type=Path)
-    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--port", type=port_number, default=8765, help="8765; 0: any free port")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     s.add_argument("--budget", type=positive_int, default=20, help="images per round started from the page")
     round_options(s)
@@ -119,12 +131,47 @@ def settings_from(args):
     return settings
 
 
+def check_budget(settings, budget: int) -> None:
+    """Both strategies must fill `budget` (e.g. a group size dividing it), the one for
+    later rounds too when this round is a cold start: refused now, not after training."""
+    from crc_jax.project import rounds
+
+    for field, spec in (("strategy", settings.strategy), ("cold_start", settings.cold_start)):
+        try:
+            rounds.make_strategy(spec, budget)
+        except ValueError as err:
+            raise UsageError(f"--{field.replace('_', '-')}: {err}") from None
+
+
+def out_file(path: Path) -> Path:
+    """--out: a new file in an existing folder."""
+    if path.exists():
+        raise UsageError(f"--out {path}: already exists; choose a new file")
+    if not path.parent.is_dir():
+        raise UsageError(f"--out {path}: the folder {path.parent} does not exist")
+    return path
+
+
+def read_labels(project_call, path: Path):
+    """Run an import of `path`; a file of the wrong shape (e.g. a JSON that is not a Label
+    Studio export) is one line naming it, not a traceback."""
+    try:
+        return project_call()
+    except (AttributeError, TypeError, KeyError, IndexError) as err:
+        if path is None:
+            raise
+        raise UsageError(f"{path}: not a labels file of the expected shape ({type(err).__name__}: "
+                         f"{err}); give a CSV with header path,label or a Label Studio JSON "
+                         "export (a list of tasks)") from None
+
+
 def cmd_init(args):
     from crc_jax.project import Project
 
     classes = [c for c in args.classes.split(",")] if args.classes else None
-    project, result = Project.create(args.dir, args.images, image_size=args.image_size,
-                                     classes=classes, labels_csv=args.labels)
+    project, result = read_labels(lambda: Project.create(
+        args.dir, args.images, image_size=args.image_size, classes=classes,
+        labels_csv=args.labels), args.labels)
     for path, reason in result.skipped:
         print(f"skipped {path}: {reason}")
     for path, kept in result.duplicates:
@@ -139,6 +186,7 @@ def cmd_next(args):
     from crc_jax.project import Project
 
     settings = settings_from(args)
+    check_budget(settings, args.budget)
     project = Project.open(args.dir)
     ids = project.next_batch(args.budget, settings)
     rows = project.queue()
@@ -156,6 +204,7 @@ def cmd_label(args):
     from crc_jax.project.server import make_server
 
     settings = settings_from(args)
+    check_budget(settings, args.budget)
     project = Project.open(args.dir)
     if not project.classes:
         raise UsageError(f"{args.dir} has no classes yet: give --classes to init, or import labels")
@@ -164,9 +213,7 @@ def cmd_label(args):
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"labeling page: http://{host}:{server.port}/  (Ctrl-C to stop)", flush=True)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        server.serve_forever()   # until Ctrl-C (main prints the line and exits 130)
     finally:
         server.server_close()
 
@@ -196,9 +243,7 @@ def cmd_predict(args):
     from crc_jax.project import Project
 
     project = Project.open(args.dir)
-    out = args.out or project.dir / "predictions.csv"
-    if args.out is not None and out.exists():
-        raise UsageError(f"--out {out}: already exists; choose a new file")
+    out = project.dir / "predictions.csv" if args.out is None else out_file(args.out)
     rows = project.predict()
     fields = ["id", "path", "predicted", "confidence", "label"]
     durable.write_csv(out, fields, [[r[f] for f in fields] for r in rows])
@@ -208,7 +253,7 @@ def cmd_predict(args):
 def cmd_export(args):
     from crc_jax.project import Project, exchange
 
-    n = exchange.export(Project.open(args.dir), args.out, args.format)
+    n = exchange.export(Project.open(args.dir), out_file(args.out), args.format)
     print(f"{n} labels written to {args.out} ({args.format})")
 
 
@@ -217,12 +262,37 @@ def cmd_import(args):
 
     project = Project.open(args.dir)
     before = len(project.labels())
-    added = project.import_file(args.file)
+    added = read_labels(lambda: project.import_file(args.file), args.file)
     print(f"{added} new answers imported ({before} -> {len(project.labels())} labeled)")
 
 
 COMMANDS = {"init": cmd_init, "next": cmd_next, "label": cmd_label, "status": cmd_status,
             "predict": cmd_predict, "export": cmd_export, "import": cmd_import}
+# What Ctrl-C leaves, per command (the one line before exit status 130).
+INTERRUPTED = {"next": "the round was not saved (labels untouched); run crc-jax next again",
+               "label": "the labeling page stopped; every answer given is saved",
+               "init": "the project was not made; run crc-jax init again"}
+EXIT_INTERRUPTED = 130
+
+
+def interrupted(command: str, *, own_process: bool) -> int:
+    """Ctrl-C: one line, exit status 130. In a process of its own the CLI ends with
+    os._exit once its output is flushed: an interrupt inside XLA (e.g. mid-compile) can
+    leave JAX's threads in a state that crashes the interpreter's normal teardown (seen as
+    a SIGSEGV after the KeyboardInterrupt)."""
+    what = INTERRUPTED.get(command, "what was saved is whole; run the command again")
+    print(f"\ninterrupted: {what}", file=sys.stderr)
+    if own_process:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+    return EXIT_INTERRUPTED
+
+
+def os_error(err: OSError) -> str:
+    """One line for a write or read the file system refused (read-only, full, missing)."""
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}"
 
 
 def main(argv=None) -> int:
@@ -233,9 +303,13 @@ def main(argv=None) -> int:
     from crc_jax.errors import DataError, MissingExtra, StorageError
     from crc_jax.project.labels_log import LabelConflict
 
+    command = ""
     try:
         args = build_parser().parse_args(argv)
-        COMMANDS[args.command](args)
+        command = args.command
+        COMMANDS[command](args)
+    except KeyboardInterrupt:
+        return interrupted(command, own_process=argv is None)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -244,6 +318,9 @@ def main(argv=None) -> int:
         return 2
     except ValueError as err:  # a budget the pool cannot meet, a bad strategy option
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a read-only or full file system, a folder that is gone
+        print(f"error: {os_error(err)}", file=sys.stderr)
         return 2
     return 0
 

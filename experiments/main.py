@@ -63,11 +63,46 @@ def resolve_config_arg(argv: list[str]) -> list[str]:
     return out[:1] + config_args + rest
 
 
+def check_overrides_once(argv: list[str]) -> None:
+    """One line and exit 2 when an override is given twice: absl would apply both, and a
+    tuple field given twice would silently become the two tuples joined."""
+    seen = set()
+    for arg in argv[1:]:
+        if arg.startswith("--config."):
+            field = arg.split("=", 1)[0]
+            if field in seen:
+                sys.stderr.write(f"error: {field} is given twice; give each override once\n")
+                sys.exit(EXIT_USAGE)
+            seen.add(field)
+
+
+def config_as_given(argv: list[str]) -> str:
+    """The --config value as the user typed it (for messages)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg
+        if arg == "--config" and i + 1 < len(argv):
+            return f"--config={argv[i + 1]}"
+    return "--config"
+
+
+def config_file_error(err: Exception, given: str) -> str:
+    """The one line for a config file whose get_config raised: ml_collections puts the
+    whole traceback in the message, and the reason (e.g. the allowed variants) is last."""
+    text = str(err)
+    if "Error whilst parsing config file" not in text:
+        return text.splitlines()[0]
+    reason = [line for line in text.splitlines() if line.strip()][-1]
+    return f"{given}: {reason.split(': ', 1)[-1] if ': ' in reason else reason}"
+
+
 config_flags.DEFINE_config_file("config", None, "Experiment config (name or path).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
 flags.DEFINE_integer("mock_data", 0, "Run on tfds.testing.mock_data with this many examples "
                      "per split instead of the real TFDS data (0: real data).")
+flags.register_validator("mock_data", lambda n: n >= 0,
+                         message="must be >= 0 (0: the real data, N > 0: N mock examples)")
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -83,12 +118,14 @@ def parse_flags(argv: list[str]) -> list[str]:
 
         sys.stdout.write(help_text())
         sys.exit(0)
+    check_overrides_once(argv)
+    given = config_as_given(argv)
     argv = resolve_config_arg(argv)
     sys.argv[:] = argv  # ml_collections reads the overrides' order from sys.argv
     try:
         return flags.FLAGS(argv)
     except flags.Error as err:
-        sys.stderr.write(f"error: {str(err).splitlines()[0]}\n")
+        sys.stderr.write(f"error: {config_file_error(err, given)}\n")
     except (AttributeError, KeyError) as err:  # an override naming a field the config lacks
         sys.stderr.write(f"error: unknown config field in an override: {err}\n")
     except (ValueError, TypeError) as err:  # an override value of the wrong type
@@ -100,7 +137,7 @@ def run(config, workdir: str) -> None:
     """Validate, run, write the report, and say where everything went."""
     import jax
 
-    from crc_jax import distributed, sharding
+    from crc_jax import distributed, durable, sharding
     from crc_jax.run import config_check, loop
     from experiments import mock_data, report
     from experiments.configs.base import apply_smoke
@@ -109,6 +146,9 @@ def run(config, workdir: str) -> None:
     sharding.initialize_distributed(config.distributed)  # multi-host: before any JAX work
     config_check.validate(config)
     mock_data.check(config, flags.FLAGS.mock_data)
+    if distributed.is_writer():  # a run directory, or a folder that is new or empty
+        durable.claim_dir(workdir, report.RUN_MARKER, command="experiments.main",
+                          accept=("config.json",), flag="--workdir")
     logging.info("data-parallel over %d %s device(s)%s", jax.device_count(), jax.default_backend(),
                  f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
     with mock_data.context(flags.FLAGS.mock_data):
@@ -154,11 +194,15 @@ def main(argv: list[str]) -> None:
 
 
 def interrupted(workdir: str | None) -> None:
-    """Ctrl-C: one line (what was completed is kept), exit status 130."""
+    """Ctrl-C: one line (what was completed is kept), exit status 130. The process ends
+    with os._exit once its output is flushed: an interrupt inside XLA (e.g. mid-compile)
+    can leave its threads in a state that crashes the interpreter's normal teardown."""
     where = f" on {workdir}" if workdir else ""
     sys.stderr.write(f"\ninterrupted: completed steps are kept; rerun the same command{where} "
                      "to resume\n")
-    sys.exit(EXIT_INTERRUPTED)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -100,14 +100,21 @@ TABLE_TAIL = (
     "`test_nan_parameters_are_never_checkpointed`).")
 
 
-def table_row(result: dict, root: Path) -> str:
-    """One markdown row: the case, its one error line (paths under `root` as <tmp>), exit
-    status, and what happened to earlier results."""
-    errors = bad_inputs.error_lines(result["proc"].stderr)
-    message = errors[-1] if errors else str(result["proc"].stderr.strip().splitlines()[-1:])
+def table_row(result: dict, root: Path, old: str = "") -> str:
+    """One markdown row: the case, its one line (paths under `root` as <tmp>), the exit
+    status (or the page's HTTP status), and what happened to earlier results. A case not
+    run on this machine (it needs to mount a file system) keeps its row from `old`."""
+    if result.get("skip"):
+        kept = re.search(rf"^\| {re.escape(result['name'])} \|.*$", old, re.M)
+        return kept.group(0) if kept else (f"| {result['name']} | {result['given']} | "
+                                           f"(not run: {result['skip']}) | - | - |")
+    message = bad_inputs.message_line(result)
+    message = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:<port>", message)
     message = message.replace(str(root), "<tmp>").replace("|", "\\|")
-    if result["existing"]:
-        files = sorted({re.sub(r"(checkpoints/step_\d+)/.*", r"\1/*", k)
+    if result.get("kept"):
+        kept = result["kept"]
+    elif result["existing"]:
+        files = sorted({re.sub(r"(checkpoints/step_\d+|models)/.*", r"\1/*", k)
                         for k in result["before"]})
         kept = (f"byte-identical: {', '.join(files)}" if result["after"] == result["before"]
                 else "**changed**")
@@ -117,15 +124,17 @@ def table_row(result: dict, root: Path) -> str:
         kept = "none before; nothing written (no config.json, journal, summary or report)"
     problems = bad_inputs.verdict(result)
     flag = "; **" + "; ".join(problems) + "**" if problems else ""
+    code = (f"HTTP {result['http'][0]}" if result.get("http")
+            else str(result["proc"].returncode))
     return (f"| {result['name']} | {result['given']} | `` {message} `` | "
-            f"{result['proc'].returncode} | {kept}{flag} |")
+            f"{code} | {kept}{flag} |")
 
 
-def bad_inputs_section(results: list, root: Path) -> str:
+def bad_inputs_section(results: list, root: Path, old: str = "") -> str:
     return "\n".join([TABLE_INTRO, "",
-                      "| Bad input | Given as | Message (the one `error:` line) | Exit | "
+                      "| Bad input | Given as | Message (the one line) | Exit | "
                       "Earlier results |", "|---|---|---|---|---|",
-                      *(table_row(r, root) for r in results), "", TABLE_TAIL])
+                      *(table_row(r, root, old) for r in results), "", TABLE_TAIL])
 
 
 def render(sections: dict, old: str = "") -> str:
@@ -160,7 +169,8 @@ def main(argv=None) -> None:
         root = Path(tmp).resolve()
         logging.getLogger(__name__).info("running the bad-input cases (a few minutes)")
         results = bad_inputs.run_cases(root)
-        update_doc("bad-inputs", bad_inputs_section(results, root), Path(args.out))
+        old = Path(args.out).read_text() if Path(args.out).exists() else ""
+        update_doc("bad-inputs", bad_inputs_section(results, root, old), Path(args.out))
     failing = [r["name"] for r in results if bad_inputs.verdict(r)]
     print(f"wrote {args.out}: {len(results)} bad inputs, {len(failing)} failing"
           + (f" ({', '.join(failing)})" if failing else ""))

@@ -39,8 +39,39 @@ class Project:
         self.dir = Path(directory)
         self.meta = store.read_meta(self.dir)
         self.paths, self.hashes = store.read_index(self.dir)
+        store.load_pool(self.dir, len(self.paths))   # cut or replaced: refused at once
         self.log = labels_log.LabelsLog(self.dir / "labels.jsonl")
         self.rounds_journal = durable.Journal(self.dir / "rounds.jsonl")
+        self._check_classes()
+
+    def _check_classes(self) -> None:
+        """project.json's classes must still be those the labels and the trained rounds
+        use (an edit there would silently relabel every answer)."""
+        where = self.dir / store.PROJECT_FILE
+        classes = self.meta.get("classes")
+        if not isinstance(classes, list):
+            raise ProjectError(f"{where}: \"classes\" must be a list of names")
+        if classes:
+            try:
+                store.check_class_names(classes)
+            except ProjectError as err:
+                raise ProjectError(f"{where}: {err}") from None
+        used: dict = {}
+        for entry in self.rounds_journal.entries():
+            for name in entry.get("classes") or []:
+                used.setdefault(name, f"round {entry['step']}")
+        for name in self.log.labels().values():
+            used.setdefault(name, "labels.jsonl")
+        gone = [name for name in used if name not in classes]
+        if gone:
+            raise ProjectError(f"{where}: its classes no longer include {gone[0]!r}, which "
+                               f"{used[gone[0]]} uses; put the class list back as it was "
+                               "(classes cannot change once labels exist)")
+        for entry in self.rounds_journal.entries():
+            if entry.get("classes") and entry["classes"] != classes:
+                raise ProjectError(f"{where}: its classes ({', '.join(classes)}) are not those "
+                                   f"round {entry['step']} was trained with "
+                                   f"({', '.join(entry['classes'])}); put the list back as it was")
 
     # -- creating and opening ------------------------------------------------------------
     @classmethod
@@ -53,7 +84,10 @@ class Project:
             raise ProjectError(f"--images {images}: not a folder")
         if not 8 <= int(image_size) <= 512:
             raise ProjectError(f"--image-size: must be between 8 and 512, got {image_size}")
-        classes = store.check_class_names(classes) if classes else []
+        try:
+            classes = store.check_class_names(classes) if classes else []
+        except ProjectError as err:
+            raise ProjectError(f"--classes: {err}") from None
         if (directory / store.PROJECT_FILE).exists():
             store.prepare_dir(directory)  # raises: already a project
         labels_rows = None
@@ -66,14 +100,23 @@ class Project:
                                f"({len(result.skipped)} unreadable)")
         if labels_rows is not None:  # checked against the scan before anything is written
             from crc_jax.project import exchange
-            classes = classes or sorted({label for _, label in labels_rows})
+            if not classes:
+                try:
+                    classes = store.check_class_names(sorted({lb for _, lb in labels_rows}))
+                except ProjectError as err:
+                    raise ProjectError(f"--labels {labels_csv}: {err}; give --classes") from None
             exchange.resolve_rows(exchange.PathIndex(result.paths, classes), labels_rows)
+        made_dir = not directory.exists()
         store.prepare_dir(directory)
-        store.write_pool(directory, result.images, result.paths, result.hashes)
-        meta = {"format": store.FORMAT_VERSION, "images": str(images.resolve()),
-                "image_size": int(image_size), "classes": classes,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        store.finish_init(directory, meta)
+        try:
+            store.write_pool(directory, result.images, result.paths, result.hashes)
+            meta = {"format": store.FORMAT_VERSION, "images": str(images.resolve()),
+                    "image_size": int(image_size), "classes": classes,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            store.finish_init(directory, meta)
+        except BaseException:   # a full disk, Ctrl-C: no half-made project stays behind
+            store.undo_init(directory, made_dir=made_dir)
+            raise
         project = cls(directory)
         if labels_rows is not None:
             project.import_rows(labels_rows, source=f"init:{Path(labels_csv).name}")
@@ -96,7 +139,7 @@ class Project:
         return len(self.paths)
 
     def pool(self) -> np.ndarray:
-        return store.load_pool(self.dir)
+        return store.load_pool(self.dir, len(self))
 
     def set_classes(self, names: list) -> None:
         """Name the classes once (the first labels given); later changes are refused."""
@@ -263,8 +306,15 @@ class Project:
         trainer = rounds.trainer(settings, len(entry["classes"]), "supervised")
         template = trainer.init_variables(rounds.images_as_float(self.pool()[:1]),
                                           rounds.round_key(0, 0))
-        raw = (self.dir / entry["model"]).read_bytes()
-        return trainer, serialization.from_bytes(template, raw), entry
+        path = self.dir / entry["model"]
+        if not path.is_file():
+            raise ProjectError(f"{path}: missing (the model of round {entry['step']}); run "
+                               "crc-jax next to train a new one")
+        try:
+            return trainer, serialization.from_bytes(template, path.read_bytes()), entry
+        except (ValueError, TypeError, KeyError) as err:   # a cut or foreign file
+            raise ProjectError(f"{path}: unreadable ({type(err).__name__}); run crc-jax next "
+                               "to train a new one") from None
 
     def predict(self) -> list[dict]:
         """id, path, predicted class, confidence and the label (if any) of every image."""

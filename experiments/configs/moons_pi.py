@@ -7,11 +7,11 @@ Command:  python -m experiments.main --config=moons_pi --workdir=runs/moons_pi
 Expect:   under a minute on a 2-core CPU; Pi-model separates the moons with a handful of labels.
 """
 
-from experiments.configs.base import get_base_config
+from experiments.configs.base import get_base_config, parse_variant
 
 
 def get_config(arg=None):
-    del arg
+    parse_variant(arg, val=False)   # no variants: refuse any
     c = get_base_config()
     c.trials = 3
     c.strategies = ("random", "crc")
