@@ -213,9 +213,10 @@ def cmd_label(args):
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"labeling page: http://{host}:{server.port}/  (Ctrl-C to stop)", flush=True)
     try:
-        server.serve_forever()   # until Ctrl-C (main prints the line and exits 130)
+        server.serve_forever()   # Werkzeug's returns after catching Ctrl-C itself
     finally:
         server.server_close()
+    raise KeyboardInterrupt   # so main prints the one line and exits 130
 
 
 def cmd_status(args):

@@ -288,9 +288,13 @@ def claim_dir(path: os.PathLike, marker: str, *, command: str, accept: Sequence[
             shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
             raise StorageError(f"{where}: not empty and not made by {command} (it holds "
                                f"{shown}); give a new or empty folder")
-    path.mkdir(parents=True, exist_ok=True)
-    if not (path / marker).exists():
-        (path / marker).write_text(f"written by {command}: it may replace its own files here\n")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not (path / marker).exists():
+            (path / marker).write_text(f"written by {command}: it may replace its own files "
+                                       "here\n")
+    except OSError as err:
+        raise StorageError(f"{where}: cannot be written ({err.strerror or err})") from None
     return path
 
 

@@ -6,7 +6,8 @@
     python -m experiments.main --version   (crc_jax's version)
 
 NAME resolves to experiments/configs/NAME.py (a path works too); `--config.a.b=v`
-overrides fields. Rerunning the same command on a workdir resumes it. A bad config,
+overrides fields (given twice, the last value counts). Rerunning the same command on a
+workdir resumes it; a workdir must be new, empty, or a run directory of this command. A bad config,
 bad data or an unusable workdir prints one line and exits with status 2; Ctrl-C prints
 one line and exits with status 130 (the run resumes from its last completed step).
 
@@ -63,17 +64,21 @@ def resolve_config_arg(argv: list[str]) -> list[str]:
     return out[:1] + config_args + rest
 
 
-def check_overrides_once(argv: list[str]) -> None:
-    """One line and exit 2 when an override is given twice: absl would apply both, and a
-    tuple field given twice would silently become the two tuples joined."""
-    seen = set()
-    for arg in argv[1:]:
-        if arg.startswith("--config."):
-            field = arg.split("=", 1)[0]
-            if field in seen:
-                sys.stderr.write(f"error: {field} is given twice; give each override once\n")
-                sys.exit(EXIT_USAGE)
-            seen.add(field)
+def last_override_wins(argv: list[str]) -> list[str]:
+    """argv with only the last `--config.FIELD=VALUE` of each field: absl would apply every
+    one, and a tuple field given twice would silently become the two tuples joined. A
+    warning line names each field given more than once."""
+    last = {arg.split("=", 1)[0]: i for i, arg in enumerate(argv)
+            if arg.startswith("--config.") and "=" in arg}
+    out = []
+    for i, arg in enumerate(argv):
+        field = arg.split("=", 1)[0]
+        if arg.startswith("--config.") and "=" in arg and last[field] != i:
+            sys.stderr.write(f"warning: {field} is given more than once; the last value "
+                             f"({argv[last[field]].split('=', 1)[1]}) is used\n")
+            continue
+        out.append(arg)
+    return out
 
 
 def config_as_given(argv: list[str]) -> str:
@@ -118,7 +123,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
         sys.stdout.write(help_text())
         sys.exit(0)
-    check_overrides_once(argv)
+    argv = last_override_wins(argv)
     given = config_as_given(argv)
     argv = resolve_config_arg(argv)
     sys.argv[:] = argv  # ml_collections reads the overrides' order from sys.argv
@@ -148,7 +153,7 @@ def run(config, workdir: str) -> None:
     mock_data.check(config, flags.FLAGS.mock_data)
     if distributed.is_writer():  # a run directory, or a folder that is new or empty
         durable.claim_dir(workdir, report.RUN_MARKER, command="experiments.main",
-                          accept=("config.json",), flag="--workdir")
+                          accept=("config.json",), flag="workdir")
     logging.info("data-parallel over %d %s device(s)%s", jax.device_count(), jax.default_backend(),
                  f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
     with mock_data.context(flags.FLAGS.mock_data):

@@ -35,10 +35,18 @@ OFFLINE = ("import requests, runpy, sys\n"
 
 
 def run_module(module: str, args, *, env=None, timeout=600, prelude: str = ""):
-    """`python -m MODULE ARGS` (or the prelude, which runs it), captured."""
+    """`python -m MODULE ARGS` (or the prelude, which runs it), captured; a command still
+    running after `timeout` seconds is killed (its outcome then says so)."""
     head = ["-c", prelude] if prelude else ["-m", module]
-    return subprocess.run([sys.executable, *head, *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    command = [sys.executable, *head, *map(str, args)]
+    try:
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                              encoding="utf-8", errors="replace", timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as err:
+        def text(data):
+            return (data or b"").decode("utf-8", "replace") if isinstance(data, bytes) else data or ""
+        return subprocess.CompletedProcess(command, -9, text(err.stdout),
+                                           text(err.stderr) + f"\n(killed after {timeout} s)")
 
 
 def run_main(args, workdir, *, env=None, timeout=600):
@@ -343,7 +351,7 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
              args=lambda w: [str(base), "--out", str(w), "--seeds", "1"])
     existing("workdir holding the user's files", "`--workdir=DIR`, DIR holding the user's own "
              "report.md and summary.csv (no config.json)",
-             r"--workdir .*: not empty and not made by experiments\.main",
+             r"^error: workdir .*: not empty and not made by experiments\.main",
              prepare=users_folder, copy=False)
 
     def users_file(workdir):
@@ -356,14 +364,24 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
              args=lambda w: ["eigen", str(crc_run), "--out", str(w / "figure.png")])
 
     # --- config parsing
+    def last_value_used(result):
+        bound = json.loads((result["workdir"] / "config.json").read_text())
+        warned = re.search(r"warning: --config\.strategies is given more than once; the last "
+                           r"value \(\('entropy',\)\) is used", result["proc"].stderr)
+        return ([] if bound["strategies"] == ["entropy"] else
+                [f"strategies {bound['strategies']}, expected ['entropy']"]) + \
+            ([] if warned else ["no warning line"])
+
     fresh("an override given twice", "`--config.strategies=\"('random',)\" "
-          "--config.strategies=\"('entropy',)\"`",
-          r"--config\.strategies is given twice", ["--config.strategies=('random',)",
-                                                   "--config.strategies=('entropy',)"],
-          base_args=cli_args({k: v for k, v in settings.items() if k != "strategies"}))
+          "--config.strategies=\"('entropy',)\"`: the last one is used, with a warning line",
+          r"^results: ", ["--config.strategies=('random',)", "--config.strategies=('entropy',)"],
+          base_args=cli_args({k: v for k, v in settings.items() if k != "strategies"}),
+          exit=0, check=last_value_used, kept="a run of entropy alone (config.json: "
+          "strategies ['entropy'])")
     fresh("variant of a config without variants", "`--config=digits:bogusvariant`",
           r"--config=digits:bogusvariant: unknown config variant \['bogusvariant'\]; "
-          r"this config takes none", [], base_args=["--config=digits:bogusvariant"])
+          r"this config takes none", [], base_args=["--config=digits:bogusvariant"],
+          timeout=300)   # (before the fix: the whole digits config ran)
     fresh("unknown config variant", "`--config=cifar10_fixmatch:77`",
           r"--config=cifar10_fixmatch:77: unknown config variant \['77'\]; allowed: 100, "
           r"50, val", [], base_args=["--config=cifar10_fixmatch:77"])
@@ -421,18 +439,24 @@ def attempt(case: dict) -> dict:
     else:
         env = dict(os.environ, **case["env"]) if case.get("env") else None
         outcome = {"proc": run_module(case["module"], case["args"], env=env,
-                                      prelude=case.get("prelude", ""))}
+                                      prelude=case.get("prelude", ""),
+                                      timeout=case.get("timeout", 600))}
     after = snapshot(case["workdir"]) if case["workdir"].exists() else {}
     return dict(case, **outcome, before=before, after=after)
 
 
 def run_cases(root: Path, workers: int = 3) -> list[dict]:
-    """Prepare every case under `root` and run them, `workers` at a time."""
+    """Prepare every case under `root` and run them, `workers` at a time (only those whose
+    name matches $BAD_INPUTS_ONLY, a regex, when it is set: for working on a few)."""
+    import os
+
     import bad_inputs_crc_jax
 
     cases, lock = build_cases(root)
     with bad_inputs_crc_jax.cases(root) as app_cases:
         cases += app_cases
+        only = os.environ.get("BAD_INPUTS_ONLY")
+        cases = [c for c in cases if not only or re.search(only, c["name"])]
         with lock, ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(attempt, cases))
 

@@ -239,7 +239,7 @@ def build(root: Path, Project, RoundSettings, mounted: list) -> list[dict]:
          lambda w: ["init", w, "--images", images, "--classes", "a"], existing=False)
     odd = root / "images_odd_name"
     shutil.copytree(images, odd)
-    shutil.copy(images / by_path[0], os.fsencode(odd) + b"/caf\xe9.png")  # Latin-1, not UTF-8
+    shutil.move(noise_png(root / "odd.png", seed=3), os.fsencode(odd) + b"/caf\xe9.png")  # Latin-1
 
     def odd_name_skipped(result):
         problems = []
@@ -408,7 +408,8 @@ def build(root: Path, Project, RoundSettings, mounted: list) -> list[dict]:
 
     case("images folder moved", "the images folder gone from where project.json says, then "
          "`crc-jax label DIR`", r"images folder .*images_moved_away is missing",
-         lambda w: ["label", w, "--port", 0], prepare=move_images)
+         lambda w: ["label", w, "--port", 0], prepare=move_images,
+         timeout=300)   # (before the fix: the page served, every image a 404)
 
     port = free_port()
     restart = root / "restart_after_kill"

@@ -44,9 +44,23 @@ with one line and exit status 2 before they can change anything already computed
   line carries a fingerprint of the config (cosmetic fields aside), strategy and trial, checked
   before `config.json` is (re)written, so a directory whose `config.json` was lost is not
   adopted by another config; the initial set and every recorded label must match the pool's.
-- **Checksums**: every journal line carries the CRC-32 of its canonical JSON body. A torn
-  last line (a crash mid-append) is dropped with a warning and truncated away; a bad line
-  anywhere else is corruption and stops the run naming the line, leaving the file as it is.
+- **Checksums**: every journal line carries the CRC-32 of its canonical JSON body. A line
+  is whole exactly when its checksum verifies, with or without its newline: a whole last
+  line that lacks the newline (an editor, a copy, a crash between the two) is kept and
+  given its newline; a torn last line (a crash mid-append) is dropped with a warning and
+  truncated away; a bad line anywhere else is corruption and stops the run naming the
+  line, leaving the file as it is.
+- **Whole appends** (`append_synced`, under the run journals and `crc-jax`'s labels log):
+  a short write is continued until every byte is written; an error (a full disk, a
+  read-only file system) cuts the file back to its size before the append and is raised,
+  so what a command reports saved is what the file holds. Tested by injected short writes
+  (`tests/test_durable.py`) and on a real 256 KiB tmpfs filled to the last byte
+  (`tests/test_full_disk.py`, where the machine allows mounting).
+- **Output folders** (`claim_dir`): a command writes only into a folder that is new,
+  empty, or carries its own mark (`.crc_jax-run` for `experiments.main`'s run
+  directories, `.crc_jax-report`, `.crc_jax-retrain`, `figure1_moons.json`); a report may
+  also go into a run it reports on. Any other folder (your own `report.md`, another run) is
+  refused with one line, untouched.
 - **Lock** (`crc_jax/run/rundir.py`): `WORKDIR/config.json` binds the directory to one config
   (only cosmetic fields such as `train.progress` may differ on a rerun); it is written only
   once the config, every strategy with its options and the data have been checked, so a
@@ -66,6 +80,12 @@ with one line and exit status 2 before they can change anything already computed
   `checkpoint` (once orbax's temporary folder exists, i.e. mid-write), `acquisition` (after
   training, before the strategy picks), `journal_append` (after half of the line is written
   and fsynced) and `report` (after report.md, before report.csv).
+- **`crc-jax`**: the same storage (checksummed labels log and rounds journal, whole
+  appends, atomic replacements); every command checks the project as it opens it
+  (`index.csv`, `pool.npy`, the classes the labels and rounds use), and the page shows and
+  takes labels only for files still byte-identical to the pool's images. A refused write is
+  one line and exit 2; Ctrl-C is one line and exit 130, ending the process without the
+  interpreter's teardown (an interrupt inside XLA left JAX's threads able to crash it).
 - **Same seed, same results**: two runs of one config give identical journals (up to the
   `seconds` timing field) and byte-identical `summary.csv` on CPU
   (`tests/test_faults.py::test_same_seed_runs_are_identical`).
@@ -76,8 +96,8 @@ uninterrupted run; a few minutes on 2 CPU cores):
     .venv/bin/python -m pytest -m slow tests/test_faults.py      # or: make test-slow
 
 The always-on suite runs one kill (mid checkpoint write) and the same-seed check
-(`tests/test_faults.py`), and every bad input below (`tests/test_bad_inputs.py`, which also checks that the table
-below is what `make docs` writes today).
+(`tests/test_faults.py`), and every bad input below (`tests/test_bad_inputs.py`, which
+also checks that the table below is what `make docs` writes today).
 """
 
 SECTIONS = {
@@ -91,9 +111,14 @@ TABLE_INTRO = (
     "Each bad input below was tried through the command line (`python -m experiments.main "
     "--config=digits` shrunk to a 2-step run, unless the row names another command; `<tmp>` "
     "is the temporary folder of the run). \"Earlier results\": for inputs that act on an "
-    "existing run directory (a finished run; for the data rows, its config then pointed at "
-    "a bad copy of its .npz file), every file in it (the lock file aside) was compared byte "
-    "for byte before and after the failed run.")
+    "existing run directory or `crc-jax` project (a finished run; for the data rows, its "
+    "config then pointed at a bad copy of its .npz file; a project with 12 labels and a "
+    "trained round), every file in it (lock files aside) was compared byte for byte before "
+    "and after. Exit 2 is a refused input (one `error:` line), 130 Ctrl-C (one "
+    "`interrupted:` line), 0 a case that must work; for a page request the column shows the "
+    "HTTP status (the server then stopped with Ctrl-C, exit 130, no traceback). Rows that "
+    "mount a file system (a full tmpfs, a read-only bind mount) keep their last measured row "
+    "on a machine that does not allow mounting.")
 TABLE_TAIL = (
     "A diverging run keeps its last good checkpoint: `fit` raises before a NaN/inf state "
     "is evaluated or saved (`test_nan_loss_names_step_and_keeps_last_good_checkpoint`, "

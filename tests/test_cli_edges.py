@@ -52,6 +52,25 @@ def test_claim_dir_refuses_a_folder_of_other_files_and_leaves_it(tmp_path):
         durable.claim_dir(tmp_path / "file", ".mine", command="cmd")
 
 
+def test_an_answer_without_its_newline_survives_a_read_then_an_append(tmp_path):
+    """The labels log read first (as every command does when it opens the project), then
+    appended to: the whole last line that lacked its newline must get it, not have the new
+    line glued to it."""
+    from crc_jax.project.labels_log import LabelsLog
+
+    path = tmp_path / "labels.jsonl"
+    LabelsLog(path).record([{"op": "label", "id": i, "label": "a", "source": "t"}
+                            for i in range(2)])
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    log = LabelsLog(path)
+    assert log.answers() == {0: "a", 1: "a"}      # a read, without repair
+    log.record([{"op": "label", "id": 2, "label": "b", "source": "t"}])
+    lines = durable.read_lines(path)
+    assert not lines.torn and not lines.needs_newline
+    assert [e["id"] for e in lines.entries] == [0, 1, 2]
+    assert LabelsLog(path).answers() == {0: "a", 1: "a", 2: "b"}
+
+
 # -- the CLI ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
