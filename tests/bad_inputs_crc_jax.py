@@ -422,7 +422,8 @@ def build(root: Path, Project, RoundSettings, mounted: list) -> list[dict]:
     # --- Ctrl-C
     case("Ctrl-C during crc-jax next", "SIGINT once `crc-jax next DIR --budget 4` has begun "
          "training (JIT compiling)", r"^interrupted: the round was not saved",
-         lambda w: ["next", w, "--budget", 4, *FAST], exit=130,
+         # long enough that the round is still training when the signal comes
+         lambda w: ["next", w, "--budget", 4, *FAST, "--epochs", 200], exit=130,
          interrupt=("stderr", r"train n="), runner=run_interrupted)
     case("Ctrl-C on the labeling page", "SIGINT to `crc-jax label DIR` while it serves",
          r"^interrupted: the labeling page stopped", lambda w: ["label", w, "--port", 0],
