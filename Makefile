@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow docs docs-campaign bench bench-scaling bench-accel lock clean
+.PHONY: demo test test-slow test-label-studio docs docs-campaign bench bench-scaling bench-accel lock clean
 
 LOCK := requirements/lock.txt
 
@@ -23,6 +23,12 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# crc-jax against a real Label Studio (installed into its own venv on first use, ~4 min);
+# CRC_JAX_RECORD_LABEL_STUDIO=1 also rewrites tests/fixtures/label_studio/ from its exports
+test-label-studio: $(STAMP)
+	.ci/install_label_studio >/dev/null
+	$(PY) -m pytest -q -m slow tests/test_label_studio_server.py
 
 # docs/reliability.md's bad-input table, from real runs of every case (a few minutes)
 docs: $(STAMP)
