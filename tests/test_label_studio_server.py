@@ -9,7 +9,8 @@ document root, beside another folder holding a file with the same relative path.
   prediction equals crc-jax's → annotate through Label Studio's API → Label Studio's JSON,
   JSON-MIN, CSV and TSV exports → `crc-jax import` of each gives the same labels.
 - A user's labeling config (other control names) read by export and import.
-- The ML backend (`crc-jax serve-ml`) connected through Label Studio's API: an annotation
+- The ML backend (`crc-jax serve-ml`, given a personal access token) connected through
+  Label Studio's API: an annotation
   reaches the labels log once (updated and retried: still once), a conflicting one is
   refused, Start Training runs a round whose queue sorts first by crc_rank, and retrieved
   predictions carry the new model's class and confidence.
@@ -275,11 +276,14 @@ def test_ml_backend_connected_through_label_studio(ls, world, tmp_path):
     port = label_studio_server.free_port()
     backend = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve_ml.log"
+    token = ls.call("POST", "/api/token/")["token"]  # a personal access token, as docs say
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "crc_jax.cli", "serve-ml", str(project.dir), "--port", str(port),
-             "--document-root", str(world.root), "--budget", "4", *FAST_ARGS],
-            stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+             "--document-root", str(world.root), "--budget", "4", *FAST_ARGS,
+             "--label-studio-url", ls.url],
+            stdout=out, stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT), LABEL_STUDIO_API_KEY=token))
     try:
         assert wait_for(backend + "/health", process, log).json()["status"] == "UP"
         ml = ls.call("POST", "/api/ml", json={"url": backend, "project": pid, "title": "crc-jax"})

@@ -36,14 +36,14 @@ class LabelStudioClient:
     def _auth_header(self) -> str:
         if self._authorization is None:
             if self.token.count(".") == 2:  # a personal access token: exchange it
-                access = self._call("POST", "/api/token/refresh", {"refresh": self.token},
+                access = self._call("POST", "/api/token/refresh/", {"refresh": self.token},
                                     auth=False)["access"]
                 self._authorization = f"Bearer {access}"
             else:
                 self._authorization = f"Token {self.token}"
         return self._authorization
 
-    def _call(self, method: str, path: str, body=None, *, auth: bool = True):
+    def _call(self, method: str, path: str, body=None, *, auth: bool = True, retry: bool = True):
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if auth:
             headers["Authorization"] = self._auth_header()
@@ -53,6 +53,9 @@ class LabelStudioClient:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as err:
+            if err.code == 401 and auth and retry and self.token.count(".") == 2:
+                self._authorization = None  # the short-lived access token expired: refresh
+                return self._call(method, path, body, retry=False)
             detail = err.read()[:300].decode(errors="replace")
             raise LabelStudioError(f"{method} {self.url}{path}: HTTP {err.code} {detail}") from None
         except urllib.error.URLError as err:
