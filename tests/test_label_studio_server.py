@@ -310,11 +310,21 @@ def test_ml_backend_connected_through_label_studio(ls, world, tmp_path):
             assert response.json()["results"][0]["status"] == "already saved"
         assert len(log_events(project)) == len(before) + 1
 
+        # Deleting the annotation in Label Studio undoes its answer; annotating again redoes it.
+        ls.call("DELETE", f"/api/annotations/{annotation['id']}")
+        assert target not in Project.open(project.dir).labels()
+        annotate(ls, tasks[target]["id"], result)
+        assert Project.open(project.dir).labels()[target] == label
+        events = log_events(project)
+        assert [(e["op"], e["id"]) for e in events[-3:]] == \
+            [("label", target), ("undo", target), ("label", target)]
+        count = len(events)
+
         # An answer contradicting one given elsewhere is refused; the log is unchanged.
         labeled = next(i for i in project.labels() if i != target)
         other = CLASSES[1 - CLASSES.index(project.labels()[labeled])]
         annotate(ls, tasks[labeled]["id"], choice("choice", "image", other))
-        assert len(log_events(project)) == len(before) + 1
+        assert len(log_events(project)) == count
         assert Project.open(project.dir).labels()[labeled] != other
 
         # Start Training in Label Studio runs a round; its queue sorts first by crc_rank.

@@ -92,6 +92,68 @@ def annotation_label(annotation: dict, names) -> Optional[str]:
     return None
 
 
+class AnnotationAnswers:
+    """Label Studio's annotations written into the labels log (the webhook's rules)."""
+
+    def __init__(self, project: Project, index: PathIndex):
+        self.project, self.index = project, index
+
+    @staticmethod
+    def source(ls_project: int, annotation_id) -> str:
+        return f"label-studio:{ls_project}:{annotation_id}"
+
+    def answered_by(self, source: str) -> dict:
+        """{image id: label} of the images whose current answer was written by `source`."""
+        last = {}
+        for event in self.project.log.events():
+            last[int(event["id"])] = event
+        return {i: e.get("label") for i, e in last.items()
+                if e.get("source") == source and e["op"] == "label"}
+
+    def take(self, ls_project: int, annotation: dict, task: dict, names) -> dict:
+        """Write one annotation's answer; returns what happened (LabelConflict: refused)."""
+        project, ident = self.project, annotation.get("id")
+        image, why = self.index.locate((task.get("data") or {}).get(names.data_key, ""))
+        if image is None:
+            return {"annotation": ident, "status": "ignored", "reason": why}
+        source = self.source(ls_project, ident)
+        if annotation.get("was_cancelled"):
+            if image in project.pending():
+                project.skip(image, source=source)
+                return {"annotation": ident, "status": "skipped", "image": image}
+            return {"annotation": ident, "status": "ignored",
+                    "reason": "skipped in Label Studio, not queued here"}
+        label = annotation_label(annotation, names)
+        if label is None:
+            return {"annotation": ident, "status": "ignored",
+                    "reason": f"no answer to the Choices control {names.choice_name!r}"}
+        if any(e.get("source") == source and e["op"] == "label" and int(e["id"]) == image
+               and e.get("label") == label for e in project.log.events()):
+            # a retried or repeated webhook: this answer was written once already
+            return {"annotation": ident, "status": "already saved", "image": image}
+        own, saved = self.answered_by(source), project.answers()
+        if own.get(image) not in (None, label):  # the annotation changed its own answer
+            project.undo(image, source=source)
+        elif image in saved and saved[image] != label:
+            given = "skipped (unsure)" if saved[image] is None else f"labeled {saved[image]!r}"
+            raise LabelConflict(f"image {image} ({project.paths[image]}) is already {given} in "
+                                f"crc-jax (by the page, an import or another annotation), not "
+                                f"{label!r}; undo it there first")
+        added = project.add_labels({image: label}, source=source, queued_only=False)
+        return {"annotation": ident, "status": "saved" if added else "already saved",
+                "image": image}
+
+    def delete(self, ls_project: int, annotation_ids: list) -> list:
+        """Undo the answers these annotations wrote; returns the images undone."""
+        undone = []
+        for ident in annotation_ids:
+            source = self.source(ls_project, ident)
+            for image in self.answered_by(source):
+                self.project.undo(image, source=source)
+                undone.append(image)
+        return undone
+
+
 def create_app(project: Project, *, settings: RoundSettings = RoundSettings(), budget: int = 20,
                document_root: os.PathLike = "/", client: Optional[LabelStudioClient] = None) -> Flask:
     """The ML backend for `project`. `client`: Label Studio's API for writing the queue
@@ -100,6 +162,7 @@ def create_app(project: Project, *, settings: RoundSettings = RoundSettings(), b
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024  # webhooks carry whole tasks
     index = PathIndex(project.paths, project.classes, project.images_root, document_root)
     predictions = Predictions(project)
+    answers = AnnotationAnswers(project, index)
     job, job_lock = RoundJob(), threading.Lock()
     connections: dict[int, tuple] = {}  # LS project id -> (client, labeling names)
     synced: dict[int, str] = {}  # LS project id -> the queue version written there
@@ -199,46 +262,6 @@ def create_app(project: Project, *, settings: RoundSettings = RoundSettings(), b
                             "score": float(row["confidence"]), "model_version": version})
         return jsonify({"results": results, "model_version": version})
 
-    def answered_by(source: str) -> dict:
-        """{image id: label} of the images whose current answer was written by `source`."""
-        last = {}
-        for event in project.log.events():
-            last[int(event["id"])] = event
-        return {i: e.get("label") for i, e in last.items()
-                if e.get("source") == source and e["op"] == "label"}
-
-    def take_answer(ls_project: int, annotation: dict, task: dict, names) -> dict:
-        image, why = index.locate((task.get("data") or {}).get(names.data_key, ""))
-        if image is None:
-            return {"annotation": annotation.get("id"), "status": "ignored", "reason": why}
-        source = f"label-studio:{ls_project}:{annotation.get('id')}"
-        if annotation.get("was_cancelled"):
-            if image in project.pending():
-                project.skip(image, source=source)
-                return {"annotation": annotation.get("id"), "status": "skipped", "image": image}
-            return {"annotation": annotation.get("id"), "status": "ignored",
-                    "reason": "skipped in Label Studio, not queued here"}
-        label = annotation_label(annotation, names)
-        if label is None:
-            return {"annotation": annotation.get("id"), "status": "ignored",
-                    "reason": f"no answer to the Choices control {names.choice_name!r}"}
-        done = [e for e in project.log.events()
-                if e.get("source") == source and e["op"] == "label" and int(e["id"]) == image
-                and e.get("label") == label]
-        if done:  # a retried or repeated webhook: this answer was written once already
-            return {"annotation": annotation.get("id"), "status": "already saved", "image": image}
-        own, saved = answered_by(source), project.answers()
-        if own.get(image) not in (None, label):  # the annotation changed its own answer
-            project.undo(image, source=source)
-        elif image in saved and saved[image] != label:
-            given = "skipped (unsure)" if saved[image] is None else f"labeled {saved[image]!r}"
-            raise LabelConflict(f"image {image} ({project.paths[image]}) is already {given} in "
-                                f"crc-jax (by the page, an import or another annotation), not "
-                                f"{label!r}; undo it there first")
-        added = project.add_labels({image: label}, source=source, queued_only=False)
-        return {"annotation": annotation.get("id"), "status": "saved" if added else "already saved",
-                "image": image}
-
     def pairs(data: dict) -> list:
         """(annotation, task) pairs of an annotation webhook (one, or a bulk creation)."""
         annotations, tasks = data.get("annotation"), data.get("task")
@@ -287,20 +310,15 @@ def create_app(project: Project, *, settings: RoundSettings = RoundSettings(), b
                 return jsonify({"status": "ok", "detail": "a round is already running"}), 200
             return jsonify({"status": "ok", "detail": f"round started (budget {budget})"}), 201
         if action == "ANNOTATIONS_DELETED":
-            undone = []
-            for annotation in data.get("annotations") or []:
-                source = f"label-studio:{ls_project}:{annotation.get('id')}"
-                for image in answered_by(source):
-                    project.undo(image, source=source)
-                    undone.append(image)
-            return jsonify({"status": "ok", "undone": undone}), 200
+            ids = [a.get("id") for a in data.get("annotations") or [] if isinstance(a, dict)]
+            return jsonify({"status": "ok", "undone": answers.delete(ls_project, ids)}), 200
         if action not in ANSWER_EVENTS:
             return jsonify({"status": "ok", "detail": f"{action!r} ignored"}), 200
         names = names_for(project_info.get("label_config"))
         results = []
         try:
             for annotation, task in pairs(data):
-                results.append(take_answer(ls_project, annotation, task, names))
+                results.append(answers.take(ls_project, annotation, task, names))
         except LabelConflict as err:
             fail(409, str(err))
         except ProjectError as err:
