@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint dist docs docs-campaign bench bench-scaling bench-accel lock clean
+.PHONY: demo test test-slow lint dist test-label-studio docs docs-campaign bench bench-scaling bench-accel lock clean
 
 LOCK := requirements/lock.txt
 
@@ -37,6 +37,12 @@ dist: $(STAMP)
 	$(PY) -m build -q --outdir dist .
 	$(PY) -m twine check --strict dist/crc_jax-*
 	CRC_JAX_DIST=dist $(PY) -m pytest -q -m slow tests/test_wheel.py
+
+# crc-jax against a real Label Studio (installed into its own venv on first use, ~4 min);
+# CRC_JAX_RECORD_LABEL_STUDIO=1 also rewrites tests/fixtures/label_studio/ from its exports
+test-label-studio: $(STAMP)
+	.ci/install_label_studio >/dev/null
+	$(PY) -m pytest -q -m slow tests/test_label_studio_server.py
 
 # docs/reliability.md's bad-input table, from real runs of every case (a few minutes)
 docs: $(STAMP)

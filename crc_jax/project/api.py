@@ -67,7 +67,7 @@ class Project:
         if labels_rows is not None:  # checked against the scan before anything is written
             from crc_jax.project import exchange
             classes = classes or sorted({label for _, label in labels_rows})
-            exchange.resolve_rows(exchange.PathIndex(result.paths, classes), labels_rows)
+            exchange.resolve_rows(exchange.PathIndex(result.paths, classes, images), labels_rows)
         store.prepare_dir(directory)
         store.write_pool(directory, result.images, result.paths, result.hashes)
         meta = {"format": store.FORMAT_VERSION, "images": str(images.resolve()),
@@ -162,14 +162,14 @@ class Project:
     def import_rows(self, rows: list, *, source: str) -> int:
         """Labels given as (path, class name) pairs, e.g. from a CSV or Label Studio."""
         from crc_jax.project import exchange
-        index = exchange.PathIndex(self.paths, self.classes)
+        index = exchange.PathIndex(self.paths, self.classes, self.images_root)
         return self.add_labels(exchange.resolve_rows(index, rows), source=source,
                                queued_only=False)
 
-    def import_file(self, path: os.PathLike) -> int:
+    def import_file(self, path: os.PathLike, **options) -> int:
+        """Labels from a CSV or a Label Studio export (options: exchange.import_labels)."""
         from crc_jax.project import exchange
-        path = Path(path)
-        return self.import_rows(exchange.read_labels_file(path), source=f"import:{path.name}")
+        return exchange.import_labels(self, path, **options).added
 
     # -- rounds --------------------------------------------------------------------------
     def rounds(self) -> list[dict]:

@@ -29,6 +29,7 @@ import threading
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 from flask import Blueprint, Flask, Response, abort, current_app, jsonify, request, send_file
 
@@ -64,13 +65,16 @@ def preview_png(path: str, mtime: float) -> bytes:
 class RoundRunner:
     """Runs one labeling round at a time in a background thread and reports its phase.
 
-    `start(n)` begins `project.next_batch(n, settings)` unless one is running (then False);
-    `state()` is a JSON-ready snapshot. The labels log is never touched by a round, so a
-    failed one only leaves its error to show.
+    `start(n)` begins `project.next_batch(n, settings)` unless one is running (then False),
+    then `after()` when given (phase `after_phase`: e.g. the ML backend writing the queue
+    into Label Studio); `state()` is a JSON-ready snapshot. The labels log is never touched
+    by a round, so a failed one only leaves its error to show.
     """
 
-    def __init__(self, project: Project, settings: RoundSettings):
+    def __init__(self, project: Project, settings: RoundSettings, *,
+                 after: Callable[[], None] | None = None, after_phase: str = ""):
         self.project, self.settings = project, settings
+        self.after, self.after_phase = after, after_phase
         self._lock = threading.Lock()
         self.running, self.phase, self.error, self.picked = False, "idle", "", 0
         self.started = self.finished = 0.0
@@ -88,7 +92,11 @@ class RoundRunner:
         try:
             picked = self.project.next_batch(n, self.settings)
             with self._lock:
-                self.picked, self.phase = len(picked), "done"
+                self.picked, self.phase = len(picked), self.after_phase or "done"
+            if self.after is not None:
+                self.after()
+                with self._lock:
+                    self.phase = "done"
         except Exception as err:  # shown on the page; the labels log is untouched
             log.exception("round failed")
             with self._lock:
