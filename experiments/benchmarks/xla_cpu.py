@@ -12,8 +12,9 @@ neither crc_jax nor experiments, so XLA_FLAGS is exactly what the parent gives i
 user's own flags, any YNN setting of theirs removed). The child also counts the YNN
 fusions in the compiled step.
 
-Command:  python -m experiments.benchmarks.xla_cpu                 (B=128, 3 timed steps)
+Command:  python -m experiments.benchmarks.xla_cpu                 (B=128, 3 timed steps, 2 runs each)
           python -m experiments.benchmarks.xla_cpu --batch 960     (FixMatch's 960 images)
+          python -m experiments.benchmarks.xla_cpu --threads 1     (on a busy machine)
 Expect:   on the 2-core CPU of RESULTS.md with jaxlib 0.10.2, about 10.7 s a step with XLA's
           default vs 2.2 s with fusion off at B=128 (ratio about 5x; compile 14 vs 6.5 s),
           measured on a quiet machine (issue 21). A ratio near 1 means XLA fixed it and the
@@ -117,10 +118,11 @@ def without_ynn(flags: str) -> str:
     return " ".join(f for f in flags.split() if not f.startswith(YNN_FLAG))
 
 
-def run_child(label: str, flags: str, batch: int, steps: int) -> dict:
+def run_child(label: str, flags: str, batch: int, steps: int, *, one_cpu: bool = False) -> dict:
     env = dict(os.environ, XLA_FLAGS=flags, CRC_JAX_XLA_DEFAULTS="0")
     env.setdefault("JAX_PLATFORMS", "cpu")
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child",
+    pin = ["taskset", "-c", str(min(os.sched_getaffinity(0)))] if one_cpu else []
+    out = subprocess.run([*pin, sys.executable, os.path.abspath(__file__), "--child",
                           "--batch", str(batch), "--steps", str(steps)],
                          env=env, capture_output=True, text=True)
     if out.returncode:
@@ -128,33 +130,53 @@ def run_child(label: str, flags: str, batch: int, steps: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false"  # plus one CPU for the child (taskset)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128, help="images per step")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the compile")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="processes per setting, alternated (default, off, default, off...)")
+    parser.add_argument("--threads", default="all", choices=("all", "1"),
+                        help="1: both children on one CPU (taskset) with single-threaded Eigen: "
+                             "per-core efficiency, less sensitive to a busy machine; "
+                             "the default uses every core")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(args.batch, args.steps)
 
     base = without_ynn(os.environ.get("XLA_FLAGS", ""))
+    if args.threads == "1":
+        base = f"{base} {SINGLE_THREAD}".strip()
+    settings = {"XLA default (YNNPACK fusion on)": base,
+                "fusion off (crc_jax's default)": f"{base} {YNN_FLAG}=".strip()}
     load = os.getloadavg()
-    runs = {"XLA default (YNNPACK fusion on)": run_child("default", base, args.batch, args.steps),
-            "fusion off (crc_jax's default)": run_child("off", f"{base} {YNN_FLAG}=".strip(),
-                                                        args.batch, args.steps)}
-    first = next(iter(runs.values()))
+    runs = {label: [] for label in settings}
+    for _ in range(args.repeats):
+        for label, flags in settings.items():
+            runs[label].append(run_child(label, flags, args.batch, args.steps,
+                                         one_cpu=args.threads == "1"))
+    first = runs[next(iter(runs))][0]
     print(f"WRN-28-2 train step, B={args.batch}, 32x32x3, float32; jax {first['jax']}, jaxlib "
-          f"{first['jaxlib']}, Python {platform.python_version()}, {os.cpu_count()} CPUs; "
-          f"load average {load[0]:.2f} before, {os.getloadavg()[0]:.2f} after; "
-          f"{time.strftime('%Y-%m-%d %H:%M')}")
-    print("\n| XLA:CPU | XLA_FLAGS | YNN fusions | compile + 1st step (s) | s/step | images/s |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for label, r in runs.items():
+          f"{first['jaxlib']}, Python {platform.python_version()}, {os.cpu_count()} CPUs, XLA "
+          f"threads: {args.threads}; load average {load[0]:.2f} before, {os.getloadavg()[0]:.2f} "
+          f"after; {time.strftime('%Y-%m-%d %H:%M')}; {args.repeats} alternated process(es) per "
+          f"setting, best shown, every run's s/step in the last column")
+    print("\n| XLA:CPU | XLA_FLAGS | YNN fusions | compile + 1st step (s) | s/step | images/s | runs (s/step) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
+    best = {}
+    for label, rs in runs.items():
+        r = best[label] = min(rs, key=lambda r: r["step_s"])
+        every = ", ".join(f"{x['step_s']:.3f}" for x in rs)
         print(f"| {label} | `{r['xla_flags'] or '(none)'}` | {r['ynn_fusions']} | "
-              f"{r['compile_s']:.1f} | {r['step_s']:.3f} | {r['images_per_s']:.1f} |")
-    on, off = runs.values()
+              f"{min(x['compile_s'] for x in rs):.1f} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | {every} |")
+    on, off = best.values()
     print(f"\nXLA default / fusion off: step time {on['step_s'] / off['step_s']:.2f}x, "
-          f"compile time {on['compile_s'] / off['compile_s']:.2f}x (above 1: fusion off is faster)")
+          f"compile time {min(x['compile_s'] for x in runs[next(iter(runs))]) / min(x['compile_s'] for x in list(runs.values())[1]):.2f}x "
+          "(above 1: fusion off is faster)")
 
 
 if __name__ == "__main__":
