@@ -63,9 +63,7 @@ def device_gather(mesh, axis: int = 0) -> Callable:
         return batch
 
     if sharding.is_parallel(mesh):
-        split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
-            *([None] * axis), sharding.DATA_AXIS))
-        return jax.jit(gather, out_shardings=split)
+        return jax.jit(gather, out_shardings=sharding.data_sharding(mesh, axis))
     return jax.jit(gather)
 
 

@@ -53,9 +53,9 @@ def is_parallel(mesh: Optional[Mesh]) -> bool:
     return num_devices(mesh) > 1
 
 
-def data_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading axis split over "data", the rest whole."""
-    return NamedSharding(mesh, P(DATA_AXIS))
+def data_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
+    """The batch axis (leading, or `axis`: 1 for stacked steps) split over "data", the rest whole."""
+    return NamedSharding(mesh, P(*([None] * axis), DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -90,7 +90,7 @@ def shard_batch(mesh: Optional[Mesh], tree, *, axis: int = 0):
     """
     if not is_parallel(mesh):
         return tree
-    sharding = NamedSharding(mesh, P(*([None] * axis), DATA_AXIS))
+    sharding = data_sharding(mesh, axis)
 
     def put(path, x):
         shape = np.shape(x)

@@ -1,8 +1,9 @@
 """XLA:CPU defaults crc_jax sets before JAX starts: YNNPACK fusion off.
 
 jaxlib 0.10 turned on XLA:CPU's YNNPACK library fusions, and with them a WRN-28-2 train
-step runs about 4x slower on CPU than on jax 0.5.3 (experiments/benchmarks/xla_cpu.py
-measures it; RESULTS.md, "XLA:CPU"). `apply_cpu_defaults()` adds
+step ran about 4x slower than on jax 0.5.3 on the CPU issue 21 measured (on an AVX-512
+Xeon the fusion was faster: experiments/benchmarks/xla_cpu.py measures a CPU; RESULTS.md,
+"XLA:CPU"). `apply_cpu_defaults()` adds
 
     --xla_cpu_experimental_ynn_fusion_type=        (an empty list: no YNNPACK fusion)
 
@@ -113,6 +114,11 @@ def apply_cpu_defaults(environ: Optional[MutableMapping[str, str]] = None) -> st
         _last_decision = decision
     log.debug("crc_jax XLA:CPU default: %s", decision)
     return decision
+
+
+def last_decision() -> Optional[str]:
+    """What `apply_cpu_defaults` decided for this process (None before it ran)."""
+    return _last_decision
 
 
 def describe() -> str:

@@ -24,7 +24,7 @@ PROBE = """
 import {first}, os, jax, jax.numpy as jnp
 from crc_jax import xla_env
 hlo = jax.jit(lambda a, b: a @ b).lower(jnp.ones((64, 64)), jnp.ones((64, 64))).compile().as_text()
-print(repr(os.environ.get("XLA_FLAGS", "")), "__ynn_fusion" in hlo, xla_env._last_decision, sep="|")
+print(repr(os.environ.get("XLA_FLAGS", "")), "__ynn_fusion" in hlo, xla_env.last_decision(), sep="|")
 """
 
 
@@ -106,8 +106,8 @@ def test_backend_started_before_import_warns_once_and_changes_nothing():
 
 def test_this_pytest_process_compiles_without_ynn_fusion():
     """Run in a fresh pytest by the test below; in the full suite it checks this process."""
-    if xla_env._last_decision != xla_env.APPLIED:
-        pytest.skip(f"crc_jax's default is not in effect here: {xla_env._last_decision}")
+    if xla_env.last_decision() != xla_env.APPLIED:
+        pytest.skip(f"crc_jax's default is not in effect here: {xla_env.last_decision()}")
     import jax
     import jax.numpy as jnp
 
