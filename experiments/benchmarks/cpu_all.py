@@ -121,9 +121,10 @@ def main(argv=None) -> None:
 
     import crc_jax  # noqa: F401  (its XLA:CPU default, as the children apply it too)
     from crc_jax import xla_env
+    from experiments.benchmarks.xla_cpu import cpu_model
 
     lines = [f"## CPU benchmarks, {time.strftime('%Y-%m-%d %H:%M %Z')}", "",
-             f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+             f"- machine: {os.cpu_count()} CPUs, {cpu_model()}, {platform.platform()}",
              f"- Python {platform.python_version()}; {versions()}",
              f"- {xla_env.describe()}",
              f"- load average (1/5/15 min) at the start: {load()}",

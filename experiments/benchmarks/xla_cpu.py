@@ -31,6 +31,7 @@ import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"  # as in crc_jax.xla_env (not imported here)
 
@@ -115,6 +116,20 @@ def child(batch: int, steps: int) -> None:
                       "xla_flags": os.environ.get("XLA_FLAGS", "")}))
 
 
+def cpu_model() -> str:
+    """The CPU's model name and its widest vector ISA (YNNPACK's speed depends on both)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines()
+                 if ln.startswith("model name")), platform.machine())
+    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines()
+                      if ln.startswith("flags")), []))
+    isa = next((f for f in ("amx_tile", "avx512f", "avx2", "avx") if f in flags), "no AVX")
+    return f"{name} ({isa.replace('_tile', '')})"
+
+
 def without_ynn(flags: str) -> str:
     return " ".join(f for f in flags.split() if not f.startswith(YNN_FLAG))
 
@@ -162,7 +177,8 @@ def main(argv=None) -> None:
                                          one_cpu=args.threads == "1"))
     first = runs[next(iter(runs))][0]
     print(f"WRN-28-2 train step, B={args.batch}, 32x32x3, float32; jax {first['jax']}, jaxlib "
-          f"{first['jaxlib']}, Python {platform.python_version()}, {os.cpu_count()} CPUs, XLA "
+          f"{first['jaxlib']}, Python {platform.python_version()}, {os.cpu_count()} CPUs "
+          f"{cpu_model()}, XLA "
           f"threads: {args.threads}; load average {load[0]:.2f} before, {os.getloadavg()[0]:.2f} "
           f"after; {time.strftime('%Y-%m-%d %H:%M')}; {args.repeats} alternated process(es) per "
           f"setting, best shown, every run's s/step in the last column")
