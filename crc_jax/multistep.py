@@ -11,16 +11,23 @@ tests/test_multistep.py measures the difference).
 
 Config: `train.steps_per_dispatch` (1 = one step a call; crc_jax.train.fit runs an epoch's
 steps in chunks of K and the remainder one at a time).
+
+Meant for accelerators. On CPU (jaxlib 0.10.2) XLA runs a step inside a rolled loop far
+slower than the same step as its own call: measured 7-30x per step for small conv steps
+(RESULTS.md, "Train step"), so keep 1 there; a warning says so.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Callable
 
 import jax
 
 from crc_jax import sharding
+
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=32)
@@ -33,6 +40,10 @@ def scan_steps(train_step: Callable, mesh=None) -> Callable:
     `sharding.shard_batch(mesh, batches, axis=1)`) and the state stays replicated.
     Cached on (train_step, mesh): every fit of a run reuses one compiled chunk.
     """
+
+    if jax.default_backend() == "cpu":
+        log.warning("train.steps_per_dispatch > 1 on CPU: XLA:CPU runs a train step inside a "
+                    "lax.scan several times slower than one step a call (RESULTS.md); use 1 on CPU")
 
     def chunk(state, batches, keys):
         return jax.lax.scan(lambda s, xs: train_step(s, *xs), state, (batches, keys))
