@@ -93,3 +93,14 @@ def test_config_check_rejects_a_bad_steps_per_dispatch(value):
     c.train.steps_per_dispatch = value
     with pytest.raises(ConfigError, match="train.steps_per_dispatch"):
         config_check.validate(c)
+
+
+def test_a_run_dir_made_before_the_field_still_matches_the_config():
+    from crc_jax.run.rundir import comparable_config
+
+    now = get_base_config().to_dict()
+    before = get_base_config().to_dict()
+    del before["train"]["steps_per_dispatch"]
+    assert comparable_config(before) == comparable_config(now)
+    now["train"]["steps_per_dispatch"] = 8
+    assert comparable_config(before) == comparable_config(now)
