@@ -84,6 +84,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 0     # epochs between in-training checkpoints; 0 = off
     c.train.progress = True          # progress bars
     c.train.dtype = "float32"        # activations of the train step: float32 | bfloat16 (params stay float32)
+    c.train.steps_per_dispatch = 1   # train steps per jitted call (a lax.scan over the chunk); same results
 
     # Multi-host runs (TPU pods, multi-node GPU): jax.distributed.initialize at start-up.
     # Single-host runs need none of this: the data-parallel mesh spans the local devices.

@@ -53,9 +53,9 @@ def is_parallel(mesh: Optional[Mesh]) -> bool:
     return num_devices(mesh) > 1
 
 
-def data_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading axis split over "data", the rest whole."""
-    return NamedSharding(mesh, P(DATA_AXIS))
+def data_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
+    """The batch axis (leading, or `axis`: 1 for stacked steps) split over "data", the rest whole."""
+    return NamedSharding(mesh, P(*([None] * axis), DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -81,21 +81,23 @@ def _put(x, sharding: NamedSharding):
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
-def shard_batch(mesh: Optional[Mesh], tree):
-    """Split every leaf of `tree` along its leading axis over the mesh (identity on one device).
+def shard_batch(mesh: Optional[Mesh], tree, *, axis: int = 0):
+    """Split every leaf of `tree` along its batch axis over the mesh (identity on one device).
 
-    Leading axes must be divisible by the device count: a ValueError says which leaf is not.
+    The batch axis is the leading one, or `axis` (1 for chunks of stacked steps,
+    crc_jax.multistep). It must be divisible by the device count: a ValueError says which
+    leaf is not.
     """
     if not is_parallel(mesh):
         return tree
-    sharding = data_sharding(mesh)
+    sharding = data_sharding(mesh, axis)
 
     def put(path, x):
         shape = np.shape(x)
-        if not shape:
-            raise ValueError(f"shard_batch: leaf {jax.tree_util.keystr(path)} is a scalar; "
-                             "batches need a leading batch axis")
-        check_divisible(shape[0], mesh, what=f"batch leaf {jax.tree_util.keystr(path)} of size")
+        if len(shape) <= axis:
+            raise ValueError(f"shard_batch: leaf {jax.tree_util.keystr(path)} has no axis {axis}; "
+                             "batches need a batch axis")
+        check_divisible(shape[axis], mesh, what=f"batch leaf {jax.tree_util.keystr(path)} of size")
         return _put(x, sharding)
 
     return jax.tree_util.tree_map_with_path(put, tree)
