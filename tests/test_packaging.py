@@ -92,7 +92,7 @@ def test_crc_infinite_without_neural_tangents_fails_when_built(monkeypatch):
     with pytest.raises(MissingExtra) as err:
         acquisition.from_spec("crc_infinite", {"group_size": 5})
     assert "crc_infinite" in one_line(err.value, "infinite")
-    acquisition.get("crc", group_size=5)       # the empirical-NTK CRC needs no extra
+    acquisition.from_spec("crc", {"group_size": 5}) # the empirical-NTK CRC needs no extra
 
 
 HIDE_AND_RUN = """
