@@ -211,3 +211,41 @@ def test_device_backends_record_the_host_diagnostics(backend, subset):
         assert a["tie"] == b["tie"]
         for field in ("chosen", "runner_up", "resolution"):
             assert a[field] == pytest.approx(b[field], rel=max(rtol, 1e-6)), field
+
+
+# ------------------------------------------------------------------ journal, report, figure
+
+def test_journal_report_and_figure_show_the_diagnostics(tmp_path):
+    from conftest import tiny_digits
+    from crc_jax import durable
+    from crc_jax.run import loop
+    from experiments import figures, report
+
+    run = tmp_path / "run"
+    loop.run(tiny_digits(strategies=("crc",), trials=1, **{"al.steps": 2}), run)
+    entries = durable.Journal(run / "crc" / "trial_0" / "journal.jsonl").entries()
+    for e in entries[:2]:
+        diag = e["record"]["crc"]["diagnostics"]
+        assert {"ceiling", "chosen", "runner_up", "gap", "resolution", "tie", "rank_used",
+                "n_groups"} <= set(diag)
+        assert diag["ceiling"] >= diag["chosen"] >= diag["runner_up"]
+    assert "record" not in entries[2]                       # the last step acquires nothing
+    report.write_report([run], out_dir=run)
+    md = (run / "report.md").read_text()
+    assert "## CRC decisions" in md and "| crc | 0 | 1 |" in md and "| crc | 1 | 1 |" in md
+    ties = [e["step"] for e in entries[:2] if e["record"]["crc"]["diagnostics"]["tie"]]
+    assert ("Ties: " + ", ".join(f"crc trial_0 step {s}" for s in ties) if ties
+            else "No step's choice was a tie") in md
+    assert figures.figure3_eigen([run], tmp_path).is_file()
+
+
+def test_report_names_the_tied_steps():
+    from experiments import report
+
+    row = dict(strategy="crc", trial="trial_0", step=1, num_labeled=30, reach=0.99,
+               resolution=1e-4, decisions=1)
+    md = report.crc_markdown([{**row, "gap": 5e-5, "tie": True},
+                              {**row, "trial": "trial_1", "gap": 2e-2, "tie": False}])
+    assert "| crc | 1 | 2 | 99% | 1% | 0.005% | 1 of 2 |" in md
+    assert "Ties: crc trial_0 step 1." in md
+    assert "No step's choice" in report.crc_markdown([{**row, "gap": 2e-2, "tie": False}])
