@@ -164,12 +164,13 @@ def gap_panel(ax, workdirs) -> None:
         if ties:
             ax.plot(*zip(*ties), linestyle="none", marker="x", ms=9, color="red")
     ax.set_yscale("log")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("acquisition step")
     ax.set_ylabel("(chosen − runner-up) / chosen")
     ax.set_title("(c) lead of the chosen group; – float32 resolution, × tie", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     if lines and len(lines) <= 10:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, loc="lower left")
     if not lines:
         ax.text(0.5, 0.5, "no CRC diagnostics in these journals", ha="center", va="center",
                 transform=ax.transAxes)

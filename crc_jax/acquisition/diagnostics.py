@@ -43,8 +43,9 @@ The resolution. Rounding every entry of a PSD matrix M to float32 perturbs it by
 |E_ij| ≤ ε₃₂·|M_ij| ≤ ε₃₂·√(M_ii·M_jj); a matrix dominated entrywise by the rank-one vvᵀ
 (v_i = √M_ii) has ‖E‖₂ ≤ ε₃₂·‖v‖² = ε₃₂·trace M, and by Weyl no eigenvalue moves further.
 Two scores closer than the sum of their two bounds cannot be ordered at float32 precision:
-the model's features and Jacobians come out of float32 arithmetic, so the choice is a tie
-(and the true error of a float32 forward pass is larger still, so this flag is conservative).
+the model's features and Jacobians come out of float32 arithmetic (crc_infinite's kernel is
+float64, but of images held in float32), so the choice is a tie. The bound is a worst case
+for one rounding of the entries; a float32 forward pass accumulates more than one rounding.
 """
 
 from __future__ import annotations
