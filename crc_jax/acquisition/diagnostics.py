@@ -31,8 +31,9 @@ Cauchy interlacing gives α_i ≥ μ_{i+G} for its eigenvalues α_1 ≥ … ≥ 
   * |L| + G ≤ ρ (the kernel over L ∪ g can be full rank): r − G = |L|, so the ceiling is
     λmin(K̃(L, L)) = λ⁺min(K̃(L, L)): adding points can only lower the smallest eigenvalue.
   * |L| + G > ρ (beyond the rank): r − G = ρ − G, a larger eigenvalue of K̃(L, L) than its
-    λ⁺min. Here λ⁺min(K̃(L, L)) is no ceiling: once |L| ≥ ρ the non-zero spectrum of K̃(L ∪ g)
-    is that of Z_LᵀZ_L + Z_gᵀZ_g ⪰ Z_LᵀZ_L, so every group scores at least λ⁺min(K̃(L, L)).
+    λ⁺min. Here λ⁺min(K̃(L, L)) is no ceiling: for the last-layer kernel C·ZZᵀ (the one
+    whose ρ can be below |L| + G), once |L| ≥ ρ the non-zero spectrum of K̃(L ∪ g) is C times
+    that of Z_LᵀZ_L + Z_gᵀZ_g ⪰ Z_LᵀZ_L, so every group scores at least λ⁺min(K̃(L, L)).
   * r ≤ G (fewer labeled points than the group adds, below the rank: a cold start): no
     bound from K̃(L, L); the ceiling is null.
 
