@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from crc_jax.acquisition import device_spectra
+from crc_jax.acquisition import device_spectra, diagnostics
 from crc_jax.acquisition import gram as gram_lib
 from crc_jax.acquisition.context import Context, check_budget
 from crc_jax.acquisition.registry import register
@@ -102,22 +102,42 @@ def top_groups(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-np.asarray(scores), kind="stable")[:k]
 
 
-def pick_sequentially(gram, rounds: int, *, desc: str) -> tuple[list[int], list[float], np.ndarray]:
+def pick_sequentially(gram, rounds: int, *, desc: str) -> tuple[list[int], list[float], np.ndarray, dict]:
     """Pick `rounds` rows one at a time, each the best against base ∪ rows picked so far.
 
-    Returns (rows, their scores when picked, all first-round scores).
+    Returns (rows, their scores when picked, all first-round scores, the diagnostics:
+    crc_jax.acquisition.diagnostics, with every round's decision).
     """
+    ceiling, rank_used = gram.ceiling(), gram.rank_used
     remaining = np.arange(len(gram.groups))
-    rows, chosen, first = [], [], None
+    rows, chosen, first, decisions = [], [], None, []
     for _ in tqdm(range(rounds), desc=desc, disable=None if rounds > 1 else True, leave=False):
         best, score, scores = gram.top(remaining, 1)
         if first is None:
             first = scores
+        decisions.append(diagnostics.decision(gram, remaining, scores, best))
         rows.append(int(best[0]))
         chosen.append(float(score[0]))
         gram.extend_base(best)
         remaining = remaining[remaining != best[0]]
-    return rows, chosen, first
+    diag = diagnostics.acquisition(decisions[0], ceiling=ceiling, rank_used=rank_used,
+                                   n_groups=len(gram.groups), later=decisions[1:])
+    assert first is not None       # rounds ≥ 1 (the budget is positive)
+    return rows, chosen, first, diag
+
+
+def choose(gram, k: int, *, sequential: bool, desc: str) -> tuple[list[int], list[float], np.ndarray, dict]:
+    """The k groups to label: the top k at once (Algorithm 1), or one at a time against the
+    growing base (`sequential`). Returns (rows, their scores, the first-round scores of all
+    groups, the diagnostics of the choice)."""
+    if sequential:
+        return pick_sequentially(gram, k, desc=desc)
+    ceiling, rank_used = gram.ceiling(), gram.rank_used
+    picked, chosen_scores, scores = gram.top(None, k)
+    first = diagnostics.decision(gram, np.arange(len(gram.groups)), scores, picked)
+    diag = diagnostics.acquisition(first, ceiling=ceiling, rank_used=rank_used,
+                                   n_groups=len(gram.groups))
+    return [int(r) for r in picked], [float(s) for s in chosen_scores], scores, diag
 
 
 def summarize(scores: np.ndarray) -> dict:
@@ -155,15 +175,11 @@ def make_crc(group_size: Optional[int] = None, subset="last", max_groups: Option
             raise ValueError(f"crc needs {need} groups of {g} but max_groups={max_groups} "
                              f"leaves {len(groups)}")
         gram = gram_lib.build(ctx, groups, subset=subset, backend=backend)
-        if sequential:
-            rows, chosen, scores = pick_sequentially(gram, need, desc="CRC rounds")
-        else:
-            picked, chosen_scores, scores = gram.top(None, need)
-            rows, chosen = [int(r) for r in picked], [float(s) for s in chosen_scores]
+        rows, chosen, scores, diag = choose(gram, need, sequential=sequential, desc="CRC rounds")
         seconds = time.perf_counter() - start
         ctx.record["crc"] = {"group_size": g, "subset": subset if isinstance(subset, str) else "custom",
                              "sequential": bool(sequential), "rank": gram.rank, **gram.describe(),
-                             "chosen_scores": chosen, **summarize(scores)}
+                             "chosen_scores": chosen, **summarize(scores), "diagnostics": diag}
         log.info("crc: %d groups of %d scored in %.2fs, chosen scores %s", len(groups), g, seconds,
                  np.round(chosen, 6).tolist())
         return groups[np.asarray(rows)].ravel()

@@ -42,9 +42,9 @@ def make_crc_greedy(subset="last", max_candidates: Optional[int] = None, backend
             cand = unlabeled[np.sort(keep)]
         start = time.perf_counter()
         gram = gram_lib.build(ctx, cand[:, None], subset=subset, backend=backend)
-        rows, chosen, first = pick_sequentially(gram, budget, desc="greedy CRC")
+        rows, chosen, first, diag = pick_sequentially(gram, budget, desc="greedy CRC")
         ctx.record["crc_greedy"] = {"chosen_scores": chosen, "rank": gram.rank, **gram.describe(),
-                                    **summarize(first)}
+                                    **summarize(first), "diagnostics": diag}
         log.info("crc_greedy: %d picks from %d candidates in %.2fs", budget, len(cand),
                  time.perf_counter() - start)
         return cand[np.asarray(rows)]

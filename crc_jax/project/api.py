@@ -196,6 +196,7 @@ class Project:
         Labels nothing. One round runs at a time per project (another is refused). A
         crash anywhere leaves the labels untouched; rerunning redoes the round exactly.
         """
+        from crc_jax.acquisition import diagnostics
         from crc_jax.project import rounds
 
         settings.check()
@@ -219,6 +220,7 @@ class Project:
                      "labeled_sha256": hashlib.sha256(labeled.tobytes()).hexdigest()[:16],
                      "queue": result.picked.tolist(), "model": model_file,
                      "predicted": self._predicted(result, result.picked),
+                     "crc_diagnostics": diagnostics.summary(result.record),   # None: not CRC
                      "seconds": round(time.time() - started, 2)}
             self.rounds_journal.append(entry)
             return result.picked.tolist()
