@@ -19,7 +19,7 @@ keeps the host path there.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -35,7 +35,7 @@ def check_feed(feed: str) -> None:
         raise ValueError(f"feed must be one of {', '.join(FEEDS)}; got {feed!r}")
 
 
-def feeds_on_device(feed: str, arrays, platform: Optional[str] = None) -> bool:
+def feeds_on_device(feed: str, arrays, platform: str | None = None) -> bool:
     """Whether `feed` puts `arrays` (the pools; None entries ignored) on the device of
     `platform` (default: JAX's default backend)."""
     check_feed(feed)
@@ -87,7 +87,7 @@ class BatchFeeder:
             self.gather = device_gather(mesh)
         self.pools = pools
 
-    def __call__(self, state, lab_rows: np.ndarray, unl_rows: Optional[np.ndarray], key):
+    def __call__(self, state, lab_rows: np.ndarray, unl_rows: np.ndarray | None, key):
         if self.on_device:
             idx = {"l": lab_rows} if not self.with_unlabeled else {"l": lab_rows, "u": unl_rows}
             return self.step(state, self.gather(self.pools, idx), key)
@@ -96,7 +96,7 @@ class BatchFeeder:
             batch["x_u"] = self.pools["x_u"][unl_rows]
         return self.step(state, sharding.shard_batch(self.mesh, batch), key)
 
-    def chunk(self, state, lab_rows: np.ndarray, unl_rows: Optional[np.ndarray], keys):
+    def chunk(self, state, lab_rows: np.ndarray, unl_rows: np.ndarray | None, keys):
         """K steps in one dispatch: rows (K, B) and (K, μB), keys (K, ...); the metrics come
         back stacked (K,). Step i gets the batch and key that `self(...)` would give it."""
         multi = multistep.scan_steps(self.train_step, self.mesh)

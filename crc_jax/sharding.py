@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 DATA_AXIS = "data"
 
 
-def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh with axis "data" over `devices` (default: every device, all hosts)."""
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
@@ -44,11 +45,11 @@ def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
-def num_devices(mesh: Optional[Mesh]) -> int:
+def num_devices(mesh: Mesh | None) -> int:
     return 1 if mesh is None else int(mesh.devices.size)
 
 
-def is_parallel(mesh: Optional[Mesh]) -> bool:
+def is_parallel(mesh: Mesh | None) -> bool:
     """Whether `mesh` spans more than one device (otherwise sharding is skipped)."""
     return num_devices(mesh) > 1
 
@@ -63,7 +64,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def check_divisible(size: int, mesh: Optional[Mesh], *, what: str = "batch size") -> None:
+def check_divisible(size: int, mesh: Mesh | None, *, what: str = "batch size") -> None:
     """Raise ValueError unless `size` splits evenly over the mesh's devices."""
     n = num_devices(mesh)
     if size % n:
@@ -81,7 +82,7 @@ def _put(x, sharding: NamedSharding):
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
-def shard_batch(mesh: Optional[Mesh], tree, *, axis: int = 0):
+def shard_batch(mesh: Mesh | None, tree, *, axis: int = 0):
     """Split every leaf of `tree` along its batch axis over the mesh (identity on one device).
 
     The batch axis is the leading one, or `axis` (1 for chunks of stacked steps,
@@ -103,7 +104,7 @@ def shard_batch(mesh: Optional[Mesh], tree, *, axis: int = 0):
     return jax.tree_util.tree_map_with_path(put, tree)
 
 
-def replicate(mesh: Optional[Mesh], tree):
+def replicate(mesh: Mesh | None, tree):
     """A copy of every leaf on every device of the mesh (identity on one device).
 
     The train state and model variables are replicated so that a jitted step sees every
@@ -116,7 +117,7 @@ def replicate(mesh: Optional[Mesh], tree):
 
 
 @functools.lru_cache(maxsize=32)
-def data_parallel(step_fn: Callable, mesh: Optional[Mesh]) -> Callable:
+def data_parallel(step_fn: Callable, mesh: Mesh | None) -> Callable:
     """`step_fn(state, batch, key) -> (state, metrics)` with every output replicated.
 
     Left to itself, the partitioner may hand back some small state leaves split over the
@@ -131,7 +132,7 @@ def data_parallel(step_fn: Callable, mesh: Optional[Mesh]) -> Callable:
 
 
 @functools.lru_cache(maxsize=64)
-def per_sample(fn: Callable, mesh: Optional[Mesh]) -> Callable:
+def per_sample(fn: Callable, mesh: Mesh | None) -> Callable:
     """Jitted `fn(variables, x)` run on each device's rows of x alone (`shard_map`).
 
     For maps that treat samples independently (evaluation-mode features, per-sample
@@ -175,7 +176,7 @@ def to_host(tree) -> Any:
 
 
 def map_batches(fn: Callable, variables, x: np.ndarray, *, batch_size: int,
-                mesh: Optional[Mesh] = None, indices: Optional[np.ndarray] = None) -> Any:
+                mesh: Mesh | None = None, indices: np.ndarray | None = None) -> Any:
     """fn(variables, x[chunk]) over chunks of `batch_size` rows (of x[indices] when given),
     data-parallel over `mesh`.
 
@@ -207,7 +208,7 @@ def initialize_distributed(config) -> None:
     distributed.initialize(config)
 
 
-def device_bytes_limit() -> Optional[int]:
+def device_bytes_limit() -> int | None:
     """This process's first device's memory in bytes, when it reports one (GPU/TPU; not CPU)."""
     try:
         stats = jax.local_devices()[0].memory_stats()

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Any, Callable, Optional
+from typing import Any
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +50,7 @@ class FitResult:
     watch_accuracy: float
     test_accuracy: float
     test_loss: float
-    min_test_loss_epoch: Optional[int]
+    min_test_loss_epoch: int | None
     history: list
 
 
@@ -122,10 +123,10 @@ def _copy_tree(tree):
 
 
 def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
-        x_unlabeled: Optional[np.ndarray], watch: tuple, test: tuple, train_config,
+        x_unlabeled: np.ndarray | None, watch: tuple, test: tuple, train_config,
         key: jax.Array, eval_apply: Callable, desc: str = "train",
         checkpointer=None, mesh=None, feed: str = "auto",
-        before_step: Optional[Callable[[], None]] = None) -> FitResult:
+        before_step: Callable[[], None] | None = None) -> FitResult:
     """Train a freshly initialized model with `algorithm` and early stopping on `watch`.
 
     x_labeled/y_labeled: the labeled set; x_unlabeled: the unlabeled pool images (used
@@ -212,7 +213,7 @@ class EarlyStopping:
                 "history": self.history, "global_step": self.global_step}
 
     @classmethod
-    def resumed(cls, patience: int, progress: dict, variables) -> "EarlyStopping":
+    def resumed(cls, patience: int, progress: dict, variables) -> EarlyStopping:
         return cls(patience=patience, epoch=progress["best_epoch"],
                    accuracy=progress["best_accuracy"], variables=variables,
                    history=list(progress["history"]), global_step=progress["global_step"])

@@ -38,7 +38,7 @@ import logging
 import os
 import sys
 from importlib import metadata
-from typing import MutableMapping, Optional
+from collections.abc import MutableMapping
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,10 @@ KNOWN_JAXLIB_SERIES = ((0, 10), (0, 11))
 SLOWER_WITH_FUSION = ("AuthenticAMD",)
 
 APPLIED = "applied"
-_last_decision: Optional[str] = None
+_last_decision: str | None = None
 
 
-def jaxlib_series(version: str) -> Optional[tuple]:
+def jaxlib_series(version: str) -> tuple | None:
     """(major, minor) of a version string such as "0.10.2" or "0.11.0.dev20260101"."""
     parts = version.split(".")[:2]
     if len(parts) < 2 or not all(p.isdigit() for p in parts):
@@ -61,7 +61,7 @@ def jaxlib_series(version: str) -> Optional[tuple]:
     return int(parts[0]), int(parts[1])
 
 
-def installed_jaxlib() -> Optional[str]:
+def installed_jaxlib() -> str | None:
     """The installed jaxlib's version, read from its metadata (jax is not imported)."""
     try:
         return metadata.version("jaxlib")
@@ -80,7 +80,7 @@ def backend_started() -> bool:
         return False
 
 
-def cpu_vendor() -> Optional[str]:
+def cpu_vendor() -> str | None:
     """The CPU's vendor_id from /proc/cpuinfo ("AuthenticAMD", "GenuineIntel"), or None."""
     try:
         with open("/proc/cpuinfo") as f:
@@ -92,8 +92,8 @@ def cpu_vendor() -> Optional[str]:
     return None
 
 
-def decide(environ: MutableMapping[str, str], jaxlib_version: Optional[str],
-           vendor: Optional[str] = None) -> str:
+def decide(environ: MutableMapping[str, str], jaxlib_version: str | None,
+           vendor: str | None = None) -> str:
     """APPLIED, or why XLA_FLAGS stays as it is (one short phrase). Pure: no side effects."""
     switch = environ.get(SWITCH, "auto").strip() or "auto"
     if switch == "0":
@@ -116,7 +116,7 @@ def decide(environ: MutableMapping[str, str], jaxlib_version: Optional[str],
     return APPLIED
 
 
-def apply_cpu_defaults(environ: Optional[MutableMapping[str, str]] = None) -> str:
+def apply_cpu_defaults(environ: MutableMapping[str, str] | None = None) -> str:
     """Add YNN_OFF to XLA_FLAGS when `decide` says so; returns the decision.
 
     Called by `import crc_jax`; calling it again is harmless (the flag is then present).
@@ -139,7 +139,7 @@ def apply_cpu_defaults(environ: Optional[MutableMapping[str, str]] = None) -> st
     return decision
 
 
-def last_decision() -> Optional[str]:
+def last_decision() -> str | None:
     """What `apply_cpu_defaults` decided for this process (None before it ran)."""
     return _last_decision
 

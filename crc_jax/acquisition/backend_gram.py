@@ -10,7 +10,6 @@ are those of the float64 reference (crc_jax.acquisition.device_spectra).
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -36,10 +35,10 @@ class BackendGram:
     groups: np.ndarray
     base: np.ndarray
     spectra: Spectra = dev.HOST
-    _rank: Optional[int] = None
+    _rank: int | None = None
 
     @property
-    def rank(self) -> Optional[int]:
+    def rank(self) -> int | None:
         """ρ, the numerical rank of the kernel over the pool; None: full rank (r = |B| + G)."""
         r = self._rank
         return None if r is None else int(r)
@@ -91,7 +90,7 @@ class BackendGram:
     def _rows(self, rows) -> np.ndarray:
         return np.arange(len(self.groups)) if rows is None else np.asarray(rows)
 
-    def score(self, rows: Optional[np.ndarray] = None) -> np.ndarray:
+    def score(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Scores of `rows` (default all groups) as float64 NumPy. On the float32 device
         path these are the float32 prefilter scores; `top` rescores its finalists."""
         rows = self._rows(rows)
@@ -102,7 +101,7 @@ class BackendGram:
         with self.spectra.precision():
             return np.asarray(self._device_scores(rows)[0], dtype=np.float64)[:len(rows)]
 
-    def top(self, rows: Optional[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def top(self, rows: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(the k best rows, their scores, the scores of all `rows`), best first, ties to the
         earlier row; one device-to-host transfer on the device backend."""
         rows = self._rows(rows)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
 
 import jax
 import numpy as np
@@ -47,7 +46,7 @@ def check_subset(subset) -> None:
 
 
 def random_groups(key, unlabeled: np.ndarray, group_size: int,
-                  max_groups: Optional[int] = None) -> np.ndarray:
+                  max_groups: int | None = None) -> np.ndarray:
     """A random partition of `unlabeled` into ⌊U/G⌋ groups of G (the rest left out), or
     the first `max_groups` of them: an (n_groups, G) index array."""
     unlabeled = np.asarray(unlabeled)
@@ -59,7 +58,7 @@ def random_groups(key, unlabeled: np.ndarray, group_size: int,
 
 
 def class_balanced_groups(ctx: Context, key, budget: int,
-                          max_groups: Optional[int] = None) -> np.ndarray:
+                          max_groups: int | None = None) -> np.ndarray:
     """Groups of size `budget` holding budget/C unlabeled samples of every class (Table 3)."""
     if ctx.oracle is None:
         raise ValueError("class_balanced CRC needs ctx.oracle: pseudo-AL groups are built from labels")
@@ -151,7 +150,7 @@ def summarize(scores: np.ndarray) -> dict:
 
 
 @register("crc", group_size=True, class_balanced=True, cold_start=True)
-def make_crc(group_size: Optional[int] = None, subset="last", max_groups: Optional[int] = None,
+def make_crc(group_size: int | None = None, subset="last", max_groups: int | None = None,
              class_balanced: bool = False, sequential: bool = False, backend: str = "auto"):
     """CRC (Algorithm 1). group_size=None means G = budget (one group is the whole batch)."""
     check_subset(subset)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
 
 import jax
 import numpy as np
@@ -25,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 @register("crc_greedy")
-def make_crc_greedy(subset="last", max_candidates: Optional[int] = None, backend: str = "auto"):
+def make_crc_greedy(subset="last", max_candidates: int | None = None, backend: str = "auto"):
     check_subset(subset)
     device_spectra.check_backend(backend)
     if max_candidates is not None and max_candidates <= 0:

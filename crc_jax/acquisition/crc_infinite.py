@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
-from typing import Optional
 
 import jax
 import numpy as np
@@ -172,7 +171,7 @@ class InfiniteGram(BackendGram):
         return np.where(lam > n * ntk.FLOAT32_EPS * bound, lam, 0.0)
 
 
-def architecture(ctx: Context, arch: Optional[str], depth: Optional[int]):
+def architecture(ctx: Context, arch: str | None, depth: int | None):
     """The Flax module whose infinite-width NTK scores groups: ctx.model's, or `arch`'s."""
     from crc_jax import models
     from crc_jax.models.cnn import CNN
@@ -194,9 +193,9 @@ def architecture(ctx: Context, arch: Optional[str], depth: Optional[int]):
 
 
 @register("crc_infinite", group_size=True)
-def make_crc_infinite(group_size: Optional[int] = None, max_groups: Optional[int] = None,
-                      arch: Optional[str] = None, depth: Optional[int] = None,
-                      sequential: bool = False, kernel_batch: Optional[int] = None):
+def make_crc_infinite(group_size: int | None = None, max_groups: int | None = None,
+                      arch: str | None = None, depth: int | None = None,
+                      sequential: bool = False, kernel_batch: int | None = None):
     """CRC on the infinite-width NTK. group_size=None means G = budget; arch=None uses
     ctx.model's architecture ("mlp" or "cnn" pick one, `depth` for the MLP);
     kernel_batch: rows per kernel call (None: infinite.kernel_batch_size)."""

@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from functools import partial
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -223,7 +223,7 @@ class JacobianGram(BackendGram):
         with spectra.precision():
             self._build(x)
 
-    def _head_rank(self) -> Optional[int]:
+    def _head_rank(self) -> int | None:
         """Rank of [Φ, 1] over the pool when the head is dense (Φ: its input), else None."""
         fn = feat.head_features_fn(self.ctx)
         if fn is None:

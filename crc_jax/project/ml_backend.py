@@ -33,7 +33,6 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Optional
 
 from flask import Blueprint, Flask, abort, current_app, jsonify, request
 
@@ -70,7 +69,7 @@ class Predictions:
         trained = [e for e in self.project.rounds() if e.get("model")]
         return label_studio.model_version(trained[-1]) if trained else NO_MODEL
 
-    def rows(self) -> tuple[str, Optional[dict]]:
+    def rows(self) -> tuple[str, dict | None]:
         """(model version, {id: {"predicted", "confidence"}} or None before any training)."""
         version = self.version()
         if version == NO_MODEL:
@@ -82,7 +81,7 @@ class Predictions:
             return version, self._rows
 
 
-def annotation_label(annotation: dict, names) -> Optional[str]:
+def annotation_label(annotation: dict, names) -> str | None:
     """The class an annotation answers (None: no answer to the Choices control)."""
     for result in annotation.get("result") or []:
         if result.get("type") == "choices" and result.get("from_name") == names.choice_name:
@@ -158,7 +157,7 @@ class QueueSync:
     """The Label Studio projects this backend is connected to (by /setup), and writing the
     crc_* queue fields into their tasks after a round (errors logged, never raised)."""
 
-    def __init__(self, project: Project, index: PathIndex, client: Optional[LabelStudioClient]):
+    def __init__(self, project: Project, index: PathIndex, client: LabelStudioClient | None):
         self.project, self.index, self.client = project, index, client
         self.connections: dict[int, tuple] = {}  # LS project id -> (client, labeling names)
         self.synced: dict[int, str] = {}         # LS project id -> the queue version written
@@ -340,7 +339,7 @@ def round_state():
 
 
 def create_app(project: Project, *, settings: RoundSettings = RoundSettings(), budget: int = 20,
-               document_root: os.PathLike = "/", client: Optional[LabelStudioClient] = None) -> Flask:
+               document_root: os.PathLike = "/", client: LabelStudioClient | None = None) -> Flask:
     """The ML backend for `project`. `client`: Label Studio's API for writing the queue
     fields after a round (default: the hostname and token Label Studio sends to /setup)."""
     app = Flask(__name__)
@@ -358,7 +357,7 @@ def create_app(project: Project, *, settings: RoundSettings = RoundSettings(), b
 
 def make_server(project: Project, *, host: str = "127.0.0.1", port: int = 9090,
                 settings: RoundSettings = RoundSettings(), budget: int = 20,
-                document_root: os.PathLike = "/", client: Optional[LabelStudioClient] = None):
+                document_root: os.PathLike = "/", client: LabelStudioClient | None = None):
     """A threaded Werkzeug server for the ML backend (call .serve_forever(); .port)."""
     from werkzeug.serving import make_server as werkzeug_server
 

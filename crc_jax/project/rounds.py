@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import numpy as np
@@ -33,7 +33,7 @@ class RoundResult:
 
     picked: np.ndarray
     variables: Any
-    probs: Optional[np.ndarray]
+    probs: np.ndarray | None
     cold_start: bool
     strategy: str
     record: dict = dataclasses.field(default_factory=dict)

@@ -29,7 +29,7 @@ import threading
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from flask import Blueprint, Flask, Response, abort, current_app, jsonify, request, send_file
 

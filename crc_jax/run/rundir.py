@@ -102,7 +102,7 @@ class RunDir:
         self.path = Path(path)
         self._lock = contextlib.ExitStack()
 
-    def __enter__(self) -> "RunDir":
+    def __enter__(self) -> RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock.enter_context(durable.file_lock(self.path / ".lock", wait=False, pid=True))
