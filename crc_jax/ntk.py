@@ -27,14 +27,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
-from typing import Any, Union
+from typing import Any
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Subset = Union[str, Callable[[tuple], bool]]
+Subset = str | Callable[[tuple], bool]
 
 HIGHEST = jax.lax.Precision.HIGHEST
 JACOBIAN_BUDGET_BYTES = 1 << 28   # one batch of per-sample Jacobians

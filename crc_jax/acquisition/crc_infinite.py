@@ -134,7 +134,8 @@ class InfiniteGram(BackendGram):
             for s in range(0, len(self.groups), group_batch):
                 chunk = self.groups[s:s + group_batch]
                 xg = infinite.pad_rows(rows.x[chunk], group_batch)
-                blocks.append(np.asarray(_within_groups(rows.kernel_fn, infinite.in_float64(xg)))[:len(chunk)])
+                within = _within_groups(rows.kernel_fn, infinite.in_float64(xg))
+                blocks.append(np.asarray(within)[:len(chunk)])
         self.k_gg = (rows.num_classes * np.concatenate(blocks) if blocks
                      else np.zeros((0, g, g)))
 

@@ -23,7 +23,7 @@ BatchNorm in evaluation mode. With rate 0 the layer is the identity.
 """
 
 import functools
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 from collections.abc import Callable
 
 import flax.linen as nn
