@@ -365,7 +365,8 @@ def build(root: Path, Project, RoundSettings, mounted: list) -> list[dict]:
 
     case("labels log without its last newline", "labels.jsonl's last line (a whole, "
          "checksummed answer) without its newline, then `crc-jax import DIR FILE.csv` "
-         "(8 new labels)", r"^8 new answers imported \(12 -> 20 labeled\)$",
+         "(8 new labels)", r"^8 new answers imported from 8 labeled rows \(0 already saved, 0 unmapped; "
+         r"12 -> 20 labeled\)$",
          lambda w: ["import", w, more], prepare=strip_newline, exit=0,
          check=newline_added_answers_kept,
          kept="labels.jsonl: its last answer kept, a newline added, then the 8 new lines")

@@ -61,7 +61,8 @@ def full_disk_project(tmp_path):
 
 
 def reported(stdout: str) -> tuple[int, int, int]:
-    found = re.search(r"^(\d+) new answers imported \((\d+) -> (\d+) labeled\)$", stdout, re.M)
+    found = re.search(r"^(\d+) new answers imported from \d+ labeled rows \(\d+ already saved, 0 "
+                      r"unmapped; (\d+) -> (\d+) labeled\)$", stdout, re.M)
     assert found, stdout
     return tuple(map(int, found.groups()))
 

@@ -17,7 +17,6 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -76,8 +75,8 @@ class Project:
     # -- creating and opening ------------------------------------------------------------
     @classmethod
     def create(cls, directory: os.PathLike, images: os.PathLike, *, image_size: int = 32,
-               classes: Optional[list] = None, labels_csv: Optional[os.PathLike] = None,
-               progress: bool = True) -> tuple["Project", ScanResult]:
+               classes: list | None = None, labels_csv: os.PathLike | None = None,
+               progress: bool = True) -> tuple[Project, ScanResult]:
         """Scan `images`, store the pool in `directory`; optional classes and a labels CSV."""
         directory, images = Path(directory), Path(images)
         if not images.is_dir():
@@ -105,7 +104,7 @@ class Project:
                     classes = store.check_class_names(sorted({lb for _, lb in labels_rows}))
                 except ProjectError as err:
                     raise ProjectError(f"--labels {labels_csv}: {err}; give --classes") from None
-            exchange.resolve_rows(exchange.PathIndex(result.paths, classes), labels_rows)
+            exchange.resolve_rows(exchange.PathIndex(result.paths, classes, images), labels_rows)
         made_dir = not directory.exists()
         store.prepare_dir(directory)
         try:
@@ -123,7 +122,7 @@ class Project:
         return project, result
 
     @classmethod
-    def open(cls, directory: os.PathLike) -> "Project":
+    def open(cls, directory: os.PathLike) -> Project:
         return cls(directory)
 
     # -- what is stored ------------------------------------------------------------------
@@ -205,14 +204,14 @@ class Project:
     def import_rows(self, rows: list, *, source: str) -> int:
         """Labels given as (path, class name) pairs, e.g. from a CSV or Label Studio."""
         from crc_jax.project import exchange
-        index = exchange.PathIndex(self.paths, self.classes)
+        index = exchange.PathIndex(self.paths, self.classes, self.images_root)
         return self.add_labels(exchange.resolve_rows(index, rows), source=source,
                                queued_only=False)
 
-    def import_file(self, path: os.PathLike) -> int:
+    def import_file(self, path: os.PathLike, **options) -> int:
+        """Labels from a CSV or a Label Studio export (options: exchange.import_labels)."""
         from crc_jax.project import exchange
-        path = Path(path)
-        return self.import_rows(exchange.read_labels_file(path), source=f"import:{path.name}")
+        return exchange.import_labels(self, path, **options).added
 
     # -- rounds --------------------------------------------------------------------------
     def rounds(self) -> list[dict]:
@@ -239,6 +238,7 @@ class Project:
         Labels nothing. One round runs at a time per project (another is refused). A
         crash anywhere leaves the labels untouched; rerunning redoes the round exactly.
         """
+        from crc_jax.acquisition import diagnostics
         from crc_jax.project import rounds
 
         settings.check()
@@ -262,16 +262,17 @@ class Project:
                      "labeled_sha256": hashlib.sha256(labeled.tobytes()).hexdigest()[:16],
                      "queue": result.picked.tolist(), "model": model_file,
                      "predicted": self._predicted(result, result.picked),
+                     "crc_diagnostics": diagnostics.summary(result.record),   # None: not CRC
                      "seconds": round(time.time() - started, 2)}
             self.rounds_journal.append(entry)
             return result.picked.tolist()
 
-    def _predicted(self, result, ids) -> Optional[list]:
+    def _predicted(self, result, ids) -> list | None:
         if result.probs is None:
             return None
         return [int(np.argmax(result.probs[i])) for i in ids]
 
-    def _save_model(self, index: int, variables) -> Optional[str]:
+    def _save_model(self, index: int, variables) -> str | None:
         if variables is None:
             return None
         from flax import serialization
