@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from crc_jax import __version__
+from crc_jax import __version__, interrupt
 
 log = logging.getLogger("crc_jax.cli")
 
@@ -366,21 +366,21 @@ INTERRUPTED = {"next": "the round was not saved (labels untouched); run crc-jax 
                "label": "the labeling page stopped; every answer given is saved",
                "serve-ml": "the ML backend stopped; every answer saved is kept",
                "init": "the project was not made; run crc-jax init again"}
-EXIT_INTERRUPTED = 130
+
+
+def interrupted_message(command: str) -> str:
+    return INTERRUPTED.get(command, "what was saved is whole; run the command again")
 
 
 def interrupted(command: str, *, own_process: bool) -> int:
-    """Ctrl-C: one line, exit status 130. In a process of its own the CLI ends with
-    os._exit once its output is flushed: an interrupt inside XLA (e.g. mid-compile) can
-    leave JAX's threads in a state that crashes the interpreter's normal teardown (seen as
-    a SIGSEGV after the KeyboardInterrupt)."""
-    what = INTERRUPTED.get(command, "what was saved is whole; run the command again")
-    print(f"\ninterrupted: {what}", file=sys.stderr)
+    """Ctrl-C: one line, exit status 130. In a process of its own the CLI ends through
+    crc_jax.interrupt.leave (os._exit once its output is flushed): an interrupt inside XLA
+    (e.g. mid-compile) can leave JAX's threads in a state that crashes the interpreter's
+    normal teardown (seen as a SIGSEGV after the KeyboardInterrupt)."""
     if own_process:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_INTERRUPTED)
-    return EXIT_INTERRUPTED
+        interrupt.leave(interrupted_message(command))
+    print(f"\ninterrupted: {interrupted_message(command)}", file=sys.stderr)
+    return interrupt.EXIT_INTERRUPTED
 
 
 def os_error(err: OSError) -> str:
@@ -398,6 +398,8 @@ def main(argv=None) -> int:
     from crc_jax.project.labels_log import LabelConflict
 
     command = ""
+    if argv is None:   # a process of its own: a Ctrl-C that JAX swallows still ends it
+        interrupt.install(lambda: interrupted_message(command))
     try:
         args = build_parser().parse_args(argv)
         command = args.command

@@ -299,12 +299,37 @@ def build(root: Path, Project, RoundSettings, mounted: list) -> list[dict]:
          lambda w: ["next", w, "--budget", 5, "--strategy", "badge:foo=1", *FAST],
          prepare=lambda w: (shutil.rmtree(w), new_project(w, labels=False)))
 
+    # --- import: a row names one image by its full path, never by its file name alone
+    # (before issue 23 each of these labeled a same-named image of the project, exit 0)
+    target, fresh_row = by_path[20], (by_path[21], truth[by_path[21]])
+    name = Path(target).name
+    dup_images = root / "images_with_duplicate"
+    shutil.copytree(images, dup_images)
+    (dup_images / "kept_out").mkdir()
+    shutil.copy(dup_images / target, dup_images / "kept_out" / name)  # same bytes: a duplicate
+    for label, reference, why, prepare in (
+            ("leaving the images folder", f"../../../../etc/{name}",
+             r"leaves the images folder", None),
+            ("in a folder the project lacks", f"photos/sub/{target}",
+             r"no image of the project at this path", None),
+            ("of a duplicate init kept out", f"kept_out/{name}",
+             r"no image of the project at this path",
+             lambda w: (shutil.rmtree(w), new_project(w, image_root=dup_images)))):
+        rows = labels_file(root / f"rows_{slug(label)}.csv",
+                           [(reference, truth[target]), fresh_row])
+        case(f"import path {label}", f"`crc-jax import DIR FILE.csv`, a row naming "
+             f"`{reference}` (the project has `{target}`) and a good row",
+             rf"1 of 2 labeled rows name no image of this project: '{re.escape(reference)}' "
+             rf"\({why}\); nothing was imported", lambda w, rows=rows: ["import", w, rows],
+             prepare=prepare)
+
     # --- import and export
     shapes = root / "label_studio_wrong_shape.json"
     shapes.write_text(json.dumps([{"data": {"image": by_path[0]},
                                    "annotations": {"result": "3"}}]))
     case("Label Studio JSON of the wrong shape", "`crc-jax import DIR FILE.json`, `annotations` "
-         "an object instead of a list", r"label_studio_wrong_shape\.json: .*(annotations|shape)",
+         "an object instead of a list",
+         r"label_studio_wrong_shape\.json: task 1: 'annotations' is a dict, expected a list",
          lambda w: ["import", w, shapes])
     case("export into a missing folder", "`crc-jax export DIR --out <no such dir>/labels.csv`",
          r"--out .*no_such_dir/labels\.csv: the folder .*no_such_dir does not exist",

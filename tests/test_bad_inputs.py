@@ -41,9 +41,11 @@ def test_each_bad_input_gives_one_line_exit_2_and_touches_nothing(outcomes):
     assert len({r['name'] for r in results}) == len(results)
 
 
-# The rows of issue 23 (the third round of bad input), each a case of the table; the import
-# path rows of that issue are tested with the Label Studio exchange (tests/test_formats.py).
+# The rows of issue 23 (the third round of bad input), each a case of the table (the import
+# paths are also tested in process, with Label Studio's URLs: tests/test_import_paths.py).
 ISSUE_23 = (
+    "import path leaving the images folder", "import path in a folder the project lacks",
+    "import path of a duplicate init kept out",
     "import on a full disk", "labels log without its last newline",
     "journal line without its newline", "report --out a folder of the user's",
     "report RUN --out another run", "retrain --out a folder of the user's",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import shutil
 import socket
 
@@ -95,6 +96,47 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, project_dir):
     assert err == ["interrupted: what was saved is whole; run the command again"]
 
 
+LOST_INTERRUPT = """
+import gc, os, signal, sys, time
+from crc_jax import cli
+
+def swallowing_callback(phase, info):   # as JAX's _xla_gc_callback: an interrupt that
+    if phase == "start" and not fired:   # lands here is "ignored", not raised
+        fired.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10000):   # the handler runs here, inside the callback
+            pass
+
+def status(args):
+    gc.callbacks.append(swallowing_callback)
+    gc.collect()
+    time.sleep(20)
+    print("ran on after Ctrl-C")
+
+fired = []
+cli.COMMANDS["status"] = status
+sys.argv = ["crc-jax", "status", "somewhere"]
+sys.exit(cli.main())
+"""
+
+
+def test_ctrl_c_swallowed_by_a_gc_callback_still_ends_the_command():
+    """A Ctrl-C that lands in a garbage-collection callback (JAX registers one) is printed
+    as "Exception ignored" and lost by Python; the command must end all the same, with
+    the one line and exit status 130, not run on."""
+    import subprocess
+    import sys
+    import time
+
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", LOST_INTERRUPT], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 130, (proc.returncode, proc.stdout, proc.stderr)
+    assert "ran on" not in proc.stdout and time.monotonic() - started < 19
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "interrupted: what was saved is whole; run the command again"), proc.stderr
+
+
 def test_a_refused_write_is_one_line(monkeypatch, capsys, project_dir):
     def full(args):
         raise OSError(errno.ENOSPC, "No space left on device", "/x/labels.jsonl")
@@ -110,6 +152,23 @@ def test_a_project_of_one_class_is_refused(tmp_path, capsys, project_dir):
     assert cli.main(["init", str(tmp_path / "p"), "--images", str(images), "--classes", "a"]) == 2
     assert "--classes: give at least 2 classes, got 1 ('a')" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_a_first_import_of_one_class_is_refused(tmp_path, capsys, project_dir):
+    """A project without classes takes them from its first labels: one class alone would
+    make a one-class project, as `init --classes a` would."""
+    images = Project.open(project_dir).images_root
+    assert cli.main(["init", str(tmp_path / "p"), "--images", str(images)]) == 0
+    path = Project.open(tmp_path / "p").paths[0]
+    (tmp_path / "one.csv").write_text(f"path,label\n{path},cat\n")
+    capsys.readouterr()
+    assert cli.main(["import", str(tmp_path / "p"), str(tmp_path / "one.csv")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == ["error: these labels name one class only ('cat') and the project has none "
+                   "yet: a project needs at least 2; name them first (crc-jax init --classes "
+                   "a,b,..., or import with --label-config)"]
+    project = Project.open(tmp_path / "p")
+    assert project.classes == [] and project.answers() == {}
 
 
 # -- the page ---------------------------------------------------------------------------
@@ -169,3 +228,21 @@ def test_the_page_refuses_to_start_without_its_images_folder(project_dir, tmp_pa
     (copy / "project.json").write_text(json.dumps(meta))
     with pytest.raises(ProjectError, match=r"images folder .*moved_away is missing"):
         make_server(Project.open(copy), port=0)
+
+
+# -- Label Studio files of the wrong shape ----------------------------------------------
+
+@pytest.mark.parametrize("task,where", [
+    ({"data": {"image": "a.png"}, "annotations": {"result": "3"}}, "task 1: 'annotations' is a dict"),
+    ({"data": {"image": "a.png"}, "annotations": [{"result": "3"}]},
+     "task 1, an annotation: 'result' is a str"),
+])
+def test_a_label_studio_export_of_the_wrong_shape_is_refused_not_skipped(tmp_path, task, where):
+    """Before, a dict of annotations (or a result that is a string) was iterated as keys or
+    characters and its answer dropped without a word."""
+    from crc_jax.project import exchange
+
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([task]))
+    with pytest.raises(ProjectError, match=rf"export\.json: {re.escape(where)}, expected a list"):
+        exchange.read_labels_file(path)

@@ -185,6 +185,11 @@ class Project:
         if queued_only:
             self._check_queued(ids)
         if unknown:  # the first labels given name the classes
+            if len(unknown) < 2:
+                raise ProjectError(f"these labels name one class only ({unknown[0]!r}) and the "
+                                   "project has none yet: a project needs at least 2; name them "
+                                   "first (crc-jax init --classes a,b,..., or import with "
+                                   "--label-config)")
             self.set_classes(unknown)
         events = [{"op": "label", "id": int(i), "label": str(c), "source": source}
                   for i, c in labels.items()]
