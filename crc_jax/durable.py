@@ -235,10 +235,12 @@ def append_synced(path: os.PathLike, data: bytes, *, fault_point: str) -> None:
         os.close(fd)
 
 
-def _name(err: BaseException, path: os.PathLike) -> None:
-    """Give an OSError from a write on an open file (which carries no file name) `path`,
-    so the one line a command prints names the file."""
-    if isinstance(err, OSError) and err.filename is None:
+def _name(err: BaseException, path: os.PathLike, *, instead_of: os.PathLike | None = None) -> None:
+    """Give an OSError from a write on an open file (which carries no file name), or one
+    naming the temporary file `instead_of`, the name `path`, so the one line a command
+    prints names the file the user asked for."""
+    if isinstance(err, OSError) and (err.filename is None or (
+            instead_of is not None and err.filename == str(instead_of))):
         err.filename = str(path)
 
 
@@ -256,7 +258,7 @@ def write_atomic(path: os.PathLike, data: bytes) -> None:
     except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        _name(err, path)
+        _name(err, path, instead_of=tmp)
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

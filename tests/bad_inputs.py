@@ -365,6 +365,8 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
 
     # --- config parsing
     def last_value_used(result):
+        if not (result["workdir"] / "config.json").is_file():
+            return ["no config.json written (the run did not start)"]
         bound = json.loads((result["workdir"] / "config.json").read_text())
         warned = re.search(r"warning: --config\.strategies is given more than once; the last "
                            r"value \(\('entropy',\)\) is used", result["proc"].stderr)

@@ -196,7 +196,7 @@ def main(argv=None) -> None:
         results = bad_inputs.run_cases(root)
         old = Path(args.out).read_text() if Path(args.out).exists() else ""
         update_doc("bad-inputs", bad_inputs_section(results, root, old), Path(args.out))
-    failing = [r["name"] for r in results if bad_inputs.verdict(r)]
+        failing = [r["name"] for r in results if bad_inputs.verdict(r)]  # checks read files
     print(f"wrote {args.out}: {len(results)} bad inputs, {len(failing)} failing"
           + (f" ({', '.join(failing)})" if failing else ""))
     sys.exit(1 if failing else 0)

@@ -53,6 +53,17 @@ def test_claim_dir_refuses_a_folder_of_other_files_and_leaves_it(tmp_path):
         durable.claim_dir(tmp_path / "file", ".mine", command="cmd")
 
 
+def test_a_refused_atomic_write_names_the_file_asked_for_not_its_temporary(tmp_path,
+                                                                         monkeypatch):
+    def read_only(name, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(name))
+
+    monkeypatch.setattr(durable, "open", read_only, raising=False)
+    with pytest.raises(OSError) as caught:
+        durable.write_atomic(tmp_path / "labels.csv", b"path,label\n")
+    assert cli.os_error(caught.value) == f"{tmp_path / 'labels.csv'}: Read-only file system"
+
+
 def test_an_answer_without_its_newline_survives_a_read_then_an_append(tmp_path):
     """The labels log read first (as every command does when it opens the project), then
     appended to: the whole last line that lacked its newline must get it, not have the new
