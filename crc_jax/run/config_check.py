@@ -13,6 +13,7 @@ import jax
 
 from crc_jax import acquisition, data, models, ssl
 from crc_jax.errors import ConfigError, DataError
+from crc_jax.run import initial_set
 
 WATCHABLE = ("test", "val")
 DTYPES = ("float32", "bfloat16")
@@ -123,6 +124,7 @@ def _check_protocol(config) -> None:
     """The fields that pick the paper's protocol variants (initial model, schedules, EMA)."""
     _choice(config.al.initial_model, "al.initial_model", INITIAL_MODELS)
     _int(config, "al.initial_candidates", minimum=1)
+    initial_set.check_config(config)
     if config.al.initial_model == "median" and config.al.first_query == "random_init":
         raise ConfigError("al.initial_model", "'median' draws random class-balanced initial "
                                               "sets; al.first_query='random_init' lets each "

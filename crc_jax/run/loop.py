@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from crc_jax import acquisition, data, distributed, models, ssl
-from crc_jax.run import config_check, faults, initial_model
+from crc_jax.run import config_check, faults, initial_model, initial_set
 from crc_jax.data.pool import Pool
 from crc_jax.errors import RunDirError
 from crc_jax.run.journal import Journal
@@ -289,15 +289,16 @@ def _label_step_zero(setup: Setup, spec: str, trial: int, pool: Pool, strategy, 
                      start, entries: list, path: Path, fingerprint: str):
     """Label step 0's set: replayed from the journal on a resume, else the median initial
     model's, the strategy's first query (al.first_query="random_init", Appendix B.2) or Q0
-    drawn class-balanced per trial. Returns (initial indices, first-query record or None)."""
+    per trial by al.initial_rule (crc_jax.run.initial_set). Returns (initial indices,
+    first-query record or None)."""
     config = setup.config
     if start is not None:
         initial = start.indices
     elif config.al.first_query == "random_init":
         initial = None
     else:
-        initial = pool.initial_indices(config.al.initial_size,
-                                       np.random.default_rng([config.seed, trial]))
+        initial = initial_set.choose(config, setup.pool_x, setup.pool_y, setup.dataset.num_classes,
+                                     np.random.default_rng([config.seed, trial]))
     if entries:
         replay(entries, pool, initial, path, fingerprint)
         log.info("%s trial %d: resuming after step %d", spec, trial, len(entries) - 1)

@@ -20,6 +20,10 @@ from crc_jax.errors import RunDirError
 # processes share the work does not (tests/test_multiprocess.py checks it), nor how often
 # training checkpoints (a resume from a checkpoint is bit-identical: tests/test_checkpoint.py).
 COSMETIC_FIELDS = ("train.progress", "train.checkpoint_every", "distributed")
+# Fields added after run directories were written, dropped while at their default, so a
+# directory written before they existed still resumes with its fingerprint unchanged.
+LATER_DEFAULTS = {"al.initial_rule": "random", "al.initial_indices": [],
+                  "al.initial_margin_quantile": 0.0}
 
 
 def comparable_config(config_dict: dict) -> dict:
@@ -31,6 +35,13 @@ def comparable_config(config_dict: dict) -> dict:
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
+    for dotted, default in LATER_DEFAULTS.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for p in parents:
+            node = node.get(p, {})
+        if leaf in node and node[leaf] == default:
+            del node[leaf]
     return out
 
 
