@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from crc_jax import acquisition, data, distributed, models, ssl
-from crc_jax.run import config_check, faults, initial_model, initial_set
+from crc_jax.run import config_check, environment, faults, initial_model, initial_set
 from crc_jax.data.pool import Pool
 from crc_jax.errors import RunDirError
 from crc_jax.run.journal import Journal
@@ -404,6 +404,8 @@ def run(config, workdir) -> list[dict]:
     with run_dir(workdir) as bind:  # process 0 locks and writes, alone
         setup = build_setup(config)
         bind(lambda rundir: bind_checked(rundir, config, workdir))
+        if distributed.is_writer():
+            environment.record(workdir)   # cosmetic: where the numbers came from
         start = initial_model.prepare(setup, workdir)  # None unless al.initial_model="median"
         rows = []
         for spec in config.strategies:
