@@ -114,7 +114,7 @@ def figure1_moons(out: Path, workdir: Path, *, seed: int = 0, trials: int | None
         rows += loop.summary_rows(spec, trial, entries[spec, trial])
     loop.write_summary(workdir / "summary.csv", rows)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "figure1_moons.md").write_text(moons_table(config, setup.pool_y, entries))
+    (out / "figure1_moons.md").write_text(moons_table(config, entries, rows))
     return _draw_moons(config, setup, snapshots, entries, out / "figure1_moons.png")
 
 
@@ -128,9 +128,11 @@ def moons_curves(entries: dict) -> dict:
     return out
 
 
-def moons_table(config, pool_y: np.ndarray, entries: dict) -> str:
-    """Figure 1's numbers: accuracy per step (mean, std, range, every trial) and the class
-    mix of each strategy's queries, as markdown."""
+def moons_table(config, entries: dict, rows: list[dict]) -> str:
+    """Figure 1's numbers: accuracy per step (mean, std, range, every trial), the class mix
+    of each strategy's queries, and the paired AULC differences to random, as markdown."""
+    from experiments import stats
+
     curves = moons_curves(entries)
     counts = next(iter(curves.values()))[0]
     lines = [f"# Figure 1 run: moons_pi, seed {config.seed}, {config.trials} trials",
@@ -154,7 +156,9 @@ def moons_table(config, pool_y: np.ndarray, entries: dict) -> str:
                   for lab in e.get("labels", [])]
         red = f"{sum(labels)}/{len(labels)}" if labels else "–"
         lines.append(f"| {spec} | {red} | {int((acc[:, 1:] < 90).sum())}/{acc[:, 1:].size} |")
-    return "\n".join(lines) + "\n"
+    lines += ["", "Area under the learning curve, paired to random by trial "
+              "(experiments/stats.py):", "", stats.markdown(stats.aulc_table(rows))]
+    return "\n".join(lines)
 
 
 def _draw_moons(config, setup, snapshots, entries, path: Path) -> Path:
