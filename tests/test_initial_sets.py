@@ -119,11 +119,14 @@ def test_bad_initial_set_fields_name_their_field(overrides, field):
         config_check.validate(tiny_digits(**overrides))
 
 
-def test_an_index_outside_the_pool_is_a_config_error():
+def test_an_index_outside_the_pool_is_refused_before_the_directory_is_bound(tmp_path):
     x, y, _, _ = embedded.digits()
     config = tiny_digits(**{"al.initial_rule": "indices",
                             "al.initial_indices": tuple(range(19)) + (len(x),)})
     config_check.validate(config)   # the pool size is known only once the data are loaded
+    with pytest.raises(ConfigError, match=r"al\.initial_indices.*\[0, 1347\)"):
+        loop.run(config, tmp_path)
+    assert not (tmp_path / "config.json").exists()
     with pytest.raises(ConfigError, match=r"al\.initial_indices.*\[0, 1347\)"):
         initial_set.choose(config, x, y, 10, np.random.default_rng(0))
 

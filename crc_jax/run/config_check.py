@@ -204,6 +204,7 @@ def check_pool_budget(config, pool_size: int) -> None:
     if total > pool_size:
         raise ConfigError("al.steps", f"Q0 + steps*Q = {total} labels exceed the pool of "
                                       f"{pool_size} images of {config.dataset.name}")
+    initial_set.check_pool(config, pool_size)
 
 
 def check_class_counts(config, pool_y, num_classes: int) -> None:

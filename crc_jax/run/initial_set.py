@@ -47,6 +47,14 @@ def check_config(config) -> None:
                                                         f"(got {rule!r})")
 
 
+def check_pool(config, pool_size: int) -> None:
+    """al.initial_indices must lie in the pool (checked once the data are loaded)."""
+    rule, indices, _ = _fields(config)
+    if rule == "indices" and indices and max(indices) >= pool_size:
+        raise ConfigError("al.initial_indices", f"indices must lie in [0, {pool_size}) (the pool "
+                          f"of {config.dataset.name}), got {max(indices)}")
+
+
 def choose(config, pool_x: np.ndarray, pool_y: np.ndarray, num_classes: int,
            rng: np.random.Generator) -> np.ndarray:
     """The Q0 pool indices of step 0 by config.al.initial_rule (nothing is labeled here)."""
