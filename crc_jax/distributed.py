@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -44,7 +44,7 @@ def initialize(config) -> None:
     """
     if not config.enabled:
         return
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if config.coordinator_address:
         kwargs["coordinator_address"] = str(config.coordinator_address)
     if int(config.num_processes) > 0:

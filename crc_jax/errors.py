@@ -16,5 +16,17 @@ class DataError(ValueError):
     """Input data (images, labels, a data directory) that cannot be used, and why."""
 
 
-class RunDirError(RuntimeError):
+class StorageError(RuntimeError):
+    """A stored file that cannot be used as it must be: a corrupt journal line, a file that
+    cannot be read or repaired (crc_jax.durable)."""
+
+
+class RunDirError(StorageError):
     """A run directory that cannot be used: another config, a corrupt journal, a second writer."""
+
+
+class MissingExtra(ImportError):
+    """A feature needs an optional dependency group (a pip extra) that is not installed.
+
+    The message is one line naming the feature and the command that installs the extra.
+    """

@@ -31,7 +31,7 @@ def kernel_mask(params):
 
 def schedule_horizon(train_config, num_train_steps: int) -> int:
     """K of the cosine schedules: train.schedule_steps, or the cap `num_train_steps` when 0."""
-    return int(train_config.get("schedule_steps", 0) or num_train_steps)
+    return int(train_config.schedule_steps or num_train_steps)
 
 
 def learning_rate_schedule(name: str, lr: float, num_train_steps: int, *,
@@ -52,8 +52,8 @@ def make_optimizer(train_config, num_train_steps: int) -> optax.GradientTransfor
     """The optimizer config.train describes, with weight decay on kernels only."""
     schedule = learning_rate_schedule(
         train_config.schedule, train_config.lr, schedule_horizon(train_config, num_train_steps),
-        decay_step=train_config.get("lr_decay_step", 0),
-        decay_factor=train_config.get("lr_decay_factor", 1.0))
+        decay_step=train_config.lr_decay_step,
+        decay_factor=train_config.lr_decay_factor)
     if train_config.optimizer == "sgd":
         base = optax.sgd(schedule, momentum=train_config.momentum or None,
                          nesterov=bool(train_config.nesterov))

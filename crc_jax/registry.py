@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
+from collections.abc import Callable
 
 T = TypeVar("T")
 
@@ -17,8 +18,12 @@ class Registry(Generic[T]):
 
     def register(self, name: str, **traits):
         """Decorator registering a factory under `name`. `traits` declare, explicitly, what
-        the caller must pass or may rely on (strategies: `group_size=True` takes the
-        config's al.group_size, `class_balanced=True` builds class-balanced groups itself)."""
+        the caller must pass or may rely on, so no list of names is kept beside the
+        registry. Strategies: `group_size=True` takes the config's al.group_size,
+        `class_balanced=True` builds class-balanced groups itself, `needs_dropout=True`
+        needs an MC-dropout pass, `cold_start=True` picks sensibly with an untrained model.
+        SSL algorithms: `dropout=True` trains with the model's dropout. Data sets:
+        `tfds_name` names the TFDS builder."""
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:
             if name in self._factories:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
@@ -33,8 +38,9 @@ class Registry(Generic[T]):
         self.factory(name)
         return dict(self._traits[name])
 
-    def names(self) -> list[str]:
-        return sorted(self._factories)
+    def names(self, trait: str | None = None) -> list[str]:
+        """Registered names, sorted; with `trait`, only those registered with it set."""
+        return sorted(n for n in self._factories if trait is None or self._traits[n].get(trait))
 
     def __contains__(self, name: str) -> bool:
         return name in self._factories

@@ -1,7 +1,8 @@
 """The text of `python -m experiments.main --help`: configs, strategies, common fields.
 
-Built without importing JAX or TensorFlow: config docstrings are read with `ast`, and
-the strategy names come from the registry only when it is cheap to import.
+Config docstrings are read with `ast` (no config is imported); every list of names
+(strategies, data sets, models, SSL algorithms) is read from its registry, so a new
+registration shows here without editing this file. TensorFlow is not imported.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ COMMON_FIELDS = (
     ("trials", "independent trials"),
     ("strategies", "tuple of strategy specs run side by side"),
     ("smoke", "shrink the config to a CPU-sized smoke run"),
-    ("dataset.name", "digits | moons | svhn | cifar10 | cifar100 | npz"),
+    ("dataset.name", "{datasets}"),
     ("dataset.data_dir", "a prepared TFDS directory, or the .npz file of dataset.name=npz"),
     ("dataset.train_size", "stratified pool subset (0 = all)"),
     ("dataset.test_size", "stratified test subset (0 = all)"),
-    ("model.name", "wrn28_2 | cnn | mlp"),
-    ("ssl.name", "supervised | fixmatch | mean_teacher | pi_model"),
+    ("model.name", "{models}"),
+    ("ssl.name", "{ssl}"),
     ("al.initial_size", "Q0, labels at step 0 (Q0/C per class)"),
     ("al.query_size", "Q, labels acquired per step"),
     ("al.group_size", "G, CRC group size (divides Q)"),
@@ -36,8 +37,14 @@ COMMON_FIELDS = (
     ("train.progress", "progress bars"),
 )
 
-STRATEGY_NAMES = ("random", "entropy", "confidence", "margin", "egl", "crc", "crc_greedy",
-                  "crc_infinite", "badge", "coreset", "typiclust", "probcover", "bald")
+
+
+def registered_names() -> dict[str, list[str]]:
+    """The registries' names: {"strategies": [...], "datasets", "models", "ssl"}."""
+    from crc_jax import acquisition, data, models, ssl
+
+    return {"strategies": acquisition.names(), "datasets": data.names(),
+            "models": models.names(), "ssl": ssl.names()}
 
 
 def config_summaries() -> list[tuple[str, str]]:
@@ -62,9 +69,12 @@ def _default(config, dotted: str) -> str:
 
 
 def help_text() -> str:
+    from crc_jax import acquisition
     from experiments.configs.base import get_base_config
 
     base = get_base_config()
+    names = {key: " | ".join(values) for key, values in registered_names().items()}
+    dropout = ", ".join(acquisition.STRATEGIES.names("needs_dropout"))
     width = max(len(name) for name, _ in config_summaries())
     lines = [
         "usage: python -m experiments.main --config=NAME[:VARIANT] [--workdir=DIR] "
@@ -78,12 +88,13 @@ def help_text() -> str:
         *(f"  {name.ljust(width)}  {summary}" for name, summary in config_summaries()),
         "",
         "strategies (options as name:key=value,key=value):",
-        "  " + ", ".join(STRATEGY_NAMES),
+        "  " + ", ".join(registered_names()["strategies"]),
         "  e.g. crc:subset=all,group_size=10  crc:max_groups=200  crc_infinite:arch=mlp",
-        "  bald needs --config.model.dropout > 0 (MC dropout)",
+        f"  {dropout} needs --config.model.dropout > 0 (MC dropout)",
         "",
         "common fields (--config.FIELD=VALUE; default in brackets):",
-        *(f"  {field.ljust(24)} {what} [{_default(base, field)}]" for field, what in COMMON_FIELDS),
+        *(f"  {field.ljust(24)} {what.format(**names)} [{_default(base, field)}]"
+          for field, what in COMMON_FIELDS),
         "",
         "tuples, e.g. the strategies, are written as a quoted Python tuple:",
         "  --config.strategies=\"('random','crc:group_size=10')\"",

@@ -3,6 +3,7 @@
     python -m experiments.main --config=svhn_mt --workdir=runs/svhn_mt
     python -m experiments.main --config=cifar10_fixmatch:100 --config.trials=1
     python -m experiments.main --help      (configs, strategies, common fields)
+    python -m experiments.main --version   (crc_jax's version)
 
 NAME resolves to experiments/configs/NAME.py (a path works too); `--config.a.b=v`
 overrides fields. Rerunning the same command on a workdir resumes it. A bad config,
@@ -72,6 +73,11 @@ flags.DEFINE_integer("mock_data", 0, "Run on tfds.testing.mock_data with this ma
 def parse_flags(argv: list[str]) -> list[str]:
     """absl parsing, but a bad flag or override is one line and exit status 2, and --help
     prints the configs, strategies and common fields and exits with status 0."""
+    if "--version" in argv[1:]:
+        from crc_jax import __version__
+
+        sys.stdout.write(f"crc_jax {__version__}\n")
+        sys.exit(0)
     if any(arg in HELP_FLAGS for arg in argv[1:]):
         from experiments.cli_help import help_text
 
@@ -132,12 +138,12 @@ def main(argv: list[str]) -> None:
     import jax
 
     from crc_jax import distributed
-    from crc_jax.errors import ConfigError, DataError, RunDirError
+    from crc_jax.errors import ConfigError, DataError, MissingExtra, StorageError
     from crc_jax.train import TrainingDiverged
 
     try:
         run(config, workdir)
-    except (ConfigError, DataError, RunDirError, TrainingDiverged) as err:
+    except (ConfigError, DataError, MissingExtra, StorageError, TrainingDiverged) as err:
         sys.stderr.write(f"error: {err}\n")
         sys.exit(EXIT_USAGE)
     except jax.errors.JaxRuntimeError as err:

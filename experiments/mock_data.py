@@ -13,8 +13,6 @@ import numpy as np
 
 from crc_jax.errors import ConfigError
 
-TFDS_NAMES = {"svhn": "svhn_cropped", "cifar10": "cifar10", "cifar100": "cifar100"}
-
 
 def context(num_examples: int):
     """tfds.testing.mock_data(num_examples=N) when N > 0, else nothing."""
@@ -53,10 +51,12 @@ def needs(config) -> list[tuple[int, str]]:
            (labels + config.train.val_size, f"Q0 + steps*Q = {labels} labels"
             + (f" + train.val_size={config.train.val_size}" if config.train.val_size else ""))]
     floor = max(n for n, _ in out)
-    num_classes = _num_classes(config)
+    from crc_jax import data
+
+    num_classes = data.num_classes(config.dataset.name)
     per_class = config.al.initial_size // num_classes
     bound = max(4 * floor, floor + 400)
-    y = _mock_labels(TFDS_NAMES[config.dataset.name], bound)
+    y = _mock_labels(data.tfds_name(config.dataset.name), bound)
     counts = np.cumsum(np.eye(num_classes, dtype=np.int64)[y], axis=0).min(axis=1)
     reached = np.flatnonzero(counts >= per_class)
     first = int(reached[0]) + 1 if len(reached) else bound + 1
@@ -64,15 +64,11 @@ def needs(config) -> list[tuple[int, str]]:
     return [(n, why) for n, why in out if n > 0]
 
 
-def _num_classes(config) -> int:
-    from crc_jax import data
-
-    return data.num_classes(config.dataset.name)
-
-
 def check(config, num_examples: int) -> None:
     """Refuse an N the config cannot run on (ConfigError naming the needs and the smallest N)."""
-    if num_examples <= 0 or config.dataset.name not in TFDS_NAMES:
+    from crc_jax import data
+
+    if num_examples <= 0 or data.tfds_name(config.dataset.name) is None:
         return
     all_needs = needs(config)
     smallest = max(n for n, _ in all_needs)

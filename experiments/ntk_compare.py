@@ -24,7 +24,6 @@ log width) and WORKDIR/distance_vs_width.png.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import sys
@@ -49,18 +48,20 @@ FIELDS = ("dataset", "model", "width", "seed", "stage", "distance", "lambda_min_
           "crc_overlap", "crc_spearman", "train_loss", "seconds")
 MEAN_FIELDS = ("distance", "log_distance", "lambda_min_emp", "lambda_plus_min_emp", "lambda_min_inf",
                "lambda_plus_min_inf", "crc_overlap", "crc_spearman", "train_loss")
-TFDS_NAMES = {"cifar10": "cifar10"}
 COMMAND = "python -m experiments.ntk_compare --config=ntk_compare --workdir=docs/ntk_compare"
 
 
 # --------------------------------------------------------------------------- data and models
 
 def dataset_available(name: str, data_dir: str) -> bool:
-    """digits always; a TFDS set only when prepared (this comparison never downloads)."""
-    if name not in TFDS_NAMES:
+    """A data set without a TFDS builder always; a TFDS one only when prepared (this
+    comparison never downloads)."""
+    from crc_jax import data
+    builder = data.tfds_name(name)
+    if builder is None:
         return True
     import tensorflow_datasets as tfds
-    return tfds.builder(TFDS_NAMES[name], data_dir=data_dir or None).is_prepared()
+    return tfds.builder(builder, data_dir=data_dir or None).is_prepared()
 
 
 def load_sample(name: str, *, data_dir: str, size: int, seed: int):
@@ -219,13 +220,15 @@ def check(config) -> None:
     from crc_jax.errors import ConfigError
     if config.seeds < 1:
         raise ConfigError("seeds", f"must be >= 1, got {config.seeds}")
+    from crc_jax import data
+    from crc_jax.acquisition.crc_infinite import ARCHS
     for name in config.datasets:
-        if name not in ("digits", *TFDS_NAMES):
-            raise ConfigError("datasets", f"unknown data set {name!r}; known: digits, "
-                              f"{', '.join(TFDS_NAMES)}")
+        if name not in data.names():
+            raise ConfigError("datasets", f"unknown data set {name!r}; known: "
+                              f"{', '.join(data.names())}")
     for arch in config.models:
-        if arch not in ("mlp", "cnn"):
-            raise ConfigError("models", f"unknown model {arch!r}; known: mlp, cnn")
+        if arch not in ARCHS:   # the architectures with an infinite-width counterpart
+            raise ConfigError("models", f"unknown model {arch!r}; known: {', '.join(ARCHS)}")
         if not config[arch].widths or min(config[arch].widths) < 1:
             raise ConfigError(f"{arch}.widths", f"must be positive widths, got {config[arch].widths}")
     c = config.crc
@@ -240,10 +243,8 @@ def check(config) -> None:
 # --------------------------------------------------------------------------- outputs
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    from crc_jax import durable
+    durable.write_csv(path, FIELDS, rows)
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -317,7 +318,8 @@ def plot(summary: dict, path: Path, title: str = "") -> None:
             slope, intercept = fit_slope(ws, log_mean)
             label += f" (slope {slope:.2f})"
             ax.plot(ws, np.exp(intercept) * ws ** slope, ":", color=color, alpha=0.7)
-        ax.errorbar(ws, center, yerr=[center - np.exp(log_mean - log_std), np.exp(log_mean + log_std) - center],
+        spread = [center - np.exp(log_mean - log_std), np.exp(log_mean + log_std) - center]
+        ax.errorbar(ws, center, yerr=spread,
                     fmt="o" if stage == "init" else "s", ls="-" if stage == "init" else "--",
                     color=color, capsize=3, label=label)
     all_widths = [w for widths in summary.values() for w in widths]

@@ -17,7 +17,8 @@ median-initial-model run, trained once with the candidate's key). The data set, 
 seed and the validation split cannot be overridden: the journals index that pool.
 
 Writes OUT (default RUN_DIR/retrain): config.json, one journal per (strategy, trial,
-seed), summary.csv (of the strategies retrained so far; `--strategies` picks some) (columns of a main run's summary, trial = dataset trial * N + seed
+seed), summary.csv (of the strategies retrained so far; `--strategies` picks some) (columns
+of a main run's summary, trial = dataset trial * N + seed
 index, plus dataset_trial and training_seed), report.md/csv/png as experiments.report,
 and variance.md: per strategy and labeled count, the std over all runs, the training
 std on a fixed data set (sqrt of the mean within-data-set variance) and the data-set std
@@ -113,44 +114,30 @@ def labeled_sets(entries: list[dict]) -> list[np.ndarray]:
 
 def source_journals(run_dir: Path, strategies) -> dict:
     """{(strategy, trial): entries} for every journal of the run, in config order."""
-    from crc_jax.run import loop
-    from crc_jax.run.journal import Journal
+    from crc_jax import durable
+    from crc_jax.run.rundir import strategy_dirname
 
     found = {}
     for spec in strategies:
-        for path in sorted((run_dir / loop.strategy_dirname(spec)).glob("trial_*/journal.jsonl")):
-            entries = Journal(path).read()
+        for path in sorted((run_dir / strategy_dirname(spec)).glob("trial_*/journal.jsonl")):
+            entries = durable.Journal(path).entries()
             if entries:
                 found[(spec, int(path.parent.name.split("_")[1]))] = entries
     return found
 
 
 def check_labels(setup, entries: list[dict], path: str) -> None:
-    """The journal's recorded labels must be the pool's: the same data set and split."""
-    from crc_jax.errors import RunDirError
+    """The journal's recorded labels must be the pool's (the same data set and split):
+    replayed onto a fresh pool as a resumed run replays it (crc_jax.run.resume)."""
+    from crc_jax.data.pool import Pool
+    from crc_jax.run import resume
 
-    y = setup.pool_y
-    initial = np.asarray(entries[0]["initial"], dtype=np.int64)
-    ok = (initial.size == 0 or initial.max() < len(y)) and \
-        y[initial].tolist() == entries[0].get("initial_labels")
-    for e in entries:
-        acquired = np.asarray(e.get("acquired", []), dtype=np.int64)
-        ok = ok and (acquired.size == 0 or acquired.max() < len(y)) and \
-            y[acquired].tolist() == e.get("labels", [])
-    if not ok:
-        raise RunDirError(f"{path}: recorded labels differ from the data set's")
-
-
-def train_key(seed: int, trial: int, step: int):
-    """The key crc_jax.run.loop trains step `step` of trial `trial` with, for run seed `seed`."""
-    import jax
-
-    trial_key = jax.random.fold_in(jax.random.PRNGKey(seed), trial)
-    return jax.random.split(jax.random.fold_in(trial_key, step))[0]
+    resume.replay(entries, Pool(setup.pool_y, setup.dataset.num_classes), None, Path(path))
 
 
 def retrain_one(setup, sets, journal, *, trial: int, seed: int, desc: str) -> list[dict]:
     """Train (or resume) one (strategy, trial, seed) over every step; its journal entries."""
+    from crc_jax.run.loop import step_keys
     from crc_jax.train import fit
 
     entries = journal.read()
@@ -160,7 +147,7 @@ def retrain_one(setup, sets, journal, *, trial: int, seed: int, desc: str) -> li
         result = fit(setup.algorithm, x_labeled=setup.pool_x[labeled],
                      y_labeled=setup.pool_y[labeled].astype(np.int32),
                      x_unlabeled=setup.pool_x[unlabeled], watch=setup.watch, test=setup.test,
-                     train_config=setup.config.train, key=train_key(seed, trial, step),
+                     train_config=setup.config.train, key=step_keys(seed, trial, step)[0],
                      eval_apply=setup.eval_apply, desc=f"{desc} s{step} n={len(labeled)}")
         entry = {"step": step, "num_labeled": int(len(labeled)), "training_seed": seed,
                  "test_accuracy": float(result.test_accuracy),
@@ -200,8 +187,8 @@ def retrain(run_dir, *, seeds: int, first_seed: int | None, out=None,
     (only the given `strategies` of the run, when given)."""
     import ml_collections
 
+    from crc_jax import durable
     from crc_jax.run import config_check, loop
-    from crc_jax.run.journal import Journal
     from crc_jax.run.rundir import RunDir
     from experiments import report
 
@@ -238,7 +225,7 @@ def retrain(run_dir, *, seeds: int, first_seed: int | None, out=None,
             for i in range(seeds):
                 seed = first_seed + i
                 path = out / loop.strategy_dirname(spec) / f"trial_{trial}" / f"seed_{seed}"
-                done = retrain_one(setup, sets, Journal(path / "journal.jsonl"), trial=trial,
+                done = retrain_one(setup, sets, durable.Journal(path / "journal.jsonl"), trial=trial,
                                    seed=seed, desc=f"{spec} t{trial} seed {seed}")
                 rows += [{"strategy": spec, "trial": trial * seeds + i, "step": e["step"],
                           "num_labeled": e["num_labeled"], "test_accuracy": e["test_accuracy"],
@@ -252,9 +239,9 @@ def retrain(run_dir, *, seeds: int, first_seed: int | None, out=None,
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
-    from crc_jax.run import loop
+    from crc_jax import durable
 
-    loop.write_summary(path, rows, fields=FIELDS)
+    durable.write_csv(path, FIELDS, rows)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -272,7 +259,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/retrain)")
     parser.add_argument("--strategies", default="",
                         help="comma-separated strategies of the run to retrain (default: all)")
-    from crc_jax.errors import ConfigError, DataError, RunDirError
+    from crc_jax.errors import ConfigError, DataError, StorageError
     from crc_jax.train import TrainingDiverged
 
     from experiments import cli_logging
@@ -283,7 +270,7 @@ def main(argv=None) -> None:
         retrain(args.run_dir, seeds=args.seeds, first_seed=args.first_seed, out=args.out,
                 overrides=overrides,
                 strategies=[s for s in args.strategies.split(",") if s] or None)
-    except (UsageError, ConfigError, DataError, RunDirError, TrainingDiverged) as err:
+    except (UsageError, ConfigError, DataError, StorageError, TrainingDiverged) as err:
         sys.stderr.write(f"error: {err}\n")
         sys.exit(EXIT_USAGE)
     print((Path(args.out or Path(args.run_dir) / "retrain") / "variance.md").read_text())

@@ -111,15 +111,12 @@ def markdown(table: list[dict], baseline: str = BASELINE) -> str:
 
 
 def write_csv(table: list[dict], path: Path) -> None:
-    import csv
+    from crc_jax import durable
 
     fields = ["strategy", "trials", "aulc", "aulc_lo", "aulc_hi", "paired_trials", "diff",
               "diff_lo", "diff_hi", "excludes_zero"]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r in table:
-            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    durable.write_csv(path, fields, [{k: (f"{v:.4f}" if isinstance(v, float) else v)
+                                      for k, v in r.items()} for r in table])
 
 
 def plot_curves_with_ci(rows: list[dict], path: Path, title: str = "") -> None:

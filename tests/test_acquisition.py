@@ -8,8 +8,13 @@ import optax
 import pytest
 
 from conftest import TinyCNN  # the shared tiny model (tests/conftest.py)
-from crc_jax.acquisition import Context, get, names, parse_spec
+from crc_jax.acquisition import Context, from_spec, names, parse_spec
 from crc_jax.acquisition.egl import expected_gradient_length
+
+
+def get(spec, **options):
+    """The strategy of `spec`, with `options` as its defaults (the spec's own win)."""
+    return from_spec(spec, options)
 
 C = 3
 
@@ -121,7 +126,7 @@ def test_specs_and_options(ctx):
     assert len(set(a.tolist())) == 6
     for spec in ("crc", "crc:max_groups=4", "crc:sequential=True", "crc:class_balanced=True"):
         get(spec, group_size=6)(ctx, 6, jax.random.PRNGKey(0))
-    with pytest.raises(KeyError, match="unknown strategy"):
+    with pytest.raises(ValueError, match="unknown strategy"):
         get("no_such_strategy")
 
 

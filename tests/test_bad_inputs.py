@@ -1,7 +1,7 @@
 """Bad inputs: each one gets one `error: ...` line, exit status 2, and leaves earlier results
 untouched; a diverging training run stops naming the step and keeps its last good checkpoint.
 
-The cases (experiments/bad_inputs.py) run `python -m experiments.main` (or the report and
+The cases (tests/bad_inputs.py) run `python -m experiments.main` (or the report and
 figures commands) as subprocesses. Those acting on an existing run directory snapshot every
 file of it (bytes; the lock file aside) before and compare after. The committed table of
 docs/reliability.md must be the one `make docs` writes from these outcomes; the tests only
@@ -19,8 +19,9 @@ import pytest
 
 from crc_jax.run.checkpoint import TrainCheckpointer
 from crc_jax.train import TrainingDiverged, fit
-from experiments import bad_inputs, reliability_doc
-from experiments.bad_inputs import error_lines
+import bad_inputs
+import reliability_doc
+from bad_inputs import error_lines
 
 DOC = reliability_doc.DOC
 

@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from crc_jax.acquisition import Context, badge, get, kmeans, probcover, typiclust
+from crc_jax.acquisition import Context, badge, from_spec, kmeans, probcover, typiclust
 from crc_jax.acquisition import distances
+
+
+def get(spec, **options):
+    """The strategy of `spec`, with `options` as its defaults (the spec's own win)."""
+    return from_spec(spec, options)
 
 C = 4
 

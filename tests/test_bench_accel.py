@@ -4,8 +4,11 @@ run it offline without them), and the --quick run completes end to end on a CPU.
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]   # experiments/ runs from the checkout
 
 FORBIDDEN = ("tensorflow", "tensorflow_datasets")
 
@@ -13,8 +16,9 @@ FORBIDDEN = ("tensorflow", "tensorflow_datasets")
 def test_accel_benchmark_imports_no_tensorflow():
     code = ("import sys; import experiments.benchmarks.accel, experiments.benchmarks.accel_parts; "
             "from crc_jax._nt_compat import import_neural_tangents; import_neural_tangents(); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in %r))" % (FORBIDDEN,))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
     assert out.stdout.strip() == "[]"
 
 
@@ -23,7 +27,7 @@ def test_bench_accel_quick_runs_end_to_end(tmp_path):
     out = tmp_path / "accel.json"
     proc = subprocess.run([sys.executable, "-m", "experiments.benchmarks.accel", "--quick",
                            "--json", str(out), "--part_timeout", "900"],
-                          capture_output=True, text=True, timeout=3000)
+                          cwd=ROOT, capture_output=True, text=True, timeout=3000)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| crc | CRC scores |L|=50, device |" in proc.stdout
     figures = json.loads(out.read_text())

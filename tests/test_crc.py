@@ -8,8 +8,13 @@ import pytest
 
 from conftest import TinyCNN  # the shared tiny model (tests/conftest.py)
 from crc_jax import ntk
-from crc_jax.acquisition import Context, get
+from crc_jax.acquisition import Context, from_spec
 from crc_jax.acquisition import crc as crc_lib
+
+
+def get(spec, **options):
+    """The strategy of `spec`, with `options` as its defaults (the spec's own win)."""
+    return from_spec(spec, options)
 
 C = 4
 WIDTH = 16          # d; the last-layer kernel has rank d + 1 = 17
@@ -47,7 +52,8 @@ def make_ctx(variables, x, labeled, *, features=True, labels=None):
 
 def brute_force(variables, x, labeled, groups, subset):
     """eigvalsh of the explicit (|L|+G)² trace NTK, r-th largest, r = min(n, ρ)."""
-    f = lambda p, xx: apply_fn({**variables, "params": p}, xx)
+    def f(p, xx):
+        return apply_fn({**variables, "params": p}, xx)
     phi = np.asarray(features_fn(variables, x), np.float64)
     rho = ntk.feature_rank(phi) if subset == "last" else np.inf
     out = []
@@ -75,7 +81,7 @@ def test_scores_equal_brute_force(variables, n_labeled, group_size, subset, feat
     assert ref.min() > 1e-3 * ref.max() > 0        # well-posed: no degenerate group
     np.testing.assert_allclose(scores, ref, rtol=1e-4)
     # the strategy's own scorer is the same function
-    np.testing.assert_allclose(get("crc", group_size=group_size, subset=subset).score_groups(ctx, groups),
+    np.testing.assert_allclose(get("crc", group_size=group_size, subset=subset).fn.score_groups(ctx, groups),
                                scores, rtol=1e-12)
 
 

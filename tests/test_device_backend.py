@@ -17,9 +17,14 @@ import optax
 import pytest
 
 from crc_jax import ntk
-from crc_jax.acquisition import Context, device_spectra, get
+from crc_jax.acquisition import Context, device_spectra, from_spec
 from crc_jax.acquisition import crc as crc_lib
 from crc_jax.acquisition import gram as gram_lib
+
+
+def get(spec, **options):
+    """The strategy of `spec`, with `options` as its defaults (the spec's own win)."""
+    return from_spec(spec, options)
 
 C = 5
 
@@ -261,7 +266,8 @@ def test_jacobian_device_scores_equal_host_through_sequential_rounds(small_chunk
     x = np.random.default_rng(6).normal(size=(80, 6)).astype(np.float32)
     ctx = mlp_ctx(x, np.arange(5))
     groups = random_groups(ctx, 3, n=8)
-    grams = {b: gram_lib.JacobianGram(ctx, groups, subset="all", backend=b)
+    grams = {b: gram_lib.JacobianGram(ctx, groups, subset="all",
+                                      spectra=device_spectra.spectra_for(b))
              for b in ("host", "device", "device_f32")}
     for _ in range(2):                                 # pick, grow the base, rescore
         h = grams["host"].score()
@@ -270,6 +276,6 @@ def test_jacobian_device_scores_equal_host_through_sequential_rounds(small_chunk
         for b in ("device", "device_f32"):
             np.testing.assert_array_equal(picks[b][0], picks["host"][0])
             np.testing.assert_allclose(picks[b][1], picks["host"][1], rtol=1e-6)
-        for b, g in grams.items():
+        for g in grams.values():
             g.extend_base(picks["host"][0])
     assert isinstance(grams["device"].k_bb, jax.Array) and grams["device"].k_bb.dtype == jnp.float64

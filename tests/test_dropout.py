@@ -79,7 +79,7 @@ def test_config_checks_dropout_and_bald():
     c.model.dropout = 0.3
     config_check.validate(c)
     c.ssl.name = "mean_teacher"
-    with pytest.raises(ConfigError, match="model.dropout.*supervised, fixmatch"):
+    with pytest.raises(ConfigError, match="model.dropout.*fixmatch, supervised"):
         config_check.validate(c)
     c.ssl.name = "supervised"
     c.model.dropout = 1.5

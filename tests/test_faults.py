@@ -23,9 +23,9 @@ import pytest
 
 from crc_jax import acquisition, data
 from crc_jax.run.loop import strategy_dirname
-from experiments.bad_inputs import cli_args, run_main
-from experiments import reliability_doc
-from experiments.reliability_doc import update_doc
+import reliability_doc
+from bad_inputs import cli_args, run_main
+from reliability_doc import update_doc
 
 QUICK = {"trials": 1, "strategies": ("random", "entropy"), "al.steps": 1,
          "train.max_epochs": 2, "train.steps_per_epoch": 3, "train.patience": 0,

@@ -1,8 +1,9 @@
 """Installing crc_jax next to an installed current jax keeps that jax (pyproject's ranges).
 
-pip resolves `crc_jax @ <this checkout>` in this environment (dry run, nothing changes):
-everything crc_jax needs, neural-tangents 0.6.5 and its tf2jax included, must already be
-satisfied by the installed jax, so pip plans to install crc_jax alone.
+pip resolves `crc_jax[tfds,infinite] @ <this checkout>` in this environment (dry run,
+nothing changes): everything crc_jax and its extras need, neural-tangents 0.6.5 and its
+tf2jax included, must already be satisfied by the installed jax, so pip plans to install
+crc_jax alone.
 """
 
 import json
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_pip_install_keeps_the_installed_jax(tmp_path):
     report = tmp_path / "report.json"
     cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report),
-           f"crc_jax @ {ROOT.as_uri()}"]
+           f"crc_jax[tfds,infinite] @ {ROOT.as_uri()}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     planned = {item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"]

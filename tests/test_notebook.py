@@ -42,22 +42,29 @@ def notebook_install_functions() -> dict:
 
 def test_requirement_builds_a_pip_url_from_a_folder_or_a_url():
     requirement = notebook_install_functions()["requirement"]
-    assert requirement(str(ROOT), "tpu") == f"crc_jax[tpu] @ {ROOT.resolve().as_uri()}"
+    # the tfds extra always: the notebook runs svhn_mt, read by TFDS
+    assert requirement(str(ROOT), "tpu") == f"crc_jax[tfds,tpu] @ {ROOT.resolve().as_uri()}"
     assert requirement("git+https://example.org/crc_jax.git", "cuda12") == \
-        "crc_jax[cuda12] @ git+https://example.org/crc_jax.git"
+        "crc_jax[tfds,cuda12] @ git+https://example.org/crc_jax.git"
     assert requirement("git+https://example.org/crc_jax.git", "cpu") == \
-        "crc_jax @ git+https://example.org/crc_jax.git"
+        "crc_jax[tfds] @ git+https://example.org/crc_jax.git"
+
+
+def test_checkout_of_a_folder_is_that_folder():
+    checkout = notebook_install_functions()["checkout"]
+    assert checkout(str(ROOT)) == ROOT.resolve()
+    assert (checkout(str(ROOT)) / "experiments" / "main.py").is_file()   # run from there
 
 
 def test_install_plan_keeps_a_current_runtime_jax_and_its_libtpu():
     plan = notebook_install_functions()["install_plan"]
     url = "git+https://example.org/crc_jax.git"
     req, keep = plan(url, "tpu", {"jax": "0.12.0.1", "jaxlib": "0.12.0.1", "libtpu": "0.0.44"})
-    assert req == f"crc_jax @ {url}"                      # no [tpu] extra: it would pull another jax
+    assert req == f"crc_jax[tfds] @ {url}"                # no tpu extra: it would pull another jax
     assert keep == ["jax==0.12.0.1", "jaxlib==0.12.0.1", "libtpu==0.0.44"]
     req, keep = plan(url, "tpu", {"jax": "0.4.38", "jaxlib": "0.4.38"})  # too old: the extra decides
-    assert req == f"crc_jax[tpu] @ {url}" and keep == []
-    assert plan(url, "cuda13", {}) == (f"crc_jax[cuda13] @ {url}", [])
+    assert req == f"crc_jax[tfds,tpu] @ {url}" and keep == []
+    assert plan(url, "cuda13", {}) == (f"crc_jax[tfds,cuda13] @ {url}", [])
 
 
 def test_installed_reads_this_environments_jax():

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 
 from crc_jax.acquisition import Context
-from crc_jax.run.loop import per_class
+from crc_jax.acquisition.per_class import per_class
 
 
 def recording_strategy(ctx, budget, key):

@@ -1,6 +1,6 @@
 """Kill tests: SIGKILL during `crc-jax next` and during label saving, rerun: nothing lost or doubled.
 
-The processes kill themselves with SIGKILL at named points (crc_jax.run.faults): in a train
+The processes kill themselves with SIGKILL at named points (crc_jax.faults): in a train
 step, after training before the model/queue are saved, halfway through the rounds-log
 line, and halfway through a labels-log append (from `import` and from the page's server).
 """

@@ -184,7 +184,7 @@ def test_first_labels_name_the_classes(tmp_path):
 
 
 def test_wilson_interval_matches_hand_computed_values():
-    from crc_jax.project.rounds import wilson_interval
+    from crc_jax.project.report import wilson_interval
 
     # Wilson score interval, z = 1.96, worked by hand: p=0.25, n=20 -> centre 0.2904,
     # half-width 0.1784; 0 of 10 -> [0, z²/(n+z²)] = [0, 0.2775].

@@ -2,9 +2,9 @@
 
 import pytest
 
-from crc_jax import acquisition
+from crc_jax import acquisition, data, ssl
 from crc_jax.registry import Registry
-from crc_jax.run.loop import make_strategy
+from crc_jax.run import strategies
 from experiments.configs.base import get_base_config
 
 
@@ -21,6 +21,7 @@ def test_traits_are_declared_at_registration():
 
     assert reg.traits("declared") == {"group_size": True}
     assert reg.traits("undeclared") == {}
+    assert reg.names("group_size") == ["declared"]
     with pytest.raises(KeyError, match="unknown thing 'other'"):
         reg.traits("other")
     with pytest.raises(ValueError, match="registered twice"):
@@ -28,10 +29,20 @@ def test_traits_are_declared_at_registration():
 
 
 def test_the_loop_passes_group_size_and_balancing_only_where_declared():
-    assert acquisition.STRATEGIES.traits("crc") == {"group_size": True, "class_balanced": True}
+    assert acquisition.STRATEGIES.traits("crc") == {"group_size": True, "class_balanced": True,
+                                                    "cold_start": True}
     assert acquisition.STRATEGIES.traits("entropy") == {}
     config = get_base_config()
     config.al.pseudo_al, config.al.group_size, config.al.query_size = True, 10, 10
     # entropy is wrapped to run once per class; crc balances its own groups
-    assert make_strategy(config, "entropy").__name__ == "class_balanced_strategy"
-    assert make_strategy(config, "crc").__name__ != "class_balanced_strategy"
+    assert strategies.build(config, "entropy").fn.__name__ == "class_balanced_strategy"
+    crc = strategies.build(config, "crc")
+    assert crc.fn.__name__ != "class_balanced_strategy"
+    assert crc.options["class_balanced"] is True and crc.group_size == 10
+    assert "group_size" not in strategies.build(config, "entropy").options
+
+
+def test_trait_lists_come_from_registrations():
+    assert ssl.names("dropout") == ["fixmatch", "supervised"]
+    assert acquisition.STRATEGIES.names("needs_dropout") == ["bald"]
+    assert data.tfds_name("svhn") == "svhn_cropped" and data.tfds_name("digits") is None

@@ -65,7 +65,7 @@ def bald_scores(ctx: Context, indices: np.ndarray, key, *, samples: int) -> np.n
     return np.concatenate(out) if out else np.zeros(0)
 
 
-@register("bald")
+@register("bald", needs_dropout=True)
 def make_bald(samples: int = 20):
     if samples < 2:
         raise ValueError(f"bald needs samples >= 2 MC-dropout passes, got {samples}")

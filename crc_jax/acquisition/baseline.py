@@ -32,7 +32,7 @@ def top_k(indices: np.ndarray, scores: np.ndarray, budget: int) -> np.ndarray:
     return indices[order[:budget]]
 
 
-@register("random")
+@register("random", cold_start=True)
 def make_random():
     def random_strategy(ctx: Context, budget: int, key) -> np.ndarray:
         check_budget(ctx, budget)

@@ -8,7 +8,8 @@ writes into the journal.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
@@ -42,10 +43,10 @@ class Context:
     labeled: np.ndarray
     unlabeled: np.ndarray
     num_classes: int
-    features_fn: Optional[Callable[[Any, Any], Any]] = None
-    oracle: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    features_fn: Callable[[Any, Any], Any] | None = None
+    oracle: Callable[[np.ndarray], np.ndarray] | None = None
     model: Any = None
-    stochastic_apply_fn: Optional[Callable[[Any, Any, Any], Any]] = None
+    stochastic_apply_fn: Callable[[Any, Any, Any], Any] | None = None
     batch_size: int = 512
     record: dict = dataclasses.field(default_factory=dict)
 
@@ -62,3 +63,17 @@ def check_budget(ctx: Context, budget: int, group_size: int = 1) -> None:
         raise ValueError(f"budget {budget} exceeds the {len(ctx.unlabeled)} unlabeled samples")
     if group_size <= 0 or budget % group_size:
         raise ValueError(f"group size {group_size} must be positive and divide the budget {budget}")
+
+
+def model_context(model, variables, *, x: np.ndarray, labeled, unlabeled, num_classes: int,
+                  batch_size: int, oracle=None) -> Context:
+    """The Context of a Flax model of crc_jax.models (its evaluation passes, features and,
+    with dropout, MC-dropout pass) over the pool `x` as it stands."""
+    from crc_jax import models
+
+    fns = models.apply_functions(model)
+    return Context(apply_fn=fns.logits, variables=variables, x=x,
+                   labeled=np.asarray(labeled, np.int64).copy(),
+                   unlabeled=np.sort(np.asarray(unlabeled, np.int64)),
+                   num_classes=num_classes, features_fn=fns.features, oracle=oracle,
+                   model=model, stochastic_apply_fn=fns.stochastic, batch_size=batch_size)

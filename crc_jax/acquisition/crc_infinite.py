@@ -5,7 +5,8 @@ MLP or CNN (crc_jax.infinite, NTK parameterization): a random partition of the
 unlabeled pool into groups of G (or `max_groups` of them), s(g) = λmin(K̃(L ∪ g, L ∪ g)),
 the top budget/G groups labeled. The kernel depends on the architecture and the
 images only, not on a trained model, so the labeled set it builds can be reused across
-models and seeds (the transferability question of Appendix B.2).
+models and seeds (the transferability question of Appendix B.2). It needs the `infinite`
+extra (neural-tangents): without it, building the strategy raises one `MissingExtra` line.
 
 Rank. The infinite ReLU NTK is full rank on distinct inputs that are not positive
 multiples of one another, so r = |L ∪ g| and s(g) = λmin. The kernel is computed in
@@ -32,14 +33,14 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
-from typing import Optional
 
 import jax
 import numpy as np
 
-from crc_jax import infinite, ntk
+from crc_jax import extras, infinite, ntk
 from crc_jax.acquisition import crc as crc_lib
 from crc_jax.acquisition import spectra
+from crc_jax.acquisition.backend_gram import BackendGram
 from crc_jax.acquisition.context import Context, check_budget
 from crc_jax.acquisition.registry import register
 
@@ -110,9 +111,10 @@ def _within_groups(kernel_fn, xg):
     return jax.vmap(lambda a: kernel_fn(a, None))(xg)
 
 
-class InfiniteGram:
+class InfiniteGram(BackendGram):
     """Scores of candidate groups against a base set B (the labeled set, grown by
-    `extend_base` in the sequential variant), with the interface crc.pick_sequentially uses."""
+    `extend_base` in the sequential variant), with the Gram interface of
+    crc_jax.acquisition.gram (score, top, extend_base, rank, describe), on the host."""
 
     def __init__(self, rows: KernelRows, groups: np.ndarray, base: np.ndarray):
         """K̃(B, B), K̃(candidates, B) from `rows`; the within-group blocks K̃(g, g) fresh,
@@ -121,7 +123,7 @@ class InfiniteGram:
         self.rows, self.groups = rows, np.asarray(groups, np.int64)
         self.base = np.asarray(base, np.int64)
         self.cand = self.groups.ravel()
-        self.rank = None   # full rank: r = |B ∪ g|
+        self._rank = None   # full rank: r = |B ∪ g|
         self.k_bb = rows.block(self.base, self.base)
         self.k_cb = rows.block(self.cand, self.base)           # (candidates, B)
         g = self.groups.shape[1]
@@ -132,7 +134,8 @@ class InfiniteGram:
             for s in range(0, len(self.groups), group_batch):
                 chunk = self.groups[s:s + group_batch]
                 xg = infinite.pad_rows(rows.x[chunk], group_batch)
-                blocks.append(np.asarray(_within_groups(rows.kernel_fn, infinite.in_float64(xg)))[:len(chunk)])
+                within = _within_groups(rows.kernel_fn, infinite.in_float64(xg))
+                blocks.append(np.asarray(within)[:len(chunk)])
         self.k_gg = (rows.num_classes * np.concatenate(blocks) if blocks
                      else np.zeros((0, g, g)))
 
@@ -144,9 +147,17 @@ class InfiniteGram:
         self.k_cb = np.concatenate([self.k_cb, self.rows.block(self.cand, new)], axis=1)
         self.base = np.concatenate([self.base, new])
 
-    def score(self, which: Optional[np.ndarray] = None) -> np.ndarray:
+    def _base_matrix(self) -> np.ndarray:
+        return self.k_bb
+
+    def _base_trace(self) -> float:
+        return float(np.trace(self.k_bb))
+
+    def _group_traces(self, rows: np.ndarray) -> np.ndarray:
+        return np.trace(self.k_gg[rows], axis1=1, axis2=2)
+
+    def _host_scores(self, which: np.ndarray) -> np.ndarray:
         """λmin(K̃(B ∪ g)) per group, 0 below the float32 floor n·ε_float32·λmax."""
-        which = np.arange(len(self.groups)) if which is None else np.asarray(which)
         g = self.groups.shape[1]
         n = len(self.base) + g
 
@@ -161,7 +172,7 @@ class InfiniteGram:
         return np.where(lam > n * ntk.FLOAT32_EPS * bound, lam, 0.0)
 
 
-def architecture(ctx: Context, arch: Optional[str], depth: Optional[int]):
+def architecture(ctx: Context, arch: str | None, depth: int | None):
     """The Flax module whose infinite-width NTK scores groups: ctx.model's, or `arch`'s."""
     from crc_jax import models
     from crc_jax.models.cnn import CNN
@@ -183,9 +194,9 @@ def architecture(ctx: Context, arch: Optional[str], depth: Optional[int]):
 
 
 @register("crc_infinite", group_size=True)
-def make_crc_infinite(group_size: Optional[int] = None, max_groups: Optional[int] = None,
-                      arch: Optional[str] = None, depth: Optional[int] = None,
-                      sequential: bool = False, kernel_batch: Optional[int] = None):
+def make_crc_infinite(group_size: int | None = None, max_groups: int | None = None,
+                      arch: str | None = None, depth: int | None = None,
+                      sequential: bool = False, kernel_batch: int | None = None):
     """CRC on the infinite-width NTK. group_size=None means G = budget; arch=None uses
     ctx.model's architecture ("mlp" or "cnn" pick one, `depth` for the MLP);
     kernel_batch: rows per kernel call (None: infinite.kernel_batch_size)."""
@@ -200,7 +211,8 @@ def make_crc_infinite(group_size: Optional[int] = None, max_groups: Optional[int
     if depth is not None and (arch != "mlp" or not isinstance(depth, (int, np.integer)) or depth < 1):
         raise ValueError(f"crc_infinite depth must be a positive integer, with arch='mlp'; "
                          f"got depth={depth!r}, arch={arch!r}")
-    held = {}   # the kernel rows of this strategy's pool, kept across steps
+    extras.require("infinite", "strategy 'crc_infinite'")   # before any work: the config check
+    held: dict = {}   # the kernel rows of this strategy's pool, kept across steps
 
     def kernel_rows(ctx: Context) -> KernelRows:
         model = architecture(ctx, arch, depth)
@@ -225,23 +237,19 @@ def make_crc_infinite(group_size: Optional[int] = None, max_groups: Optional[int
         rows = kernel_rows(ctx)
         before = rows.evaluations
         gram = InfiniteGram(rows, groups, np.asarray(ctx.labeled))
-        if sequential:
-            picked, chosen, scores = crc_lib.pick_sequentially(gram, need, desc="CRC-infinite rounds")
-        else:
-            scores = gram.score()
-            picked = [int(r) for r in crc_lib.top_groups(scores, need)]
-            chosen = [float(scores[r]) for r in picked]
+        picked, chosen, scores, diag = crc_lib.choose(gram, need, sequential=sequential,
+                                                      desc="CRC-infinite rounds")
         # the journal record holds what identical runs reproduce; timings and cache counters
         # (which depend on what an earlier step of this process computed) go to the log
         ctx.record["crc_infinite"] = {
             "group_size": g, "sequential": bool(sequential), "chosen_scores": chosen,
-            **crc_lib.summarize(scores)}
+            **crc_lib.summarize(scores), "diagnostics": diag}
         log.info("crc_infinite: %d groups of %d scored in %.2fs (%d new kernel entries, %d rows held)",
                  len(groups), g, time.perf_counter() - start, rows.evaluations - before,
                  len(rows.row_of))
         return groups[np.asarray(picked)].ravel()
 
-    crc_infinite.kernel_rows = kernel_rows   # the held rows (tests check their reuse)
-    crc_infinite.score_groups = lambda ctx, groups: InfiniteGram(
+    crc_infinite.kernel_rows = kernel_rows  # type: ignore[attr-defined]  # tests check reuse
+    crc_infinite.score_groups = lambda ctx, groups: InfiniteGram(  # type: ignore[attr-defined]
         kernel_rows(ctx), np.asarray(groups, np.int64), np.asarray(ctx.labeled)).score()
     return crc_infinite

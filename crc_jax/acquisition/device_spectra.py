@@ -20,8 +20,8 @@ Backends: "host" (spectra), "device" (float64 where supported, else the float32 
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +42,7 @@ def check_backend(backend) -> None:
         raise ValueError(f"crc backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
 
 
-def resolve(backend: str, platform: Optional[str] = None) -> str:
+def resolve(backend: str, platform: str | None = None) -> str:
     """"auto" -> "host" on a CPU, "device" on a GPU/TPU; other names unchanged."""
     check_backend(backend)
     if backend != "auto":
@@ -51,24 +51,56 @@ def resolve(backend: str, platform: Optional[str] = None) -> str:
     return "host" if platform == "cpu" else "device"
 
 
-def supports_float64(platform: Optional[str] = None) -> bool:
+def supports_float64(platform: str | None = None) -> bool:
     """Whether the device computes float64 natively (a TPU does not)."""
     platform = jax.default_backend() if platform is None else platform
     return platform != "tpu"
 
 
-def device_dtype(backend: str) -> Optional[str]:
-    """The dtype a resolved backend decomposes in: None (host), "float64" or "float32"."""
-    if backend == "host":
-        return None
-    if backend == "device_f32" or not supports_float64():
-        return "float32"
-    return "float64"
+@dataclasses.dataclass(frozen=True)
+class Spectra:
+    """Where CRC's eigenvalues are computed, and in which precision: the value the Grams
+    take (crc_jax.acquisition.gram), built from a backend name by `spectra_for`.
+
+    on_device: False for NumPy/LAPACK in float64 on the host CPU (crc_jax.acquisition.spectra);
+               True for jitted, batched eigvalsh on the accelerator.
+    dtype:     "float64", or "float32" for the device prefilter (a TPU: float32 scores,
+               the finalists rescored on the host in float64).
+    """
+
+    on_device: bool
+    dtype: str
+
+    @property
+    def prefilter(self) -> bool:
+        """Float32 device scores whose finalists the host rescores in float64."""
+        return self.on_device and self.dtype == "float32"
+
+    @property
+    def device_float64(self) -> bool:
+        return self.on_device and self.dtype == "float64"
+
+    def precision(self):
+        """The context device work runs in (float64 on the device needs jax.enable_x64)."""
+        return jax.enable_x64(self.device_float64)
+
+    def describe(self) -> dict:
+        """What ran, for the journal: {"backend": "host"|"device", "dtype": ...}."""
+        return {"backend": "device" if self.on_device else "host", "dtype": self.dtype}
 
 
-def x64(dtype: Optional[str]):
-    """The context the device work of `dtype` runs in (float64 needs jax.enable_x64)."""
-    return jax.enable_x64(dtype == "float64")
+HOST = Spectra(on_device=False, dtype="float64")
+
+
+def spectra_for(backend: str = "auto", platform: str | None = None) -> Spectra:
+    """The Spectra of a backend name (see the module docstring), on `platform` (default
+    JAX's default backend): "auto" is the host on a CPU, the device elsewhere."""
+    resolved = resolve(backend, platform)
+    if resolved == "host":
+        return HOST
+    platform = jax.default_backend() if platform is None else platform
+    f32 = resolved == "device_f32" or not supports_float64(platform)
+    return Spectra(on_device=True, dtype="float32" if f32 else "float64")
 
 
 def rows_per_chunk(side: int, n_rows: int, itemsize: int = 8) -> int:

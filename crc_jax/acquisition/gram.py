@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from functools import partial
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +50,7 @@ from crc_jax.acquisition import device_spectra as dev
 from crc_jax.acquisition import features as feat
 from crc_jax.acquisition import spectra
 from crc_jax.acquisition.backend_gram import BackendGram
+from crc_jax.acquisition.device_spectra import HOST, Spectra
 from crc_jax.acquisition.context import Context
 
 log = logging.getLogger(__name__)
@@ -89,34 +90,41 @@ class FeatureGram(BackendGram):
     """Last-layer CRC scores from penultimate features: K̃ = C·(ΦΦᵀ + 1).
 
     features_fn: (variables, x) -> Φ; default ctx.features_fn (see `build` for the
-    derived one). backend: "host", "device", "device_f32" or "auto".
+    derived one). spectra: where the eigenvalues are computed (default the host).
     """
 
-    def __init__(self, ctx: Context, groups: np.ndarray, *, mesh=None, backend: str = "host",
+    z: Any        # host float64 Z (pool features, + a ones column with a head bias), or None
+    z_dev: Any    # the same on the device (float64, or float32 for the prefilter), or None
+    _rank: Any    # rank of Z (an int, or a device scalar on the float64 device path)
+
+    def __init__(self, ctx: Context, groups: np.ndarray, *, mesh=None, spectra: Spectra = HOST,
                  features_fn=None):
         self.groups = np.asarray(groups)
         self.scale = float(ctx.num_classes)
-        self._set_backend(backend)
+        self.spectra = spectra
         bias = feat.head_has_bias(ctx.params)
         fn = ctx.features_fn if features_fn is None else features_fn
+        if fn is None:
+            raise ValueError("FeatureGram needs a features_fn (the context has none)")
         self.base = np.asarray(ctx.labeled, dtype=np.int64)
-        self.z_dev, self._base_gram = None, None
-        if self.dtype == "float64":      # everything stays on the device
+        self.z_dev = None
+        self._base_gram: tuple[int, Any] | None = None
+        if spectra.device_float64:       # everything stays on the device
             phi = feat.pool_features_on_device(ctx, fn, mesh=mesh)      # the model in float32
-            with dev.x64(self.dtype):
+            with spectra.precision():
                 self.z_dev, gram = dev.gram_of(phi.astype(jnp.float64), bias=bias)
                 rtol = self.z_dev.shape[1] * ntk.FLOAT32_EPS
                 self._rank = dev.rank_from_gram(gram, rtol)
             self.z = None
         else:                           # host float64 Z: all scores, or the finalists
-            phi = feat.pool_features(ctx, fn, mesh=mesh)
-            self._rank = ntk.feature_rank(phi, bias=bias)
-            z = phi.astype(np.float64)
+            phi_host = feat.pool_features(ctx, fn, mesh=mesh)
+            self._rank = ntk.feature_rank(phi_host, bias=bias)
+            z = phi_host.astype(np.float64)
             self.z = np.concatenate([z, np.ones((len(z), 1))], axis=1) if bias else z
-            if self.dtype == "float32":
+            if spectra.prefilter:
                 self.z_dev = jnp.asarray(self.z, dtype=jnp.float32)
         self.width = (self.z if self.z is not None else self.z_dev).shape[1]
-        log.debug("FeatureGram (%s): pool %d, width %d", self.backend, len(ctx.x), self.width)
+        log.debug("FeatureGram (%s): pool %d, width %d", spectra, len(ctx.x), self.width)
 
     def extend_base(self, rows) -> None:
         self.base = np.concatenate([self.base, self.groups[np.asarray(rows)].ravel()])
@@ -155,12 +163,38 @@ class FeatureGram(BackendGram):
 
             def matrices(r):
                 return spectra.updated(gram_base, self.z[self.groups[r]])
-        return self.scale * spectra.score_rows(rows, side, matrices, min(n, self.rank))
+        return self.scale * spectra.score_rows(rows, side, matrices, self.rank_used)
+
+    def _base_matrix(self):
+        """C·Z_B Z_Bᵀ (= K̃(B, B)) while |B| ≤ d + 1, else C·Z_BᵀZ_B (its non-zero spectrum)."""
+        if self.z is not None:
+            z_b = self.z[self.base]
+            return self.scale * (z_b @ z_b.T if len(self.base) <= self.width else z_b.T @ z_b)
+        assert self.z_dev is not None
+        z_b = self.z_dev[jnp.asarray(self.base)]
+        m = (jnp.matmul(z_b, z_b.T, precision=ntk.HIGHEST) if len(self.base) <= self.width
+             else self._device_base_gram())
+        return self.scale * m
+
+    def _sq_norms(self, idx: np.ndarray) -> np.ndarray:
+        """‖z_i‖² of pool rows `idx` (any shape), float64 on the host."""
+        if self.z is not None:
+            return np.sum(self.z[idx] ** 2, axis=-1)
+        assert self.z_dev is not None      # no host Z: the float64 device path holds it
+        z = self.z_dev[jnp.asarray(idx)]
+        return np.asarray(jax.device_get(jnp.sum(z * z, axis=-1)), dtype=np.float64)
+
+    def _base_trace(self) -> float:
+        return self.scale * float(self._sq_norms(self.base).sum())
+
+    def _group_traces(self, rows: np.ndarray) -> np.ndarray:
+        return self.scale * self._sq_norms(self.groups[rows]).sum(axis=-1)
 
     def _device_scores(self, rows: np.ndarray):
         side, n = self._side()
         z = self.z_dev
         idx = side - jnp.minimum(n, self._rank)
+        args: tuple
         if n <= self.width:
             z_b = z[jnp.asarray(self.base)]
             k_bb = jnp.matmul(z_b, z_b.T, precision=ntk.HIGHEST)
@@ -180,10 +214,11 @@ class JacobianGram(BackendGram):
     """
 
     def __init__(self, ctx: Context, groups: np.ndarray, *, subset="last",
-                 budget_bytes: int = ntk.JACOBIAN_BUDGET_BYTES, mesh=None, backend: str = "host"):
+                 budget_bytes: int = ntk.JACOBIAN_BUDGET_BYTES, mesh=None,
+                 spectra: Spectra = HOST):
         self.groups = np.asarray(groups)
         self.ctx = ctx
-        self._set_backend(backend)
+        self.spectra = spectra
         self.mesh = sharding.make_mesh() if mesh is None else mesh
         self.f, self.params = ctx.apply_fn, sharding.replicate(self.mesh, ctx.variables)
         self.subset = variables_subset(ctx, subset)
@@ -193,10 +228,10 @@ class JacobianGram(BackendGram):
                                              budget_bytes=budget_bytes)
         self.base = np.asarray(ctx.labeled, dtype=np.int64)
         self._rank = self._head_rank() if subset == "last" else None   # None: |B| + G
-        with dev.x64(self.dtype):
+        with spectra.precision():
             self._build(x)
 
-    def _head_rank(self) -> Optional[int]:
+    def _head_rank(self) -> int | None:
         """Rank of [Φ, 1] over the pool when the head is dense (Φ: its input), else None."""
         fn = feat.head_features_fn(self.ctx)
         if fn is None:
@@ -207,18 +242,18 @@ class JacobianGram(BackendGram):
 
     def _keep(self, k):
         """A contracted block as the backend holds it: float64 NumPy, or a device array."""
-        if self.dtype is None:
+        if not self.spectra.on_device:
             return _host(k).astype(np.float64)
-        return jnp.asarray(k, dtype=self.dtype)
+        return jnp.asarray(k, dtype=self.spectra.dtype)
 
     def _xp(self):
-        return np if self.dtype is None else jnp
+        return jnp if self.spectra.on_device else np
 
     def _build(self, x) -> None:
         jac, xp = self._jac, self._xp()
         held_base = None
         if len(self.base) == 0:
-            self.k_bb = xp.zeros((0, 0), dtype=self.dtype or np.float64)
+            self.k_bb = xp.zeros((0, 0), dtype=self.spectra.dtype)
         elif len(self.base) <= self.batch:
             held_base = jac(x[self.base])
             self.k_bb = self._keep(ntk.contract_jit(held_base, held_base, trace=True))
@@ -277,7 +312,7 @@ class JacobianGram(BackendGram):
         """K̃(B, chunk): against held base Jacobians, or base blocks recomputed."""
         xp = self._xp()
         if len(self.base) == 0:
-            return xp.zeros((0, jc[0].shape[0]), dtype=self.dtype or np.float64)
+            return xp.zeros((0, jc[0].shape[0]), dtype=self.spectra.dtype)
         if held_base is not None:
             return self._keep(ntk.contract_jit(held_base, jc, trace=True))
         return xp.concatenate(
@@ -291,7 +326,7 @@ class JacobianGram(BackendGram):
         pos = (rows[:, None] * g + np.arange(g)).ravel()
         new = self.cand[pos]
         xp = self._xp()
-        with dev.x64(self.dtype):
+        with self.spectra.precision():
             jn = self._jac(self.ctx.x[new])
             if self.cand_jac is not None:
                 k_nc = self._keep(ntk.contract_jit(jn, self.cand_jac, trace=True))
@@ -311,6 +346,15 @@ class JacobianGram(BackendGram):
 
     def _rel_error(self) -> float:
         return dev.rel_error(self._n_rank()[0], self.groups.shape[1])
+
+    def _base_matrix(self):
+        return self.k_bb
+
+    def _base_trace(self) -> float:
+        return float(np.asarray(self._xp().trace(self.k_bb))) if len(self.base) else 0.0
+
+    def _group_traces(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self._xp().trace(self.k_gg[rows], axis1=1, axis2=2), np.float64)
 
     def _host_scores(self, rows: np.ndarray) -> np.ndarray:
         g = self.groups.shape[1]
@@ -361,9 +405,10 @@ def build(ctx: Context, groups: np.ndarray, *, subset="last", mesh=None, backend
     """The Gram for `subset`: features for "last" on a dense head (from ctx.features_fn, or
     derived from the head), Jacobians otherwise; features and Jacobians are computed on
     the devices of `mesh` (default every device), eigenvalues on `backend` ("auto": the
-    host on a CPU, the device on a GPU/TPU)."""
+    host on a CPU, the device on a GPU/TPU; see device_spectra.spectra_for)."""
+    spectra = dev.spectra_for(backend)
     if subset == "last":
         fn = ctx.features_fn if ctx.features_fn is not None else feat.head_features_fn(ctx)
         if fn is not None:
-            return FeatureGram(ctx, groups, mesh=mesh, backend=backend, features_fn=fn)
-    return JacobianGram(ctx, groups, subset=subset, mesh=mesh, backend=backend)
+            return FeatureGram(ctx, groups, mesh=mesh, spectra=spectra, features_fn=fn)
+    return JacobianGram(ctx, groups, subset=subset, mesh=mesh, spectra=spectra)

@@ -6,7 +6,8 @@ Images are NHWC float32 in [0, 1] (what the on-device augmentation expects);
 two-moons points are (N, 2) float32; labels are int32 in [0, C). Every split goes
 through `validate_arrays`, so bad data fails here with a `DataError` rather than as a
 NaN loss many steps later. `train_size` / `test_size` > 0 keep a seeded, stratified
-random subset.
+random subset. The TFDS sets (svhn, cifar10, cifar100) need the `tfds` extra; without it
+`num_classes` and `load` raise one `MissingExtra` line naming `pip install 'crc_jax[tfds]'`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -56,32 +57,50 @@ class _Source:
     flip: bool
 
 
-SOURCES = Registry("data set")   # name -> factory(data_dir) -> _Source
+SOURCES: Registry[_Source] = Registry("data set")   # name -> factory(data_dir) -> _Source
 
 
-def _fixed(load: Callable[[str], Arrays], num_classes: int, flip: bool):
-    return lambda *, data_dir: _Source(load, num_classes, flip)
+def register(name: str, *, num_classes: int, flip: bool, **traits):
+    """Decorator registering `load(data_dir) -> (x_train, y_train, x_test, y_test)` as data
+    set `name` with a fixed number of classes; `flip`: whether a horizontal flip keeps the
+    label. Adding a data set is one module with such a loader, and this registration."""
+    def decorator(load: Callable[[str], Arrays]):
+        SOURCES.register(name, **traits)(lambda *, data_dir: _Source(load, num_classes, flip))
+        return load
+
+    return decorator
 
 
-SOURCES.register("svhn")(_fixed(functools.partial(tfds_sets.load, "svhn_cropped"), 10, False))
-SOURCES.register("cifar10")(_fixed(functools.partial(tfds_sets.load, "cifar10"), 10, True))
-SOURCES.register("cifar100")(_fixed(functools.partial(tfds_sets.load, "cifar100"), 100, True))
-SOURCES.register("digits")(_fixed(lambda data_dir: embedded.digits(), 10, False))
-SOURCES.register("moons")(_fixed(lambda data_dir: embedded.moons(), 2, False))
+for _name, _builder, _classes, _flip in (("svhn", "svhn_cropped", 10, False),
+                                         ("cifar10", "cifar10", 10, True),
+                                         ("cifar100", "cifar100", 100, True)):
+    register(_name, num_classes=_classes, flip=_flip, tfds_name=_builder)(
+        functools.partial(tfds_sets.load, _builder))
+register("digits", num_classes=10, flip=False)(lambda data_dir: embedded.digits())
+register("moons", num_classes=2, flip=False)(lambda data_dir: embedded.moons())
 # your own pool: classes and flip come from the file
 SOURCES.register("npz")(lambda *, data_dir: _Source(npz.load, npz.num_classes(data_dir),
                                                      npz.flip(data_dir)))
 
 
 def _source(name: str, data_dir: str) -> _Source:
+    """The registered source; a TFDS set needs the `tfds` extra installed (else one
+    `MissingExtra` line, raised where the config is checked, before any work)."""
     if name not in SOURCES:
         raise DataError(f"unknown data set {name!r}; known: {', '.join(names())}")
+    if tfds_name(name) is not None:
+        tfds_sets.require(f"data set {name!r}")
     return SOURCES.get(name, data_dir=data_dir)
 
 
 def names() -> list[str]:
     """The data set names `load` accepts."""
     return SOURCES.names()
+
+
+def tfds_name(name: str) -> str | None:
+    """The TFDS builder behind data set `name` (its registration trait), or None."""
+    return SOURCES.traits(name).get("tfds_name") if name in SOURCES else None
 
 
 def num_classes(name: str, data_dir: str = "") -> int:
@@ -96,7 +115,7 @@ def load(name: str, *, data_dir: str = "", train_size: int = 0, test_size: int =
     """Load data set `name`; `data_dir` "" lets TFDS use (and download to) its default."""
     source = _source(name, data_dir)
     x_train, y_train, x_test, y_test = source.load(data_dir)
-    splits = {}
+    splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split, x, y, size, stream in (("train", x_train, y_train, train_size, 0),
                                       ("test", x_test, y_test, test_size, 1)):
         x = prepare_inputs(x, split=f"{name} {split}", array=f"x_{split}")

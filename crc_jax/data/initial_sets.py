@@ -19,12 +19,14 @@ space (pixels for images, coordinates for points).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from crc_jax.data.pool import Pool
 from crc_jax.registry import Registry
 
-RULES = Registry("initial rule")
+RULES: Registry[Any] = Registry("initial rule")
 # name -> rule(x, labels, num_classes, size, rng, *, margin_quantile, indices) -> indices
 
 _CHUNK = 1024   # rows per block of the pairwise distances (bounds memory on large pools)

@@ -4,6 +4,9 @@ Pixels are scaled to [0, 1] (x / 255) and not standardized per channel: the on-d
 augmentation (crc_jax.data.augment: RandAugment's solarize, posterize, equalize, ...)
 is defined on [0, 1] pixels, and the models' BatchNorm absorbs the input scale.
 
+TensorFlow and TFDS come with the `tfds` extra (`pip install 'crc_jax[tfds]'`); without
+it, loading (or `require`) raises one `MissingExtra` line naming the extra.
+
 Loading iterates `tfds.load(..., as_supervised=True)` in batches. It avoids
 `batch_size=-1`, which aborts the process under `tfds.testing.mock_data` with
 TensorFlow 2.21. TensorFlow and TFDS are imported here, lazily.
@@ -18,6 +21,7 @@ import sys
 
 import numpy as np
 
+from crc_jax import extras
 from crc_jax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -30,9 +34,10 @@ def load(tfds_name: str, data_dir: str = ""):
 
     data_dir "" uses the TFDS default directory and downloads the set if needed (a failed
     download is a `DataError` saying how to prepare the set elsewhere); any other directory
-    must already hold the prepared set (else `DataError`).
+    must already hold the prepared set (else `DataError`). Without the `tfds` extra:
+    `MissingExtra`.
     """
-    quiet_tensorflow()
+    quiet_tensorflow(f"the TFDS data set {tfds_name!r}")
     import tensorflow_datasets as tfds
 
     _hide_gpus_from_tensorflow()
@@ -91,14 +96,22 @@ def _hide_gpus_from_tensorflow():
         log.debug("TensorFlow devices already initialized; GPUs left visible to it")
 
 
-def quiet_tensorflow() -> None:
+def require(feature: str = "reading TFDS data sets") -> None:
+    """Raise `MissingExtra` (one line naming `pip install 'crc_jax[tfds]'`) unless
+    TensorFlow and TFDS are installed; imports nothing."""
+    extras.require("tfds", feature)
+
+
+def quiet_tensorflow(feature: str = "reading TFDS data sets") -> None:
     """Import TensorFlow without its C++ start-up messages (CUDA probing on machines without
     a GPU, oneDNN notes), and hide accelerators from it: it only reads files here.
+    Without the `tfds` extra: `MissingExtra` naming `feature`.
 
     TF_CPP_MIN_LOG_LEVEL filters TensorFlow's logs once it runs, but the messages written
     while it loads bypass it, so stderr (fd 2) goes to /dev/null during the import, unless
     TF_CPP_MIN_LOG_LEVEL is set below 2 (to debug TensorFlow itself).
     """
+    require(feature)
     level = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" in sys.modules:
         return

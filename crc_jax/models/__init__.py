@@ -22,12 +22,16 @@ passes none (deterministic), and MC-dropout acquisition (BALD) passes one per sa
 BatchNorm in evaluation mode. With rate 0 the layer is the identity.
 """
 
+import functools
+from typing import Any, NamedTuple
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax.numpy as jnp
 
 from crc_jax.registry import Registry
 
-MODELS = Registry("model")
+MODELS: Registry[Any] = Registry("model")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -65,3 +69,34 @@ def names() -> list[str]:
 
 def _import_all():
     from crc_jax.models import cnn, mlp, wrn  # noqa: F401  (registration side effects)
+
+
+class ApplyFunctions(NamedTuple):
+    """A model's passes in evaluation mode (BatchNorm running statistics, float32).
+
+    logits:     (variables, x) -> logits (N, C), dropout off.
+    features:   (variables, x) -> the head's input features (N, d).
+    stochastic: (variables, x, key) -> logits with dropout drawn from `key` (MC dropout),
+                None when the model has no dropout.
+    """
+
+    logits: Callable
+    features: Callable
+    stochastic: Callable | None
+
+
+@functools.lru_cache(maxsize=32)
+def apply_functions(model: nn.Module) -> ApplyFunctions:
+    """The evaluation passes of `model`, one set per (hashable) module, so the functions
+    jitted code is keyed on stay the same across steps and rounds (no recompiles)."""
+
+    def logits(variables, x):
+        return model.apply(variables, x, train=False)
+
+    def features(variables, x):
+        return model.apply(variables, x, train=False, return_features=True)[1]
+
+    def stochastic(variables, x, key):  # MC dropout: dropout on, BatchNorm in eval mode
+        return model.apply(variables, x, train=False, rngs={"dropout": key})
+
+    return ApplyFunctions(logits, features, stochastic if getattr(model, "dropout", 0) else None)

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
-from crc_jax.run import faults, journal
+from crc_jax import durable, faults
 from crc_jax.project import labels_log, store
 from crc_jax.project.scan import ScanResult, scan
 from crc_jax.project.settings import RoundSettings
@@ -40,15 +38,14 @@ class Project:
         self.dir = Path(directory)
         self.meta = store.read_meta(self.dir)
         self.paths, self.hashes = store.read_index(self.dir)
-        self._id_of = {p: i for i, p in enumerate(self.paths)}
         self.log = labels_log.LabelsLog(self.dir / "labels.jsonl")
-        self.rounds_journal = journal.Journal(self.dir / "rounds.jsonl")
+        self.rounds_journal = durable.Journal(self.dir / "rounds.jsonl")
 
     # -- creating and opening ------------------------------------------------------------
     @classmethod
     def create(cls, directory: os.PathLike, images: os.PathLike, *, image_size: int = 32,
-               classes: Optional[list] = None, labels_csv: Optional[os.PathLike] = None,
-               progress: bool = True) -> tuple["Project", ScanResult]:
+               classes: list | None = None, labels_csv: os.PathLike | None = None,
+               progress: bool = True) -> tuple[Project, ScanResult]:
         """Scan `images`, store the pool in `directory`; optional classes and a labels CSV."""
         directory, images = Path(directory), Path(images)
         if not images.is_dir():
@@ -69,7 +66,7 @@ class Project:
         if labels_rows is not None:  # checked against the scan before anything is written
             from crc_jax.project import exchange
             classes = classes or sorted({label for _, label in labels_rows})
-            exchange.resolve_rows(exchange.PathIndex(result.paths, classes), labels_rows)
+            exchange.resolve_rows(exchange.PathIndex(result.paths, classes, images), labels_rows)
         store.prepare_dir(directory)
         store.write_pool(directory, result.images, result.paths, result.hashes)
         meta = {"format": store.FORMAT_VERSION, "images": str(images.resolve()),
@@ -78,11 +75,11 @@ class Project:
         store.finish_init(directory, meta)
         project = cls(directory)
         if labels_rows is not None:
-            project.import_rows(labels_rows, source=f"init:{Path(labels_csv).name}")
+            project.import_rows(labels_rows, source=f"init:{Path(str(labels_csv)).name}")
         return project, result
 
     @classmethod
-    def open(cls, directory: os.PathLike) -> "Project":
+    def open(cls, directory: os.PathLike) -> Project:
         return cls(directory)
 
     # -- what is stored ------------------------------------------------------------------
@@ -99,11 +96,6 @@ class Project:
 
     def pool(self) -> np.ndarray:
         return store.load_pool(self.dir)
-
-    def id_of(self, path: str) -> int:
-        if path not in self._id_of:
-            raise ProjectError(f"{path!r} is not an image of this project")
-        return self._id_of[path]
 
     def set_classes(self, names: list) -> None:
         """Name the classes once (the first labels given); later changes are refused."""
@@ -169,34 +161,25 @@ class Project:
     def import_rows(self, rows: list, *, source: str) -> int:
         """Labels given as (path, class name) pairs, e.g. from a CSV or Label Studio."""
         from crc_jax.project import exchange
-        index = exchange.PathIndex(self.paths, self.classes)
+        index = exchange.PathIndex(self.paths, self.classes, self.images_root)
         return self.add_labels(exchange.resolve_rows(index, rows), source=source,
                                queued_only=False)
 
-    def import_file(self, path: os.PathLike) -> int:
+    def import_file(self, path: os.PathLike, **options) -> int:
+        """Labels from a CSV or a Label Studio export (options: exchange.import_labels)."""
         from crc_jax.project import exchange
-        path = Path(path)
-        return self.import_rows(exchange.read_labels_file(path), source=f"import:{path.name}")
+        return exchange.import_labels(self, path, **options).added
 
     # -- rounds --------------------------------------------------------------------------
     def rounds(self) -> list[dict]:
         """Completed rounds. Only reads: a torn last line (a crash mid-append, or an append
         in progress in another process) is ignored here and cut off by the next round."""
-        path = self.rounds_journal.path
-        if not path.exists():
-            return []
-        entries = []
-        for number, line in enumerate(path.read_bytes().split(b"\n")[:-1], start=1):
-            try:
-                entries.append(journal.decode(line.decode()))
-            except (ValueError, UnicodeDecodeError) as err:
-                raise ProjectError(f"{path}: line {number} is corrupt ({err})") from None
-        return entries
+        return self.rounds_journal.entries()
 
     def queue(self) -> list[dict]:
         """The rows of queue.csv (id, path, predicted, confidence), in the order picked."""
         path = self.dir / "queue.csv"
-        return store.read_csv(path) if path.exists() else []
+        return durable.read_csv(path) if path.exists() else []
 
     def queue_ids(self) -> list[int]:
         return [int(r["id"]) for r in self.queue()]
@@ -212,6 +195,7 @@ class Project:
         Labels nothing. One round runs at a time per project (another is refused). A
         crash anywhere leaves the labels untouched; rerunning redoes the round exactly.
         """
+        from crc_jax.acquisition import diagnostics
         from crc_jax.project import rounds
 
         settings.check()
@@ -235,23 +219,24 @@ class Project:
                      "labeled_sha256": hashlib.sha256(labeled.tobytes()).hexdigest()[:16],
                      "queue": result.picked.tolist(), "model": model_file,
                      "predicted": self._predicted(result, result.picked),
+                     "crc_diagnostics": diagnostics.summary(result.record),   # None: not CRC
                      "seconds": round(time.time() - started, 2)}
             self.rounds_journal.append(entry)
             return result.picked.tolist()
 
-    def _predicted(self, result, ids) -> Optional[list]:
+    def _predicted(self, result, ids) -> list | None:
         if result.probs is None:
             return None
         return [int(np.argmax(result.probs[i])) for i in ids]
 
-    def _save_model(self, index: int, variables) -> Optional[str]:
+    def _save_model(self, index: int, variables) -> str | None:
         if variables is None:
             return None
         from flax import serialization
 
         (self.dir / "models").mkdir(exist_ok=True)
         name = f"models/round_{index}.msgpack"
-        store.write_atomic(self.dir / name, serialization.to_bytes(variables))
+        durable.write_atomic(self.dir / name, serialization.to_bytes(variables))
         return name
 
     def _write_queue(self, result) -> None:
@@ -262,7 +247,7 @@ class Project:
             else:
                 k = int(np.argmax(result.probs[i]))
                 rows.append([i, self.paths[i], self.classes[k], f"{result.probs[i, k]:.4f}"])
-        store.write_atomic(self.dir / "queue.csv", store.csv_bytes(QUEUE_FIELDS, rows))
+        durable.write_atomic(self.dir / "queue.csv", durable.csv_bytes(QUEUE_FIELDS, rows))
 
     # -- the trained model -----------------------------------------------------------------
     def latest_model(self):
@@ -301,6 +286,3 @@ class Project:
     def status(self) -> dict:
         from crc_jax.project import report
         return report.status(self)
-
-    def meta_json(self) -> str:
-        return json.dumps(self.meta, indent=2, sort_keys=True)

@@ -1,20 +1,20 @@
 """The labels log: every answer an annotator gives, appended whole, fsynced, never rewritten.
 
-One JSON line per event, checksummed as the run journal's lines are (crc_jax.run.journal):
+One checksummed JSON line per event (crc_jax.durable):
     {"seq": n, "op": "label", "id": 17, "label": "cat", "source": "page", "time": ...}
     {"seq": n, "op": "skip",  "id": 17, ...}        unsure: kept out of later queues
     {"seq": n, "op": "undo",  "id": 17, ...}        forget the answer for image 17
 The current labels are the log replayed. Writers (the labeling page's threads, `import`,
 the Python API, another process) take an exclusive `flock` around read-check-append, so
 two tabs answering one image cannot both be written: the second gets a `LabelConflict`
-unless it gives the same answer, which is then a no-op (nothing is doubled). A torn last
-line (a crash mid-append) is ignored on reading and cut off by the next writer.
+unless it gives the same answer, which is then a no-op (nothing is doubled). A last line
+that fails its checksum (a crash mid-append) is ignored on reading and cut off by the next
+writer; a whole last line without its newline is an answer like any other.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from crc_jax.run import journal
+from crc_jax import durable
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +51,19 @@ class LabelsLog:
                 self._read_new(repair=repair)
 
     def _read_new(self, *, repair: bool) -> None:
-        with open(self.path, "rb") as f:
-            f.seek(self._offset)
-            raw = f.read()
-        lines = raw.split(b"\n")
-        for number, line in enumerate(lines[:-1]):
-            try:
-                event = journal.decode(line.decode())
-            except (ValueError, UnicodeDecodeError) as err:
-                raise ValueError(f"{self.path}: a line near byte {self._offset} is corrupt "
-                                 f"({err}); the log was left untouched") from None
+        try:
+            lines = durable.read_lines(self.path, start=self._offset)
+        except durable.CorruptLine as err:
+            raise ValueError(f"{self.path}: a line near byte {err.offset} is corrupt "
+                             f"({err.reason}); the log was left untouched") from None
+        for event in lines.entries:
             self._apply(event)
-            self._offset += len(line) + 1
-        if lines[-1] and repair:
-            log.warning("%s: cutting a torn last line (%d bytes) left by a crash",
-                        self.path, len(lines[-1]))
-            with open(self.path, "r+b") as f:
-                f.truncate(self._offset)
-                os.fsync(f.fileno())
+        if repair:
+            if lines.torn:
+                log.warning("%s: cutting a torn last line (%d bytes) left by a crash",
+                            self.path, len(lines.torn))
+            durable.repair(self.path, lines)
+        self._offset = lines.end
 
     def _apply(self, event: dict) -> None:
         self._events.append(event)
@@ -101,22 +96,18 @@ class LabelsLog:
     def locked(self):
         """Exclusive across threads and processes; yields with the state up to date."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with self._mutex, durable.file_lock(self.path.with_suffix(".lock")):
             self._catch_up(repair=True)
             yield self
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     def _append(self, events: list[dict]) -> None:
         """Write events (inside `locked`), fsync, then apply them."""
         seq = len(self._events)
         lines = []
         for i, event in enumerate(events):
-            lines.append(journal.encode({"seq": seq + i, "time": round(time.time(), 3), **event}))
-        journal.append_synced(self.path, "".join(lines).encode(), fault_point="labels_append")
+            lines.append(durable.encode_line({"seq": seq + i, "time": round(time.time(), 3),
+                                              **event}))
+        durable.append_synced(self.path, "".join(lines).encode(), fault_point="labels_append")
         self._catch_up(repair=False)
 
     def record(self, events: list[dict]) -> list[dict]:

@@ -1,4 +1,5 @@
-"""`status`: labels per class, rounds, an accuracy estimate, a learning-curve PNG.
+"""`status`: labels per class, rounds, an accuracy estimate, a learning-curve PNG, and how
+decisive each CRC round's choice was (crc_jax.acquisition.diagnostics).
 
 The accuracy estimate needs no held-out labels: each trained round predicted a class for
 every image it queued, before anyone labeled them; once they are labeled, the share of
@@ -12,11 +13,21 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 from pathlib import Path
 
-from crc_jax.project.rounds import wilson_interval
-
 log = logging.getLogger(__name__)
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (sound for small counts and 0 or 1)."""
+    if total == 0:
+        return 0.0, 1.0
+    p = correct / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def round_accuracies(project) -> list[dict]:
@@ -38,6 +49,34 @@ def round_accuracies(project) -> list[dict]:
                          "checked": checked, "correct": correct, "accuracy": correct / checked,
                          "low": low, "high": high})
     return rows
+
+
+def crc_decisions(project) -> list[dict]:
+    """Per round that CRC picked: round, num_labeled and the diagnostics summary written
+    into the rounds log (crc_jax.acquisition.diagnostics.summary, without its records)."""
+    rows = []
+    for entry in project.rounds():
+        diag = entry.get("crc_diagnostics")
+        if diag:
+            rows.append({"round": entry["step"], "num_labeled": entry["num_labeled"],
+                         **{k: v for k, v in diag.items() if k != "records"}})
+    return rows
+
+
+def crc_lines(rows: list) -> list[str]:
+    """One line per CRC round for `crc-jax status`: how far the chosen group beat the
+    runner-up, against float32 resolution; a tie is said so."""
+    lines = []
+    for r in rows:
+        if r["gap"] is None:
+            margin = "no margin (every group was chosen, or none scored above 0)"
+        else:
+            margin = (f"chosen group ahead of the runner-up by {100 * r['gap']:.3g}% "
+                      f"(float32 resolution {100 * r['resolution']:.3g}%)")
+        reach = "" if r["reach"] is None else f", {100 * r['reach']:.3g}% of the ceiling"
+        tie = ": a TIE, rounding could have picked another group" if r["tie"] else ""
+        lines.append(f"  round {r['round']} ({r['num_labeled']} labeled): {margin}{reach}{tie}")
+    return lines
 
 
 def plot_curve(rows: list, path: Path) -> None:
@@ -77,4 +116,5 @@ def status(project) -> dict:
             "skipped": sum(1 for c in answers.values() if c is None),
             "rounds": len(rounds), "queued": len(project.queue_ids()),
             "pending": len(project.pending()), "accuracy": accuracies[-1] if accuracies else None,
+            "crc_by_round": crc_decisions(project),
             "accuracy_by_round": accuracies, "learning_curve": str(curve) if curve else None}

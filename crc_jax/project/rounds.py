@@ -13,14 +13,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import numpy as np
 
-from crc_jax import acquisition, models, ssl
-from crc_jax.run import faults
+from crc_jax import acquisition, faults, models, ssl
 from crc_jax.project.settings import RoundSettings, library_config
 from crc_jax.train import fit
 
@@ -30,13 +28,15 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class RoundResult:
     """picked: pool ids to label next; variables: the model (None at a random cold start);
-    probs: (N, C) class probabilities of the trained model, or None when nothing was trained."""
+    probs: (N, C) class probabilities of the trained model, or None when nothing was trained;
+    record: what the strategy left in its Context's record (CRC's scores and diagnostics)."""
 
     picked: np.ndarray
     variables: Any
-    probs: Optional[np.ndarray]
+    probs: np.ndarray | None
     cold_start: bool
     strategy: str
+    record: dict = dataclasses.field(default_factory=dict)
 
 
 def round_key(seed: int, round_index: int) -> jax.Array:
@@ -49,11 +49,12 @@ def default_group_size(budget: int) -> int:
     return max(g for g in range(1, 6) if budget % g == 0)
 
 
-def make_strategy(spec: str, budget: int):
-    name, options = acquisition.parse_spec(spec)
-    if acquisition.STRATEGIES.traits(name).get("group_size") and "group_size" not in options:
-        options["group_size"] = default_group_size(budget)
-    return acquisition.STRATEGIES.get(name, **options)
+def make_strategy(spec: str, budget: int) -> acquisition.Strategy:
+    """The strategy of `spec` for a round of `budget` images (G = default_group_size(budget)
+    unless the spec sets it), checked against the budget: SpecError otherwise."""
+    strategy = acquisition.from_spec(spec, {"group_size": default_group_size(budget)})
+    strategy.check_budget(budget)
+    return strategy
 
 
 def images_as_float(pool_uint8: np.ndarray) -> np.ndarray:
@@ -78,10 +79,8 @@ class Trainer:
         self.algorithm = ssl.create(self.config, self.model,
                                     num_train_steps=settings.epochs * settings.steps_per_epoch,
                                     flip=settings.flip)
-        model = self.model
-        self.eval_apply = lambda v, xb: model.apply(v, xb, train=False)
-        self.features_fn = lambda v, xb: model.apply(v, xb, train=False, return_features=True)[1]
-        self._probs = jax.jit(lambda v, xb: jax.nn.softmax(model.apply(v, xb, train=False), -1))
+        self.eval_apply = models.apply_functions(self.model).logits
+        self._probs = jax.jit(lambda v, xb: jax.nn.softmax(self.eval_apply(v, xb), -1))
 
     def fit(self, x: np.ndarray, labeled: np.ndarray, labels: np.ndarray,
             unlabeled: np.ndarray, key) -> Any:
@@ -92,6 +91,7 @@ class Trainer:
                      key=key, eval_apply=self.eval_apply, desc=f"train n={len(labeled)}",
                      before_step=faults.hook("train_step"))
         # No held-out split to pick a best epoch on: use the model where training ended.
+        assert result.state is not None   # a fit just ran (only journal reads lack a state)
         return self.algorithm.eval_variables(result.state)
 
     def init_variables(self, x: np.ndarray, key) -> Any:
@@ -139,40 +139,25 @@ def run_round(settings: RoundSettings, *, pool: np.ndarray, labeled: np.ndarray,
         raise ValueError(f"budget must be a positive integer, got {budget}")
     if budget > len(candidates):
         raise ValueError(f"budget {budget} exceeds the {len(candidates)} images left to label")
+    cold = is_cold(labels, num_classes)
+    spec = settings.cold_start if cold else settings.strategy
+    strategy = make_strategy(spec, budget)   # a bad option fails before any training
     x = images_as_float(pool)
     key = round_key(settings.seed, round_index)
     train_key, init_key, pick_key = jax.random.split(key, 3)
     unlabeled = np.setdiff1d(np.arange(len(x)), labeled)
-    cold = is_cold(labels, num_classes)
     t = trainer(settings, num_classes, settings.ssl if len(unlabeled) else "supervised")
     probs = None
     if cold:
-        spec = settings.cold_start
         variables = t.init_variables(x, init_key)
         log.info("cold start (%d labels, %d classes): %s on a randomly initialized model",
                  len(labeled), num_classes, spec)
     else:
-        spec = settings.strategy
         variables = t.fit(x, labeled, labels, unlabeled, train_key)
         probs = t.probs(variables, x)
-    ctx = acquisition.Context(
-        apply_fn=t.eval_apply, variables=variables, x=x,
-        labeled=np.asarray(labeled, np.int64), unlabeled=np.sort(np.asarray(candidates, np.int64)),
-        num_classes=max(num_classes, 2), features_fn=t.features_fn, model=t.model,
-        batch_size=256)
-    picked = np.asarray(make_strategy(spec, budget)(ctx, budget, pick_key), dtype=np.int64)
-    if len(set(picked.tolist())) != budget or not set(picked.tolist()) <= set(ctx.unlabeled.tolist()):
-        raise RuntimeError(f"strategy {spec!r} returned an invalid selection")
+    ctx = acquisition.model_context(t.model, variables, x=x, labeled=labeled,
+                                    unlabeled=candidates, num_classes=max(num_classes, 2),
+                                    batch_size=256)
+    picked = acquisition.select(strategy, ctx, budget, pick_key)
     return RoundResult(picked=picked, variables=None if cold else variables, probs=probs,
-                       cold_start=cold, strategy=spec)
-
-
-def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (sound for small counts and 0 or 1)."""
-    if total == 0:
-        return 0.0, 1.0
-    p = correct / total
-    denom = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denom
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+                       cold_start=cold, strategy=spec, record=ctx.record)

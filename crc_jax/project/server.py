@@ -27,9 +27,12 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from importlib import resources
+from pathlib import Path
+from typing import NoReturn
 
-from flask import Flask, Response, abort, jsonify, request, send_file
+from flask import Blueprint, Flask, Response, abort, current_app, jsonify, request, send_file
 
 from crc_jax.project.api import Project
 from crc_jax.project.labels_log import LabelConflict
@@ -60,21 +63,208 @@ def preview_png(path: str, mtime: float) -> bytes:
     return out.getvalue()
 
 
-@dataclasses.dataclass
-class RoundJob:
-    """The round started from the page: its phase, timing, result or error."""
+class RoundRunner:
+    """Runs one labeling round at a time in a background thread and reports its phase.
 
-    running: bool = False
-    phase: str = "idle"
-    started: float = 0.0
-    finished: float = 0.0
-    error: str = ""
-    picked: int = 0
+    `start(n)` begins `project.next_batch(n, settings)` unless one is running (then False),
+    then `after()` when given (phase `after_phase`: e.g. the ML backend writing the queue
+    into Label Studio); `state()` is a JSON-ready snapshot. The labels log is never touched
+    by a round, so a failed one only leaves its error to show.
+    """
 
-    def as_dict(self) -> dict:
-        elapsed = (time.time() if self.running else self.finished) - self.started
-        return {"running": self.running, "phase": self.phase, "error": self.error,
-                "picked": self.picked, "elapsed": round(elapsed, 1) if self.started else 0.0}
+    def __init__(self, project: Project, settings: RoundSettings, *,
+                 after: Callable[[], None] | None = None, after_phase: str = ""):
+        self.project, self.settings = project, settings
+        self.after, self.after_phase = after, after_phase
+        self._lock = threading.Lock()
+        self.running, self.phase, self.error, self.picked = False, "idle", "", 0
+        self.started = self.finished = 0.0
+
+    def start(self, n: int) -> bool:
+        with self._lock:
+            if self.running:
+                return False
+            self.running, self.phase, self.error, self.picked = True, "training and picking", "", 0
+            self.started = time.time()
+        threading.Thread(target=self._run, args=(n,), daemon=True).start()
+        return True
+
+    def _run(self, n: int) -> None:
+        try:
+            picked = self.project.next_batch(n, self.settings)
+            with self._lock:
+                self.picked, self.phase = len(picked), self.after_phase or "done"
+            if self.after is not None:
+                self.after()
+                with self._lock:
+                    self.phase = "done"
+        except Exception as err:  # shown on the page; the labels log is untouched
+            log.exception("round failed")
+            with self._lock:
+                self.error, self.phase = f"{type(err).__name__}: {err}", "failed"
+        finally:
+            with self._lock:
+                self.running, self.finished = False, time.time()
+
+    def state(self) -> dict:
+        with self._lock:
+            elapsed = (time.time() if self.running else self.finished) - self.started
+            return {"running": self.running, "phase": self.phase, "error": self.error,
+                    "picked": self.picked, "elapsed": round(elapsed, 1) if self.started else 0.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class PageContext:
+    """What the page's routes work on (app.extensions["crc_jax"])."""
+
+    project: Project
+    runner: RoundRunner
+    budget: int
+    images_root: Path
+
+
+page = Blueprint("page", __name__)
+
+
+def ctx() -> PageContext:
+    return current_app.extensions["crc_jax"]
+
+
+def fail(status: int, message: str) -> NoReturn:
+    response = jsonify({"error": message})
+    response.status_code = status
+    abort(response)
+
+
+def host_refused() -> str | None:
+    """Why this request's Host header is refused (it must name this server: DNS
+    rebinding protection), or None."""
+    host = request.host.rsplit(":", 1)[0] if not request.host.startswith("[") \
+        else request.host.split("]")[0] + "]"
+    if host not in LOCAL_HOSTS and host != current_app.config.get("BOUND_HOST"):
+        return f"host {request.host!r} refused (DNS rebinding protection)"
+    return None
+
+
+@page.before_request
+def same_origin_only():
+    refused = host_refused()
+    if refused:
+        fail(403, refused)
+    if request.method != "POST":
+        return
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != request.host_url.rstrip("/"):
+        fail(403, f"cross-origin request from {origin} refused")
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        fail(403, "cross-site request refused")
+    if not request.is_json:
+        fail(415, "send JSON (Content-Type: application/json)")
+
+
+def body() -> dict:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        fail(400, "the body must be a JSON object")
+    return data
+
+
+def image_id(data: dict) -> int:
+    n = len(ctx().project)
+    value = data.get("id")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < n:
+        fail(400, f"id must be an image id in 0..{n - 1}, got {value!r}")
+    return value
+
+
+def page_state() -> dict:
+    c = ctx()
+    project = c.project
+    answers = project.answers()
+    queue = []
+    for row in project.queue():
+        i = int(row["id"])
+        queue.append({"id": i, "path": row["path"], "predicted": row["predicted"],
+                      "confidence": row["confidence"],
+                      # null: not answered yet; "": skipped; else the class
+                      "answer": (answers[i] or "") if i in answers else None})
+    rounds = project.rounds()
+    round_state = c.runner.state()
+    trained = [e for e in rounds if not e.get("cold_start")]
+    # A progress estimate for the page: the last trained round's duration.
+    round_state["expected"] = trained[-1]["seconds"] if trained else None
+    return {"classes": project.classes, "queue": queue, "budget": c.budget,
+            "done": sum(q["answer"] is not None for q in queue), "total": len(queue),
+            "labeled": sum(1 for a in answers.values() if a is not None),
+            "rounds": len(rounds), "round": round_state}
+
+
+@page.get("/")
+def index():
+    return Response(page_html(), mimetype="text/html")
+
+
+@page.get("/image/<int:image_id>")
+def image(image_id: int):
+    project, root = ctx().project, ctx().images_root
+    if not 0 <= image_id < len(project):
+        abort(404)
+    path = (root / project.paths[image_id]).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        abort(404)
+    if path.suffix.lower() in BROWSER_FORMATS and path.stat().st_size <= MAX_DIRECT_BYTES:
+        response = send_file(path, max_age=3600)
+    else:  # TIFF, 16-bit, or a big photo: a PNG preview the browser shows quickly
+        try:
+            data = preview_png(str(path), path.stat().st_mtime)
+        except (OSError, ValueError):
+            abort(404)
+        response = Response(data, mimetype="image/png")
+        response.cache_control.max_age = 3600
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@page.get("/api/state")
+def get_state():
+    return jsonify(page_state())
+
+
+@page.post("/api/answer")
+def answer():
+    project = ctx().project
+    data = body()
+    i = image_id(data)
+    try:
+        if data.get("skip") is True:
+            project.skip(i, source="page")
+        else:
+            label = data.get("label")
+            if label not in project.classes:
+                fail(400, f"label must be one of {', '.join(project.classes)}, got {label!r}")
+            project.add_labels({i: label}, source="page")
+    except LabelConflict as err:
+        fail(409, str(err))
+    except ProjectError as err:
+        fail(400, str(err))
+    return jsonify({"ok": True, "id": i})
+
+
+@page.post("/api/undo")
+def undo():
+    i = image_id(body())
+    ctx().project.undo(i, source="page")
+    return jsonify({"ok": True, "id": i})
+
+
+@page.post("/api/next-round")
+def next_round():
+    n = body().get("budget", ctx().budget)
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        fail(400, f"budget must be a positive integer, got {n!r}")
+    if not ctx().runner.start(n):
+        fail(409, "a round is already running")
+    return jsonify({"ok": True}), 202
 
 
 def page_html() -> str:
@@ -86,141 +276,11 @@ def create_app(project: Project, *, settings: RoundSettings = RoundSettings(),
     """The Flask app for `project`; rounds started from the page use `settings`."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
-    job = RoundJob()
-    job_lock = threading.Lock()
-    images_root = project.images_root.resolve()
-
-    def fail(status: int, message: str):
-        response = jsonify({"error": message})
-        response.status_code = status
-        abort(response)
-
-    @app.before_request
-    def same_origin_only():
-        host = request.host.rsplit(":", 1)[0] if not request.host.startswith("[") \
-            else request.host.split("]")[0] + "]"
-        if host not in LOCAL_HOSTS and host != app.config.get("BOUND_HOST"):
-            fail(403, f"host {request.host!r} refused (DNS rebinding protection)")
-        if request.method != "POST":
-            return
-        origin = request.headers.get("Origin")
-        if origin is not None and origin != request.host_url.rstrip("/"):
-            fail(403, f"cross-origin request from {origin} refused")
-        if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
-            fail(403, "cross-site request refused")
-        if not request.is_json:
-            fail(415, "send JSON (Content-Type: application/json)")
-
-    def body() -> dict:
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict):
-            fail(400, "the body must be a JSON object")
-        return data
-
-    def image_id(data: dict) -> int:
-        value = data.get("id")
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < len(project):
-            fail(400, f"id must be an image id in 0..{len(project) - 1}, got {value!r}")
-        return value
-
-    def state() -> dict:
-        answers = project.answers()
-        queue = []
-        for row in project.queue():
-            i = int(row["id"])
-            queue.append({"id": i, "path": row["path"], "predicted": row["predicted"],
-                          "confidence": row["confidence"],
-                          # null: not answered yet; "": skipped; else the class
-                          "answer": (answers[i] or "") if i in answers else None})
-        with job_lock:
-            round_state = job.as_dict()
-        trained = [e for e in project.rounds() if not e.get("cold_start")]
-        # A progress estimate for the page: the last trained round's duration.
-        round_state["expected"] = trained[-1]["seconds"] if trained else None
-        return {"classes": project.classes, "queue": queue, "budget": budget,
-                "done": sum(q["answer"] is not None for q in queue), "total": len(queue),
-                "labeled": sum(1 for c in answers.values() if c is not None),
-                "rounds": len(project.rounds()), "round": round_state}
-
-    @app.get("/")
-    def index():
-        return Response(page_html(), mimetype="text/html")
-
-    @app.get("/image/<int:image_id>")
-    def image(image_id: int):
-        if not 0 <= image_id < len(project):
-            abort(404)
-        path = (images_root / project.paths[image_id]).resolve()
-        if not path.is_relative_to(images_root) or not path.is_file():
-            abort(404)
-        if path.suffix.lower() in BROWSER_FORMATS and path.stat().st_size <= MAX_DIRECT_BYTES:
-            response = send_file(path, max_age=3600)
-        else:  # TIFF, 16-bit, or a big photo: a PNG preview the browser shows quickly
-            try:
-                data = preview_png(str(path), path.stat().st_mtime)
-            except (OSError, ValueError):
-                abort(404)
-            response = Response(data, mimetype="image/png")
-            response.cache_control.max_age = 3600
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        return response
-
-    @app.get("/api/state")
-    def get_state():
-        return jsonify(state())
-
-    @app.post("/api/answer")
-    def answer():
-        data = body()
-        i = image_id(data)
-        try:
-            if data.get("skip") is True:
-                project.skip(i, source="page")
-            else:
-                label = data.get("label")
-                if label not in project.classes:
-                    fail(400, f"label must be one of {', '.join(project.classes)}, got {label!r}")
-                project.add_labels({i: label}, source="page")
-        except LabelConflict as err:
-            fail(409, str(err))
-        except ProjectError as err:
-            fail(400, str(err))
-        return jsonify({"ok": True, "id": i})
-
-    @app.post("/api/undo")
-    def undo():
-        i = image_id(body())
-        project.undo(i, source="page")
-        return jsonify({"ok": True, "id": i})
-
-    def run_round(n: int):
-        try:
-            picked = project.next_batch(n, settings)
-            with job_lock:
-                job.picked, job.phase = len(picked), "done"
-        except Exception as err:  # shown on the page; the labels log is untouched
-            log.exception("round failed")
-            with job_lock:
-                job.error, job.phase = f"{type(err).__name__}: {err}", "failed"
-        finally:
-            with job_lock:
-                job.running, job.finished = False, time.time()
-
-    @app.post("/api/next-round")
-    def next_round():
-        data = body()
-        n = data.get("budget", budget)
-        if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-            fail(400, f"budget must be a positive integer, got {n!r}")
-        with job_lock:
-            if job.running:
-                fail(409, "a round is already running")
-            job.running, job.phase, job.error, job.picked = True, "training and picking", "", 0
-            job.started = time.time()
-        threading.Thread(target=run_round, args=(n,), daemon=True).start()
-        return jsonify({"ok": True}), 202
-
-    app.round_job = job
+    app.extensions["crc_jax"] = PageContext(project=project,
+                                            runner=RoundRunner(project, settings),
+                                            budget=budget,
+                                            images_root=project.images_root.resolve())
+    app.register_blueprint(page)
     return app
 
 
@@ -246,5 +306,5 @@ def make_server(project: Project, *, host: str = "127.0.0.1", port: int = 8765,
     app = create_app(project, settings=settings, budget=budget)
     app.config["BOUND_HOST"] = host
     server = werkzeug_server(host, sock.getsockname()[1], app, threaded=True, fd=sock.fileno())
-    server.listening_socket = sock  # keep it referenced: the server uses its descriptor
+    server.listening_socket = sock  # type: ignore[attr-defined]  # keep it referenced: the server uses its descriptor
     return server

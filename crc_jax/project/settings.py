@@ -15,8 +15,7 @@ import dataclasses
 
 import ml_collections
 
-SSL_NAMES = ("fixmatch", "mean_teacher", "pi_model", "supervised")
-COLD_STARTS = ("crc", "random")
+from crc_jax import config as config_defaults
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,15 +36,21 @@ class RoundSettings:
     seed: int = 0
 
     def check(self) -> None:
-        from crc_jax import acquisition, models
+        """ValueError naming the field ("strategy: ...") for a value a round cannot use;
+        strategy options are checked by building the strategy (acquisition.from_spec)."""
+        from crc_jax import acquisition, models, ssl
 
-        name = acquisition.parse_spec(self.strategy)[0]
-        if name not in acquisition.names():
-            raise ValueError(f"strategy: unknown {name!r}; allowed: {', '.join(acquisition.names())}")
-        if self.ssl not in SSL_NAMES:
-            raise ValueError(f"ssl: unknown {self.ssl!r}; allowed: {', '.join(SSL_NAMES)}")
-        if self.cold_start not in COLD_STARTS:
-            raise ValueError(f"cold_start: unknown {self.cold_start!r}; allowed: {', '.join(COLD_STARTS)}")
+        for field, spec in (("strategy", self.strategy), ("cold_start", self.cold_start)):
+            try:
+                acquisition.from_spec(spec)
+            except acquisition.SpecError as err:
+                raise ValueError(f"{field}: {err}") from None
+        cold = acquisition.parse_spec(self.cold_start)[0]
+        if cold not in acquisition.STRATEGIES.names("cold_start"):
+            raise ValueError(f"cold_start: {cold!r} needs a trained model; allowed: "
+                             f"{', '.join(acquisition.STRATEGIES.names('cold_start'))}")
+        if self.ssl not in ssl.names():
+            raise ValueError(f"ssl: unknown {self.ssl!r}; allowed: {', '.join(ssl.names())}")
         if self.model not in models.names():
             raise ValueError(f"model: unknown {self.model!r}; allowed: {', '.join(models.names())}")
         for field in ("epochs", "steps_per_epoch", "batch_size", "unlabeled_ratio", "width"):
@@ -54,16 +59,15 @@ class RoundSettings:
 
 
 def library_config(settings: RoundSettings, ssl_name: str) -> ml_collections.ConfigDict:
-    """The config fields crc_jax.ssl and crc_jax.train read, filled from `settings`."""
-    c = ml_collections.ConfigDict()
-    c.ssl = ml_collections.ConfigDict(dict(
-        name=ssl_name, unlabeled_ratio=settings.unlabeled_ratio, threshold=0.95,
-        unlabeled_weight=1.0, rampup_fraction=0.4, teacher_ema=0.95,
-        weak_noise=0.05, strong_noise=0.2))
-    c.train = ml_collections.ConfigDict(dict(
-        batch_size=settings.batch_size, steps_per_epoch=settings.steps_per_epoch,
-        max_epochs=settings.epochs, patience=0, watch="labeled", val_size=0,
-        optimizer="adam", lr=settings.lr, momentum=0.9, nesterov=True, weight_decay=0.0,
-        schedule="constant", ema_decay=0.95, augment=True, eval_batch_size=256,
-        checkpoint_every=0, progress=True, dtype="float32"))
+    """The complete library config (crc_jax.config.defaults(), the experiments' defaults)
+    with what a round sets: its SSL algorithm and training length, no early stopping (no
+    held-out labels), Adam at `settings.lr`, an EMA of the weights of decay 0.95."""
+    c = config_defaults.defaults()
+    c.ssl.name = ssl_name
+    c.ssl.unlabeled_ratio = settings.unlabeled_ratio
+    t = c.train
+    t.batch_size, t.steps_per_epoch, t.max_epochs = (settings.batch_size,
+                                                     settings.steps_per_epoch, settings.epochs)
+    t.patience, t.optimizer, t.lr, t.schedule = 0, "adam", settings.lr, "constant"
+    t.ema_decay, t.eval_batch_size = 0.95, 256
     return c

@@ -4,7 +4,7 @@
     DIR/pool.npy         (N, S, S, 3) uint8: every kept image, resized
     DIR/index.csv        id,path,sha256: path relative to the images folder
     DIR/labels.jsonl     the labels log (crc_jax.project.labels_log)
-    DIR/rounds.jsonl     one checksummed line per completed round (crc_jax.run.journal)
+    DIR/rounds.jsonl     one checksummed line per completed round (crc_jax.durable)
     DIR/queue.csv        the images to label next
     DIR/models/          the model of each round (flax msgpack)
 
@@ -16,17 +16,14 @@ is not a project yet.
 from __future__ import annotations
 
 import contextlib
-import csv
-import fcntl
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from crc_jax import durable
 from crc_jax.errors import DataError
-from crc_jax.run.journal import write_atomic  # noqa: F401 (the project's writes use it as store.write_atomic)
 
 FORMAT_VERSION = 1
 PROJECT_FILE = "project.json"
@@ -36,19 +33,6 @@ OWNED = ("pool.npy", "index.csv", "labels.jsonl", "rounds.jsonl", "queue.csv")
 
 class ProjectError(DataError):
     """A project directory that cannot be used as asked, and why."""
-
-
-def csv_bytes(header: list, rows: list) -> bytes:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return out.getvalue().encode()
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def check_class_names(names: list) -> list[str]:
@@ -77,15 +61,14 @@ def prepare_dir(directory: Path) -> None:
 def write_pool(directory: Path, images: np.ndarray, paths: list, hashes: list) -> None:
     buffer = io.BytesIO()
     np.save(buffer, images, allow_pickle=False)
-    write_atomic(directory / "pool.npy", buffer.getvalue())
-    write_atomic(directory / "index.csv",
-                 csv_bytes(["id", "path", "sha256"],
-                           [[i, p, h] for i, (p, h) in enumerate(zip(paths, hashes))]))
+    durable.write_atomic(directory / "pool.npy", buffer.getvalue())
+    durable.write_csv(directory / "index.csv", ["id", "path", "sha256"],
+                      [[i, p, h] for i, (p, h) in enumerate(zip(paths, hashes))])
 
 
 def write_meta(directory: Path, meta: dict) -> None:
-    write_atomic(directory / PROJECT_FILE,
-                 (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    durable.write_atomic(directory / PROJECT_FILE,
+                         (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
 
 
 def finish_init(directory: Path, meta: dict) -> None:
@@ -117,7 +100,7 @@ def read_meta(directory: Path) -> dict:
 
 
 def read_index(directory: Path) -> tuple[list, list]:
-    rows = read_csv(directory / "index.csv")
+    rows = durable.read_csv(directory / "index.csv")
     for expected, row in enumerate(rows):
         if int(row["id"]) != expected:
             raise ProjectError(f"{directory / 'index.csv'}: row {expected + 2} holds id "
@@ -132,14 +115,9 @@ def load_pool(directory: Path) -> np.ndarray:
 @contextlib.contextmanager
 def round_lock(directory: Path):
     """One round at a time per project: an advisory flock the kernel drops if we die."""
-    fd = os.open(directory / ".round.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ProjectError(f"{directory}: another round is running; wait for it") from None
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(durable.file_lock(directory / ".round.lock", wait=False))
+        except BlockingIOError:
+            raise ProjectError(f"{directory}: another round is running; wait for it") from None
         yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)

@@ -15,14 +15,14 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import numpy as np
 from flax import serialization
 
 from crc_jax import distributed
-from crc_jax.run import faults
+from crc_jax import faults
 from crc_jax.errors import RunDirError
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class TrainCheckpointer:
             faults.kill_now()
         log.debug("checkpoint saved at epoch %d in %s", epoch, self.directory)
 
-    def restore(self, template_state, template_best) -> Optional[tuple[Any, Any, dict]]:
+    def restore(self, template_state, template_best) -> tuple[Any, Any, dict] | None:
         """(state, best variables, progress) of the latest checkpoint, or None if there is none."""
         ocp = self._ocp
         epoch = self._manager.latest_step()

@@ -7,13 +7,11 @@ CLI prints that one line and exits with status 2. Checks that need the data set'
 
 from __future__ import annotations
 
-import inspect
-
 import jax
 
 from crc_jax import acquisition, data, models, ssl
 from crc_jax.errors import ConfigError, DataError
-from crc_jax.run import initial_set
+from crc_jax.run import initial_set, strategies
 
 WATCHABLE = ("test", "val")
 DTYPES = ("float32", "bfloat16")
@@ -22,8 +20,6 @@ SCHEDULES = ("constant", "cosine", "fixmatch_cosine", "step")
 INITIAL_MODELS = ("per_trial", "median")
 EMA_BATCH_STATS = ("average", "copy")
 EVAL_MODELS = ("teacher", "student")
-DROPOUT_SSL = ("supervised", "fixmatch")  # the algorithms whose train steps pass a dropout key
-NEEDS_DROPOUT = ("bald",)
 
 
 def _int(config, field: str, *, minimum: int) -> int:
@@ -48,29 +44,21 @@ def validate(config) -> None:
     _choice(config.model.name, "model.name", models.names())
     _choice(config.ssl.name, "ssl.name", ssl.names())
 
-    dropout = config.model.get("dropout", 0.0)
+    dropout = config.model.dropout
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ConfigError("model.dropout", f"must be a number in [0, 1), got {dropout!r}")
-    if dropout and config.ssl.name not in DROPOUT_SSL:
-        raise ConfigError("model.dropout", f"needs ssl.name in {', '.join(DROPOUT_SSL)} "
+    trains_with_dropout = ssl.names(trait="dropout")
+    if dropout and config.ssl.name not in trains_with_dropout:
+        raise ConfigError("model.dropout", f"needs ssl.name in {', '.join(trains_with_dropout)} "
                                            f"(which train with dropout), got {config.ssl.name!r}")
 
     _int(config, "seed", minimum=0)
     _int(config, "trials", minimum=1)
-    strategies = list(config.strategies)
-    if not strategies:
+    specs = list(config.strategies)
+    if not specs:
         raise ConfigError("strategies", "needs at least one strategy")
-    for spec in strategies:
-        try:
-            name, _ = acquisition.parse_spec(spec)
-        except ValueError as err:
-            raise ConfigError("strategies", str(err)) from None
-        _choice(name, "strategies", acquisition.names())
-        if name in NEEDS_DROPOUT and not dropout:
-            raise ConfigError("strategies", f"{name!r} needs MC dropout: set model.dropout "
-                                            "to a rate in (0, 1)")
-    if len(set(strategies)) != len(strategies):
-        raise ConfigError("strategies", f"lists a strategy twice: {strategies}")
+    if len(set(specs)) != len(specs):
+        raise ConfigError("strategies", f"lists a strategy twice: {specs}")
 
     try:
         num_classes = data.num_classes(config.dataset.name, config.dataset.data_dir)
@@ -78,19 +66,17 @@ def validate(config) -> None:
         raise ConfigError("dataset.data_dir", str(err)) from None
     q0 = _int(config, "al.initial_size", minimum=1)
     q = _int(config, "al.query_size", minimum=1)
-    g = _int(config, "al.group_size", minimum=1)
+    _int(config, "al.group_size", minimum=1)   # its fit to Q and Q0: check_strategy
     _int(config, "al.steps", minimum=0)
     if q0 % num_classes:
         raise ConfigError("al.initial_size", f"{q0} must be divisible by the {num_classes} "
                                              f"classes of {config.dataset.name} (Q0/C per class)")
-    if q % g:
-        raise ConfigError("al.group_size", f"{g} must divide al.query_size ({q})")
     if config.al.pseudo_al and q % num_classes:
         raise ConfigError("al.query_size", f"{q} must be divisible by the {num_classes} classes "
                                            "in the pseudo-AL setting (R per class)")
     _choice(config.al.first_query, "al.first_query", ("trained", "random_init"))
     _check_protocol(config)
-    for spec in strategies:
+    for spec in specs:
         check_strategy(config, spec)
     _int(config, "dataset.train_size", minimum=0)
     _int(config, "dataset.test_size", minimum=0)
@@ -103,6 +89,7 @@ def validate(config) -> None:
     _int(config, "train.eval_batch_size", minimum=1)
     _int(config, "train.val_size", minimum=0)
     _int(config, "train.checkpoint_every", minimum=0)
+    _int(config, "train.steps_per_dispatch", minimum=1)
     _choice(tc.watch, "train.watch", WATCHABLE)
     _choice(tc.dtype, "train.dtype", DTYPES)
     _check_data_parallel(config)
@@ -129,11 +116,6 @@ def _check_protocol(config) -> None:
         raise ConfigError("al.initial_model", "'median' draws random class-balanced initial "
                                               "sets; al.first_query='random_init' lets each "
                                               "strategy pick them instead: use 'per_trial'")
-    if (config.al.first_query == "random_init"
-            and config.al.initial_size % config.al.group_size):
-        raise ConfigError("al.group_size", f"{config.al.group_size} must divide "
-                          f"al.initial_size ({config.al.initial_size}): with "
-                          "al.first_query='random_init' the strategy picks the Q0 images")
     _int(config, "train.schedule_steps", minimum=0)
     _int(config, "train.lr_decay_step", minimum=0)
     _int(config, "train.translate", minimum=0)
@@ -145,44 +127,25 @@ def _check_protocol(config) -> None:
 
 
 def check_strategy(config, spec: str) -> None:
-    """Build the strategy of `spec` as the run will, so a bad option fails before any work:
-    unknown options, bad values (the factory's own checks) and group sizes or group counts
-    that cannot fill al.query_size."""
-    from crc_jax.run.loop import make_strategy  # loop imports this module
-
-    name, options = acquisition.parse_spec(spec)
-    params = inspect.signature(acquisition.STRATEGIES.factory(name)).parameters
-    for key, value in options.items():
-        if key not in params:
-            known = ", ".join(params) or "none"
-            raise ConfigError("strategies", f"{spec!r}: {name} has no option {key!r} "
-                                            f"(its options: {known})")
-        if isinstance(params[key].default, bool) and not isinstance(value, bool):
-            raise ConfigError("strategies", f"{spec!r}: {key} must be True or False, "
-                                            f"got {value!r}")
-    try:
-        make_strategy(config, spec)
-        if "subset" in options:
-            acquisition.crc.check_subset(options["subset"])
-    except (TypeError, ValueError) as err:
-        raise ConfigError("strategies", f"{spec!r}: {err}") from None
-    q = config.al.query_size
-    traits = acquisition.STRATEGIES.traits(name)
-    if traits.get("group_size"):
-        g = options.get("group_size", config.al.group_size)
-        if g is None:
-            g = q
-        if q % g:
-            raise ConfigError("strategies", f"{spec!r}: group_size {g} must divide "
-                                            f"al.query_size ({q})")
-        max_groups = options.get("max_groups")
-        if max_groups is not None and max_groups < q // g:
-            raise ConfigError("strategies", f"{spec!r}: max_groups={max_groups} leaves fewer "
-                                            f"than the {q // g} groups of {g} a query of {q} needs")
-        if config.al.pseudo_al and traits.get("class_balanced") and g != q:
-            raise ConfigError("strategies", f"{spec!r}: in the pseudo-AL setting one "
-                                            f"class-balanced group is the whole query: "
-                                            f"group_size must equal al.query_size ({q})")
+    """Build the strategy of `spec` as the run will (acquisition.from_spec checks its
+    options, once), and check it can fill al.query_size (and al.initial_size when it makes
+    the first query), and that MC-dropout strategies have dropout."""
+    strategy = strategies.build(config, spec)
+    if strategy.traits.get("needs_dropout") and not config.model.dropout:
+        raise ConfigError("strategies", f"{strategy.name!r} needs MC dropout: set "
+                                        "model.dropout to a rate in (0, 1)")
+    budgets = {"al.query_size": config.al.query_size}
+    if config.al.first_query == "random_init":  # the strategy picks the Q0 images too
+        budgets["al.initial_size"] = config.al.initial_size
+    written = acquisition.parse_spec(spec)[1]
+    for field, budget in budgets.items():
+        g = strategy.group_size
+        if g and budget % g and "group_size" not in written:   # G from al.group_size
+            raise ConfigError("al.group_size", f"{g} must divide {field} ({budget})")
+        try:
+            strategy.check_budget(budget)
+        except acquisition.SpecError as err:
+            raise ConfigError("strategies", f"{err} ({field})") from None
 
 
 def _check_data_parallel(config) -> None:

@@ -22,7 +22,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from crc_jax.run.journal import write_atomic
+from crc_jax.durable import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ def describe() -> dict:
     kinds: dict[str, int] = {}
     for device in jax.devices():
         kinds[device.device_kind] = kinds.get(device.device_kind, 0) + 1
+    usable: int | None
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -95,9 +96,9 @@ def describe() -> dict:
         "cpu_count": os.cpu_count(),
         "cpus_usable": usable,
         "platform": platform.platform(),
-        "jax_config": {"jax_enable_x64": bool(jax.config.jax_enable_x64),
+        "jax_config": {"jax_enable_x64": bool(jax.config.jax_enable_x64),  # type: ignore[attr-defined]
                        "jax_default_matmul_precision":
-                           jax.config.jax_default_matmul_precision},
+                           jax.config.jax_default_matmul_precision},  # type: ignore[attr-defined]
         "environment_variables": {k: v for k, v in sorted(os.environ.items())
                                   if k.startswith(ENV_PREFIXES) or k in ENV_NAMES},
     }
@@ -120,12 +121,13 @@ def record(workdir) -> Path | None:
     returns the file, or None when a file there is not this module's (left untouched)."""
     path = Path(workdir) / FILENAME
     current = json.loads(json.dumps(describe()))   # as it reads back
-    seen = []
+    seen: list = []
     if path.exists() or path.is_symlink():
-        seen = _recorded(path)
-        if seen is None:
+        recorded = _recorded(path)
+        if recorded is None:
             log.warning("%s is not crc_jax's environment record; left as it is", path)
             return None
+        seen = recorded
         if any(isinstance(env, dict) and {k: v for k, v in env.items() if k != "recorded"}
                == current for env in seen):
             return path

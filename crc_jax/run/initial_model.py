@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
+from collections.abc import Callable
 
 import jax
 import numpy as np
 from flax import serialization
 
-from crc_jax import distributed
+from crc_jax import acquisition, distributed, durable
 from crc_jax.data.pool import Pool
-from crc_jax.errors import RunDirError
-from crc_jax.run.journal import Journal, write_atomic
+from crc_jax.errors import RunDirError, StorageError
 from crc_jax.train import FitResult, fit
 
 log = logging.getLogger(__name__)
@@ -114,10 +114,10 @@ def prepare(setup, workdir, *, fit_fn: Callable | None = None) -> InitialModel |
     if config.al.initial_model != "median":
         return None
     directory = Path(workdir) / "initial_model"
-    journal = Journal(directory / "candidates.jsonl")
+    journal = durable.Journal(directory / "candidates.jsonl")
     # Multi-host runs: every process trains the candidates (fit is collective); process 0
     # alone reads and writes the run directory and hands the chosen model to the others.
-    entries = distributed.from_writer(journal.read, errors=(RunDirError,))
+    entries = distributed.from_writer(journal.read, errors=(StorageError,))
     num_classes = setup.dataset.num_classes
     for k in range(config.al.initial_candidates):
         indices = candidate_indices(config, setup.pool_y, num_classes, k)
@@ -136,8 +136,8 @@ def prepare(setup, workdir, *, fit_fn: Callable | None = None) -> InitialModel |
         entry = _entry(k, indices, setup.pool_y[indices], result)
         if distributed.is_writer():
             directory.mkdir(parents=True, exist_ok=True)
-            write_atomic(directory / f"candidate_{k}.msgpack",
-                          serialization.msgpack_serialize(jax.device_get(result.variables)))
+            durable.write_atomic(directory / f"candidate_{k}.msgpack",
+                                 serialization.msgpack_serialize(jax.device_get(result.variables)))
             journal.append(entry)
         entries.append(entry)
         log.info("initial candidate %d: test accuracy %.4f", k, result.test_accuracy)
@@ -157,11 +157,6 @@ def first_query(setup, strategy, pool: Pool, trial_key, make_context: Callable):
     variables = algorithm.eval_variables(
         algorithm.init_state(query_model_key(trial_key), setup.pool_x[:1]))
     ctx = make_context(setup, pool, variables)
-    budget = setup.config.al.initial_size
-    picked = distributed.agree(np.asarray(
-        strategy(ctx, budget, jax.random.fold_in(trial_key, FIRST_QUERY_STREAM)),
-        dtype=np.int64), what="first query")
-    if len(picked) != budget or len(set(picked.tolist())) != budget:
-        raise RuntimeError(f"the first query returned {len(picked)} indices "
-                           f"({len(set(picked.tolist()))} distinct), expected {budget}")
-    return picked, ctx.record
+    picked = acquisition.select(strategy, ctx, setup.config.al.initial_size,
+                                jax.random.fold_in(trial_key, FIRST_QUERY_STREAM))
+    return distributed.agree(picked, what="first query"), ctx.record

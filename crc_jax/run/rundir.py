@@ -8,22 +8,26 @@ run never leaves it stuck.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
+import re
 from pathlib import Path
 
-from crc_jax import distributed
+from crc_jax import distributed, durable
 from crc_jax.errors import RunDirError
 
 # Fields that do not change results: a resumed run may differ in these. How many
 # processes share the work does not (tests/test_multiprocess.py checks it), nor how often
-# training checkpoints (a resume from a checkpoint is bit-identical: tests/test_checkpoint.py).
-COSMETIC_FIELDS = ("train.progress", "train.checkpoint_every", "distributed")
-# Fields added after run directories were written, dropped while at their default, so a
-# directory written before they existed still resumes with its fingerprint unchanged.
-LATER_DEFAULTS = {"al.initial_rule": "random", "al.initial_indices": [],
-                  "al.initial_margin_quantile": 0.0}
+# training checkpoints (a resume from a checkpoint is bit-identical: tests/test_checkpoint.py),
+# nor how many train steps share a call (tests/test_multistep.py; run dirs made before that
+# field existed resume too).
+COSMETIC_FIELDS = ("train.progress", "train.checkpoint_every", "train.steps_per_dispatch",
+                   "distributed")
+
+
+def strategy_dirname(spec: str) -> str:
+    """A file-system-safe folder name for a strategy spec ('crc:subset=all' -> 'crc-subset=all')."""
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "-", spec.replace(":", "-").replace(",", "-"))
 
 
 def comparable_config(config_dict: dict) -> dict:
@@ -35,23 +39,43 @@ def comparable_config(config_dict: dict) -> dict:
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
-    for dotted, default in LATER_DEFAULTS.items():
-        *parents, leaf = dotted.split(".")
-        node = out
-        for p in parents:
-            node = node.get(p, {})
-        if leaf in node and node[leaf] == default:
-            del node[leaf]
     return out
 
 
-def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+def essential_config(config_dict: dict) -> dict:
+    """The comparable config without the fields at the library's default
+    (crc_jax.config.defaults()): what sets a run apart. A field added to the library later,
+    at a default that keeps the old behaviour, leaves it unchanged, so runs made before the
+    field existed keep their fingerprints."""
+    from crc_jax.config import defaults
+
+    def prune(node: dict, default) -> dict:
+        out = {}
+        for key, value in node.items():
+            base = default.get(key) if isinstance(default, dict) else None
+            if isinstance(value, dict):
+                kept = prune(value, base)
+                if kept or not isinstance(base, dict):
+                    out[key] = kept
+            elif not isinstance(default, dict) or key not in default or value != base:
+                out[key] = value
+        return out
+
+    return prune(comparable_config(config_dict), comparable_config(defaults().to_dict()))
+
+
+def _diff(a: dict, b: dict, prefix: str = "", default=None) -> list[str]:
+    """Fields of `b` that differ from `a`; a field `a` lacks (a run made before it existed)
+    whose value in `b` is the library default is no difference."""
     keys = sorted(set(a) | set(b))
     out = []
     for k in keys:
         name = f"{prefix}{k}"
+        base = default.get(k) if isinstance(default, dict) else None
         if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            out += _diff(a[k], b[k], name + ".")
+            out += _diff(a[k], b[k], name + ".", base)
+        elif k not in a and isinstance(default, dict) and k in default and b[k] == base:
+            continue
         elif a.get(k) != b.get(k):
             out.append(f"{name}: {a.get(k)!r} -> {b.get(k)!r}")
     return out
@@ -76,45 +100,40 @@ class RunDir:
 
     def __init__(self, path: os.PathLike):
         self.path = Path(path)
-        self._lock_fd = None
+        self._lock = contextlib.ExitStack()
 
-    def __enter__(self) -> "RunDir":
+    def __enter__(self) -> RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise RunDirError(f"workdir {self.path}: cannot be written ({err.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._lock.enter_context(durable.file_lock(self.path / ".lock", wait=False, pid=True))
         except BlockingIOError:
-            os.close(fd)
             raise RunDirError(f"workdir {self.path} is in use by another process; "
                               "wait for it or choose another --workdir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        except OSError as err:
+            raise RunDirError(f"workdir {self.path}: cannot be written ({err.strerror})") from None
         return self
 
     def __exit__(self, *exc):
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._lock.close()
 
-    def bind_config(self, config_dict: dict) -> None:
-        """Write config.json, or check that the existing one describes the same run."""
+    def bind_config(self, config_dict: dict) -> dict:
+        """Write config.json, or check that the existing one describes the same run (fields
+        added to the library since it was written count when not at their default).
+        Returns the config as stored: the existing one, or `config_dict`."""
+        from crc_jax.config import defaults
+
         path = self.path / "config.json"
         if path.exists() or path.is_symlink():
             old = read_config_json(path)
-            changes = _diff(comparable_config(old), comparable_config(config_dict))
+            changes = _diff(comparable_config(old), comparable_config(config_dict),
+                            default=comparable_config(defaults().to_dict()))
             if changes:
                 raise RunDirError(
                     f"workdir {self.path} holds a run with another config ({'; '.join(changes[:3])}"
                     f"{'; ...' if len(changes) > 3 else ''}); use a new --workdir")
-            return
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(config_dict, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+            return old
+        durable.write_atomic(path, json.dumps(config_dict, indent=2, sort_keys=True).encode())
+        return config_dict
 
 
 @contextlib.contextmanager

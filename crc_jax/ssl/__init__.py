@@ -14,9 +14,10 @@ def _import_all():
     from crc_jax.ssl import fixmatch, mean_teacher, pi_model, supervised  # noqa: F401  (registration)
 
 
-def names() -> list[str]:
+def names(trait: str | None = None) -> list[str]:
+    """Registered algorithm names (with `trait`: those registered with it, e.g. "dropout")."""
     _import_all()
-    return ALGORITHMS.names()
+    return ALGORITHMS.names(trait)
 
 
 def create(config, model, **kwargs) -> Algorithm:

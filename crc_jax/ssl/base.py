@@ -13,14 +13,15 @@ happens inside `train_step`, on the device.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import jax
 
 from crc_jax.registry import Registry
 from crc_jax.state import TrainState
 
-ALGORITHMS = Registry("ssl algorithm")
+ALGORITHMS: Registry[Any] = Registry("ssl algorithm")
 register = ALGORITHMS.register
 
 Batch = dict

@@ -70,7 +70,7 @@ def build_algorithm(name: str, *, config, model, num_train_steps: int, train_ste
 
 def ema_batch_stats_rule(config) -> str:
     """config.ssl.ema_batch_stats ("average" when a config predates the field)."""
-    return str(config.ssl.get("ema_batch_stats", "average"))
+    return str(config.ssl.ema_batch_stats)
 
 
 def forward(apply_fn, params, batch_stats, x, dropout_key=None):
@@ -126,12 +126,8 @@ def sigmoid_rampup(step, rampup_steps):
 def rampup_steps(ssl_config, num_train_steps: int) -> int:
     """Ramp-up length in steps: config.ssl.rampup_steps when set (the Mean Teacher
     reference ramps up over 200k steps), else config.ssl.rampup_fraction of the run."""
-    fixed = int(ssl_config.get("rampup_steps", 0))
+    fixed = int(ssl_config.rampup_steps)
     return fixed or int(round(float(ssl_config.rampup_fraction) * int(num_train_steps)))
-
-
-# Noise std of the views of 2-D points when a config predates config.ssl.{weak,strong}_noise.
-WEAK_NOISE, STRONG_NOISE = 0.05, 0.2
 
 
 def weak_view(config, *, flip: bool):
@@ -142,15 +138,15 @@ def weak_view(config, *, flip: bool):
     """
     if not config.train.augment:
         return augment.identity_fn
-    return augment.weak_fn(flip=flip, noise_std=float(config.ssl.get("weak_noise", WEAK_NOISE)),
-                           translate=int(config.train.get("translate", 0)))
+    return augment.weak_fn(flip=flip, noise_std=float(config.ssl.weak_noise),
+                           translate=int(config.train.translate))
 
 
 def strong_view(config, *, flip: bool):
     """The strong view: weak + RandAugment + Cutout for images, noise of std
     config.ssl.strong_noise for points. Always on: FixMatch is defined by it."""
     return augment.strong_fn(flip=flip,
-                             noise_std=float(config.ssl.get("strong_noise", STRONG_NOISE)))
+                             noise_std=float(config.ssl.strong_noise))
 
 
 def make_two_view_step(loss_fn, *, view_fn, weight: float, rampup_steps: int):

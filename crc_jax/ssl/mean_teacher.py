@@ -57,5 +57,5 @@ def make_mean_teacher(*, config, model, num_train_steps: int, flip: bool = False
     return consistency.build_algorithm(
         "mean_teacher", config=config, model=model, num_train_steps=num_train_steps,
         train_step=step, ema_decay=float(sc.teacher_ema),
-        evaluate_ema=sc.get("eval_model", "teacher") == "teacher",
-        ema_warmup=bool(sc.get("teacher_ema_warmup", False)))
+        evaluate_ema=sc.eval_model == "teacher",
+        ema_warmup=bool(sc.teacher_ema_warmup))

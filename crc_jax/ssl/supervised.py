@@ -38,7 +38,7 @@ def make_train_step(*, augment_fn):
     return train_step
 
 
-@register("supervised")
+@register("supervised", dropout=True)
 def make_supervised(*, config, model, num_train_steps: int, flip: bool = False) -> Algorithm:
     ema = float(config.train.ema_decay)
     step = make_train_step(augment_fn=consistency.weak_view(config, flip=flip))

@@ -62,6 +62,7 @@ class SavedRows(list):
 
 def run_part(name: str, quick: bool, out: str) -> None:
     """Child: run one part, write its rows, peak memory and imported modules to `out`."""
+    from crc_jax import durable
     from experiments.benchmarks import accel_parts
 
     import jax
@@ -73,13 +74,11 @@ def run_part(name: str, quick: bool, out: str) -> None:
     def write(rows, partial: bool) -> None:
         peak, where = accel_parts.peak_memory()
         forbidden = sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN)
-        tmp = Path(out + ".tmp")             # replaced whole: a kill never leaves half a file
-        tmp.write_text(json.dumps({
+        durable.write_atomic(Path(out), json.dumps({   # whole: a kill never leaves half a file
             "rows": list(rows), "partial": partial, "peak_MiB": peak, "peak_of": where,
             "seconds": time.perf_counter() - start,
             "device": f"{jax.device_count()} x {dev.device_kind} ({dev.platform})",
-            "jax": jax.__version__, "forbidden_modules": forbidden}))
-        os.replace(tmp, out)
+            "jax": jax.__version__, "forbidden_modules": forbidden}).encode())
 
     rows = accel_parts.PARTS[name](sizes, SavedRows(write))
     write(rows, partial=False)
@@ -122,7 +121,8 @@ def table(results: dict) -> str:
             lines.append(f"| {name} | failed | | | {r['error']} | |")
         for i, x in enumerate(r["rows"]):
             peak = f"{r['peak_MiB']:.0f} ({r['peak_of']})" if i == 0 else ""
-            lines.append(f"| {name} | {x['what']} | {x['value']:.1f} | {x['unit']} | {x['detail']} | {peak} |")
+            lines.append(f"| {name} | {x['what']} | {x['value']:.1f} | {x['unit']} | "
+                         f"{x['detail']} | {peak} |")
     return "\n".join(lines)
 
 

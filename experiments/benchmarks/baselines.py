@@ -22,9 +22,8 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from crc_jax.acquisition import get
+from crc_jax import acquisition
 from experiments.benchmarks.acquisition import machine, make_context, rss_bytes, with_peak_rss
 
 STRATEGIES = ("random", "entropy", "coreset", "badge", "typiclust", "probcover", "bald")
@@ -45,8 +44,8 @@ def with_mc_dropout(ctx):
 
 def measure(strategy, ctx, budget):
     before = rss_bytes()
-    picked, seconds, peak = with_peak_rss(lambda: strategy(ctx, budget, jax.random.PRNGKey(0)))
-    assert len(set(np.asarray(picked).tolist())) == budget
+    picked, seconds, peak = with_peak_rss(
+        lambda: acquisition.select(strategy, ctx, budget, jax.random.PRNGKey(0)))
     return seconds, (max(peak, before) - before) / 2**20
 
 
@@ -65,8 +64,8 @@ def main():
     results = {}
     names = list(dict.fromkeys([REFERENCE] + args.strategies))
     for name in names:
-        strategy = get(name)
-        strategy(small, args.budget, jax.random.PRNGKey(0))     # compile
+        strategy = acquisition.from_spec(name)
+        acquisition.select(strategy, small, args.budget, jax.random.PRNGKey(0))     # compile
         results[name] = measure(strategy, ctx, args.budget)
         print(f"  {name:10s} {results[name][0]:8.2f} s  ({results[name][0] / results[REFERENCE][0]:6.2f}x "
               f"{REFERENCE})  peak RSS increase {results[name][1]:8.0f} MiB", flush=True)

@@ -1,8 +1,8 @@
 """The bad-input cases of docs/reliability.md: each one prepared, run through the command
 line, and judged (one `error:` line, exit status 2, earlier results untouched).
 
-`tests/test_bad_inputs.py` runs them and asserts every verdict; `python -m
-experiments.reliability_doc` (`make docs`) runs them and writes the table, so the test
+`tests/test_bad_inputs.py` runs them and asserts every verdict; tests/reliability_doc.py
+(`make docs`) runs them and writes the table, so the test
 can check that the committed table is the one the code produces.
 """
 
@@ -80,12 +80,12 @@ def error_lines(stderr: str) -> list[str]:
 
 def _journal_with_index(workdir: Path, index: int) -> None:
     """Step 0's line re-written, with a valid checksum, to acquire `index` first."""
-    from crc_jax.run import journal
+    from crc_jax import durable
 
     lines = (workdir / JOURNAL).read_text().splitlines(keepends=True)
-    entry = journal.decode(lines[0])
+    entry = durable.decode_line(lines[0])
     entry["acquired"][0] = index
-    lines[0] = journal.encode(entry)
+    lines[0] = durable.encode_line(entry)
     (workdir / JOURNAL).write_text("".join(lines))
 
 
@@ -97,7 +97,7 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
     optionally, env and prelude."""
     import jax
 
-    from crc_jax.run import loop
+    from crc_jax.run import loop, resume
     from crc_jax.data import embedded
     from crc_jax.run.rundir import RunDir
 
@@ -180,7 +180,7 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
 
     # --- strategy options: refused before anything is loaded or written
     for spec, expect in (
-            ("crc:group_size=7", r"group_size 7 must divide al\.query_size \(10\)"),
+            ("crc:group_size=7", r"group_size 7 must divide the budget \(10\) \(al\.query_size\)"),
             ("crc:group_size=0", r"group_size must be a positive integer, got 0"),
             ("crc:group_size=5.0", r"group_size must be a positive integer, got 5\.0"),
             ("crc:subset=bogus", r"subset must be 'last', 'all'"),
@@ -273,7 +273,7 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
         other = make_config(dict(settings, **{"model.width": 8}))
         setup = loop.build_setup(other)
         state = setup.algorithm.init_state(jax.random.PRNGKey(0), setup.pool_x[:1])
-        ckpt = loop.make_checkpointer(other, "random", 0, 1, workdir / "random" / "trial_0")
+        ckpt = resume.make_checkpointer(other, "random", 0, 1, workdir / "random" / "trial_0")
         ckpt.save(1, state, setup.algorithm.eval_variables(state),
                   {"best_epoch": 1, "best_accuracy": 0.5, "history": [], "global_step": 2})
         ckpt.close()

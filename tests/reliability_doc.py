@@ -1,8 +1,8 @@
 """docs/reliability.md: its fixed text, and the bad-input table written from real runs.
 
-    python -m experiments.reliability_doc        (or: make docs)
+    PYTHONPATH=. python tests/reliability_doc.py        (or: make docs)
 
-runs every case of experiments/bad_inputs.py through the command line and rewrites the
+runs every case of tests/bad_inputs.py through the command line and rewrites the
 bad-input section; the fault-campaign section is kept as it is (the slow fault test
 measures it). `tests/test_bad_inputs.py` runs the same cases and checks that the
 committed file equals what this module writes from them.
@@ -17,16 +17,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from experiments import bad_inputs
+import bad_inputs
 
 DOC = bad_inputs.ROOT / "docs" / "reliability.md"
 
 DOC_HEAD = """\
 # Reliability: crashes, resumes and bad inputs
 
-<!-- Generated: the bad-input table by `make docs` (python -m experiments.reliability_doc),
+<!-- Generated: the bad-input table by `make docs` (tests/reliability_doc.py),
      the campaign by `pytest -m slow tests/test_faults.py`; edit the text in
-     experiments/reliability_doc.py. tests/test_bad_inputs.py checks the table is current. -->
+     tests/reliability_doc.py. tests/test_bad_inputs.py checks the table is current. -->
 
 A run directory survives being killed at any moment (SIGKILL, OOM, a lost machine) and
 resumes to the same results as a run that was never interrupted; bad inputs stop a run
@@ -34,7 +34,7 @@ with one line and exit status 2 before they can change anything already computed
 
 ## Mechanisms
 
-- **Journal** (`crc_jax/run/journal.py`): `WORKDIR/<strategy>/trial_<k>/journal.jsonl` holds one
+- **Journal** (`crc_jax/durable.py`, `Journal`): `WORKDIR/<strategy>/trial_<k>/journal.jsonl` holds one
   JSON line per completed acquisition step (accuracy, the indices acquired and their labels,
   the initial set at step 0). A line is written whole with one `write`, then `fsync`ed, before
   the next step starts. Rerunning the same command replays the journal into the pool and
@@ -61,7 +61,7 @@ with one line and exit status 2 before they can change anything already computed
   arrays are read: one from another config or model is refused. A state whose loss or
   parameters are NaN/inf is never saved: training stops first (`TrainingDiverged`, naming
   the step), so the last checkpoint on disk is the last good one.
-- **Fault points** (`crc_jax/run/faults.py`): `CRC_JAX_FAULT="point:n"` makes the process
+- **Fault points** (`crc_jax/faults.py`): `CRC_JAX_FAULT="point:n"` makes the process
   SIGKILL itself the n-th time it reaches `point`: `train_step` (before a training step),
   `checkpoint` (once orbax's temporary folder exists, i.e. mid-write), `acquisition` (after
   training, before the strategy picks), `journal_append` (after half of the line is written
@@ -84,7 +84,8 @@ uninterrupted run; a few minutes on 2 CPU cores):
     .venv/bin/python -m pytest -m slow tests/test_faults.py      # or: make test-slow
 
 The always-on suite runs one kill (mid checkpoint write) and the same-seed check
-(`tests/test_faults.py`), and every bad input below (`tests/test_bad_inputs.py`, which also checks that the table
+(`tests/test_faults.py`), and every bad input below (`tests/test_bad_inputs.py`, which also
+checks that the table
 below is what `make docs` writes today).
 
 ## Where results hold

@@ -1,0 +1,165 @@
+"""The storage layer (crc_jax.durable): checksummed lines, whole appends, repairs, locks."""
+
+import errno
+import json
+import os
+
+import pytest
+
+from crc_jax import durable
+from crc_jax.durable import Journal, decode_line, encode_line
+from crc_jax.errors import StorageError
+
+
+def entries(n):
+    return [{"step": i, "acquired": [i, i + 10], "labels": [1, 2]} for i in range(n)]
+
+
+def test_roundtrip(tmp_path):
+    j = Journal(tmp_path / "journal.jsonl")
+    for e in entries(3):
+        j.append(e)
+    assert j.read() == entries(3)
+
+
+def test_checksum_detects_a_changed_value():
+    line = encode_line({"step": 0, "acquired": [5]})
+    assert decode_line(line) == {"step": 0, "acquired": [5]}
+    with pytest.raises(ValueError, match="checksum"):
+        decode_line(line.replace("[5]", "[6]"))
+
+
+def test_torn_last_line_is_dropped_and_truncated(tmp_path, caplog):
+    path = tmp_path / "journal.jsonl"
+    j = Journal(path)
+    for e in entries(2):
+        j.append(e)
+    whole = path.read_bytes()
+    torn = encode_line(entries(3)[2])[:17]
+    path.write_bytes(whole + torn.encode())
+    assert j.entries() == entries(2) and path.read_bytes() == whole + torn.encode()  # reading only
+    assert j.read() == entries(2)
+    assert "torn" in caplog.text
+    assert path.read_bytes() == whole
+    j.append(entries(3)[2])
+    assert j.read() == entries(3)
+
+
+def test_a_whole_last_line_without_its_newline_is_kept_and_completed(tmp_path):
+    """A line whose checksum verifies is whole, newline or not (issue 23): the writer's
+    read gives it its newline, and the next append lands on a line of its own."""
+    path = tmp_path / "journal.jsonl"
+    j = Journal(path)
+    for e in entries(2):
+        j.append(e)
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    assert j.entries() == entries(2)
+    assert j.read() == entries(2)
+    assert path.read_bytes().endswith(b"\n")
+    j.append(entries(3)[2])
+    assert j.read() == entries(3)
+
+
+def test_incremental_reads_see_a_newline_less_line_once(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(encode_line({"seq": 0}).encode() + encode_line({"seq": 1}).encode()[:-1])
+    first = durable.read_lines(path)
+    assert [e["seq"] for e in first.entries] == [0, 1] and first.needs_newline
+    durable.repair(path, durable.read_lines(path))          # a writer completes the line
+    durable.append_synced(path, encode_line({"seq": 2}).encode(), fault_point="none")
+    rest = durable.read_lines(path, start=first.end)         # the reader carries on
+    assert [e["seq"] for e in rest.entries] == [2]
+
+
+def test_corrupt_middle_line_names_it_and_touches_nothing(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    j = Journal(path)
+    for e in entries(3):
+        j.append(e)
+    lines = path.read_text().splitlines(keepends=True)
+    record = json.loads(lines[1])
+    record["labels"] = [9, 9]  # checksum no longer matches
+    lines[1] = json.dumps(record) + "\n"
+    path.write_text("".join(lines))
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match="line 2"):
+        j.read()
+    assert path.read_bytes() == before
+
+
+def test_steps_must_be_consecutive(tmp_path):
+    j = Journal(tmp_path / "journal.jsonl")
+    j.append({"step": 0})
+    j.append({"step": 2})
+    with pytest.raises(StorageError, match="expected 1"):
+        j.read()
+
+
+def test_short_writes_are_continued(tmp_path, monkeypatch):
+    """os.write may write fewer bytes than asked; every byte must still land (issue 23)."""
+    real_write = os.write
+    calls = []
+
+    def short_write(fd, data):
+        calls.append(len(data))
+        return real_write(fd, bytes(data[:3]))
+
+    monkeypatch.setattr(durable.os, "write", short_write)
+    path = tmp_path / "log.jsonl"
+    line = encode_line({"seq": 0, "label": "a long enough answer"}).encode()
+    durable.append_synced(path, line, fault_point="none")
+    assert path.read_bytes() == line and len(calls) > 1
+
+
+def test_a_failed_append_leaves_the_file_as_it_was_and_raises(tmp_path, monkeypatch):
+    """A full disk mid-append: an error, and no part of the new data left in the file."""
+    path = tmp_path / "log.jsonl"
+    durable.append_synced(path, encode_line({"seq": 0}).encode(), fault_point="none")
+    before = path.read_bytes()
+    real_write = os.write
+    state = {"n": 0}
+
+    def full_disk(fd, data):
+        state["n"] += 1
+        if state["n"] == 1:
+            return real_write(fd, bytes(data[:5]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(durable.os, "write", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        durable.append_synced(path, encode_line({"seq": 1}).encode() * 3, fault_point="none")
+    assert path.read_bytes() == before
+
+
+def test_write_atomic_replaces_whole_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    path = tmp_path / "queue.csv"
+    durable.write_atomic(path, b"old\n")
+    real_fsync = os.fsync
+
+    def failing_fsync(fd):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(durable.os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        durable.write_atomic(path, b"new\n")
+    monkeypatch.setattr(durable.os, "fsync", real_fsync)
+    assert path.read_bytes() == b"old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["queue.csv"]
+
+
+def test_file_lock_excludes_a_second_holder(tmp_path):
+    lock = tmp_path / ".lock"
+    with durable.file_lock(lock, wait=False, pid=True):
+        assert lock.read_text().strip() == str(os.getpid())
+        with pytest.raises(BlockingIOError):
+            with durable.file_lock(lock, wait=False):
+                pass
+    with durable.file_lock(lock, wait=False):
+        pass
+
+
+def test_csv_rows_as_lists_or_dicts(tmp_path):
+    durable.write_csv(tmp_path / "a.csv", ["x", "y"], [[1, "a,b"], [2, "c"]])
+    durable.write_csv(tmp_path / "b.csv", ["x", "y"], [{"x": 1, "y": "a,b"}, {"x": 2, "y": "c"}])
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    assert durable.read_csv(tmp_path / "a.csv") == [{"x": "1", "y": "a,b"}, {"x": "2", "y": "c"}]
