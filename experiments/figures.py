@@ -95,6 +95,7 @@ def figure1_moons(out: Path, workdir: Path, *, seed: int = 0, trials: int | None
     """Run moons_pi (every strategy, every trial) into `workdir` and draw Figure 1: each
     strategy's accuracy per step over the trials (mean, band: min to max), and trial 0's
     CRC decision boundary after every step. Writes figure1_moons.png and .md into `out`."""
+    from crc_jax import durable
     from crc_jax.run import config_check, environment, loop
 
     config = moons_config(seed, trials, smoke)
@@ -114,7 +115,7 @@ def figure1_moons(out: Path, workdir: Path, *, seed: int = 0, trials: int | None
         hook = keep if (spec == "crc" and trial == 0) else None
         entries[spec, trial] = loop.run_trial(setup, spec, trial, workdir / trial_dir, on_step=hook)
         rows += loop.summary_rows(spec, trial, entries[spec, trial])
-    loop.write_summary(workdir / "summary.csv", rows)
+    durable.write_csv(workdir / "summary.csv", loop.SUMMARY_FIELDS, rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "figure1_moons.md").write_text(moons_table(config, entries, rows))
     return _draw_moons(config, setup, snapshots, entries, out / "figure1_moons.png")

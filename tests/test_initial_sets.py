@@ -12,7 +12,7 @@ from crc_jax.data import embedded, initial_sets
 from crc_jax.data.pool import Pool
 from crc_jax.errors import ConfigError
 from crc_jax.run import config_check, initial_set, loop
-from crc_jax.run.rundir import RunDir, comparable_config
+from crc_jax.run.rundir import RunDir, essential_config
 from experiments.configs import moons_pi
 
 TRIALS = range(10)
@@ -95,7 +95,7 @@ def test_a_run_dir_written_before_the_fields_existed_still_resumes(tmp_path):
     old = config.to_dict()
     for field in ("initial_rule", "initial_indices", "initial_margin_quantile"):
         del old["al"][field]
-    assert comparable_config(old) == comparable_config(config.to_dict())   # same fingerprint
+    assert essential_config(old) == essential_config(config.to_dict())   # same fingerprint
     (tmp_path / "config.json").write_text(json.dumps(old))
     with RunDir(tmp_path) as rundir:
         rundir.bind_config(config.to_dict())   # no "another config" refusal
