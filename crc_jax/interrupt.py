@@ -17,6 +17,7 @@ without the interpreter's teardown loses nothing saved.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -30,7 +31,10 @@ _leaving = threading.Lock()
 
 def leave(message: str) -> NoReturn:
     """Print "interrupted: MESSAGE" on stderr, flush, and end the process with status 130
-    (once: a second caller, e.g. the fallback timer, waits for the first)."""
+    (once: a second caller, e.g. the fallback timer, waits for the first; a second Ctrl-C
+    meanwhile is ignored, so it cannot cut this short)."""
+    with contextlib.suppress(ValueError):   # ValueError: not the main thread
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _leaving.acquire()
     sys.stderr.write(f"\ninterrupted: {message}\n")
     sys.stdout.flush()

@@ -148,6 +148,46 @@ def test_ctrl_c_swallowed_by_a_gc_callback_still_ends_the_command():
         "interrupted: what was saved is whole; run the command again"), proc.stderr
 
 
+SWALLOWED_BY_CODE = """
+import sys, time
+from crc_jax import cli
+
+def status(args):
+    try:
+        print("ready", flush=True)   # inside the try: the signal cannot land before it
+        time.sleep(30)
+    except BaseException:   # code that swallows the interrupt and runs on
+        pass
+    time.sleep(30)
+    print("ran on after Ctrl-C")
+
+cli.COMMANDS["status"] = status
+sys.argv = ["crc-jax", "status", "somewhere"]
+sys.exit(cli.main())
+"""
+
+
+def test_ctrl_c_swallowed_by_code_ends_the_command_after_the_grace_period():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", SWALLOWED_BY_CODE], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=25)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "ran on" not in out, (proc.returncode, out, err)
+    assert time.monotonic() - sent < 20
+    assert err.strip().splitlines()[-1] == (
+        "interrupted: what was saved is whole; run the command again"), err
+
+
 def test_a_refused_write_is_one_line(monkeypatch, capsys, project_dir):
     def full(args):
         raise OSError(errno.ENOSPC, "No space left on device", "/x/labels.jsonl")
