@@ -12,13 +12,15 @@ With at least 3 trials it adds the statistics of experiments/stats.py: the area 
 each learning curve and the paired difference of every strategy to random with a 95%
 paired-t interval (in report.md and stats.csv), learning_curve_ci.png (95% bands) and
 paired_difference.png. A strategy name that an earlier workdir already holds is shown as
-"name [workdir]".
+"name [workdir]". A run whose batch size was moved to split over its devices says so
+under the table (config.json's train.requested_batch_size).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import sys
 from collections import defaultdict
@@ -157,12 +159,31 @@ def plot_learning_curves(rows: list[dict], path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
+def batch_notes(workdirs) -> str:
+    """One line per run whose train.batch_size was moved to a multiple of its device count
+    (crc_jax.run.config_check), from its config.json; "" when none was."""
+    notes = []
+    for workdir in workdirs:
+        try:
+            train = json.loads((Path(workdir) / "config.json").read_text()).get("train", {})
+        except (OSError, ValueError):
+            continue
+        if train.get("requested_batch_size"):
+            notes.append(f"{Path(workdir).name}: train.batch_size {train['batch_size']}, not the "
+                         f"config's {train['requested_batch_size']}, which did not split over "
+                         "the devices (the nearest multiple of the device count).")
+    return "\n".join(notes)
+
+
 def write_report(workdirs, *, out_dir) -> str:
     """Write report.md, report.csv and learning_curve.png into out_dir; return the table."""
     rows = load_rows(workdirs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
+    notes = batch_notes(workdirs)
+    if notes:
+        table += "\n" + notes + "\n"
     title = " + ".join(Path(w).name for w in workdirs)
     body = f"# {title}\n\n{table}\n![learning curves](learning_curve.png)\n"
     trials = max(len({r["trial"] for r in rows if r["strategy"] == s})

@@ -18,8 +18,9 @@ from crc_jax.errors import RunDirError
 
 # Fields that do not change results: a resumed run may differ in these. How many
 # processes share the work does not (tests/test_multiprocess.py checks it), nor how often
-# training checkpoints (a resume from a checkpoint is bit-identical: tests/test_checkpoint.py).
-COSMETIC_FIELDS = ("train.progress", "train.checkpoint_every", "distributed")
+# training checkpoints (a resume from a checkpoint is bit-identical: tests/test_checkpoint.py),
+# nor which platform the run demanded (device.require only decides whether it starts).
+COSMETIC_FIELDS = ("train.progress", "train.checkpoint_every", "distributed", "device")
 
 
 def strategy_dirname(spec: str) -> str:
