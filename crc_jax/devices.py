@@ -11,7 +11,7 @@ with JAX's own reason (the error it raises for that platform, and the error it r
 when the backend failed to start), whether the hardware is visible, and which plugin is
 installed beside which jaxlib.
 
-    python -m crc_jax.devices [--device auto|cpu|gpu|tpu]
+    python -m crc_jax.devices [--device auto|cpu|gpu|tpu] [--distributed]
 
 prints that line (exit status 0), or the reason (exit status 2): the one command that
 shows whether JAX uses the accelerator (docs/accelerators.md, "First run").
@@ -182,8 +182,19 @@ def main(argv=None) -> int:
                                 description="Say which devices JAX uses; exit 2 when the "
                                             "platform --device names is missing, with JAX's reason.")
     p.add_argument("--device", default="auto", choices=REQUIRE)
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (on every worker of a TPU pod "
+                        "slice; it detects the rest)")
     args = p.parse_args(argv)
     try:
+        if args.distributed:
+            import jax
+
+            try:
+                jax.distributed.initialize()
+            except (RuntimeError, ValueError) as err:
+                raise DeviceUnavailable("jax.distributed.initialize() failed: "
+                                        + " ".join(str(err).split())) from None
         print(start(args.device, option="--device"), flush=True)
     except DeviceUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
