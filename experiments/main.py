@@ -128,8 +128,10 @@ def run(config, workdir: str, *, mock_data: int | None = None) -> None:
         mock_data = flags.FLAGS.mock_data
     apply_smoke(config)
     sharding.initialize_distributed(config.distributed)  # multi-host: before any JAX work
-    logging.info(devices.start(config.device.require))    # one line; stops on a missing GPU/TPU
-    config_check.validate(config)
+    devices.select(config.device.require)   # before JAX starts: "cpu" keeps it on the CPU
+    devices.check(config.device.require)    # a missing GPU/TPU: one line, JAX's reason
+    config_check.validate(config)           # a bad value: one line
+    logging.info(devices.describe(config.device.require))   # the start-up line
     mock.check(config, mock_data)
     with mock.context(mock_data):
         loop.run(config, workdir)
