@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint dist test-label-studio docs docs-campaign bench bench-scaling bench-accel lock clean
+.PHONY: demo test test-slow lint dist test-label-studio docs docs-campaign bench bench-cpu bench-scaling bench-accel lock clean
 
 LOCK := requirements/lock.txt
 
@@ -58,6 +58,11 @@ docs-campaign: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m experiments.benchmarks.acquisition
 	$(PY) -m experiments.benchmarks.train_step
+
+# every CPU figure of README.md and RESULTS.md again, one markdown block (about an hour on 2 cores);
+# a subset: make bench-cpu BENCH_CPU_ARGS="--parts xla_cpu,train_step"
+bench-cpu: $(STAMP)
+	$(PY) -m experiments.benchmarks.cpu_all $(BENCH_CPU_ARGS)
 
 # 1 device vs every device JAX sees; on a CPU-only machine: make bench-scaling SCALING_ARGS="--cpu_devices 4"
 bench-scaling: $(STAMP)

@@ -232,6 +232,11 @@ def cmd_status(args):
         print(f"learning curve: {st['learning_curve']}")
     else:
         print("accuracy estimate: none yet (it needs a trained round whose queue was labeled)")
+    if st["crc_by_round"]:
+        from crc_jax.project import report
+
+        print("CRC decisions (chosen group vs the best group not chosen):")
+        print("\n".join(report.crc_lines(st["crc_by_round"])))
 
 
 def cmd_predict(args):

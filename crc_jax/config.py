@@ -87,6 +87,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 0     # epochs between in-training checkpoints; 0 = off
     c.train.progress = True          # progress bars
     c.train.dtype = "float32"        # activations of the train step: float32 | bfloat16 (params stay float32)
+    c.train.steps_per_dispatch = 1   # train steps per jitted call (a lax.scan over the chunk); same results
 
     # The platform the run must use: auto (whatever JAX picks) | cpu (start JAX on the CPU
     # alone) | gpu | tpu (stop at start-up, with JAX's reason, when JAX has no such device

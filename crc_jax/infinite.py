@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from functools import partial
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax

@@ -223,6 +223,16 @@ def test_crc_infinite_picks_top_groups_and_reuses_kernel_rows(digits):
     assert rows.evaluations == 30 * 6   # every pool row vs L, once
     assert set(ctx.record["crc_infinite"]) >= {"group_size", "chosen_scores"}
     assert not {"seconds", "kernel_entries_computed"} & set(ctx.record["crc_infinite"])  # reproducible
+    # diagnostics: the ceiling λmin(K(L, L)) (full rank) and the cut, against the brute force
+    diag = ctx.record["crc_infinite"]["diagnostics"]
+    _, _, kernel_fn = infinite.stax_counterpart(model)
+    with jax.enable_x64(True):
+        k_ll = C * np.asarray(kernel_fn(jnp.asarray(x[ctx.labeled], jnp.float64), None, get="ntk"))
+    ordered = np.sort(expected)[::-1]
+    assert diag["ceiling"] == pytest.approx(np.linalg.eigvalsh(k_ll)[0], rel=1e-7)
+    assert diag["ceiling"] >= ordered[0] and diag["rank_used"] == 10 and diag["n_groups"] == 6
+    assert diag["chosen"] == pytest.approx(ordered[1], rel=1e-7)
+    assert diag["runner_up"] == pytest.approx(ordered[2], rel=1e-7)
 
     ctx2 = context(x, np.concatenate([ctx.labeled, picked]), model)
     picked2 = strategy(ctx2, 8, jax.random.PRNGKey(6))

@@ -145,6 +145,13 @@ def test_next_status_predict(capsys, tmp_path, images):
     assert code == 0 and "cold start" not in out
     code, out, _ = run(capsys, "status", tmp_path / "p")
     assert code == 0 and "10 labeled" in out and "2 rounds" in out
+    # the CRC round's diagnostics: in the rounds log, and one line of `status`
+    rounds = Project.open(tmp_path / "p").rounds()
+    assert rounds[0]["crc_diagnostics"] is None                 # random cold start
+    diag = rounds[1]["crc_diagnostics"]
+    assert set(diag["records"]) == {"crc"} and diag["records"]["crc"]["n_groups"] == 6
+    assert diag["tie"] is diag["records"]["crc"]["tie"]
+    assert "CRC decisions" in out and "round 1 (10 labeled): chosen group ahead of the runner-up by" in out
     code, out, _ = run(capsys, "predict", tmp_path / "p")
     assert code == 0
     with open(tmp_path / "p" / "predictions.csv", newline="") as f:

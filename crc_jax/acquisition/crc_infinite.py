@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
-from typing import Optional
 
 import jax
 import numpy as np
@@ -148,6 +147,15 @@ class InfiniteGram(BackendGram):
         self.k_cb = np.concatenate([self.k_cb, self.rows.block(self.cand, new)], axis=1)
         self.base = np.concatenate([self.base, new])
 
+    def _base_matrix(self) -> np.ndarray:
+        return self.k_bb
+
+    def _base_trace(self) -> float:
+        return float(np.trace(self.k_bb))
+
+    def _group_traces(self, rows: np.ndarray) -> np.ndarray:
+        return np.trace(self.k_gg[rows], axis1=1, axis2=2)
+
     def _host_scores(self, which: np.ndarray) -> np.ndarray:
         """λmin(K̃(B ∪ g)) per group, 0 below the float32 floor n·ε_float32·λmax."""
         g = self.groups.shape[1]
@@ -164,7 +172,7 @@ class InfiniteGram(BackendGram):
         return np.where(lam > n * ntk.FLOAT32_EPS * bound, lam, 0.0)
 
 
-def architecture(ctx: Context, arch: Optional[str], depth: Optional[int]):
+def architecture(ctx: Context, arch: str | None, depth: int | None):
     """The Flax module whose infinite-width NTK scores groups: ctx.model's, or `arch`'s."""
     from crc_jax import models
     from crc_jax.models.cnn import CNN
@@ -186,9 +194,9 @@ def architecture(ctx: Context, arch: Optional[str], depth: Optional[int]):
 
 
 @register("crc_infinite", group_size=True)
-def make_crc_infinite(group_size: Optional[int] = None, max_groups: Optional[int] = None,
-                      arch: Optional[str] = None, depth: Optional[int] = None,
-                      sequential: bool = False, kernel_batch: Optional[int] = None):
+def make_crc_infinite(group_size: int | None = None, max_groups: int | None = None,
+                      arch: str | None = None, depth: int | None = None,
+                      sequential: bool = False, kernel_batch: int | None = None):
     """CRC on the infinite-width NTK. group_size=None means G = budget; arch=None uses
     ctx.model's architecture ("mlp" or "cnn" pick one, `depth` for the MLP);
     kernel_batch: rows per kernel call (None: infinite.kernel_batch_size)."""
@@ -229,16 +237,13 @@ def make_crc_infinite(group_size: Optional[int] = None, max_groups: Optional[int
         rows = kernel_rows(ctx)
         before = rows.evaluations
         gram = InfiniteGram(rows, groups, np.asarray(ctx.labeled))
-        if sequential:
-            picked, chosen, scores = crc_lib.pick_sequentially(gram, need, desc="CRC-infinite rounds")
-        else:
-            best, chosen_scores, scores = gram.top(None, need)
-            picked, chosen = [int(r) for r in best], [float(s) for s in chosen_scores]
+        picked, chosen, scores, diag = crc_lib.choose(gram, need, sequential=sequential,
+                                                      desc="CRC-infinite rounds")
         # the journal record holds what identical runs reproduce; timings and cache counters
         # (which depend on what an earlier step of this process computed) go to the log
         ctx.record["crc_infinite"] = {
             "group_size": g, "sequential": bool(sequential), "chosen_scores": chosen,
-            **crc_lib.summarize(scores)}
+            **crc_lib.summarize(scores), "diagnostics": diag}
         log.info("crc_infinite: %d groups of %d scored in %.2fs (%d new kernel entries, %d rows held)",
                  len(groups), g, time.perf_counter() - start, rows.evaluations - before,
                  len(rows.row_of))

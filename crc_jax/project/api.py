@@ -17,7 +17,6 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -45,8 +44,8 @@ class Project:
     # -- creating and opening ------------------------------------------------------------
     @classmethod
     def create(cls, directory: os.PathLike, images: os.PathLike, *, image_size: int = 32,
-               classes: Optional[list] = None, labels_csv: Optional[os.PathLike] = None,
-               progress: bool = True) -> tuple["Project", ScanResult]:
+               classes: list | None = None, labels_csv: os.PathLike | None = None,
+               progress: bool = True) -> tuple[Project, ScanResult]:
         """Scan `images`, store the pool in `directory`; optional classes and a labels CSV."""
         directory, images = Path(directory), Path(images)
         if not images.is_dir():
@@ -80,7 +79,7 @@ class Project:
         return project, result
 
     @classmethod
-    def open(cls, directory: os.PathLike) -> "Project":
+    def open(cls, directory: os.PathLike) -> Project:
         return cls(directory)
 
     # -- what is stored ------------------------------------------------------------------
@@ -196,6 +195,7 @@ class Project:
         Labels nothing. One round runs at a time per project (another is refused). A
         crash anywhere leaves the labels untouched; rerunning redoes the round exactly.
         """
+        from crc_jax.acquisition import diagnostics
         from crc_jax.project import rounds
 
         settings.check()
@@ -219,16 +219,17 @@ class Project:
                      "labeled_sha256": hashlib.sha256(labeled.tobytes()).hexdigest()[:16],
                      "queue": result.picked.tolist(), "model": model_file,
                      "predicted": self._predicted(result, result.picked),
+                     "crc_diagnostics": diagnostics.summary(result.record),   # None: not CRC
                      "seconds": round(time.time() - started, 2)}
             self.rounds_journal.append(entry)
             return result.picked.tolist()
 
-    def _predicted(self, result, ids) -> Optional[list]:
+    def _predicted(self, result, ids) -> list | None:
         if result.probs is None:
             return None
         return [int(np.argmax(result.probs[i])) for i in ids]
 
-    def _save_model(self, index: int, variables) -> Optional[str]:
+    def _save_model(self, index: int, variables) -> str | None:
         if variables is None:
             return None
         from flax import serialization

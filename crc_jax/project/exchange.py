@@ -27,7 +27,6 @@ import posixpath
 import re
 import urllib.parse
 from pathlib import Path
-from typing import Optional
 
 from crc_jax import durable
 from crc_jax.project import label_studio, label_studio_config
@@ -46,7 +45,7 @@ class PathIndex:
     it; without it they are unmapped). document_root: Label Studio's local-files root.
     """
 
-    def __init__(self, paths: list, classes: list, images_root: Optional[os.PathLike] = None,
+    def __init__(self, paths: list, classes: list, images_root: os.PathLike | None = None,
                  document_root: os.PathLike = "/"):
         self.paths, self.classes = list(paths), list(classes)
         self.images_root = Path(os.path.realpath(images_root)) if images_root else None
@@ -56,7 +55,7 @@ class PathIndex:
         for i, p in enumerate(self.paths):
             self._by_name.setdefault(posixpath.basename(p), []).append(i)
 
-    def locate(self, reference: str) -> tuple[Optional[int], str]:
+    def locate(self, reference: str) -> tuple[int | None, str]:
         """(image id, how it matched) or (None, why it cannot be mapped)."""
         ref = str(reference).strip()
         if not ref:
@@ -90,7 +89,7 @@ class PathIndex:
             return self._id_of[rel], "path"
         return None, "no image of the project at this path"
 
-    def _locate_file(self, path: Path, context: str) -> tuple[Optional[int], str]:
+    def _locate_file(self, path: Path, context: str) -> tuple[int | None, str]:
         if self.images_root is None:
             return None, "an absolute path (the images folder is not known here)"
         path = Path(os.path.normpath(path))
@@ -184,7 +183,7 @@ def _read_path_label(text: str, path: Path) -> list:
     return rows
 
 
-def read_names(label_config: Optional[os.PathLike]):
+def read_names(label_config: os.PathLike | None):
     """The LabelingNames of a labeling config file, or None."""
     if label_config is None:
         return None
@@ -209,7 +208,7 @@ class ImportReport:
 
 
 def import_labels(project, path: os.PathLike, *, document_root: os.PathLike = "/",
-                  label_config: Optional[os.PathLike] = None,
+                  label_config: os.PathLike | None = None,
                   skip_unmapped: bool = False) -> ImportReport:
     """Add the labels of a file to `project` (see the module docstring); all or nothing."""
     path = Path(path)
@@ -248,7 +247,7 @@ def config_path_for(out: Path) -> Path:
 
 
 def export(project, out: Path, fmt: str, *, document_root: os.PathLike = "/",
-           label_config: Optional[os.PathLike] = None, ground_truth: bool = False) -> dict:
+           label_config: os.PathLike | None = None, ground_truth: bool = False) -> dict:
     """Write `out` (a new file); for label-studio also its labeling config (unless given).
 
     Returns what was written: {"labels": n} for csv; label_studio.image_tasks's summary

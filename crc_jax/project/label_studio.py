@@ -26,7 +26,6 @@ import json
 import os
 import urllib.parse
 from pathlib import Path
-from typing import Optional
 
 from crc_jax.project.label_studio_config import DEFAULT_NAMES, LabelingNames
 from crc_jax.project.store import ProjectError
@@ -105,7 +104,7 @@ def image_tasks(project, names: LabelingNames, document_root: Path, *,
 
 # -- reading Label Studio's exports -------------------------------------------------------
 
-def _one_choice(value, where: str) -> Optional[str]:
+def _one_choice(value, where: str) -> str | None:
     """The class in a JSON-MIN/CSV cell: "cat", {"choices": ["cat"]}, or nothing."""
     if isinstance(value, str) and value.lstrip().startswith("{"):
         try:
@@ -129,7 +128,7 @@ def _no_key(path: Path, key: str, what: str, keys) -> ProjectError:
                         "give --label-config FILE (the Label Studio project's labeling config)")
 
 
-def read_tasks(tasks: list, path: Path, names: Optional[LabelingNames]) -> list:
+def read_tasks(tasks: list, path: Path, names: LabelingNames | None) -> list:
     """(image URL, class) of every labeled task of Label Studio's JSON export."""
     use = names or DEFAULT_NAMES
     rows, from_names, annotated = [], set(), 0
@@ -167,7 +166,7 @@ def read_tasks(tasks: list, path: Path, names: Optional[LabelingNames]) -> list:
     return rows
 
 
-def read_flat(records: list, path: Path, names: Optional[LabelingNames]) -> list:
+def read_flat(records: list, path: Path, names: LabelingNames | None) -> list:
     """(image URL, class) pairs of JSON-MIN / CSV / TSV records (dicts of columns)."""
     use = names or DEFAULT_NAMES
     if not records:
@@ -187,7 +186,7 @@ def read_flat(records: list, path: Path, names: Optional[LabelingNames]) -> list
     return rows
 
 
-def read_export(text: str, path: Path, names: Optional[LabelingNames]) -> list:
+def read_export(text: str, path: Path, names: LabelingNames | None) -> list:
     """(image URL, class) pairs from Label Studio's JSON, JSON-MIN, CSV or TSV export."""
     if text.lstrip().startswith(("[", "{")):
         try:

@@ -29,7 +29,7 @@ import threading
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from flask import Blueprint, Flask, Response, abort, current_app, jsonify, request, send_file
 
@@ -135,12 +135,21 @@ def fail(status: int, message: str):
     abort(response)
 
 
-@page.before_request
-def same_origin_only():
+def host_refused() -> str | None:
+    """Why this request's Host header is refused (it must name this server: DNS
+    rebinding protection), or None."""
     host = request.host.rsplit(":", 1)[0] if not request.host.startswith("[") \
         else request.host.split("]")[0] + "]"
     if host not in LOCAL_HOSTS and host != current_app.config.get("BOUND_HOST"):
-        fail(403, f"host {request.host!r} refused (DNS rebinding protection)")
+        return f"host {request.host!r} refused (DNS rebinding protection)"
+    return None
+
+
+@page.before_request
+def same_origin_only():
+    refused = host_refused()
+    if refused:
+        fail(403, refused)
     if request.method != "POST":
         return
     origin = request.headers.get("Origin")
