@@ -10,6 +10,7 @@ subprocesses (XLA_FLAGS=--xla_force_host_platform_device_count=N, as tests/test_
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -252,3 +253,75 @@ def test_float64_device_is_none_off_a_tpu_and_the_cpu_on_one(monkeypatch):
     assert infinite.float64_device() is None
     monkeypatch.setattr(infinite, "default_platform", lambda: "tpu")
     assert infinite.float64_device() == jax.devices("cpu")[0]
+
+
+# ------------------------------------- docs/accelerators.md's first-run lines match the code
+
+DOC = ROOT / "docs" / "accelerators.md"
+EXPECTED_LINE = re.compile(r"devices: (?P<n>\d+) (?P<platform>gpu|tpu) device\(s\) \[[^\]]*\] "
+                           r"\((?P<kind>[^)]*)\)(?: in (?P<procs>\d+) processes \(this is process "
+                           r"k\))?; jax 0\.x\.y; (?P<option>--device|device\.require)=(?P<req>\w+)")
+
+
+def as_typed(devices_count: int = 1) -> dict:
+    """A shell's environment, as the docs' commands were typed: no test XLA_FLAGS."""
+    env = env_with(devices_count)
+    env["XLA_FLAGS"] = env["XLA_FLAGS"].replace("--xla_backend_optimization_level=0", "").strip()
+    if not env["XLA_FLAGS"]:
+        del env["XLA_FLAGS"]
+    return env
+
+
+def first_run_section() -> str:
+    text = DOC.read_text()
+    return text.split("## First run", 1)[1].split("\n## ", 1)[0]
+
+
+def test_first_run_cpu_transcript_is_what_the_commands_print():
+    """The `$ python -m crc_jax.devices ...` transcript tried on this CPU machine, rerun."""
+    lines = first_run_section().splitlines()
+    tried = [(lines[i][2:], lines[i + 1]) for i, line in enumerate(lines)
+             if line.startswith("$ python -m crc_jax.devices")]
+    assert [cmd.split()[-1] for cmd, _ in tried] == ["tpu", "gpu", "cpu"]
+    for cmd, documented in tried:
+        platform = cmd.split()[-1]
+        if platform != "cpu" and devices._hardware_visible(platform):
+            continue   # a machine with that hardware prints something else, rightly
+        proc = subprocess.run([sys.executable, *cmd.split()[1:]], cwd=ROOT, env=as_typed(),
+                              capture_output=True, text=True, timeout=300)
+        printed = (proc.stdout + proc.stderr).strip()
+        assert proc.returncode == (0 if platform == "cpu" else 2), printed
+        assert printed == documented.replace("jax 0.10.2", f"jax {jax.__version__}"), cmd
+
+
+def test_first_run_16_device_line_and_pod_error_are_what_the_commands_print():
+    section = first_run_section()
+    documented = re.search(r"`(devices: 16 cpu device\(s\)[^`]*)`", section).group(1)
+    proc = subprocess.run([sys.executable, "-m", "crc_jax.devices", "--device", "cpu"], cwd=ROOT,
+                          env=as_typed(16), capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip() == documented.replace("jax 0.10.2", f"jax {jax.__version__}")
+    documented = re.search(r"`(error: jax\.distributed\.initialize\(\) failed:[^`]*)`",
+                           " ".join(section.split())).group(1)
+    proc = subprocess.run([sys.executable, "-m", "crc_jax.devices", "--device", "tpu",
+                           "--distributed"], cwd=ROOT, env=as_typed(), capture_output=True,
+                          text=True, timeout=300)
+    assert (proc.returncode, proc.stderr.strip()) == (2, documented)
+
+
+def test_first_run_expected_accelerator_lines_are_the_start_up_lines_format(monkeypatch):
+    """Each "expected" line of the GPU/TPU checklist is what `describe` writes for that many
+    devices of that kind (stand-in device objects: no accelerator here)."""
+    from types import SimpleNamespace
+    found = [m for m in EXPECTED_LINE.finditer(first_run_section())]
+    assert {m["platform"] for m in found} == {"gpu", "tpu"} and len(found) == 5, found
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setattr(jax, "__version__", "0.x.y")
+    for m in found:
+        n, procs = int(m["n"]), int(m["procs"] or 1)
+        fake = [SimpleNamespace(platform=m["platform"], id=i, device_kind=m["kind"])
+                for i in range(n)]
+        monkeypatch.setattr(jax, "devices", lambda fake=fake: fake)
+        monkeypatch.setattr(jax, "default_backend", lambda m=m: m["platform"])
+        monkeypatch.setattr(jax, "process_count", lambda procs=procs: procs)
+        monkeypatch.setattr(jax, "process_index", lambda: "k")
+        assert devices.describe(m["req"], option=m["option"]) == m.group(0)

@@ -9,6 +9,8 @@ cell printed, which a run in a subprocess (1 device) would not.
 """
 
 import json
+import logging
+import os
 import re
 import subprocess
 import sys
@@ -98,6 +100,53 @@ def test_install_note_says_what_was_upgraded_and_never_fails():
 def test_installed_reads_this_environments_jax():
     installed = notebook_install_functions()["installed"]
     assert installed()["jax"] == metadata.version("jax")
+
+
+def test_notebook_cells_run_the_experiment_in_this_process(tmp_path, monkeypatch, capsys):
+    """The code cells, executed here as a kernel would (the test switches: no install,
+    ACCELERATOR "cpu", smoke, mock data): the devices cell prints this process's devices
+    and the run cell calls experiments.main.run in this same process with a config that
+    validates and requires the CPU. The run itself is recorded, not trained (the slow
+    nbclient test below trains it)."""
+    import jax
+
+    from crc_jax.run import config_check
+    from experiments import cli_logging
+    from experiments import main as experiment
+
+    workdir = tmp_path / "run"
+    for name, value in {"CRC_JAX_SKIP_INSTALL": "1", "CRC_JAX_ACCELERATOR": "cpu",
+                        "CRC_JAX_SMOKE": "1", "CRC_JAX_MOCK_DATA": "400",
+                        "CRC_JAX_WORKDIR": str(workdir)}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "path", list(sys.path))          # the install cell adds the checkout
+    calls = []
+    monkeypatch.setattr(experiment, "run", lambda config, workdir, *, mock_data=None:
+                        calls.append((os.getpid(), config, workdir, mock_data)))
+    loggers = [logging.getLogger(n) for n in ("", *cli_logging.QUIET_LOGGERS,
+                                              *cli_logging.KEPT_LOGGERS)]
+    saved = [(lg, list(lg.handlers), lg.level) for lg in loggers]
+    try:
+        namespace: dict = {}
+        for source in code_cells(json.loads(NOTEBOOK.read_text()))[:-1]:   # not the report
+            exec(compile(source, str(NOTEBOOK), "exec"), namespace)
+    finally:
+        for lg, handlers, level in saved:
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+    printed = capsys.readouterr().out
+    assert "skipping the install" in printed
+    n = jax.device_count()
+    names = ", ".join(f"cpu:{d.id}" for d in jax.devices())
+    assert f"devices: {n} cpu device(s) [{names}] (cpu); jax {jax.__version__}; " \
+           "device.require=cpu" in printed
+    assert len(calls) == 1
+    pid, config, run_dir, mock_data = calls[0]
+    assert pid == os.getpid() and run_dir == str(workdir) and mock_data == 400
+    assert config.device.require == "cpu" and config.smoke and config.dataset.name == "svhn"
+    assert list(config.strategies) == ["random", "crc"] and config.al.steps == 2
+    config_check.validate(config)                               # what run() checks first
 
 
 def outputs_text(cell) -> str:
