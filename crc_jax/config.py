@@ -53,7 +53,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.al.group_size = 5              # G, CRC group size; must divide Q
     c.al.steps = 3                   # acquisitions after the initial step
     c.al.pseudo_al = False           # Table 3: every acquisition takes Q/C of each class (reads the oracle)
-    c.al.first_query = "trained"     # trained | random_init (Appendix B.2: the strategy picks Q0 with an untrained model)
+    # trained | random_init (Appendix B.2: the strategy picks Q0 with an untrained model)
+    c.al.first_query = "trained"
     c.al.initial_model = "per_trial"  # per_trial | median (§4.1: median of K candidate initial sets)
     c.al.initial_candidates = 5      # K, candidate initial sets for initial_model = median
 

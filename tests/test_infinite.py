@@ -76,8 +76,8 @@ def test_dense_fast_path_equals_jacobian_contraction(digits):
     params = jax.tree_util.tree_map(lambda v: v + 0.1 if v.ndim == 1 else v, params)
     assert ntk_kernels.dense_layers(model, params, x[:1]) == {"Dense_0": True, "Dense_1": True, "head": True}
     standard = ntk.empirical_ntk(ntk_kernels.FlaxApply(model), params, x, x2, subset="all")
-    np.testing.assert_allclose(ntk_kernels.empirical_trace_ntk(model, params, x, x2, parameterization="standard"),
-                               standard, rtol=2e-5, atol=1e-6)
+    trace = ntk_kernels.empirical_trace_ntk(model, params, x, x2, parameterization="standard")
+    np.testing.assert_allclose(trace, standard, rtol=2e-5, atol=1e-6)
     q = ntk_kernels.ntk_coordinates(params)
     in_ntk = ntk.empirical_ntk(ntk_kernels.FlaxApply(model, ntk_coordinates=True), q, x, x2,
                                subset=lambda path: path[-1] == "kernel")
@@ -192,7 +192,8 @@ def test_crc_infinite_ignores_width_and_names_architectures(digits):
     """The infinite kernel is one per architecture: any width, or arch='mlp', scores alike."""
     x = digits[:30]
     groups = np.arange(6, 30).reshape(-1, 4)
-    a = crc_infinite.make_crc_infinite(group_size=4).score_groups(context(x, range(6), tiny_mlp(8, 2)), groups)
+    a = crc_infinite.make_crc_infinite(group_size=4).score_groups(
+        context(x, range(6), tiny_mlp(8, 2)), groups)
     b = crc_infinite.make_crc_infinite(group_size=4, arch="mlp").score_groups(
         context(x, range(6), None), groups)
     np.testing.assert_allclose(a, b, rtol=1e-12)

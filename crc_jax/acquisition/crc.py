@@ -10,9 +10,9 @@ already labeled, scores 0 while |L ∪ g| is below the kernel's rank.
 Algorithm 1 scores groups independently, so two chosen groups may hold copies of one
 image. `sequential=True` picks the groups one at a time and rescores the rest against
 L ∪ picked: budget/G scoring rounds instead of one (the cost is logged; wall times stay
-out of ctx.record so that identical runs write identical journals). `class_balanced=True` is the pseudo-AL setting of
-Table 3: every group holds budget/C samples of each class (read from the oracle) and
-G = budget.
+out of ctx.record so that identical runs write identical journals). `class_balanced=True`
+is the pseudo-AL setting of Table 3: every group holds budget/C samples of each class (read
+from the oracle) and G = budget.
 
 `backend` picks where the eigenvalues are computed (crc_jax.acquisition.device_spectra):
 "auto" (the host CPU on a CPU machine, the accelerator on a GPU/TPU), "host", "device",
@@ -183,5 +183,6 @@ def make_crc(group_size: int | None = None, subset="last", max_groups: int | Non
                  np.round(chosen, 6).tolist())
         return groups[np.asarray(rows)].ravel()
 
-    crc.score_groups = lambda ctx, groups: score_groups(ctx, groups, subset=subset, backend=backend)
+    crc.score_groups = (  # type: ignore[attr-defined]
+        lambda ctx, groups: score_groups(ctx, groups, subset=subset, backend=backend))
     return crc

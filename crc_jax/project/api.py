@@ -75,7 +75,7 @@ class Project:
         store.finish_init(directory, meta)
         project = cls(directory)
         if labels_rows is not None:
-            project.import_rows(labels_rows, source=f"init:{Path(labels_csv).name}")
+            project.import_rows(labels_rows, source=f"init:{Path(str(labels_csv)).name}")
         return project, result
 
     @classmethod

@@ -182,17 +182,20 @@ def main(argv=None) -> None:
           f"threads: {args.threads}; load average {load[0]:.2f} before, {os.getloadavg()[0]:.2f} "
           f"after; {time.strftime('%Y-%m-%d %H:%M')}; {args.repeats} alternated process(es) per "
           f"setting, best shown, every run's s/step in the last column")
-    print("\n| XLA:CPU | XLA_FLAGS | YNN fusions | compile + 1st step (s) | s/step | images/s | runs (s/step) |")
+    print("\n| XLA:CPU | XLA_FLAGS | YNN fusions | compile + 1st step (s) | s/step | images/s "
+          "| runs (s/step) |")
     print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
     best = {}
     for label, rs in runs.items():
         r = best[label] = min(rs, key=lambda r: r["step_s"])
         every = ", ".join(f"{x['step_s']:.3f}" for x in rs)
         print(f"| {label} | `{r['xla_flags'] or '(none)'}` | {r['ynn_fusions']} | "
-              f"{min(x['compile_s'] for x in rs):.1f} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | {every} |")
+              f"{min(x['compile_s'] for x in rs):.1f} | {r['step_s']:.3f} | "
+              f"{r['images_per_s']:.1f} | {every} |")
     on, off = best.values()
+    compile_on, compile_off = (min(x["compile_s"] for x in rs) for rs in runs.values())
     print(f"\nXLA default / fusion off: step time {on['step_s'] / off['step_s']:.2f}x, "
-          f"compile time {min(x['compile_s'] for x in runs[next(iter(runs))]) / min(x['compile_s'] for x in list(runs.values())[1]):.2f}x "
+          f"compile time {compile_on / compile_off:.2f}x "
           "(above 1: fusion off is faster)")
 
 
