@@ -249,6 +249,45 @@ def test_float64_kernels_run_on_the_host_cpu_when_the_default_device_is_a_tpu():
     np.testing.assert_allclose(runs["tpu"]["k"], runs["cpu"]["k"], rtol=1e-12)
 
 
+STRATEGY_PLACEMENT_SCRIPT = """
+import json, sys
+import jax
+import numpy as np
+from crc_jax import data, infinite, models
+from crc_jax.acquisition import Context, crc_infinite
+jax.config.update("jax_default_device", jax.devices()[1])   # stands for the accelerator
+if sys.argv[1] == "tpu":
+    infinite.default_platform = lambda: "tpu"                # the decision, forced
+seen = set()
+made = infinite.in_float64
+def recording(x):
+    out = made(x)
+    seen.update(str(d) for d in out.devices())
+    return out
+infinite.in_float64 = recording
+x = np.asarray(data.load("digits").x_train[:30])
+ctx = Context(apply_fn=None, variables=None, x=x, labeled=np.arange(6),
+              unlabeled=np.arange(6, 30), num_classes=3,
+              model=models.get("mlp", num_classes=3, width=8, depth=2))
+scores = crc_infinite.make_crc_infinite(group_size=4).score_groups(ctx, np.arange(6, 30).reshape(-1, 4))
+print("JSON" + json.dumps({"seen": sorted(seen), "scores": np.asarray(scores).tolist()}))
+"""
+
+
+def test_crc_infinite_scores_on_the_host_cpu_beside_a_tpu_and_score_alike():
+    """The whole strategy (the kernel rows and the within-group blocks): every float64
+    array on cpu:0 under the TPU decision, on the default device otherwise, same scores."""
+    runs = {}
+    for platform in ("cpu", "tpu"):
+        proc = subprocess.run([sys.executable, "-c", STRATEGY_PLACEMENT_SCRIPT, platform], cwd=ROOT,
+                              env=env_with(2), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[platform] = json.loads(proc.stdout.split("JSON", 1)[1])
+    assert runs["cpu"]["seen"] == ["cpu:1"] and runs["tpu"]["seen"] == ["cpu:0"]
+    assert min(runs["cpu"]["scores"]) > 0
+    np.testing.assert_allclose(runs["tpu"]["scores"], runs["cpu"]["scores"], rtol=1e-12)
+
+
 def test_float64_device_is_none_off_a_tpu_and_the_cpu_on_one(monkeypatch):
     assert infinite.float64_device() is None
     monkeypatch.setattr(infinite, "default_platform", lambda: "tpu")
