@@ -23,6 +23,7 @@ import numpy as np
 
 from crc_jax import durable, faults
 from crc_jax.project import labels_log, store
+from crc_jax.project.features import FeatureResult
 from crc_jax.project.scan import ScanResult, scan
 from crc_jax.project.settings import RoundSettings
 from crc_jax.project.store import ProjectError
@@ -46,13 +47,24 @@ class Project:
     @classmethod
     def create(cls, directory: os.PathLike, images: os.PathLike, *, image_size: int = 32,
                classes: Optional[list] = None, labels_csv: Optional[os.PathLike] = None,
-               progress: bool = True) -> tuple["Project", ScanResult]:
-        """Scan `images`, store the pool in `directory`; optional classes and a labels CSV."""
+               progress: bool = True, features=None,
+               feature_dtype: str = "float32") -> tuple["Project", ScanResult | FeatureResult]:
+        """Scan `images`, store the pool in `directory`; optional classes and a labels CSV.
+
+        features: a source of one vector per image (crc_jax.project.features:
+        `embeddings_file(FILE)` or `backbone(FILE, ...)`); the pool is then those vectors,
+        stored as `feature_dtype`, and rounds train a head over them. Without it the pool
+        is the images at `image_size`.
+        """
+        from crc_jax.project import features as feature_sources
+
         directory, images = Path(directory), Path(images)
         if not images.is_dir():
             raise ProjectError(f"--images {images}: not a folder")
         if not 8 <= int(image_size) <= 512:
             raise ProjectError(f"--image-size: must be between 8 and 512, got {image_size}")
+        if features is not None:
+            feature_sources.check_store_dtype(feature_dtype)
         classes = store.check_class_names(classes) if classes else []
         if (directory / store.PROJECT_FILE).exists():
             store.prepare_dir(directory)  # raises: already a project
@@ -60,24 +72,49 @@ class Project:
         if labels_csv is not None:
             from crc_jax.project import exchange
             labels_rows = exchange.read_labels_file(Path(labels_csv))
-        result = scan(images, int(image_size), progress=progress)
-        if not result.paths:
+        if features is None:
+            result: ScanResult | FeatureResult = scan(images, int(image_size), progress=progress)
+        else:   # a features file is read and matched here; a backbone is loaded already
+            features.check(images)
+        if features is None and not result.paths:
             raise ProjectError(f"--images {images}: no readable images found "
                                f"({len(result.skipped)} unreadable)")
-        if labels_rows is not None:  # checked against the scan before anything is written
-            from crc_jax.project import exchange
-            classes = classes or sorted({label for _, label in labels_rows})
-            exchange.resolve_rows(exchange.PathIndex(result.paths, classes), labels_rows)
+        if labels_rows is not None and features is None:  # checked before anything is written
+            classes = cls._check_labels(result.paths, classes, labels_rows)
         store.prepare_dir(directory)
-        store.write_pool(directory, result.images, result.paths, result.hashes)
         meta = {"format": store.FORMAT_VERSION, "images": str(images.resolve()),
-                "image_size": int(image_size), "classes": classes,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                "classes": classes, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if features is None:
+            store.write_pool(directory, result.images, result.paths, result.hashes)
+            meta.update(input="images", image_size=int(image_size))
+        else:
+            result = features.compute(images, directory, progress=progress)
+            if not result.paths:
+                raise ProjectError(f"--images {images}: no images found")
+            if labels_rows is not None:
+                classes = meta["classes"] = cls._check_labels(result.paths, classes, labels_rows)
+            scale = store.write_features(directory, result.features, result.paths, result.hashes,
+                                         dtype=feature_dtype)
+            meta.update(input="features", features={
+                "dim": int(result.features.shape[1]), "dtype": feature_dtype, "scale": scale,
+                "source": result.source})
         store.finish_init(directory, meta)
+        if features is not None:
+            from crc_jax.project.features import chunks
+            chunks.cleanup(directory)   # the pool holds the features now
         project = cls(directory)
         if labels_rows is not None:
             project.import_rows(labels_rows, source=f"init:{Path(labels_csv).name}")
         return project, result
+
+    @staticmethod
+    def _check_labels(paths: list, classes: list, rows: list) -> list:
+        """The classes (named by the rows when not given), once every row names an image."""
+        from crc_jax.project import exchange
+
+        classes = classes or sorted({label for _, label in rows})
+        exchange.resolve_rows(exchange.PathIndex(paths, classes), rows)
+        return classes
 
     @classmethod
     def open(cls, directory: os.PathLike) -> "Project":
@@ -95,7 +132,13 @@ class Project:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def input_kind(self) -> str:
+        """"images" (the pool is pixels) or "features" (one vector per image)."""
+        return str(self.meta["input"])
+
     def pool(self) -> np.ndarray:
+        """The stored pool, memory-mapped: (N, S, S, 3) uint8 images or (N, d) vectors."""
         return store.load_pool(self.dir)
 
     def set_classes(self, names: list) -> None:
@@ -261,7 +304,7 @@ class Project:
         entry = trained[-1]
         settings = RoundSettings(**entry["settings"])
         trainer = rounds.trainer(settings, len(entry["classes"]), "supervised")
-        template = trainer.init_variables(rounds.images_as_float(self.pool()[:1]),
+        template = trainer.init_variables(rounds.model_inputs(self.pool()[:1]),
                                           rounds.round_key(0, 0))
         raw = (self.dir / entry["model"]).read_bytes()
         return trainer, serialization.from_bytes(template, raw), entry
@@ -275,7 +318,9 @@ class Project:
             raise ProjectError(f"{self.dir}: no trained model yet; label the first batch and "
                                "run crc-jax next")
         trainer, variables, entry = latest
-        probs = trainer.probs(variables, rounds.images_as_float(self.pool()))
+        pool = self.pool()
+        probs = trainer.probs(variables, rounds.model_inputs(pool),
+                              batch_size=rounds.batch_size_for(pool))
         labels = self.labels()
         classes = entry["classes"]
         return [{"id": i, "path": p, "predicted": classes[int(np.argmax(probs[i]))],
