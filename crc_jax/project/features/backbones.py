@@ -22,6 +22,7 @@ compared when an interrupted init resumes).
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -207,7 +208,7 @@ class FlaxEncoder:
         self._features = jax.jit(models.apply_functions(self.module).features)
         try:
             self.encode(np.zeros((1, self.input_size, self.input_size, 3), np.uint8))
-        except (ValueError, TypeError, KeyError) as err:
+        except Exception as err:  # noqa: BLE001 -- Flax raises its own errors for mismatched shapes
             raise ProjectError(f"--backbone {path}: its variables do not fit --backbone-model "
                                f"{model} ({str(err).splitlines()[0][:160]})") from None
 
@@ -226,7 +227,9 @@ def restore(path: Path) -> dict:
         import orbax.checkpoint as ocp
 
         try:
-            tree = ocp.PyTreeCheckpointer().restore(str(path.resolve()))
+            with warnings.catch_warnings():   # "sharding info not provided": one host here
+                warnings.simplefilter("ignore", UserWarning)
+                tree = ocp.PyTreeCheckpointer().restore(str(path.resolve()))
         except Exception as err:  # noqa: BLE001 -- orbax raises many types for a bad directory
             raise ProjectError(f"--backbone {path}: not an orbax checkpoint "
                                f"({str(err).splitlines()[0][:160]})") from None
