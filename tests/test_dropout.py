@@ -71,7 +71,7 @@ def test_train_steps_draw_dropout_masks(ssl_name):
     assert not np.array_equal(first, one_step(0.0, jax.random.PRNGKey(1)))
 
 
-def test_config_checks_dropout_and_bald():
+def test_config_checks_dropout_and_bald(monkeypatch):
     c = get_base_config()
     c.strategies = ("random", "bald")
     with pytest.raises(ConfigError, match="strategies.*bald.*model.dropout"):
@@ -79,7 +79,11 @@ def test_config_checks_dropout_and_bald():
     c.model.dropout = 0.3
     config_check.validate(c)
     c.ssl.name = "mean_teacher"
-    with pytest.raises(ConfigError, match="model.dropout.*fixmatch, supervised"):
+    config_check.validate(c)          # Mean Teacher trains with dropout too
+    # an algorithm registered without the dropout trait is refused with a dropout rate
+    ssl.names()
+    monkeypatch.setitem(ssl.ALGORITHMS._traits, "mean_teacher", {})
+    with pytest.raises(ConfigError, match="model.dropout.*fixmatch, pi_model, supervised"):
         config_check.validate(c)
     c.ssl.name = "supervised"
     c.model.dropout = 1.5
