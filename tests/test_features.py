@@ -124,8 +124,8 @@ def test_paths_may_be_absolute_dot_relative_windows_or_cwd_relative(tmp_path, fo
         forms.append([str(root / p), "./" + p, p.replace("/", "\\"), p][k % 4])
     monkeypatch.chdir(root.parent)
     forms[3] = os.path.join(root.name, paths[3])   # relative to the current directory
-    project, _ = Project.create(tmp_path / "p", root, progress=False,
-                                features=features.embeddings_file(save_npz(tmp_path / "e.npz", forms, vectors)))
+    source = features.embeddings_file(save_npz(tmp_path / "e.npz", forms, vectors))
+    project, _ = Project.create(tmp_path / "p", root, progress=False, features=source)
     np.testing.assert_allclose(np.asarray(project.pool()) * project.meta["features"]["scale"],
                                vectors, rtol=1e-6)
 

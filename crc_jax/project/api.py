@@ -23,7 +23,7 @@ import numpy as np
 
 from crc_jax import durable, faults
 from crc_jax.project import labels_log, store
-from crc_jax.project.features import FeatureResult
+from crc_jax.project.features import FeatureResult, FeatureSource
 from crc_jax.project.scan import ScanResult, scan
 from crc_jax.project.settings import RoundSettings
 from crc_jax.project.store import ProjectError
@@ -47,7 +47,7 @@ class Project:
     @classmethod
     def create(cls, directory: os.PathLike, images: os.PathLike, *, image_size: int = 32,
                classes: Optional[list] = None, labels_csv: Optional[os.PathLike] = None,
-               progress: bool = True, features=None,
+               progress: bool = True, features: FeatureSource | None = None,
                feature_dtype: str = "float32") -> tuple["Project", ScanResult | FeatureResult]:
         """Scan `images`, store the pool in `directory`; optional classes and a labels CSV.
 
@@ -73,31 +73,32 @@ class Project:
             from crc_jax.project import exchange
             labels_rows = exchange.read_labels_file(Path(labels_csv))
         if features is None:
-            result: ScanResult | FeatureResult = scan(images, int(image_size), progress=progress)
+            scanned = scan(images, int(image_size), progress=progress)
+            if not scanned.paths:
+                raise ProjectError(f"--images {images}: no readable images found "
+                                   f"({len(scanned.skipped)} unreadable)")
+            if labels_rows is not None:  # checked before anything is written
+                classes = cls._check_labels(scanned.paths, classes, labels_rows)
         else:   # a features file is read and matched here; a backbone is loaded already
             features.check(images)
-        if features is None and not result.paths:
-            raise ProjectError(f"--images {images}: no readable images found "
-                               f"({len(result.skipped)} unreadable)")
-        if labels_rows is not None and features is None:  # checked before anything is written
-            classes = cls._check_labels(result.paths, classes, labels_rows)
         store.prepare_dir(directory)
         meta = {"format": store.FORMAT_VERSION, "images": str(images.resolve()),
                 "classes": classes, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        result: ScanResult | FeatureResult
         if features is None:
-            store.write_pool(directory, result.images, result.paths, result.hashes)
+            store.write_pool(directory, scanned.images, scanned.paths, scanned.hashes)
             meta.update(input="images", image_size=int(image_size))
+            result = scanned
         else:
-            result = features.compute(images, directory, progress=progress)
-            if not result.paths:
-                raise ProjectError(f"--images {images}: no images found")
+            computed = features.compute(images, directory, progress=progress)
             if labels_rows is not None:
-                classes = meta["classes"] = cls._check_labels(result.paths, classes, labels_rows)
-            scale = store.write_features(directory, result.features, result.paths, result.hashes,
-                                         dtype=feature_dtype)
+                classes = meta["classes"] = cls._check_labels(computed.paths, classes, labels_rows)
+            scale = store.write_features(directory, computed.features, computed.paths,
+                                         computed.hashes, dtype=feature_dtype)
             meta.update(input="features", features={
-                "dim": int(result.features.shape[1]), "dtype": feature_dtype, "scale": scale,
-                "source": result.source})
+                "dim": int(computed.features.shape[1]), "dtype": feature_dtype, "scale": scale,
+                "source": computed.source})
+            result = computed
         store.finish_init(directory, meta)
         if features is not None:
             from crc_jax.project.features import chunks

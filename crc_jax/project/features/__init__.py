@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -51,7 +51,7 @@ def check_store_dtype(dtype: str) -> str:
     return dtype
 
 
-def backbone(path: Path, *, model: Optional[str] = None, input_size: Optional[int] = None,
+def backbone(path: Path, *, model: str | None = None, input_size: int | None = None,
              mean=None, std=None, batch_size: int = 32, provider: str = "auto"):
     """The source for `--backbone FILE`: an ONNX model (.onnx), or a crc_jax.models
     checkpoint (a Flax msgpack file or an orbax directory) of the model spec `model`.
@@ -59,6 +59,7 @@ def backbone(path: Path, *, model: Optional[str] = None, input_size: Optional[in
     from crc_jax.project.features import backbones, chunks
 
     path = Path(path)
+    encoder: backbones.OnnxEncoder | backbones.FlaxEncoder
     if path.suffix.lower() == ".onnx":
         if model is not None:
             raise ProjectError("--backbone-model: only for Flax checkpoints; an ONNX file "

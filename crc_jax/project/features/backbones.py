@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -45,7 +44,7 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def parse_triple(text, option: str) -> Optional[list]:
+def parse_triple(text, option: str) -> list | None:
     """Three channel values from "a,b,c" (or one value for all three), on the 0-1 pixel scale."""
     if text is None:
         return None
@@ -67,7 +66,7 @@ def parse_triple(text, option: str) -> Optional[list]:
     return values
 
 
-def check_input_size(size) -> Optional[int]:
+def check_input_size(size) -> int | None:
     if size is None:
         return None
     if not 8 <= int(size) <= 1024:
@@ -178,7 +177,7 @@ class OnnxEncoder:
 class FlaxEncoder:
     """A crc_jax.models model with its checkpointed variables; features = the head's input."""
 
-    def __init__(self, path: Path, *, model: Optional[str], input_size=None):
+    def __init__(self, path: Path, *, model: str | None, input_size=None):
         import jax
 
         from crc_jax import models

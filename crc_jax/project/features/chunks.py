@@ -107,7 +107,8 @@ class ChunkedBackbone:
                 bar.update(min(self.chunk_images, len(paths) - start))
                 faults.maybe_kill("features_chunk")
         bar.close()
-        kept, vectors = [], []
+        kept: list[int] = []
+        vectors: list[np.ndarray] = []
         for k, start in enumerate(starts):
             with np.load(partial / chunk_name(k), allow_pickle=False) as chunk:
                 kept.extend(start + int(i) for i in chunk["kept"])
