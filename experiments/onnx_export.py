@@ -3,6 +3,7 @@
 Written with the `onnx` helper API from the Flax variables, node by node:
 
     Flax (NHWC)                          ONNX (NCHW input, opset 17)
+    [avg_pool p×p stride p of the input  AveragePool kernel p stride p: input_pool=p > 1]
     Conv 3x3 SAME, kernel (3,3,I,O)      Conv pads 1, weight (O,I,3,3) (+ bias without BN)
     BatchNorm (running stats, eps)       BatchNormalization (inference form, same eps)
     relu / avg_pool 2x2 stride 2         Relu / AveragePool kernel 2 stride 2
@@ -24,9 +25,19 @@ from pathlib import Path
 import numpy as np
 
 
-def export_cnn(module, variables, path: Path, *, side: int, batch: int | str = "N") -> None:
+def pool_input(x: np.ndarray, pool: int) -> np.ndarray:
+    """(N, S, S, C) -> (N, S/p, S/p, C): the p×p average pooling `input_pool` puts first."""
+    if pool == 1:
+        return x
+    n, s, _, c = x.shape
+    return x.reshape(n, s // pool, pool, s // pool, pool, c).mean(axis=(2, 4))
+
+
+def export_cnn(module, variables, path: Path, *, side: int, input_pool: int = 1,
+               batch: int | str = "N") -> None:
     """Write the features of a crc_jax.models.cnn.CNN with `variables` to `path` (ONNX),
-    for input images of side `side` (N, 3, side, side) in [0, 1]."""
+    for input images of side `side` (N, 3, side, side) in [0, 1]; with input_pool=p the
+    network sees the images average-pooled p×p (`pool_input`), as it was trained."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -60,7 +71,14 @@ def export_cnn(module, variables, path: Path, *, side: int, batch: int | str = "
         nodes.append(helper.make_node("Relu", [h], [f"relu{k}"]))
         return f"relu{k}"
 
-    h = conv_block("image", 0)
+    if side % input_pool:
+        raise ValueError(f"input_pool {input_pool} must divide the side {side}")
+    first = "image"
+    if input_pool > 1:
+        nodes.append(helper.make_node("AveragePool", ["image"], ["image_pooled"],
+                                      kernel_shape=[input_pool] * 2, strides=[input_pool] * 2))
+        first = "image_pooled"
+    h = conv_block(first, 0)
     h = conv_block(h, 1)
     nodes.append(helper.make_node("AveragePool", [h], ["pool"], kernel_shape=[2, 2], strides=[2, 2]))
     h = conv_block("pool", 2)

@@ -202,3 +202,25 @@ def test_flax_and_orbax_checkpoints_of_a_crc_jax_model(tmp_path, images):
     np.testing.assert_allclose(pools[1], expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ProjectError, match="do not fit --backbone-model cnn:width=8"):
         features.backbone(tmp_path / "w.msgpack", model="cnn:width=8,dense_width=12", input_size=8)
+
+
+def test_the_labeling_page_serves_a_features_project(tmp_path, images, onnx_model):
+    """The page shows the original files and saves answers, as for an image project."""
+    from crc_jax.project import RoundSettings
+    from crc_jax.project.server import create_app
+
+    root, truth = images
+    project, _ = Project.create(tmp_path / "p", root, classes=[str(d) for d in range(10)],
+                                features=features.backbone(onnx_model[0]), progress=False)
+    project.next_batch(5, RoundSettings(ssl="mean_teacher", model="linear", cold_start="typiclust"))
+    client = create_app(project, settings=RoundSettings(ssl="mean_teacher", model="linear"),
+                        budget=5).test_client()
+    host = {"Host": "127.0.0.1:8765"}
+    state = client.get("/api/state", headers=host).get_json()
+    assert state["total"] == 5
+    item = state["queue"][0]
+    r = client.get(f"/image/{item['id']}", headers=host)   # the file, or a PNG preview (TIFF)
+    assert r.status_code == 200 and r.mimetype.startswith("image/") and len(r.data) > 50
+    r = client.post("/api/answer", json={"id": item["id"], "label": str(truth[item["path"]])},
+                    headers={**host, "Origin": "http://127.0.0.1:8765"})
+    assert r.status_code == 200 and project.labels() == {item["id"]: str(truth[item["path"]])}
