@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint dist docs docs-campaign bench bench-scaling bench-accel lock clean
+.PHONY: demo test test-slow lint dist test-label-studio docs docs-campaign bench bench-cpu bench-scaling bench-accel lock clean
 
 LOCK := requirements/lock.txt
 
@@ -38,6 +38,12 @@ dist: $(STAMP)
 	$(PY) -m twine check --strict dist/crc_jax-*
 	CRC_JAX_DIST=dist $(PY) -m pytest -q -m slow tests/test_wheel.py
 
+# crc-jax against a real Label Studio (installed into its own venv on first use, ~4 min);
+# CRC_JAX_RECORD_LABEL_STUDIO=1 also rewrites tests/fixtures/label_studio/ from its exports
+test-label-studio: $(STAMP)
+	.ci/install_label_studio >/dev/null
+	$(PY) -m pytest -q -m slow tests/test_label_studio_server.py
+
 # docs/reliability.md's bad-input table, from real runs of every case (a few minutes)
 docs: $(STAMP)
 	PYTHONPATH=. $(PY) tests/reliability_doc.py
@@ -49,6 +55,11 @@ docs-campaign: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m experiments.benchmarks.acquisition
 	$(PY) -m experiments.benchmarks.train_step
+
+# every CPU figure of README.md and RESULTS.md again, one markdown block (about an hour on 2 cores);
+# a subset: make bench-cpu BENCH_CPU_ARGS="--parts xla_cpu,train_step"
+bench-cpu: $(STAMP)
+	$(PY) -m experiments.benchmarks.cpu_all $(BENCH_CPU_ARGS)
 
 # 1 device vs every device JAX sees; on a CPU-only machine: make bench-scaling SCALING_ARGS="--cpu_devices 4"
 bench-scaling: $(STAMP)

@@ -2,8 +2,14 @@
 
 Importing the package is cheap: TensorFlow, TFDS and neural-tangents are imported
 lazily by the modules that need them, and come with the extras `tfds` and `infinite`
-(crc_jax.extras).
+(crc_jax.extras). It sets one XLA:CPU default before JAX's backend starts (YNNPACK
+fusion off on the CPUs where it was measured slower; crc_jax.xla_env says when and why;
+CRC_JAX_XLA_DEFAULTS=0/1 never/always).
 """
+
+from crc_jax import xla_env as _xla_env
+
+_xla_env.apply_cpu_defaults()
 
 # The one place the version lives: pyproject.toml reads it (dynamic version), `crc-jax
 # --version` and `python -m experiments.main --version` print it; CHANGELOG.md has its notes.

@@ -4,8 +4,10 @@
                      [--features FILE.npz|.csv | --backbone FILE.onnx|.msgpack [options]]
     crc-jax next DIR --budget N [--strategy crc] [--ssl fixmatch] [--cold-start crc|random]
     crc-jax label DIR [--port 8765]
-    crc-jax status DIR | predict DIR [--out FILE] | export DIR --format csv|label-studio --out FILE
-    crc-jax import DIR FILE
+    crc-jax status DIR | predict DIR [--out FILE]
+    crc-jax export DIR --format csv|label-studio --out FILE [--document-root DIR] [--label-config XML]
+    crc-jax import DIR FILE [--skip-unmapped] [--document-root DIR] [--label-config XML]
+    crc-jax serve-ml DIR [--port 9090] [--budget N] [--document-root DIR] [--label-studio-url URL]
     crc-jax --version
 
 A bad value ends with one line, `error: ...`, and exit status 2; nothing is written.
@@ -114,15 +116,53 @@ def build_parser() -> Parser:
     s.add_argument("dir", type=Path)
     s.add_argument("--out", type=Path, help="CSV to write (default DIR/predictions.csv)")
 
-    s = sub.add_parser("export", help="write the labels as CSV (path,label) or Label Studio JSON")
+    def label_studio_options(s):
+        s.add_argument("--document-root", type=Path, default=document_root_default(),
+                       help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT: ?d= paths are relative to it "
+                            "(default: that variable, else /)")
+        s.add_argument("--label-config", type=Path,
+                       help="the Label Studio project's labeling config (XML): its data key, "
+                            "Image and Choices names")
+
+    s = sub.add_parser("export", help="write the labels as CSV (path,label), or every image as a "
+                                      "Label Studio task with a labeling config beside it")
     s.add_argument("dir", type=Path)
     s.add_argument("--format", choices=("csv", "label-studio"), default="csv")
     s.add_argument("--out", type=Path, required=True)
+    label_studio_options(s)
+    s.add_argument("--ground-truth", action="store_true",
+                   help="mark the exported annotations as Label Studio ground truth")
 
-    s = sub.add_parser("import", help="add labels from a CSV (path,label) or a Label Studio export")
+    s = sub.add_parser("import", help="add labels from a CSV (path,label) or a Label Studio export "
+                                      "(JSON, JSON-MIN, CSV, TSV)")
     s.add_argument("dir", type=Path)
     s.add_argument("file", type=Path)
+    label_studio_options(s)
+    s.add_argument("--skip-unmapped", action="store_true",
+                   help="import the other rows when some name no image of the project (listed)")
+
+    s = sub.add_parser("serve-ml", help="serve the project's model as a Label Studio ML backend "
+                                        "on 127.0.0.1")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--port", type=int, default=9090)
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    s.add_argument("--budget", type=positive_int, default=20,
+                   help="images per round started from Label Studio (Start Training)")
+    s.add_argument("--document-root", type=Path, default=document_root_default(),
+                   help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT (default: that variable, else /)")
+    s.add_argument("--label-studio-url",
+                   help="Label Studio's address for writing the queue fields after a round, with "
+                        "the token in LABEL_STUDIO_API_KEY (default: what Label Studio sends to /setup)")
+    round_options(s)
     return p
+
+
+def document_root_default() -> Path:
+    """Label Studio's own setting, when this shell has it; else its default, /."""
+    for name in ("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", "LOCAL_FILES_DOCUMENT_ROOT"):
+        if os.environ.get(name):
+            return Path(os.environ[name])
+    return Path("/")
 
 
 def settings_from(args):
@@ -241,6 +281,11 @@ def cmd_status(args):
         print(f"learning curve: {st['learning_curve']}")
     else:
         print("accuracy estimate: none yet (it needs a trained round whose queue was labeled)")
+    if st["crc_by_round"]:
+        from crc_jax.project import report
+
+        print("CRC decisions (chosen group vs the best group not chosen):")
+        print("\n".join(report.crc_lines(st["crc_by_round"])))
 
 
 def cmd_predict(args):
@@ -260,21 +305,68 @@ def cmd_predict(args):
 def cmd_export(args):
     from crc_jax.project import Project, exchange
 
-    n = exchange.export(Project.open(args.dir), args.out, args.format)
-    print(f"{n} labels written to {args.out} ({args.format})")
+    written = exchange.export(Project.open(args.dir), args.out, args.format,
+                              document_root=args.document_root, label_config=args.label_config,
+                              ground_truth=args.ground_truth)
+    if args.format == "csv":
+        print(f"{written['labels']} labels written to {args.out} (csv)")
+        return
+    model = (f"predictions of {written['model_version']}" if written["model_version"]
+             else "no predictions (no trained round yet)")
+    print(f"{written['tasks']} tasks written to {args.out}: {written['labeled']} labeled, "
+          f"{written['queued']} queued (data.crc_rank), {model}; image URLs relative to the "
+          f"document root {args.document_root}")
+    if written["config"] is not None:
+        print(f"labeling config written to {written['config']}")
 
 
 def cmd_import(args):
-    from crc_jax.project import Project
+    from crc_jax.project import Project, exchange
 
     project = Project.open(args.dir)
     before = len(project.labels())
-    added = project.import_file(args.file)
-    print(f"{added} new answers imported ({before} -> {len(project.labels())} labeled)")
+    report = exchange.import_labels(project, args.file, document_root=args.document_root,
+                                    label_config=args.label_config,
+                                    skip_unmapped=args.skip_unmapped)
+    for reference, path in report.by_upload_name:
+        print(f"matched by its uploaded file name (unique in the project): {reference} -> {path}")
+    for reference, why in report.unmapped:
+        print(f"not imported: {reference} ({why})")
+    print(f"{report.added} new answers imported from {report.rows} labeled rows "
+          f"({report.already} already saved, {len(report.unmapped)} unmapped; "
+          f"{before} -> {len(project.labels())} labeled)")
+
+
+def cmd_serve_ml(args):
+    from crc_jax.project import Project
+    from crc_jax.project.label_studio_client import LabelStudioClient
+    from crc_jax.project.ml_backend import make_server
+
+    settings = settings_from(args)
+    project = Project.open(args.dir)
+    if not project.classes:
+        raise UsageError(f"{args.dir} has no classes yet: give --classes to init, or import labels")
+    client = None
+    if args.label_studio_url:
+        token = os.environ.get("LABEL_STUDIO_API_KEY", "")
+        if not token:
+            raise UsageError("--label-studio-url needs the token in LABEL_STUDIO_API_KEY")
+        client = LabelStudioClient(args.label_studio_url, token)
+    server = make_server(project, host=args.host, port=args.port, settings=settings,
+                         budget=args.budget, document_root=args.document_root, client=client)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"Label Studio ML backend: http://{host}:{server.port}  (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 COMMANDS = {"init": cmd_init, "next": cmd_next, "label": cmd_label, "status": cmd_status,
-            "predict": cmd_predict, "export": cmd_export, "import": cmd_import}
+            "predict": cmd_predict, "export": cmd_export, "import": cmd_import,
+            "serve-ml": cmd_serve_ml}
 
 
 def main(argv=None) -> int:

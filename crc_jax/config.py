@@ -53,7 +53,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.al.group_size = 5              # G, CRC group size; must divide Q
     c.al.steps = 3                   # acquisitions after the initial step
     c.al.pseudo_al = False           # Table 3: every acquisition takes Q/C of each class (reads the oracle)
-    c.al.first_query = "trained"     # trained | random_init (Appendix B.2: the strategy picks Q0 with an untrained model)
+    # trained | random_init (Appendix B.2: the strategy picks Q0 with an untrained model)
+    c.al.first_query = "trained"
     c.al.initial_model = "per_trial"  # per_trial | median (§4.1: median of K candidate initial sets)
     c.al.initial_candidates = 5      # K, candidate initial sets for initial_model = median
 
@@ -84,6 +85,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 0     # epochs between in-training checkpoints; 0 = off
     c.train.progress = True          # progress bars
     c.train.dtype = "float32"        # activations of the train step: float32 | bfloat16 (params stay float32)
+    c.train.steps_per_dispatch = 1   # train steps per jitted call (a lax.scan over the chunk); same results
 
     # Multi-host runs (TPU pods, multi-node GPU): jax.distributed.initialize at start-up.
     # Single-host runs need none of this: the data-parallel mesh spans the local devices.

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import jax
 import numpy as np

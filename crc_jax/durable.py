@@ -32,7 +32,7 @@ import logging
 import os
 import zlib
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from crc_jax import faults
 from crc_jax.errors import StorageError

@@ -19,12 +19,12 @@ keeps the host path there.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import numpy as np
 
-from crc_jax import sharding
+from crc_jax import multistep, sharding
 
 FEEDS = ("auto", "host", "device")
 DEVICE_FEED_MAX_BYTES = 2 << 30
@@ -35,7 +35,7 @@ def check_feed(feed: str) -> None:
         raise ValueError(f"feed must be one of {', '.join(FEEDS)}; got {feed!r}")
 
 
-def feeds_on_device(feed: str, arrays, platform: Optional[str] = None) -> bool:
+def feeds_on_device(feed: str, arrays, platform: str | None = None) -> bool:
     """Whether `feed` puts `arrays` (the pools; None entries ignored) on the device of
     `platform` (default: JAX's default backend)."""
     check_feed(feed)
@@ -49,11 +49,12 @@ def feeds_on_device(feed: str, arrays, platform: Optional[str] = None) -> bool:
 
 
 @functools.lru_cache(maxsize=16)
-def device_gather(mesh) -> Callable:
+def device_gather(mesh, axis: int = 0) -> Callable:
     """(pools, idx) -> the batch {"x_l", "y_l"[, "x_u"]} gathered on the device, jitted;
     idx = {"l": labeled rows[, "u": unlabeled rows]}. On several devices the batch comes
-    out split over them, as `sharding.shard_batch` places a host batch. The step itself
-    stays a separate call, so a wrapped `train_step` still runs once per step."""
+    out split over them along `axis` (1 for a chunk of steps, rows of shape (K, B)), as
+    `sharding.shard_batch` places a host batch. The step itself stays a separate call, so a
+    wrapped `train_step` still runs once per step."""
 
     def gather(pools, idx):
         batch = {"x_l": pools["x_l"][idx["l"]], "y_l": pools["y_l"][idx["l"]]}
@@ -62,16 +63,18 @@ def device_gather(mesh) -> Callable:
         return batch
 
     if sharding.is_parallel(mesh):
-        return jax.jit(gather, out_shardings=sharding.data_sharding(mesh))
+        return jax.jit(gather, out_shardings=sharding.data_sharding(mesh, axis))
     return jax.jit(gather)
 
 
 class BatchFeeder:
-    """feeder(state, labeled_rows, unlabeled_rows, key) -> train_step's (state, metrics)."""
+    """feeder(state, labeled_rows, unlabeled_rows, key) -> train_step's (state, metrics);
+    feeder.chunk(...) the same for K steps in one call (crc_jax.multistep)."""
 
     def __init__(self, train_step: Callable, mesh, *, x_labeled, y_labeled, x_unlabeled=None,
                  feed: str = "auto"):
         self.mesh = mesh
+        self.train_step = train_step
         self.with_unlabeled = x_unlabeled is not None
         self.on_device = feeds_on_device(feed, (x_labeled, y_labeled, x_unlabeled))
         self.step = sharding.data_parallel(train_step, mesh)
@@ -84,7 +87,7 @@ class BatchFeeder:
             self.gather = device_gather(mesh)
         self.pools = pools
 
-    def __call__(self, state, lab_rows: np.ndarray, unl_rows: Optional[np.ndarray], key):
+    def __call__(self, state, lab_rows: np.ndarray, unl_rows: np.ndarray | None, key):
         if self.on_device:
             idx = {"l": lab_rows} if not self.with_unlabeled else {"l": lab_rows, "u": unl_rows}
             return self.step(state, self.gather(self.pools, idx), key)
@@ -92,3 +95,15 @@ class BatchFeeder:
         if self.with_unlabeled:
             batch["x_u"] = self.pools["x_u"][unl_rows]
         return self.step(state, sharding.shard_batch(self.mesh, batch), key)
+
+    def chunk(self, state, lab_rows: np.ndarray, unl_rows: np.ndarray | None, keys):
+        """K steps in one dispatch: rows (K, B) and (K, μB), keys (K, ...); the metrics come
+        back stacked (K,). Step i gets the batch and key that `self(...)` would give it."""
+        multi = multistep.scan_steps(self.train_step, self.mesh)
+        if self.on_device:
+            idx = {"l": lab_rows} if not self.with_unlabeled else {"l": lab_rows, "u": unl_rows}
+            return multi(state, device_gather(self.mesh, axis=1)(self.pools, idx), keys)
+        batches = {"x_l": self.pools["x_l"][lab_rows], "y_l": self.pools["y_l"][lab_rows]}
+        if self.with_unlabeled:
+            batches["x_u"] = self.pools["x_u"][unl_rows]
+        return multi(state, sharding.shard_batch(self.mesh, batches, axis=1), keys)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax

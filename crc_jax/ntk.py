@@ -27,13 +27,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
-from typing import Any, Callable, Optional, Union
+from typing import Any
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Subset = Union[str, Callable[[tuple], bool]]
+Subset = str | Callable[[tuple], bool]
 
 HIGHEST = jax.lax.Precision.HIGHEST
 JACOBIAN_BUDGET_BYTES = 1 << 28   # one batch of per-sample Jacobians
@@ -157,7 +158,7 @@ def _transpose_block(k, trace):
 
 def empirical_ntk(apply_fn: Callable[[Any, Any], Any], params, x1, x2=None, *,
                   trace: bool = True, subset: Subset = "last",
-                  batch_size: Optional[int] = None):
+                  batch_size: int | None = None):
     """The empirical NTK of `apply_fn(params, x) -> logits (N, C)` between x1 and x2.
 
     trace=True: (n1, n2) class trace K̃ = Σ_c K̂_cc (a sum, not neural-tangents' mean);
@@ -194,7 +195,7 @@ def empirical_ntk(apply_fn: Callable[[Any, Any], Any], params, x1, x2=None, *,
 
 
 def ntk_diagonal(apply_fn, params, x, *, trace: bool = False, subset: Subset = "all",
-                 batch_size: Optional[int] = None):
+                 batch_size: int | None = None):
     """Per-sample NTK K̂(x, x): (n, C, C) blocks, or (n,) class traces; memory-bounded."""
     b = batch_size or jacobian_batch_size(apply_fn, params, x, subset=subset)
     out = []
@@ -238,7 +239,7 @@ def min_positive_eigenvalue(K, rank):
     return jnp.take_along_axis(ev, idx[..., None], axis=-1)[..., 0]
 
 
-def feature_rank(features, *, bias: bool = True, rtol: Optional[float] = None,
+def feature_rank(features, *, bias: bool = True, rtol: float | None = None,
                  chunk: int = 65536) -> int:
     """Numerical rank of [Φ, 1] (of Φ without bias): the rank of the last-layer trace NTK.
 
@@ -262,7 +263,7 @@ def feature_rank(features, *, bias: bool = True, rtol: Optional[float] = None,
     return int(np.sum(ev > (rtol ** 2) * ev[-1]))
 
 
-def kernel_rank(K, *, rtol: Optional[float] = None) -> int:
+def kernel_rank(K, *, rtol: float | None = None) -> int:
     """Numerical rank of a PSD kernel computed in float32.
 
     Eigenvalues of a float32 kernel carry errors of order n·ε_float32·λmax; those

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 DATA_AXIS = "data"
 
 
-def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh with axis "data" over `devices` (default: every device, all hosts)."""
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
@@ -44,18 +45,18 @@ def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
-def num_devices(mesh: Optional[Mesh]) -> int:
+def num_devices(mesh: Mesh | None) -> int:
     return 1 if mesh is None else int(mesh.devices.size)
 
 
-def is_parallel(mesh: Optional[Mesh]) -> bool:
+def is_parallel(mesh: Mesh | None) -> bool:
     """Whether `mesh` spans more than one device (otherwise sharding is skipped)."""
     return num_devices(mesh) > 1
 
 
-def data_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading axis split over "data", the rest whole."""
-    return NamedSharding(mesh, P(DATA_AXIS))
+def data_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
+    """The batch axis (leading, or `axis`: 1 for stacked steps) split over "data", the rest whole."""
+    return NamedSharding(mesh, P(*([None] * axis), DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -63,7 +64,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def check_divisible(size: int, mesh: Optional[Mesh], *, what: str = "batch size") -> None:
+def check_divisible(size: int, mesh: Mesh | None, *, what: str = "batch size") -> None:
     """Raise ValueError unless `size` splits evenly over the mesh's devices."""
     n = num_devices(mesh)
     if size % n:
@@ -81,27 +82,29 @@ def _put(x, sharding: NamedSharding):
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
-def shard_batch(mesh: Optional[Mesh], tree):
-    """Split every leaf of `tree` along its leading axis over the mesh (identity on one device).
+def shard_batch(mesh: Mesh | None, tree, *, axis: int = 0):
+    """Split every leaf of `tree` along its batch axis over the mesh (identity on one device).
 
-    Leading axes must be divisible by the device count: a ValueError says which leaf is not.
+    The batch axis is the leading one, or `axis` (1 for chunks of stacked steps,
+    crc_jax.multistep). It must be divisible by the device count: a ValueError says which
+    leaf is not.
     """
     if not is_parallel(mesh):
         return tree
-    sharding = data_sharding(mesh)
+    sharding = data_sharding(mesh, axis)
 
     def put(path, x):
         shape = np.shape(x)
-        if not shape:
-            raise ValueError(f"shard_batch: leaf {jax.tree_util.keystr(path)} is a scalar; "
-                             "batches need a leading batch axis")
-        check_divisible(shape[0], mesh, what=f"batch leaf {jax.tree_util.keystr(path)} of size")
+        if len(shape) <= axis:
+            raise ValueError(f"shard_batch: leaf {jax.tree_util.keystr(path)} has no axis {axis}; "
+                             "batches need a batch axis")
+        check_divisible(shape[axis], mesh, what=f"batch leaf {jax.tree_util.keystr(path)} of size")
         return _put(x, sharding)
 
     return jax.tree_util.tree_map_with_path(put, tree)
 
 
-def replicate(mesh: Optional[Mesh], tree):
+def replicate(mesh: Mesh | None, tree):
     """A copy of every leaf on every device of the mesh (identity on one device).
 
     The train state and model variables are replicated so that a jitted step sees every
@@ -114,7 +117,7 @@ def replicate(mesh: Optional[Mesh], tree):
 
 
 @functools.lru_cache(maxsize=32)
-def data_parallel(step_fn: Callable, mesh: Optional[Mesh]) -> Callable:
+def data_parallel(step_fn: Callable, mesh: Mesh | None) -> Callable:
     """`step_fn(state, batch, key) -> (state, metrics)` with every output replicated.
 
     Left to itself, the partitioner may hand back some small state leaves split over the
@@ -129,7 +132,7 @@ def data_parallel(step_fn: Callable, mesh: Optional[Mesh]) -> Callable:
 
 
 @functools.lru_cache(maxsize=64)
-def per_sample(fn: Callable, mesh: Optional[Mesh]) -> Callable:
+def per_sample(fn: Callable, mesh: Mesh | None) -> Callable:
     """Jitted `fn(variables, x)` run on each device's rows of x alone (`shard_map`).
 
     For maps that treat samples independently (evaluation-mode features, per-sample
@@ -173,7 +176,7 @@ def to_host(tree) -> Any:
 
 
 def map_batches(fn: Callable, variables, x: np.ndarray, *, batch_size: int,
-                mesh: Optional[Mesh] = None, indices: Optional[np.ndarray] = None) -> Any:
+                mesh: Mesh | None = None, indices: np.ndarray | None = None) -> Any:
     """fn(variables, x[chunk]) over chunks of `batch_size` rows (of x[indices] when given),
     data-parallel over `mesh`.
 
@@ -205,7 +208,7 @@ def initialize_distributed(config) -> None:
     distributed.initialize(config)
 
 
-def device_bytes_limit() -> Optional[int]:
+def device_bytes_limit() -> int | None:
     """This process's first device's memory in bytes, when it reports one (GPU/TPU; not CPU)."""
     try:
         stats = jax.local_devices()[0].memory_stats()

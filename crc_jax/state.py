@@ -30,7 +30,7 @@ class TrainState(train_state.TrainState):
     ema_batch_stats_rule: str = struct.field(pytree_node=False, default="average")
     ema_warmup: bool = struct.field(pytree_node=False, default=False)
 
-    def update_ema(self) -> "TrainState":
+    def update_ema(self) -> TrainState:
         """ema <- d * ema + (1 - d) * current for params; batch statistics averaged the
         same way ("average") or copied ("copy"). With ema_warmup, d = min(1 - 1/(k + 1), decay)
         after step k (the Mean Teacher reference's moving_average), so early EMAs follow

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Any, Callable, Optional
+from typing import Any
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +50,7 @@ class FitResult:
     watch_accuracy: float
     test_accuracy: float
     test_loss: float
-    min_test_loss_epoch: Optional[int]
+    min_test_loss_epoch: int | None
     history: list
 
 
@@ -122,10 +123,10 @@ def _copy_tree(tree):
 
 
 def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
-        x_unlabeled: Optional[np.ndarray], watch: tuple, test: tuple, train_config,
+        x_unlabeled: np.ndarray | None, watch: tuple, test: tuple, train_config,
         key: jax.Array, eval_apply: Callable, desc: str = "train",
         checkpointer=None, mesh=None, feed: str = "auto",
-        before_step: Optional[Callable[[], None]] = None) -> FitResult:
+        before_step: Callable[[], None] | None = None) -> FitResult:
     """Train a freshly initialized model with `algorithm` and early stopping on `watch`.
 
     x_labeled/y_labeled: the labeled set; x_unlabeled: the unlabeled pool images (used
@@ -149,6 +150,8 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
     sharding.check_divisible(algorithm.labeled_batch, mesh, what="labeled batch size")
     sharding.check_divisible(mu_b, mesh, what="unlabeled batch size")
     eval_step = make_eval_step(eval_apply)
+    # .get: crc_jax.project.settings.library_config does not set the field yet (1 there).
+    steps_per_dispatch = int(tc.steps_per_dispatch)
 
     state = algorithm.init_state(init_key, x_labeled[:1])
     state, stopper, start_epoch = _start_or_resume(algorithm, state, checkpointer, tc)
@@ -161,7 +164,7 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
     for epoch in bar:
         batches = _epoch_batches(algorithm, data_key, step_key, epoch, len(x_labeled),
                                  len(x_unlabeled) if mu_b else 0, int(tc.steps_per_epoch))
-        state, losses = _train_epoch(feeder, state, batches, before_step)
+        state, losses = _train_epoch(feeder, state, batches, before_step, steps_per_dispatch)
         stopper.global_step = _check_finite(losses, state, stopper.global_step, epoch)
         variables = algorithm.eval_variables(state)
         watched = evaluate(eval_step, variables, *watch, batch_size=tc.eval_batch_size, mesh=mesh)
@@ -210,7 +213,7 @@ class EarlyStopping:
                 "history": self.history, "global_step": self.global_step}
 
     @classmethod
-    def resumed(cls, patience: int, progress: dict, variables) -> "EarlyStopping":
+    def resumed(cls, patience: int, progress: dict, variables) -> EarlyStopping:
         return cls(patience=patience, epoch=progress["best_epoch"],
                    accuracy=progress["best_accuracy"], variables=variables,
                    history=list(progress["history"]), global_step=progress["global_step"])
@@ -242,16 +245,29 @@ def _epoch_batches(algorithm: Algorithm, data_key, step_key, epoch: int, n_label
     return lab, unl, keys
 
 
-def _train_epoch(feeder, state, batches, before_step):
-    """Run one epoch's steps; (state, the losses as a host array, one sync at the end)."""
+def _train_epoch(feeder, state, batches, before_step, steps_per_dispatch: int = 1):
+    """Run one epoch's steps; (state, the losses as a host array, one sync at the end).
+
+    With steps_per_dispatch K > 1, chunks of K steps run as one call (crc_jax.multistep;
+    the same batches and keys as one step a call) and the last steps_per_epoch % K one at
+    a time; `before_step` still runs once per step, before the call that holds it."""
     lab, unl, keys = batches
     losses = []
-    for i in range(len(keys)):
-        if before_step is not None:
+    i, n, k = 0, len(keys), max(int(steps_per_dispatch), 1)
+    while i < n:
+        size = k if k > 1 and n - i >= k else 1
+        for _ in range(size if before_step is not None else 0):
             before_step()
-        state, metrics = feeder(state, lab[i], None if unl is None else unl[i], keys[i])
-        losses.append(metrics["loss"])
-    return state, np.asarray(jnp.stack(losses))
+        if size == 1:
+            state, metrics = feeder(state, lab[i], None if unl is None else unl[i], keys[i])
+            losses.append(metrics["loss"][None])
+        else:
+            rows = slice(i, i + size)
+            state, metrics = feeder.chunk(state, lab[rows], None if unl is None else unl[rows],
+                                          keys[rows])
+            losses.append(metrics["loss"])
+        i += size
+    return state, np.asarray(jnp.concatenate(losses))
 
 
 def _check_finite(losses: np.ndarray, state, global_step: int, epoch: int) -> int:

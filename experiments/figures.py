@@ -9,7 +9,9 @@
         Figure 3 from CRC journals: (a) the smallest chosen-group eigenvalue at an
         acquisition against the epochs until the test loss reached its minimum when
         training on the enlarged set, log-log with the fitted slope; (b) the distribution
-        of candidate-group eigenvalues at each acquisition step. --out defaults to the
+        of candidate-group eigenvalues at each acquisition step; (c) per trial, the chosen
+        group's relative lead over the runner-up at each step, against its float32
+        resolution, ties marked (the journals' CRC diagnostics). --out defaults to the
         first RUNDIR.
     python -m experiments.figures transfer RUNDIR [--out DIR]
         Figure 2 (Appendix B.2) from a run of the `transfer` config (first query by an
@@ -138,6 +140,42 @@ def crc_points(workdirs) -> tuple[list, dict]:
     return pairs, candidates
 
 
+def gap_panel(ax, workdirs) -> None:
+    """(c) per CRC trial, the chosen group's relative lead over the runner-up at each step
+    (the smallest over the step's decisions), its float32 resolution, ties marked."""
+    from experiments import report
+
+    try:
+        decisions = report.crc_decisions(workdirs)
+    except report.ReportError as err:
+        raise FigureError(str(err)) from None
+    lines: dict = {}
+    for d in decisions:
+        lines.setdefault((d["strategy"], d["trial"]), []).append(d)
+    floor = 1e-12          # a gap of 0 (or none: no positive score) drawn at the floor
+    for (strategy, trial), ds in lines.items():
+        steps = [d["step"] for d in ds]
+        gaps = [max(d["gap"] or 0.0, floor) for d in ds]
+        line, = ax.plot(steps, gaps, marker="o", ms=4, alpha=0.8, label=f"{strategy} {trial}")
+        res = [(d["step"], d["resolution"]) for d in ds if d["resolution"]]
+        if res:
+            ax.plot(*zip(*res), linestyle="none", marker="_", ms=12, color=line.get_color())
+        ties = [(s, g) for s, g, d in zip(steps, gaps, ds) if d["tie"]]
+        if ties:
+            ax.plot(*zip(*ties), linestyle="none", marker="x", ms=9, color="red")
+    ax.set_yscale("log")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("acquisition step")
+    ax.set_ylabel("(chosen − runner-up) / chosen")
+    ax.set_title("(c) lead of the chosen group; – float32 resolution, × tie", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    if lines and len(lines) <= 10:
+        ax.legend(fontsize=6, loc="lower left")
+    if not lines:
+        ax.text(0.5, 0.5, "no CRC diagnostics in these journals", ha="center", va="center",
+                transform=ax.transAxes)
+
+
 def figure3_eigen(workdirs, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -153,7 +191,7 @@ def figure3_eigen(workdirs, out: Path) -> Path:
         raise FigureError("no CRC journal entries with chosen scores found in "
                           + ", ".join(map(str, workdirs)))
     lam, epochs = np.array(pairs, dtype=float).T
-    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    fig, (ax_a, ax_b, ax_c) = plt.subplots(1, 3, figsize=(16, 4.2), dpi=110)
     ax_a.scatter(lam, epochs, s=30)
     if len(pairs) >= 2 and np.ptp(np.log(lam)) > 0:
         slope, intercept = np.polyfit(np.log(lam), np.log(epochs), 1)
@@ -176,6 +214,7 @@ def figure3_eigen(workdirs, out: Path) -> Path:
     ax_b.set_ylabel("candidate-group λ⁺min")
     ax_b.set_title("(b) candidate-group eigenvalues per step")
     ax_b.grid(alpha=0.3)
+    gap_panel(ax_c, workdirs)
     fig.suptitle("Figure 3 from " + ", ".join(Path(w).name for w in workdirs), fontsize=11)
     return save(fig, out / "figure3_eigen.png")
 

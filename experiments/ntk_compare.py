@@ -318,7 +318,8 @@ def plot(summary: dict, path: Path, title: str = "") -> None:
             slope, intercept = fit_slope(ws, log_mean)
             label += f" (slope {slope:.2f})"
             ax.plot(ws, np.exp(intercept) * ws ** slope, ":", color=color, alpha=0.7)
-        ax.errorbar(ws, center, yerr=[center - np.exp(log_mean - log_std), np.exp(log_mean + log_std) - center],
+        spread = [center - np.exp(log_mean - log_std), np.exp(log_mean + log_std) - center]
+        ax.errorbar(ws, center, yerr=spread,
                     fmt="o" if stage == "init" else "s", ls="-" if stage == "init" else "--",
                     color=color, capsize=3, label=label)
     all_widths = [w for widths in summary.values() for w in widths]

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -155,7 +154,7 @@ def _run_dense(model, params, x, eps=None):
     return logits, inputs, outputs, calls
 
 
-def dense_layers(model, params, x) -> Optional[dict]:
+def dense_layers(model, params, x) -> dict | None:
     """{Dense layer name: has bias} when every parameter belongs to a Dense layer called
     once per forward pass on (n, d) inputs (the fast path's premise), else None."""
     calls = []
@@ -174,7 +173,7 @@ def dense_layers(model, params, x) -> Optional[dict]:
 
 
 @partial(jax.jit, static_argnums=(0,), static_argnames=("biased",))
-def _dense_trace_ntk(model, params, x1, x2, *, biased: Optional[tuple]):
+def _dense_trace_ntk(model, params, x1, x2, *, biased: tuple | None):
     """Σ_l s_l (A1_l A2_lᵀ [+ 1]) ∘ Σ_c Δ1_lc Δ2_lcᵀ over Dense layers l (x2=None: x1).
 
     A_l: the layer's inputs (n, fan_in); Δ_lc = ∂f_c/∂(layer output), (n, out), one
@@ -216,7 +215,7 @@ def relative_distance(k, k_ref) -> float:
     return float(np.linalg.norm(k - k_ref) / np.linalg.norm(k_ref))
 
 
-def spectrum_summary(k, *, rank: Optional[int] = None) -> dict:
+def spectrum_summary(k, *, rank: int | None = None) -> dict:
     """λmin, λ⁺min (r-th largest eigenvalue, r = the float32-aware rank unless given) and λmax."""
     k = np.asarray(k, np.float64)
     k = (k + k.T) / 2

@@ -12,7 +12,9 @@ With at least 3 trials it adds the statistics of experiments/stats.py: the area 
 each learning curve and the paired difference of every strategy to random with a 95%
 paired-t interval (in report.md and stats.csv), learning_curve_ci.png (95% bands) and
 paired_difference.png. A strategy name that an earlier workdir already holds is shown as
-"name [workdir]".
+"name [workdir]". Runs with CRC get a "CRC decisions" section from the journals' diagnostics:
+how close each step's chosen group came to the score ceiling, how far it beat the runner-up,
+and which steps' choices were ties at float32 resolution.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from crc_jax import durable, faults
+from crc_jax.errors import StorageError
 from experiments import stats
 
 EXIT_USAGE = 2
@@ -128,6 +131,57 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
+def crc_decisions(workdirs) -> list[dict]:
+    """Per CRC journal step (strategy folder, trial, step, num_labeled): the diagnostics
+    summary of crc_jax.acquisition.diagnostics (gap, resolution, tie, reach)."""
+    from crc_jax.acquisition import diagnostics
+
+    out = []
+    for workdir in workdirs:
+        for path in sorted(Path(workdir).glob("*/trial_*/journal.jsonl")):
+            try:
+                entries = durable.Journal(path).entries()
+            except StorageError as err:
+                raise ReportError(str(err)) from None
+            for e in entries:
+                found = diagnostics.summary({**(e.get("initial_record") or {}),
+                                             **(e.get("record") or {})})
+                if found:
+                    out.append({"strategy": path.parent.parent.name, "trial": path.parent.name,
+                                "step": e["step"], "num_labeled": e["num_labeled"], **found})
+    return out
+
+
+def _percent(values) -> str:
+    return f"{100 * np.median(values):.3g}%" if len(values) else "–"
+
+
+def crc_markdown(decisions: list[dict]) -> str:
+    """The "CRC decisions" section: per strategy and step, how close the chosen group came
+    to the ceiling and how far it beat the runner-up; the steps whose choice was a tie."""
+    if not decisions:
+        return ""
+    cells = defaultdict(list)
+    for d in decisions:
+        cells[(d["strategy"], d["step"])].append(d)
+    lines = ["| strategy | step | trials | chosen / ceiling (median) | gap (median) | "
+             "gap (smallest) | ties |", "|---|---|---|---|---|---|---|"]
+    for (strategy, step), ds in cells.items():
+        gaps = [d["gap"] for d in ds if d["gap"] is not None]
+        reach = [d["reach"] for d in ds if d["reach"] is not None]
+        lines.append(f"| {strategy} | {step} | {len(ds)} | {_percent(reach)} | {_percent(gaps)} "
+                     f"| {_percent(gaps and [min(gaps)])} | {sum(d['tie'] for d in ds)} of {len(ds)} |")
+    ties = [f"{d['strategy']} {d['trial']} step {d['step']}" for d in decisions if d["tie"]]
+    note = ("Gap: (chosen − runner-up) / chosen, the chosen group's score against the best group "
+            "not chosen (a step's smallest over its decisions). Ceiling: the bound no group can "
+            "score above (docs/design.md, \"CRC, exactly\"). A tie: the gap is within float32 "
+            "resolution (ε₃₂ · trace of the two groups' kernels), so float32 rounding, e.g. on "
+            "another machine, could have picked the other group. ")
+    note += ("Ties: " + ", ".join(ties) + "." if ties
+             else "No step's choice was a tie at float32 resolution.")
+    return "\n".join(lines) + "\n\n" + note + "\n"
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     strategies, counts, cells = aggregate(rows)
     durable.write_csv(path, ["strategy", "num_labeled", "mean_accuracy", "std_accuracy", "trials"],
@@ -173,6 +227,9 @@ def write_report(workdirs, *, out_dir) -> str:
         body += ("\n## Area under the learning curve, paired to random\n\n" + stats.markdown(aulc)
                  + "\n![learning curves, 95% CI](learning_curve_ci.png)\n"
                  + "\n![paired differences](paired_difference.png)\n")
+    decisions = crc_markdown(crc_decisions(workdirs))
+    if decisions:
+        body += "\n## CRC decisions\n\n" + decisions
     (out / "report.md").write_text(body)
     faults.maybe_kill("report")
     write_csv(rows, out / "report.csv")

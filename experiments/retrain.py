@@ -17,7 +17,8 @@ median-initial-model run, trained once with the candidate's key). The data set, 
 seed and the validation split cannot be overridden: the journals index that pool.
 
 Writes OUT (default RUN_DIR/retrain): config.json, one journal per (strategy, trial,
-seed), summary.csv (of the strategies retrained so far; `--strategies` picks some) (columns of a main run's summary, trial = dataset trial * N + seed
+seed), summary.csv (of the strategies retrained so far; `--strategies` picks some) (columns
+of a main run's summary, trial = dataset trial * N + seed
 index, plus dataset_trial and training_seed), report.md/csv/png as experiments.report,
 and variance.md: per strategy and labeled count, the std over all runs, the training
 std on a fixed data set (sqrt of the mean within-data-set variance) and the data-set std

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Optional
 
 WORKER_ENV = "CRC_JAX_WORKER"
 EXIT_PEER_LOST = 3
@@ -32,7 +31,7 @@ def is_worker() -> bool:
     return os.environ.get(WORKER_ENV) == "1"
 
 
-def lost_process(fatal: str) -> Optional[str]:
+def lost_process(fatal: str) -> str | None:
     """Which process JAX's fatal message says was lost ("1", "0 (the coordinator)"), or
     None when the message is not about a lost peer."""
     if "distributed service" not in fatal and "coordination service" not in fatal:
@@ -48,7 +47,7 @@ def lost_process(fatal: str) -> Optional[str]:
     return "unknown"
 
 
-def peer_lost_line(fatal: str, *, process_id: int, num_processes: int) -> Optional[str]:
+def peer_lost_line(fatal: str, *, process_id: int, num_processes: int) -> str | None:
     """The one line printed when JAX ended this process because a peer was lost."""
     lost = lost_process(fatal)
     if lost is None:

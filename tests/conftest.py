@@ -2,6 +2,8 @@
 
 import os
 
+import crc_jax  # noqa: F401  (first: its XLA:CPU default, YNNPACK fusion off; crc_jax.xla_env)
+
 # Both must be set before TensorFlow or JAX is imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Tests run tiny shapes, so XLA's LLVM optimization costs far more than it saves: at the

@@ -76,7 +76,8 @@ uninterrupted run; a few minutes on 2 CPU cores):
     .venv/bin/python -m pytest -m slow tests/test_faults.py      # or: make test-slow
 
 The always-on suite runs one kill (mid checkpoint write) and the same-seed check
-(`tests/test_faults.py`), and every bad input below (`tests/test_bad_inputs.py`, which also checks that the table
+(`tests/test_faults.py`), and every bad input below (`tests/test_bad_inputs.py`, which also
+checks that the table
 below is what `make docs` writes today).
 """
 

@@ -1,7 +1,6 @@
 """Checkpoints inside training: a crash mid-fit resumes to the bit-identical result."""
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 

@@ -52,7 +52,8 @@ def make_ctx(variables, x, labeled, *, features=True, labels=None):
 
 def brute_force(variables, x, labeled, groups, subset):
     """eigvalsh of the explicit (|L|+G)² trace NTK, r-th largest, r = min(n, ρ)."""
-    f = lambda p, xx: apply_fn({**variables, "params": p}, xx)
+    def f(p, xx):
+        return apply_fn({**variables, "params": p}, xx)
     phi = np.asarray(features_fn(variables, x), np.float64)
     rho = ntk.feature_rank(phi) if subset == "last" else np.inf
     out = []

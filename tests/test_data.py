@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from crc_jax import data
-from crc_jax.data import tfds_sets
 from crc_jax.errors import DataError
 
 MOCK_EXAMPLES = 24

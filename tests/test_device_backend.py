@@ -276,6 +276,6 @@ def test_jacobian_device_scores_equal_host_through_sequential_rounds(small_chunk
         for b in ("device", "device_f32"):
             np.testing.assert_array_equal(picks[b][0], picks["host"][0])
             np.testing.assert_allclose(picks[b][1], picks["host"][1], rtol=1e-6)
-        for b, g in grams.items():
+        for g in grams.values():
             g.extend_base(picks["host"][0])
     assert isinstance(grams["device"].k_bb, jax.Array) and grams["device"].k_bb.dtype == jnp.float64

@@ -76,8 +76,8 @@ def test_dense_fast_path_equals_jacobian_contraction(digits):
     params = jax.tree_util.tree_map(lambda v: v + 0.1 if v.ndim == 1 else v, params)
     assert ntk_kernels.dense_layers(model, params, x[:1]) == {"Dense_0": True, "Dense_1": True, "head": True}
     standard = ntk.empirical_ntk(ntk_kernels.FlaxApply(model), params, x, x2, subset="all")
-    np.testing.assert_allclose(ntk_kernels.empirical_trace_ntk(model, params, x, x2, parameterization="standard"),
-                               standard, rtol=2e-5, atol=1e-6)
+    trace = ntk_kernels.empirical_trace_ntk(model, params, x, x2, parameterization="standard")
+    np.testing.assert_allclose(trace, standard, rtol=2e-5, atol=1e-6)
     q = ntk_kernels.ntk_coordinates(params)
     in_ntk = ntk.empirical_ntk(ntk_kernels.FlaxApply(model, ntk_coordinates=True), q, x, x2,
                                subset=lambda path: path[-1] == "kernel")
@@ -192,7 +192,8 @@ def test_crc_infinite_ignores_width_and_names_architectures(digits):
     """The infinite kernel is one per architecture: any width, or arch='mlp', scores alike."""
     x = digits[:30]
     groups = np.arange(6, 30).reshape(-1, 4)
-    a = crc_infinite.make_crc_infinite(group_size=4).score_groups(context(x, range(6), tiny_mlp(8, 2)), groups)
+    a = crc_infinite.make_crc_infinite(group_size=4).score_groups(
+        context(x, range(6), tiny_mlp(8, 2)), groups)
     b = crc_infinite.make_crc_infinite(group_size=4, arch="mlp").score_groups(
         context(x, range(6), None), groups)
     np.testing.assert_allclose(a, b, rtol=1e-12)
@@ -223,6 +224,16 @@ def test_crc_infinite_picks_top_groups_and_reuses_kernel_rows(digits):
     assert rows.evaluations == 30 * 6   # every pool row vs L, once
     assert set(ctx.record["crc_infinite"]) >= {"group_size", "chosen_scores"}
     assert not {"seconds", "kernel_entries_computed"} & set(ctx.record["crc_infinite"])  # reproducible
+    # diagnostics: the ceiling λmin(K(L, L)) (full rank) and the cut, against the brute force
+    diag = ctx.record["crc_infinite"]["diagnostics"]
+    _, _, kernel_fn = infinite.stax_counterpart(model)
+    with jax.enable_x64(True):
+        k_ll = C * np.asarray(kernel_fn(jnp.asarray(x[ctx.labeled], jnp.float64), None, get="ntk"))
+    ordered = np.sort(expected)[::-1]
+    assert diag["ceiling"] == pytest.approx(np.linalg.eigvalsh(k_ll)[0], rel=1e-7)
+    assert diag["ceiling"] >= ordered[0] and diag["rank_used"] == 10 and diag["n_groups"] == 6
+    assert diag["chosen"] == pytest.approx(ordered[1], rel=1e-7)
+    assert diag["runner_up"] == pytest.approx(ordered[2], rel=1e-7)
 
     ctx2 = context(x, np.concatenate([ctx.labeled, picked]), model)
     picked2 = strategy(ctx2, 8, jax.random.PRNGKey(6))

@@ -146,7 +146,7 @@ def test_label_page_in_chromium(browser, served, tmp_path):
         image = wait(lambda: current(driver, project))
         before = text(driver, "progress")
         driver.find_element("css selector", f"button.cls[data-label='{truth[project.paths[image]]}']").click()
-        wait(lambda: text(driver, "progress") != before, what="answer saved")
+        wait(lambda: text(driver, "progress") != before, what="answer saved")  # noqa: B023
     shows(driver, "6 / 6")
     wait(lambda: driver.find_element("id", "done").is_displayed(), what="done panel")
     driver.save_screenshot(str(tmp_path / "done.png"))

@@ -349,7 +349,7 @@ def test_single_process_helpers_are_plain_calls(tmp_path):
 def test_a_bad_value_in_a_two_process_run_is_one_line_and_exit_2(tmp_path):
     """Through the supervising parent, a config error stays one line, status 2, no files."""
     procs = start_two([tmp_path / "p0", tmp_path / "p1"], "--config.train.lr=-1")
-    for rc, out, err in finish(procs):
+    for rc, _out, err in finish(procs):
         assert rc == 2, err[-3000:]
         lines = [line for line in err.splitlines() if not line.startswith("I1")]  # absl info
         assert lines == ["error: config.train.lr: must be > 0, got -1.0"], err[-3000:]

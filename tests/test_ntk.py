@@ -135,7 +135,8 @@ def test_subset_selection_and_errors(model):
     assert ntk.count_parameters(p, "last") == 6 * C + C
     assert ntk.count_parameters(p, "all") == sum(l.size for l in jax.tree_util.tree_leaves(p))
     # without a "head", the last top-level module is the final layer
-    q = {"Dense_0": {"kernel": jnp.ones((2, 3))}, "Dense_1": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}
+    q = {"Dense_0": {"kernel": jnp.ones((2, 3))},
+         "Dense_1": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}
     assert ntk.count_parameters(q, "last") == 8
     with pytest.raises(ValueError, match="selects no parameters"):
         ntk.parameter_mask(p, lambda path: False)

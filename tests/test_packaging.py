@@ -90,9 +90,9 @@ def test_a_tfds_set_without_the_tfds_extra_is_one_line(monkeypatch):
 def test_crc_infinite_without_neural_tangents_fails_when_built(monkeypatch):
     monkeypatch.setitem(sys.modules, "neural_tangents", None)
     with pytest.raises(MissingExtra) as err:
-        acquisition.get("crc_infinite", group_size=5)
+        acquisition.from_spec("crc_infinite", {"group_size": 5})
     assert "crc_infinite" in one_line(err.value, "infinite")
-    acquisition.get("crc", group_size=5)       # the empirical-NTK CRC needs no extra
+    acquisition.from_spec("crc", {"group_size": 5}) # the empirical-NTK CRC needs no extra
 
 
 HIDE_AND_RUN = """

@@ -91,7 +91,8 @@ def test_import_export_round_trip(capsys, tmp_path, images):
     code, out, _ = run(capsys, "import", tmp_path / "p", first)  # again: nothing doubled
     assert code == 0 and "0 new answers" in out
     clash = labels_csv(tmp_path / "clash.csv", [(paths[0], str((truth[paths[0]] + 1) % 10))])
-    one_line_error(capsys, "import", tmp_path / "p", clash, match="already has the answer")
+    line = one_line_error(capsys, "import", tmp_path / "p", clash, match="contradict answers already saved")
+    assert "tab" not in line  # worded for an import, not for the page
     one_line_error(capsys, "import", tmp_path / "p", tmp_path / "missing.csv", match="no such file")
     (tmp_path / "header.csv").write_text("file,class\na.png,1\n")
     one_line_error(capsys, "import", tmp_path / "p", tmp_path / "header.csv", match="path,label")
@@ -105,8 +106,11 @@ def test_import_export_round_trip(capsys, tmp_path, images):
     one_line_error(capsys, "export", tmp_path / "p", "--out", tmp_path / "out.csv", match="already exists")
     assert run(capsys, "export", tmp_path / "p", "--format", "label-studio",
                "--out", tmp_path / "ls.json")[0] == 0
-    tasks = json.loads((tmp_path / "ls.json").read_text())
-    assert len(tasks) == 15 and tasks[0]["annotations"][0]["result"][0]["value"]["choices"]
+    tasks = json.loads((tmp_path / "ls.json").read_text())  # every image; the labeled annotated
+    annotated = [t for t in tasks if t.get("annotations")]
+    assert len(tasks) == 40 and len(annotated) == 15
+    assert all(t["annotations"][0]["ground_truth"] is False for t in annotated)
+    assert (tmp_path / "ls.label_config.xml").read_text().count("<Choice ") == 10
 
     # A Label Studio export (uploaded files carry an 8-hex prefix) into a fresh project.
     assert run(capsys, "init", tmp_path / "q", "--images", root, "--classes", CLASSES,
@@ -141,6 +145,13 @@ def test_next_status_predict(capsys, tmp_path, images):
     assert code == 0 and "cold start" not in out
     code, out, _ = run(capsys, "status", tmp_path / "p")
     assert code == 0 and "10 labeled" in out and "2 rounds" in out
+    # the CRC round's diagnostics: in the rounds log, and one line of `status`
+    rounds = Project.open(tmp_path / "p").rounds()
+    assert rounds[0]["crc_diagnostics"] is None                 # random cold start
+    diag = rounds[1]["crc_diagnostics"]
+    assert set(diag["records"]) == {"crc"} and diag["records"]["crc"]["n_groups"] == 6
+    assert diag["tie"] is diag["records"]["crc"]["tie"]
+    assert "CRC decisions" in out and "round 1 (10 labeled): chosen group ahead of the runner-up by" in out
     code, out, _ = run(capsys, "predict", tmp_path / "p")
     assert code == 0
     with open(tmp_path / "p" / "predictions.csv", newline="") as f:

@@ -302,7 +302,7 @@ def test_teacher_ema_warmup_follows_the_reference(warmup):
         state, _ = algorithm.train_step(state, batch, jax.random.PRNGKey(k))
         d = min(1 - 1 / (k + 1), 0.95) if warmup else 0.95
         jax.tree_util.tree_map(
-            lambda e, t, p: np.testing.assert_allclose(e, d * t + (1 - d) * p, rtol=1e-5,
+            lambda e, t, p: np.testing.assert_allclose(e, d * t + (1 - d) * p, rtol=1e-5,  # noqa: B023
                                                        atol=1e-6),
             state.ema_params, teacher, state.params)
 

@@ -133,6 +133,14 @@ if "fit" in which:   # the Mean Teacher algorithm above: its compiled steps are 
     out["fit"]["test_1"] = [results[1].test_accuracy, results[1].test_loss]
     out["fit"]["test_4"] = [results[4].test_accuracy, results[4].test_loss]
     out["fit"]["variables_diff"] = tree_diff(results[1].variables, results[4].variables)
+    c.train.steps_per_dispatch = 2    # both epochs' steps in one lax.scan chunk (crc_jax.multistep)
+    chunked = fit(alg, x_labeled=x[:12], y_labeled=y[:12], x_unlabeled=x[12:30],
+                  watch=(x[30:], y[30:]), test=(x[30:], y[30:]), train_config=c.train,
+                  key=jax.random.PRNGKey(3), eval_apply=lambda v, xx: cnn.apply(v, xx),
+                  mesh=MESHES[4])
+    c.train.steps_per_dispatch = 1
+    out["fit"]["history_4_chunked"] = chunked.history
+    out["fit"]["chunked_variables_diff"] = tree_diff(results[1].variables, chunked.variables)
 
 if "crc" in which:
     model = models.get("cnn", num_classes=3, width=3, dense_width=6)
@@ -301,6 +309,15 @@ def test_fit_and_evaluate_on_4_devices_equal_1_device(four):
     assert r["test_1"][0] == r["test_4"][0]
     np.testing.assert_allclose(r["test_4"][1], r["test_1"][1], rtol=1e-5)
     assert r["variables_diff"] < 2e-6
+
+
+def test_chunks_of_steps_on_4_devices_equal_one_step_per_call_on_1(four):
+    """train.steps_per_dispatch=2 on 4 devices: the batch axis of the stacked chunk is split."""
+    r = four["fit"]
+    for e1, e4 in zip(r["history_1"], r["history_4_chunked"], strict=True):
+        assert e1["watch_accuracy"] == e4["watch_accuracy"]
+        np.testing.assert_allclose(e4["loss"], e1["loss"], rtol=1e-5)
+    assert r["chunked_variables_diff"] < 2e-6
 
 
 def test_crc_scores_on_4_devices_equal_1_device(four):

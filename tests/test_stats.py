@@ -54,7 +54,8 @@ def test_report_writes_statistics_and_plots_with_three_trials(tmp_path):
     write_summary(tmp_path / "summary.csv")
     report.write_report([tmp_path], out_dir=tmp_path)
     md = (tmp_path / "report.md").read_text()
-    assert "| A | 3 | 70.67 [" in md     # (1850/30 + 12 + 1900/30 + 9 + 60 + 6) / 3 and "| +9.00 [1.55, 16.45] * |" in md
+    assert "| A | 3 | 70.67 [" in md     # (1850/30 + 12 + 1900/30 + 9 + 60 + 6) / 3
+    assert "| +9.00 [1.55, 16.45] * |" in md
     assert "| +1.00 [-3.97, 5.97] |" in md
     assert "paired t interval" in md
     with open(tmp_path / "stats.csv") as f:

@@ -8,7 +8,8 @@ writes into the journal.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
@@ -42,10 +43,10 @@ class Context:
     labeled: np.ndarray
     unlabeled: np.ndarray
     num_classes: int
-    features_fn: Optional[Callable[[Any, Any], Any]] = None
-    oracle: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    features_fn: Callable[[Any, Any], Any] | None = None
+    oracle: Callable[[np.ndarray], np.ndarray] | None = None
     model: Any = None
-    stochastic_apply_fn: Optional[Callable[[Any, Any, Any], Any]] = None
+    stochastic_apply_fn: Callable[[Any, Any, Any], Any] | None = None
     batch_size: int = 512
     record: dict = dataclasses.field(default_factory=dict)
 

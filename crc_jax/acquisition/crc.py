@@ -10,9 +10,9 @@ already labeled, scores 0 while |L ∪ g| is below the kernel's rank.
 Algorithm 1 scores groups independently, so two chosen groups may hold copies of one
 image. `sequential=True` picks the groups one at a time and rescores the rest against
 L ∪ picked: budget/G scoring rounds instead of one (the cost is logged; wall times stay
-out of ctx.record so that identical runs write identical journals). `class_balanced=True` is the pseudo-AL setting of
-Table 3: every group holds budget/C samples of each class (read from the oracle) and
-G = budget.
+out of ctx.record so that identical runs write identical journals). `class_balanced=True`
+is the pseudo-AL setting of Table 3: every group holds budget/C samples of each class (read
+from the oracle) and G = budget.
 
 `backend` picks where the eigenvalues are computed (crc_jax.acquisition.device_spectra):
 "auto" (the host CPU on a CPU machine, the accelerator on a GPU/TPU), "host", "device",
@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from crc_jax.acquisition import device_spectra
+from crc_jax.acquisition import device_spectra, diagnostics
 from crc_jax.acquisition import gram as gram_lib
 from crc_jax.acquisition.context import Context, check_budget
 from crc_jax.acquisition.registry import register
@@ -47,7 +46,7 @@ def check_subset(subset) -> None:
 
 
 def random_groups(key, unlabeled: np.ndarray, group_size: int,
-                  max_groups: Optional[int] = None) -> np.ndarray:
+                  max_groups: int | None = None) -> np.ndarray:
     """A random partition of `unlabeled` into ⌊U/G⌋ groups of G (the rest left out), or
     the first `max_groups` of them: an (n_groups, G) index array."""
     unlabeled = np.asarray(unlabeled)
@@ -59,7 +58,7 @@ def random_groups(key, unlabeled: np.ndarray, group_size: int,
 
 
 def class_balanced_groups(ctx: Context, key, budget: int,
-                          max_groups: Optional[int] = None) -> np.ndarray:
+                          max_groups: int | None = None) -> np.ndarray:
     """Groups of size `budget` holding budget/C unlabeled samples of every class (Table 3)."""
     if ctx.oracle is None:
         raise ValueError("class_balanced CRC needs ctx.oracle: pseudo-AL groups are built from labels")
@@ -102,22 +101,42 @@ def top_groups(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-np.asarray(scores), kind="stable")[:k]
 
 
-def pick_sequentially(gram, rounds: int, *, desc: str) -> tuple[list[int], list[float], np.ndarray]:
+def pick_sequentially(gram, rounds: int, *, desc: str) -> tuple[list[int], list[float], np.ndarray, dict]:
     """Pick `rounds` rows one at a time, each the best against base ∪ rows picked so far.
 
-    Returns (rows, their scores when picked, all first-round scores).
+    Returns (rows, their scores when picked, all first-round scores, the diagnostics:
+    crc_jax.acquisition.diagnostics, with every round's decision).
     """
+    ceiling, rank_used = gram.ceiling(), gram.rank_used
     remaining = np.arange(len(gram.groups))
-    rows, chosen, first = [], [], None
+    rows, chosen, first, decisions = [], [], None, []
     for _ in tqdm(range(rounds), desc=desc, disable=None if rounds > 1 else True, leave=False):
         best, score, scores = gram.top(remaining, 1)
         if first is None:
             first = scores
+        decisions.append(diagnostics.decision(gram, remaining, scores, best))
         rows.append(int(best[0]))
         chosen.append(float(score[0]))
         gram.extend_base(best)
         remaining = remaining[remaining != best[0]]
-    return rows, chosen, first
+    diag = diagnostics.acquisition(decisions[0], ceiling=ceiling, rank_used=rank_used,
+                                   n_groups=len(gram.groups), later=decisions[1:])
+    assert first is not None       # rounds ≥ 1 (the budget is positive)
+    return rows, chosen, first, diag
+
+
+def choose(gram, k: int, *, sequential: bool, desc: str) -> tuple[list[int], list[float], np.ndarray, dict]:
+    """The k groups to label: the top k at once (Algorithm 1), or one at a time against the
+    growing base (`sequential`). Returns (rows, their scores, the first-round scores of all
+    groups, the diagnostics of the choice)."""
+    if sequential:
+        return pick_sequentially(gram, k, desc=desc)
+    ceiling, rank_used = gram.ceiling(), gram.rank_used
+    picked, chosen_scores, scores = gram.top(None, k)
+    first = diagnostics.decision(gram, np.arange(len(gram.groups)), scores, picked)
+    diag = diagnostics.acquisition(first, ceiling=ceiling, rank_used=rank_used,
+                                   n_groups=len(gram.groups))
+    return [int(r) for r in picked], [float(s) for s in chosen_scores], scores, diag
 
 
 def summarize(scores: np.ndarray) -> dict:
@@ -131,7 +150,7 @@ def summarize(scores: np.ndarray) -> dict:
 
 
 @register("crc", group_size=True, class_balanced=True, cold_start=True)
-def make_crc(group_size: Optional[int] = None, subset="last", max_groups: Optional[int] = None,
+def make_crc(group_size: int | None = None, subset="last", max_groups: int | None = None,
              class_balanced: bool = False, sequential: bool = False, backend: str = "auto"):
     """CRC (Algorithm 1). group_size=None means G = budget (one group is the whole batch)."""
     check_subset(subset)
@@ -155,15 +174,11 @@ def make_crc(group_size: Optional[int] = None, subset="last", max_groups: Option
             raise ValueError(f"crc needs {need} groups of {g} but max_groups={max_groups} "
                              f"leaves {len(groups)}")
         gram = gram_lib.build(ctx, groups, subset=subset, backend=backend)
-        if sequential:
-            rows, chosen, scores = pick_sequentially(gram, need, desc="CRC rounds")
-        else:
-            picked, chosen_scores, scores = gram.top(None, need)
-            rows, chosen = [int(r) for r in picked], [float(s) for s in chosen_scores]
+        rows, chosen, scores, diag = choose(gram, need, sequential=sequential, desc="CRC rounds")
         seconds = time.perf_counter() - start
         ctx.record["crc"] = {"group_size": g, "subset": subset if isinstance(subset, str) else "custom",
                              "sequential": bool(sequential), "rank": gram.rank, **gram.describe(),
-                             "chosen_scores": chosen, **summarize(scores)}
+                             "chosen_scores": chosen, **summarize(scores), "diagnostics": diag}
         log.info("crc: %d groups of %d scored in %.2fs, chosen scores %s", len(groups), g, seconds,
                  np.round(chosen, 6).tolist())
         return groups[np.asarray(rows)].ravel()

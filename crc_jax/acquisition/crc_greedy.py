@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
 
 import jax
 import numpy as np
@@ -25,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 @register("crc_greedy")
-def make_crc_greedy(subset="last", max_candidates: Optional[int] = None, backend: str = "auto"):
+def make_crc_greedy(subset="last", max_candidates: int | None = None, backend: str = "auto"):
     check_subset(subset)
     device_spectra.check_backend(backend)
     if max_candidates is not None and max_candidates <= 0:
@@ -42,9 +41,9 @@ def make_crc_greedy(subset="last", max_candidates: Optional[int] = None, backend
             cand = unlabeled[np.sort(keep)]
         start = time.perf_counter()
         gram = gram_lib.build(ctx, cand[:, None], subset=subset, backend=backend)
-        rows, chosen, first = pick_sequentially(gram, budget, desc="greedy CRC")
+        rows, chosen, first, diag = pick_sequentially(gram, budget, desc="greedy CRC")
         ctx.record["crc_greedy"] = {"chosen_scores": chosen, "rank": gram.rank, **gram.describe(),
-                                    **summarize(first)}
+                                    **summarize(first), "diagnostics": diag}
         log.info("crc_greedy: %d picks from %d candidates in %.2fs", budget, len(cand),
                  time.perf_counter() - start)
         return cand[np.asarray(rows)]

@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
-from typing import Optional
 
 import jax
 import numpy as np
@@ -135,7 +134,8 @@ class InfiniteGram(BackendGram):
             for s in range(0, len(self.groups), group_batch):
                 chunk = self.groups[s:s + group_batch]
                 xg = infinite.pad_rows(rows.x[chunk], group_batch)
-                blocks.append(np.asarray(_within_groups(rows.kernel_fn, infinite.in_float64(xg)))[:len(chunk)])
+                within = _within_groups(rows.kernel_fn, infinite.in_float64(xg))
+                blocks.append(np.asarray(within)[:len(chunk)])
         self.k_gg = (rows.num_classes * np.concatenate(blocks) if blocks
                      else np.zeros((0, g, g)))
 
@@ -146,6 +146,15 @@ class InfiniteGram(BackendGram):
         self.k_bb = np.block([[self.k_bb, k_nb.T], [k_nb, k_nn]])
         self.k_cb = np.concatenate([self.k_cb, self.rows.block(self.cand, new)], axis=1)
         self.base = np.concatenate([self.base, new])
+
+    def _base_matrix(self) -> np.ndarray:
+        return self.k_bb
+
+    def _base_trace(self) -> float:
+        return float(np.trace(self.k_bb))
+
+    def _group_traces(self, rows: np.ndarray) -> np.ndarray:
+        return np.trace(self.k_gg[rows], axis1=1, axis2=2)
 
     def _host_scores(self, which: np.ndarray) -> np.ndarray:
         """λmin(K̃(B ∪ g)) per group, 0 below the float32 floor n·ε_float32·λmax."""
@@ -163,7 +172,7 @@ class InfiniteGram(BackendGram):
         return np.where(lam > n * ntk.FLOAT32_EPS * bound, lam, 0.0)
 
 
-def architecture(ctx: Context, arch: Optional[str], depth: Optional[int]):
+def architecture(ctx: Context, arch: str | None, depth: int | None):
     """The Flax module whose infinite-width NTK scores groups: ctx.model's, or `arch`'s."""
     from crc_jax import models
     from crc_jax.models.cnn import CNN
@@ -185,9 +194,9 @@ def architecture(ctx: Context, arch: Optional[str], depth: Optional[int]):
 
 
 @register("crc_infinite", group_size=True)
-def make_crc_infinite(group_size: Optional[int] = None, max_groups: Optional[int] = None,
-                      arch: Optional[str] = None, depth: Optional[int] = None,
-                      sequential: bool = False, kernel_batch: Optional[int] = None):
+def make_crc_infinite(group_size: int | None = None, max_groups: int | None = None,
+                      arch: str | None = None, depth: int | None = None,
+                      sequential: bool = False, kernel_batch: int | None = None):
     """CRC on the infinite-width NTK. group_size=None means G = budget; arch=None uses
     ctx.model's architecture ("mlp" or "cnn" pick one, `depth` for the MLP);
     kernel_batch: rows per kernel call (None: infinite.kernel_batch_size)."""
@@ -228,16 +237,13 @@ def make_crc_infinite(group_size: Optional[int] = None, max_groups: Optional[int
         rows = kernel_rows(ctx)
         before = rows.evaluations
         gram = InfiniteGram(rows, groups, np.asarray(ctx.labeled))
-        if sequential:
-            picked, chosen, scores = crc_lib.pick_sequentially(gram, need, desc="CRC-infinite rounds")
-        else:
-            best, chosen_scores, scores = gram.top(None, need)
-            picked, chosen = [int(r) for r in best], [float(s) for s in chosen_scores]
+        picked, chosen, scores, diag = crc_lib.choose(gram, need, sequential=sequential,
+                                                      desc="CRC-infinite rounds")
         # the journal record holds what identical runs reproduce; timings and cache counters
         # (which depend on what an earlier step of this process computed) go to the log
         ctx.record["crc_infinite"] = {
             "group_size": g, "sequential": bool(sequential), "chosen_scores": chosen,
-            **crc_lib.summarize(scores)}
+            **crc_lib.summarize(scores), "diagnostics": diag}
         log.info("crc_infinite: %d groups of %d scored in %.2fs (%d new kernel entries, %d rows held)",
                  len(groups), g, time.perf_counter() - start, rows.evaluations - before,
                  len(rows.row_of))

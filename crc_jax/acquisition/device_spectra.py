@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +42,7 @@ def check_backend(backend) -> None:
         raise ValueError(f"crc backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
 
 
-def resolve(backend: str, platform: Optional[str] = None) -> str:
+def resolve(backend: str, platform: str | None = None) -> str:
     """"auto" -> "host" on a CPU, "device" on a GPU/TPU; other names unchanged."""
     check_backend(backend)
     if backend != "auto":
@@ -52,7 +51,7 @@ def resolve(backend: str, platform: Optional[str] = None) -> str:
     return "host" if platform == "cpu" else "device"
 
 
-def supports_float64(platform: Optional[str] = None) -> bool:
+def supports_float64(platform: str | None = None) -> bool:
     """Whether the device computes float64 natively (a TPU does not)."""
     platform = jax.default_backend() if platform is None else platform
     return platform != "tpu"
@@ -93,7 +92,7 @@ class Spectra:
 HOST = Spectra(on_device=False, dtype="float64")
 
 
-def spectra_for(backend: str = "auto", platform: Optional[str] = None) -> Spectra:
+def spectra_for(backend: str = "auto", platform: str | None = None) -> Spectra:
     """The Spectra of a backend name (see the module docstring), on `platform` (default
     JAX's default backend): "auto" is the host on a CPU, the device elsewhere."""
     resolved = resolve(backend, platform)

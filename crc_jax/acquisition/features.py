@@ -17,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from typing import Any
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 CHECK_IMAGES = 4                   # images on which a derived Φ is checked against the logits
 
 
-def pool_features(ctx: Context, features_fn: Callable, indices: Optional[np.ndarray] = None, *,
+def pool_features(ctx: Context, features_fn: Callable, indices: np.ndarray | None = None, *,
                   mesh=None) -> np.ndarray:
     """Φ (n, d) of pool images on the host (float32), in batches of ctx.batch_size."""
     mesh = sharding.make_mesh() if mesh is None else mesh
@@ -56,7 +57,7 @@ def pool_features_on_device(ctx: Context, features_fn: Callable, *, mesh=None) -
     return jnp.concatenate(outs).astype(jnp.float32)
 
 
-def dense_head(params, num_classes: int) -> Optional[str]:
+def dense_head(params, num_classes: int) -> str | None:
     """Name of the top-level module when it is a plain dense layer (a (d, C) kernel and an
     optional bias, nothing else), else None."""
     top = ntk.last_layer_name(params)
@@ -69,7 +70,7 @@ def dense_head(params, num_classes: int) -> Optional[str]:
     return top
 
 
-def head_features_fn(ctx: Context) -> Optional[Callable]:
+def head_features_fn(ctx: Context) -> Callable | None:
     """(variables, x) -> Φ derived from a dense head, checked on a few pool images; None when
     the model has no dense head or the check fails (a warning says why)."""
     top = dense_head(ctx.params, ctx.num_classes)

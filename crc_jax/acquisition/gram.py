@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from functools import partial
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -158,6 +158,31 @@ class FeatureGram(BackendGram):
                 return spectra.updated(gram_base, self.z[self.groups[r]])
         return self.scale * spectra.score_rows(rows, side, matrices, min(n, self.rank))
 
+    def _base_matrix(self):
+        """C·Z_B Z_Bᵀ (= K̃(B, B)) while |B| ≤ d + 1, else C·Z_BᵀZ_B (its non-zero spectrum)."""
+        if self.z is not None:
+            z_b = self.z[self.base]
+            return self.scale * (z_b @ z_b.T if len(self.base) <= self.width else z_b.T @ z_b)
+        assert self.z_dev is not None
+        z_b = self.z_dev[jnp.asarray(self.base)]
+        m = (jnp.matmul(z_b, z_b.T, precision=ntk.HIGHEST) if len(self.base) <= self.width
+             else self._device_base_gram())
+        return self.scale * m
+
+    def _sq_norms(self, idx: np.ndarray) -> np.ndarray:
+        """‖z_i‖² of pool rows `idx` (any shape), float64 on the host."""
+        if self.z is not None:
+            return np.sum(self.z[idx] ** 2, axis=-1)
+        assert self.z_dev is not None      # no host Z: the float64 device path holds it
+        z = self.z_dev[jnp.asarray(idx)]
+        return np.asarray(jax.device_get(jnp.sum(z * z, axis=-1)), dtype=np.float64)
+
+    def _base_trace(self) -> float:
+        return self.scale * float(self._sq_norms(self.base).sum())
+
+    def _group_traces(self, rows: np.ndarray) -> np.ndarray:
+        return self.scale * self._sq_norms(self.groups[rows]).sum(axis=-1)
+
     def _device_scores(self, rows: np.ndarray):
         side, n = self._side()
         z = self.z_dev
@@ -198,7 +223,7 @@ class JacobianGram(BackendGram):
         with spectra.precision():
             self._build(x)
 
-    def _head_rank(self) -> Optional[int]:
+    def _head_rank(self) -> int | None:
         """Rank of [Φ, 1] over the pool when the head is dense (Φ: its input), else None."""
         fn = feat.head_features_fn(self.ctx)
         if fn is None:
@@ -313,6 +338,15 @@ class JacobianGram(BackendGram):
 
     def _rel_error(self) -> float:
         return dev.rel_error(self._n_rank()[0], self.groups.shape[1])
+
+    def _base_matrix(self):
+        return self.k_bb
+
+    def _base_trace(self) -> float:
+        return float(np.asarray(self._xp().trace(self.k_bb))) if len(self.base) else 0.0
+
+    def _group_traces(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self._xp().trace(self.k_gg[rows], axis1=1, axis2=2), np.float64)
 
     def _host_scores(self, rows: np.ndarray) -> np.ndarray:
         g = self.groups.shape[1]

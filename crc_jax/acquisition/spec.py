@@ -16,7 +16,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class Strategy:
     fn: Callable
 
     @property
-    def group_size(self) -> Optional[int]:
+    def group_size(self) -> int | None:
         """G of a group-size strategy (None: one group is the whole budget); None otherwise."""
         return self.options.get("group_size") if self.traits.get("group_size") else None
 
@@ -92,7 +93,7 @@ def options_of(name: str) -> dict[str, inspect.Parameter]:
     return dict(inspect.signature(STRATEGIES.factory(name)).parameters)
 
 
-def from_spec(spec: str, defaults: Optional[Mapping[str, Any]] = None, *,
+def from_spec(spec: str, defaults: Mapping[str, Any] | None = None, *,
               class_balanced: bool = False) -> Strategy:
     """Parse `spec`, validate every option, and build the strategy.
 

@@ -23,7 +23,8 @@ BatchNorm in evaluation mode. With rate 0 the layer is the identity.
 """
 
 import functools
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -82,7 +83,7 @@ class ApplyFunctions(NamedTuple):
 
     logits: Callable
     features: Callable
-    stochastic: Optional[Callable]
+    stochastic: Callable | None
 
 
 @functools.lru_cache(maxsize=32)

@@ -15,7 +15,8 @@ The very first block takes its shortcut after the activation
 counted 1x1 shortcuts), so (28 - 4) / 6 = 4 blocks per group.
 
 No dropout by default (`dropout` > 0 adds it before the head, for MC-dropout
-strategies; crc_jax.models.dropout_before_head), no conv biases (BatchNorm follows every conv). BatchNorm momentum 0.999
+strategies; crc_jax.models.dropout_before_head), no conv biases (BatchNorm follows every
+conv). BatchNorm momentum 0.999
 (Flax convention: running = 0.999 * running + 0.001 * batch) and epsilon 1e-3, as in
 the TensorFlow reference. Convs are initialized N(0, 2 / (k*k*out_channels))
 (He et al., fan-out), the head Glorot-normal, biases zero. About 1.47 M parameters

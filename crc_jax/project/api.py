@@ -17,7 +17,6 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -46,9 +45,9 @@ class Project:
     # -- creating and opening ------------------------------------------------------------
     @classmethod
     def create(cls, directory: os.PathLike, images: os.PathLike, *, image_size: int = 32,
-               classes: Optional[list] = None, labels_csv: Optional[os.PathLike] = None,
+               classes: list | None = None, labels_csv: os.PathLike | None = None,
                progress: bool = True, features: FeatureSource | None = None,
-               feature_dtype: str = "float32") -> tuple["Project", ScanResult | FeatureResult]:
+               feature_dtype: str = "float32") -> tuple[Project, ScanResult | FeatureResult]:
         """Scan `images`, store the pool in `directory`; optional classes and a labels CSV.
 
         features: a source of one vector per image (crc_jax.project.features:
@@ -78,7 +77,7 @@ class Project:
                 raise ProjectError(f"--images {images}: no readable images found "
                                    f"({len(scanned.skipped)} unreadable)")
             if labels_rows is not None:  # checked before anything is written
-                classes = cls._check_labels(scanned.paths, classes, labels_rows)
+                classes = cls._check_labels(scanned.paths, classes, labels_rows, images)
         else:   # a features file is read and matched here; a backbone is loaded already
             features.check(images)
         store.prepare_dir(directory)
@@ -92,7 +91,8 @@ class Project:
         else:
             computed = features.compute(images, directory, progress=progress)
             if labels_rows is not None:
-                classes = meta["classes"] = cls._check_labels(computed.paths, classes, labels_rows)
+                classes = meta["classes"] = cls._check_labels(computed.paths, classes, labels_rows,
+                                                              images)
             scale = store.write_features(directory, computed.features, computed.paths,
                                          computed.hashes, dtype=feature_dtype)
             meta.update(input="features", features={
@@ -109,16 +109,17 @@ class Project:
         return project, result
 
     @staticmethod
-    def _check_labels(paths: list, classes: list, rows: list) -> list:
-        """The classes (named by the rows when not given), once every row names an image."""
+    def _check_labels(paths: list, classes: list | None, rows: list, images: Path) -> list:
+        """The classes (named by the rows when not given), once every row names an image
+        (absolute paths resolved against the `images` folder)."""
         from crc_jax.project import exchange
 
         classes = classes or sorted({label for _, label in rows})
-        exchange.resolve_rows(exchange.PathIndex(paths, classes), rows)
+        exchange.resolve_rows(exchange.PathIndex(paths, classes, images), rows)
         return classes
 
     @classmethod
-    def open(cls, directory: os.PathLike) -> "Project":
+    def open(cls, directory: os.PathLike) -> Project:
         return cls(directory)
 
     # -- what is stored ------------------------------------------------------------------
@@ -206,14 +207,14 @@ class Project:
     def import_rows(self, rows: list, *, source: str) -> int:
         """Labels given as (path, class name) pairs, e.g. from a CSV or Label Studio."""
         from crc_jax.project import exchange
-        index = exchange.PathIndex(self.paths, self.classes)
+        index = exchange.PathIndex(self.paths, self.classes, self.images_root)
         return self.add_labels(exchange.resolve_rows(index, rows), source=source,
                                queued_only=False)
 
-    def import_file(self, path: os.PathLike) -> int:
+    def import_file(self, path: os.PathLike, **options) -> int:
+        """Labels from a CSV or a Label Studio export (options: exchange.import_labels)."""
         from crc_jax.project import exchange
-        path = Path(path)
-        return self.import_rows(exchange.read_labels_file(path), source=f"import:{path.name}")
+        return exchange.import_labels(self, path, **options).added
 
     # -- rounds --------------------------------------------------------------------------
     def rounds(self) -> list[dict]:
@@ -240,6 +241,7 @@ class Project:
         Labels nothing. One round runs at a time per project (another is refused). A
         crash anywhere leaves the labels untouched; rerunning redoes the round exactly.
         """
+        from crc_jax.acquisition import diagnostics
         from crc_jax.project import rounds
 
         settings.check()
@@ -263,16 +265,17 @@ class Project:
                      "labeled_sha256": hashlib.sha256(labeled.tobytes()).hexdigest()[:16],
                      "queue": result.picked.tolist(), "model": model_file,
                      "predicted": self._predicted(result, result.picked),
+                     "crc_diagnostics": diagnostics.summary(result.record),   # None: not CRC
                      "seconds": round(time.time() - started, 2)}
             self.rounds_journal.append(entry)
             return result.picked.tolist()
 
-    def _predicted(self, result, ids) -> Optional[list]:
+    def _predicted(self, result, ids) -> list | None:
         if result.probs is None:
             return None
         return [int(np.argmax(result.probs[i])) for i in ids]
 
-    def _save_model(self, index: int, variables) -> Optional[str]:
+    def _save_model(self, index: int, variables) -> str | None:
         if variables is None:
             return None
         from flax import serialization

@@ -1,4 +1,5 @@
-"""`status`: labels per class, rounds, an accuracy estimate, a learning-curve PNG.
+"""`status`: labels per class, rounds, an accuracy estimate, a learning-curve PNG, and how
+decisive each CRC round's choice was (crc_jax.acquisition.diagnostics).
 
 The accuracy estimate needs no held-out labels: each trained round predicted a class for
 every image it queued, before anyone labeled them; once they are labeled, the share of
@@ -50,6 +51,34 @@ def round_accuracies(project) -> list[dict]:
     return rows
 
 
+def crc_decisions(project) -> list[dict]:
+    """Per round that CRC picked: round, num_labeled and the diagnostics summary written
+    into the rounds log (crc_jax.acquisition.diagnostics.summary, without its records)."""
+    rows = []
+    for entry in project.rounds():
+        diag = entry.get("crc_diagnostics")
+        if diag:
+            rows.append({"round": entry["step"], "num_labeled": entry["num_labeled"],
+                         **{k: v for k, v in diag.items() if k != "records"}})
+    return rows
+
+
+def crc_lines(rows: list) -> list[str]:
+    """One line per CRC round for `crc-jax status`: how far the chosen group beat the
+    runner-up, against float32 resolution; a tie is said so."""
+    lines = []
+    for r in rows:
+        if r["gap"] is None:
+            margin = "no margin (every group was chosen, or none scored above 0)"
+        else:
+            margin = (f"chosen group ahead of the runner-up by {100 * r['gap']:.3g}% "
+                      f"(float32 resolution {100 * r['resolution']:.3g}%)")
+        reach = "" if r["reach"] is None else f", {100 * r['reach']:.3g}% of the ceiling"
+        tie = ": a TIE, rounding could have picked another group" if r["tie"] else ""
+        lines.append(f"  round {r['round']} ({r['num_labeled']} labeled): {margin}{reach}{tie}")
+    return lines
+
+
 def plot_curve(rows: list, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -87,4 +116,5 @@ def status(project) -> dict:
             "skipped": sum(1 for c in answers.values() if c is None),
             "rounds": len(rounds), "queued": len(project.queue_ids()),
             "pending": len(project.pending()), "accuracy": accuracies[-1] if accuracies else None,
+            "crc_by_round": crc_decisions(project),
             "accuracy_by_round": accuracies, "learning_curve": str(curve) if curve else None}

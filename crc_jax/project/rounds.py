@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import inspect
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import numpy as np
@@ -39,13 +39,15 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class RoundResult:
     """picked: pool ids to label next; variables: the model (None at a random cold start);
-    probs: (N, C) class probabilities of the trained model, or None when nothing was trained."""
+    probs: (N, C) class probabilities of the trained model, or None when nothing was trained;
+    record: what the strategy left in its Context's record (CRC's scores and diagnostics)."""
 
     picked: np.ndarray
     variables: Any
-    probs: Optional[np.ndarray]
+    probs: np.ndarray | None
     cold_start: bool
     strategy: str
+    record: dict = dataclasses.field(default_factory=dict)
 
 
 def round_key(seed: int, round_index: int) -> jax.Array:
@@ -212,4 +214,4 @@ def run_round(settings: RoundSettings, *, pool: np.ndarray, labeled: np.ndarray,
                                     batch_size=batch)
     picked = acquisition.select(strategy, ctx, budget, pick_key)
     return RoundResult(picked=picked, variables=None if cold else variables, probs=probs,
-                       cold_start=cold, strategy=spec)
+                       cold_start=cold, strategy=spec, record=ctx.record)

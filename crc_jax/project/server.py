@@ -29,6 +29,7 @@ import threading
 import time
 from importlib import resources
 from pathlib import Path
+from collections.abc import Callable
 
 from flask import Blueprint, Flask, Response, abort, current_app, jsonify, request, send_file
 
@@ -64,13 +65,16 @@ def preview_png(path: str, mtime: float) -> bytes:
 class RoundRunner:
     """Runs one labeling round at a time in a background thread and reports its phase.
 
-    `start(n)` begins `project.next_batch(n, settings)` unless one is running (then False);
-    `state()` is a JSON-ready snapshot. The labels log is never touched by a round, so a
-    failed one only leaves its error to show.
+    `start(n)` begins `project.next_batch(n, settings)` unless one is running (then False),
+    then `after()` when given (phase `after_phase`: e.g. the ML backend writing the queue
+    into Label Studio); `state()` is a JSON-ready snapshot. The labels log is never touched
+    by a round, so a failed one only leaves its error to show.
     """
 
-    def __init__(self, project: Project, settings: RoundSettings):
+    def __init__(self, project: Project, settings: RoundSettings, *,
+                 after: Callable[[], None] | None = None, after_phase: str = ""):
         self.project, self.settings = project, settings
+        self.after, self.after_phase = after, after_phase
         self._lock = threading.Lock()
         self.running, self.phase, self.error, self.picked = False, "idle", "", 0
         self.started = self.finished = 0.0
@@ -88,7 +92,11 @@ class RoundRunner:
         try:
             picked = self.project.next_batch(n, self.settings)
             with self._lock:
-                self.picked, self.phase = len(picked), "done"
+                self.picked, self.phase = len(picked), self.after_phase or "done"
+            if self.after is not None:
+                self.after()
+                with self._lock:
+                    self.phase = "done"
         except Exception as err:  # shown on the page; the labels log is untouched
             log.exception("round failed")
             with self._lock:
@@ -127,12 +135,21 @@ def fail(status: int, message: str):
     abort(response)
 
 
-@page.before_request
-def same_origin_only():
+def host_refused() -> str | None:
+    """Why this request's Host header is refused (it must name this server: DNS
+    rebinding protection), or None."""
     host = request.host.rsplit(":", 1)[0] if not request.host.startswith("[") \
         else request.host.split("]")[0] + "]"
     if host not in LOCAL_HOSTS and host != current_app.config.get("BOUND_HOST"):
-        fail(403, f"host {request.host!r} refused (DNS rebinding protection)")
+        return f"host {request.host!r} refused (DNS rebinding protection)"
+    return None
+
+
+@page.before_request
+def same_origin_only():
+    refused = host_refused()
+    if refused:
+        fail(403, refused)
     if request.method != "POST":
         return
     origin = request.headers.get("Origin")

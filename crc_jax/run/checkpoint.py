@@ -15,7 +15,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import numpy as np
@@ -72,7 +72,7 @@ class TrainCheckpointer:
             faults.kill_now()
         log.debug("checkpoint saved at epoch %d in %s", epoch, self.directory)
 
-    def restore(self, template_state, template_best) -> Optional[tuple[Any, Any, dict]]:
+    def restore(self, template_state, template_best) -> tuple[Any, Any, dict] | None:
         """(state, best variables, progress) of the latest checkpoint, or None if there is none."""
         ocp = self._ocp
         epoch = self._manager.latest_step()

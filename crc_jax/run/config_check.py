@@ -89,6 +89,7 @@ def validate(config) -> None:
     _int(config, "train.eval_batch_size", minimum=1)
     _int(config, "train.val_size", minimum=0)
     _int(config, "train.checkpoint_every", minimum=0)
+    _int(config, "train.steps_per_dispatch", minimum=1)
     _choice(tc.watch, "train.watch", WATCHABLE)
     _choice(tc.dtype, "train.dtype", DTYPES)
     _check_data_parallel(config)

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
+from collections.abc import Callable
 
 import jax
 import numpy as np

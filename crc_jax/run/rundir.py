@@ -18,8 +18,11 @@ from crc_jax.errors import RunDirError
 
 # Fields that do not change results: a resumed run may differ in these. How many
 # processes share the work does not (tests/test_multiprocess.py checks it), nor how often
-# training checkpoints (a resume from a checkpoint is bit-identical: tests/test_checkpoint.py).
-COSMETIC_FIELDS = ("train.progress", "train.checkpoint_every", "distributed")
+# training checkpoints (a resume from a checkpoint is bit-identical: tests/test_checkpoint.py),
+# nor how many train steps share a call (tests/test_multistep.py; run dirs made before that
+# field existed resume too).
+COSMETIC_FIELDS = ("train.progress", "train.checkpoint_every", "train.steps_per_dispatch",
+                   "distributed")
 
 
 def strategy_dirname(spec: str) -> str:
@@ -99,7 +102,7 @@ class RunDir:
         self.path = Path(path)
         self._lock = contextlib.ExitStack()
 
-    def __enter__(self) -> "RunDir":
+    def __enter__(self) -> RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock.enter_context(durable.file_lock(self.path / ".lock", wait=False, pid=True))

@@ -13,7 +13,8 @@ happens inside `train_step`, on the device.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import jax
 

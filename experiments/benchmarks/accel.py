@@ -121,7 +121,8 @@ def table(results: dict) -> str:
             lines.append(f"| {name} | failed | | | {r['error']} | |")
         for i, x in enumerate(r["rows"]):
             peak = f"{r['peak_MiB']:.0f} ({r['peak_of']})" if i == 0 else ""
-            lines.append(f"| {name} | {x['what']} | {x['value']:.1f} | {x['unit']} | {x['detail']} | {peak} |")
+            lines.append(f"| {name} | {x['what']} | {x['value']:.1f} | {x['unit']} | "
+                         f"{x['detail']} | {peak} |")
     return "\n".join(lines)
 
 

@@ -240,7 +240,8 @@ def bench_memory(n_pool=73_257, n_labeled=200, group_size=20):
     before = rss_bytes()
     scores, seconds, peak = with_peak_rss(lambda: crc_lib.score_groups(ctx, groups))
     pool_matrix = 4 * n_pool ** 2
-    return {"setting": f"pool {n_pool} (32×32×3, {ctx.x.nbytes / 2**20:.0f} MiB of images), |L| = {n_labeled}, "
+    return {"setting": f"pool {n_pool} (32×32×3, {ctx.x.nbytes / 2**20:.0f} MiB of images), "
+                       f"|L| = {n_labeled}, "
                        f"G = {group_size}, d = 128, {len(groups)} groups",
             "rss_before_MiB": before / 2**20, "rss_peak_MiB": peak / 2**20,
             "peak_increase_MiB": (peak - before) / 2**20,
@@ -268,7 +269,8 @@ def main():
         print(f"  CRC scores:      {r['crc_groups_per_s']:10.1f} groups/s  ({r['scores_s']:.2f} s; "
               f"pool features once: {r['features_s']:.2f} s)")
         print(f"  CRC end to end:  {r['crc_end_to_end_groups_per_s']:10.1f} groups/s")
-        print(f"  direct:          {r['direct_groups_per_s']:10.2f} groups/s  (timed on {r['direct_groups_timed']} groups)")
+        print(f"  direct:          {r['direct_groups_per_s']:10.2f} groups/s  "
+              f"(timed on {r['direct_groups_timed']} groups)")
         print(f"  speedup: {r['speedup_scoring']:.0f}x scoring, {r['speedup_end_to_end']:.0f}x end to end "
               f"(goal ≥ 20x); largest relative score difference {r['max_rel_diff']:.2e}; "
               f"scores in [{r['score_range'][0]:.3g}, {r['score_range'][1]:.3g}]")

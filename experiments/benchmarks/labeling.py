@@ -15,8 +15,15 @@ process, Python and JAX start-up included):
 
 Goals (issue 16): init < 30 s, next < 5 min on a 2-core CPU, click < 100 ms.
 
+Then the choice of `crc-jax`'s default model (`--model_rounds`): one training round per
+model in this process, on the same project (1,000 images at 32×32), 40 random labels
+(the same for every model), FixMatch with the default round settings (8 epochs of 25
+steps) otherwise: wall time of the fit and the pool accuracy of the trained model.
+
 Command:  python -m experiments.benchmarks.labeling [--images 1000] [--screenshot docs/images/label_page.png]
-Expect:   a few minutes on a 2-core CPU; figures go into experiments/benchmarks/RESULTS.md.
+          python -m experiments.benchmarks.labeling --model_rounds mlp:256,cnn:16,cnn:32
+Expect:   a few minutes on a 2-core CPU; figures go into experiments/benchmarks/RESULTS.md
+          ("Labeling your own images").
 """
 
 from __future__ import annotations
@@ -130,11 +137,41 @@ def time_clicks(project_dir: Path, truth: dict, clicks: int, screenshot: str | N
     return {"click_ms": click_ms, "state_ms": state_ms}
 
 
+def time_model_rounds(project_dir: Path, truth: dict, specs: str, labels: int = 40) -> list:
+    """[(model, width, seconds, pool accuracy)] of one FixMatch round per "model:width"."""
+    import dataclasses
+
+    import jax
+
+    from crc_jax.project import Project, RoundSettings
+    from crc_jax.project.rounds import Trainer, images_as_float
+
+    project = Project.open(project_dir)
+    x = images_as_float(project.pool())
+    y = np.array([int(truth[p]) for p in project.paths])
+    labeled = np.sort(np.random.default_rng(0).choice(len(x), labels, replace=False))
+    unlabeled = np.setdiff1d(np.arange(len(x)), labeled)
+    out = []
+    for spec in specs.split(","):
+        name, _, width = spec.partition(":")
+        settings = dataclasses.replace(RoundSettings(), model=name, width=int(width or 0) or
+                                       RoundSettings().width)
+        start = time.perf_counter()
+        trainer = Trainer(settings, 10, "fixmatch")
+        variables = trainer.fit(x, labeled, y[labeled], unlabeled, jax.random.PRNGKey(0))
+        accuracy = float(np.mean(trainer.probs(variables, x).argmax(-1) == y))
+        out.append((name, settings.width, time.perf_counter() - start, accuracy))
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--clicks", type=int, default=15)
     parser.add_argument("--screenshot", help="save a screenshot of the page here")
+    parser.add_argument("--model_rounds", default="mlp:256,cnn:16",
+                        help="MODEL:WIDTH,... one FixMatch round each on 40 random labels "
+                             "('none': skip)")
     args = parser.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     load_start = os.getloadavg()
@@ -152,12 +189,14 @@ def main(argv=None):
             rows = list(csv.DictReader(f))
         accuracy = np.mean([r["predicted"] == str(truth[r["path"]]) for r in rows])
         clicks = time_clicks(tmp / "proj", truth, args.clicks, args.screenshot)
+        rounds = ([] if args.model_rounds == "none" else
+                  time_model_rounds(tmp / "proj", truth, args.model_rounds))
     load_end = os.getloadavg()
 
     click = sorted(clicks["click_ms"])
     p90 = click[int(0.9 * (len(click) - 1))]
     print(f"load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end "
-          f"(2-core CPU shared with other jobs); {args.images} images")
+          f"({os.cpu_count()} CPUs); {args.images} images; {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"pool accuracy of the model `next` trained on the 20 cold-start labels: {accuracy:.3f}")
     print("| step | time | baseline (same run) | ratio | goal |")
     print("| --- | ---: | ---: | ---: | --- |")
@@ -166,9 +205,18 @@ def main(argv=None):
     print(f"| crc-jax next (defaults, 20 labels) | {next_s:.1f} s | cold-start round {cold_s:.1f} s | "
           f"{next_s / cold_s:.1f}× | < 300 s: {'met' if next_s < 300 else 'NOT met'} |")
     print(f"| label click (median of {len(click)}; p90 {p90:.0f} ms, max {click[-1]:.0f} ms) | "
-          f"{statistics.median(click):.0f} ms | GET /api/state {statistics.median(clicks['state_ms']):.0f} ms | "
+          f"{statistics.median(click):.0f} ms | "
+          f"GET /api/state {statistics.median(clicks['state_ms']):.0f} ms | "
           f"{statistics.median(click) / statistics.median(clicks['state_ms']):.1f}× | "
           f"< 100 ms: {'met' if statistics.median(click) < 100 else 'NOT met'} |")
+
+    if rounds:
+        print("\nOne FixMatch round per model (40 random labels, 8×25 steps, 1,000 images at "
+              "32×32, in one process; the time includes building and compiling the model):")
+        print("| model | fit + predict | pool accuracy |\n| --- | ---: | ---: |")
+        for name, width, seconds, accuracy in rounds:
+            print(f"| {name} width {width} | {seconds:.1f} s | {100 * accuracy:.1f} % |")
+    print(f"load average at the very end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

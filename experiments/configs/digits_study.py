@@ -4,7 +4,8 @@ FixMatch on the demo's MLP (digits_fixmatch's training settings) with dropout 0.
 the head (needed by BALD; the same model for every strategy), every registered strategy
 but greedy CRC: random, entropy, margin, least confidence, EGL, CRC (last-layer NTK,
 G = 5), CRC on the infinite-width MLP kernel, BADGE, core-set, TypiClust, ProbCover and
-BALD; Q0 = 20 (2 per class), Q = 10, 5 acquisitions (up to 70 labels), 10 trials. Trial k starts every strategy
+BALD; Q0 = 20 (2 per class), Q = 10, 5 acquisitions (up to 70 labels), 10 trials. Trial k
+starts every strategy
 from the same labeled set (drawn from (seed, k)) and trains its step-0 model with the
 same keys, so differences between strategies are paired by trial. The report adds the
 area under each learning curve and its paired difference to random with a 95% paired-t
