@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+from typing import Any
 
 _done = False
 
@@ -33,7 +34,9 @@ def _patch_jax() -> None:
     import jax.core
     import jax.extend.core as extend_core
     import jax.interpreters.ad as ad
-    from jax._src import ad_util, core as src_core, util as src_util
+    from jax._src import ad_util
+    from jax._src import core as src_core
+    from jax._src import util as src_util
 
     core = jax.core
     # Moved to jax.extend.core (jax 0.4.36 deprecated the jax.core aliases; removed by 0.7).
@@ -49,10 +52,10 @@ def _patch_jax() -> None:
         try:
             importlib.import_module("jax.util")
         except ImportError:
-            util = types.ModuleType("jax.util")
+            util: Any = types.ModuleType("jax.util")
             util.safe_map, util.safe_zip = src_util.safe_map, src_util.safe_zip
             sys.modules["jax.util"] = util
-            jax.util = util
+            setattr(jax, "util", util)  # noqa: B010 (jax has no such attribute for mypy)
     util = sys.modules["jax.util"]
     for name in ("safe_map", "safe_zip"):
         _restore(util, name, getattr(src_util, name), "jax 0.7 → jax._src.util")

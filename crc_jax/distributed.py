@@ -44,7 +44,7 @@ def initialize(config) -> None:
     """
     if not config.enabled:
         return
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if config.coordinator_address:
         kwargs["coordinator_address"] = str(config.coordinator_address)
     if int(config.num_processes) > 0:

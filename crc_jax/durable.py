@@ -288,12 +288,13 @@ def csv_bytes(header: Sequence[str], rows: Iterable) -> bytes:
     out = io.StringIO()
     rows = list(rows)
     if rows and isinstance(rows[0], dict):
-        writer = csv.DictWriter(out, fieldnames=list(header), lineterminator="\n")
-        writer.writeheader()
+        by_name = csv.DictWriter(out, fieldnames=list(header), lineterminator="\n")
+        by_name.writeheader()
+        by_name.writerows(rows)
     else:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(header)
-    writer.writerows(rows)
+        writer.writerows(rows)
     return out.getvalue().encode()
 
 

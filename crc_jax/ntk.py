@@ -182,7 +182,7 @@ def empirical_ntk(apply_fn: Callable[[Any, Any], Any], params, x1, x2=None, *,
         j1 = jac(x1)
         return jnp.concatenate([contract_jit(j1, jac(x2[c]), trace=trace) for c in cols], axis=1)
 
-    blocks = [[None] * len(cols) for _ in rows]
+    blocks: list[list[Any]] = [[None] * len(cols) for _ in rows]
     for i, r in enumerate(rows):
         ji = jac(x1[r])
         for j, c in enumerate(cols):

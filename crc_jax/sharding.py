@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import Any, TypeGuard
 from collections.abc import Callable, Sequence
 
 import jax
@@ -49,7 +49,7 @@ def num_devices(mesh: Mesh | None) -> int:
     return 1 if mesh is None else int(mesh.devices.size)
 
 
-def is_parallel(mesh: Mesh | None) -> bool:
+def is_parallel(mesh: Mesh | None) -> TypeGuard[Mesh]:
     """Whether `mesh` spans more than one device (otherwise sharding is skipped)."""
     return num_devices(mesh) > 1
 

@@ -35,7 +35,7 @@ class TrainState(train_state.TrainState):
         same way ("average") or copied ("copy"). With ema_warmup, d = min(1 - 1/(k + 1), decay)
         after step k (the Mean Teacher reference's moving_average), so early EMAs follow
         the trained weights closely."""
-        d = self.ema_decay
+        d: Any = self.ema_decay
         if self.ema_warmup:
             d = jnp.minimum(1.0 - 1.0 / (self.step + 1.0), d)
         mix = lambda e, p: d * e + (1.0 - d) * p  # noqa: E731

@@ -43,7 +43,7 @@ class FitResult:
     history: one dict per epoch: epoch, loss, watch_accuracy (+ test_loss when tracked).
     """
 
-    state: TrainState
+    state: TrainState | None  # None for a result read back from a journal (no state kept)
     variables: Any
     best_epoch: int
     epochs_run: int
@@ -159,11 +159,12 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
     feeder = feeding.BatchFeeder(algorithm.train_step, mesh, x_labeled=x_labeled,
                                  y_labeled=y_labeled, x_unlabeled=x_unlabeled if mu_b else None,
                                  feed=feed)
+    n_unlabeled = len(x_unlabeled) if mu_b and x_unlabeled is not None else 0
     bar = tqdm(range(start_epoch, int(tc.max_epochs) + 1), desc=desc, leave=False,
                disable=not tc.progress, dynamic_ncols=True)
     for epoch in bar:
         batches = _epoch_batches(algorithm, data_key, step_key, epoch, len(x_labeled),
-                                 len(x_unlabeled) if mu_b else 0, int(tc.steps_per_epoch))
+                                 n_unlabeled, int(tc.steps_per_epoch))
         state, losses = _train_epoch(feeder, state, batches, before_step, steps_per_dispatch)
         stopper.global_step = _check_finite(losses, state, stopper.global_step, epoch)
         variables = algorithm.eval_variables(state)

@@ -71,6 +71,15 @@ class BackendGram:
     def _base_matrix(self):
         raise NotImplementedError
 
+    def _host_scores(self, rows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _device_scores(self, rows: np.ndarray) -> tuple[jax.Array, jax.Array]:
+        raise NotImplementedError
+
+    def _rel_error(self) -> float:
+        raise NotImplementedError
+
     def _base_trace(self) -> float:
         raise NotImplementedError
 

@@ -52,7 +52,8 @@ def _draw(key, d2):
     return jax.random.categorical(key, jnp.log(d2))
 
 
-def kmeans_pp_seeds(a: np.ndarray, phi: np.ndarray, budget: int, key) -> np.ndarray:
+def kmeans_pp_seeds(a: np.ndarray | jax.Array, phi: np.ndarray | jax.Array, budget: int,
+                    key) -> np.ndarray:
     """Positions of `budget` BADGE seeds: the largest-norm point, then D² sampling."""
     a, phi = jnp.asarray(a), jnp.asarray(phi)
     norms = jnp.sum(a * a, axis=1) * jnp.sum(phi * phi, axis=1)

@@ -36,12 +36,12 @@ def k_center_greedy(feats: np.ndarray, centers: np.ndarray, budget: int) -> np.n
     `feats` must be in ascending pool-index order for ties to go to the lower index.
     With no initial centers every minimum is +inf, so the first pick is position 0.
     """
-    min_d = distances.min_sq_distances(feats, centers)
-    min_d = jnp.asarray(np.where(np.isinf(min_d), np.float32(np.finfo(np.float32).max), min_d))
-    feats = jnp.asarray(feats)
-    picks = []
+    host_d = distances.min_sq_distances(feats, centers)
+    min_d = jnp.asarray(np.where(np.isinf(host_d), np.float32(np.finfo(np.float32).max), host_d))
+    dev_feats = jnp.asarray(feats)
+    picks: list[int] = []
     for _ in range(budget):
-        i, min_d = _pick_and_update(feats, min_d)
+        i, min_d = _pick_and_update(dev_feats, min_d)
         picks.append(int(i))
     return np.asarray(picks, np.int64)
 

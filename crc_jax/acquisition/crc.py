@@ -183,5 +183,6 @@ def make_crc(group_size: int | None = None, subset="last", max_groups: int | Non
                  np.round(chosen, 6).tolist())
         return groups[np.asarray(rows)].ravel()
 
-    crc.score_groups = lambda ctx, groups: score_groups(ctx, groups, subset=subset, backend=backend)
+    crc.score_groups = (  # type: ignore[attr-defined]
+        lambda ctx, groups: score_groups(ctx, groups, subset=subset, backend=backend))
     return crc

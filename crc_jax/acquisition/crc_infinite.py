@@ -212,7 +212,7 @@ def make_crc_infinite(group_size: int | None = None, max_groups: int | None = No
         raise ValueError(f"crc_infinite depth must be a positive integer, with arch='mlp'; "
                          f"got depth={depth!r}, arch={arch!r}")
     extras.require("infinite", "strategy 'crc_infinite'")   # before any work: the config check
-    held = {}   # the kernel rows of this strategy's pool, kept across steps
+    held: dict = {}   # the kernel rows of this strategy's pool, kept across steps
 
     def kernel_rows(ctx: Context) -> KernelRows:
         model = architecture(ctx, arch, depth)
@@ -249,7 +249,7 @@ def make_crc_infinite(group_size: int | None = None, max_groups: int | None = No
                  len(rows.row_of))
         return groups[np.asarray(picked)].ravel()
 
-    crc_infinite.kernel_rows = kernel_rows   # the held rows (tests check their reuse)
-    crc_infinite.score_groups = lambda ctx, groups: InfiniteGram(
+    crc_infinite.kernel_rows = kernel_rows  # type: ignore[attr-defined]  # tests check reuse
+    crc_infinite.score_groups = lambda ctx, groups: InfiniteGram(  # type: ignore[attr-defined]
         kernel_rows(ctx), np.asarray(groups, np.int64), np.asarray(ctx.labeled)).score()
     return crc_infinite

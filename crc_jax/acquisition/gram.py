@@ -93,6 +93,10 @@ class FeatureGram(BackendGram):
     derived one). spectra: where the eigenvalues are computed (default the host).
     """
 
+    z: Any        # host float64 Z (pool features, + a ones column with a head bias), or None
+    z_dev: Any    # the same on the device (float64, or float32 for the prefilter), or None
+    _rank: Any    # rank of Z (an int, or a device scalar on the float64 device path)
+
     def __init__(self, ctx: Context, groups: np.ndarray, *, mesh=None, spectra: Spectra = HOST,
                  features_fn=None):
         self.groups = np.asarray(groups)
@@ -100,8 +104,11 @@ class FeatureGram(BackendGram):
         self.spectra = spectra
         bias = feat.head_has_bias(ctx.params)
         fn = ctx.features_fn if features_fn is None else features_fn
+        if fn is None:
+            raise ValueError("FeatureGram needs a features_fn (the context has none)")
         self.base = np.asarray(ctx.labeled, dtype=np.int64)
-        self.z_dev, self._base_gram = None, None
+        self.z_dev = None
+        self._base_gram: tuple[int, Any] | None = None
         if spectra.device_float64:       # everything stays on the device
             phi = feat.pool_features_on_device(ctx, fn, mesh=mesh)      # the model in float32
             with spectra.precision():
@@ -110,9 +117,9 @@ class FeatureGram(BackendGram):
                 self._rank = dev.rank_from_gram(gram, rtol)
             self.z = None
         else:                           # host float64 Z: all scores, or the finalists
-            phi = feat.pool_features(ctx, fn, mesh=mesh)
-            self._rank = ntk.feature_rank(phi, bias=bias)
-            z = phi.astype(np.float64)
+            phi_host = feat.pool_features(ctx, fn, mesh=mesh)
+            self._rank = ntk.feature_rank(phi_host, bias=bias)
+            z = phi_host.astype(np.float64)
             self.z = np.concatenate([z, np.ones((len(z), 1))], axis=1) if bias else z
             if spectra.prefilter:
                 self.z_dev = jnp.asarray(self.z, dtype=jnp.float32)
@@ -156,7 +163,7 @@ class FeatureGram(BackendGram):
 
             def matrices(r):
                 return spectra.updated(gram_base, self.z[self.groups[r]])
-        return self.scale * spectra.score_rows(rows, side, matrices, min(n, self.rank))
+        return self.scale * spectra.score_rows(rows, side, matrices, self.rank_used)
 
     def _base_matrix(self):
         """C·Z_B Z_Bᵀ (= K̃(B, B)) while |B| ≤ d + 1, else C·Z_BᵀZ_B (its non-zero spectrum)."""
@@ -187,6 +194,7 @@ class FeatureGram(BackendGram):
         side, n = self._side()
         z = self.z_dev
         idx = side - jnp.minimum(n, self._rank)
+        args: tuple
         if n <= self.width:
             z_b = z[jnp.asarray(self.base)]
             k_bb = jnp.matmul(z_b, z_b.T, precision=ntk.HIGHEST)

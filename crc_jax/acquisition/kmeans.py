@@ -23,7 +23,7 @@ def _block_assign(a, centers):
     return jnp.argmin(distances.sq_dist_block(a, centers), axis=1)
 
 
-def assign(feats: np.ndarray, centers: np.ndarray, *,
+def assign(feats: np.ndarray, centers: np.ndarray | jax.Array, *,
            chunk: int = distances.DEFAULT_CHUNK) -> np.ndarray:
     """Index of the nearest center of each row (first on ties), (N,) int64."""
     c = distances.block_size(len(feats), chunk)
@@ -42,7 +42,7 @@ def _update_centers(feats, labels, old_centers, k):
     return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], old_centers)
 
 
-def lloyd(feats: np.ndarray, centers: np.ndarray, *, max_iter: int = 100):
+def lloyd(feats: np.ndarray, centers: np.ndarray | jax.Array, *, max_iter: int = 100):
     """Lloyd iterations from `centers`; returns (centers (k, d), labels (N,))."""
     feats = np.asarray(feats, np.float32)
     centers = jnp.asarray(centers, jnp.float32)
@@ -63,7 +63,7 @@ def _draw_d2(key, d2):
     return jax.random.categorical(key, jnp.log(d2))
 
 
-def kmeans_pp_init(feats: np.ndarray, k: int, key) -> np.ndarray:
+def kmeans_pp_init(feats: np.ndarray | jax.Array, k: int, key) -> np.ndarray:
     """k-means++ (Arthur & Vassilvitskii 2007): a uniform first center, then D² sampling."""
     feats = jnp.asarray(feats, jnp.float32)
     n = int(feats.shape[0])

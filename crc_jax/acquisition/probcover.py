@@ -97,7 +97,7 @@ def max_coverage(feats: np.ndarray, is_labeled: np.ndarray, budget: int, delta: 
     degree = ball_counts(feats, feats, (~covered).astype(np.float32), delta)
     candidate = ~is_labeled
     dev = jnp.asarray(feats)
-    picks = []
+    picks: list[int] = []
     while len(picks) < budget:
         masked = np.where(candidate, degree, -1)
         best = int(np.argmax(masked))

@@ -55,7 +55,7 @@ def select(feats: np.ndarray, labels: np.ndarray, is_labeled: np.ndarray, budget
     k = int(labels.max()) + 1
     order = cluster_order(labels, is_labeled, k, min_cluster_size)
     available = ~is_labeled
-    picks = []
+    picks: list[int] = []
     i = 0
     while len(picks) < budget:
         cluster = order[i % len(order)]

@@ -23,7 +23,7 @@ BatchNorm in evaluation mode. With rate 0 the layer is the identity.
 """
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from crc_jax.registry import Registry
 
-MODELS = Registry("model")
+MODELS: Registry[Any] = Registry("model")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 

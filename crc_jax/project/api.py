@@ -105,7 +105,7 @@ class Project:
             chunks.cleanup(directory)   # the pool holds the features now
         project = cls(directory)
         if labels_rows is not None:
-            project.import_rows(labels_rows, source=f"init:{Path(labels_csv).name}")
+            project.import_rows(labels_rows, source=f"init:{Path(str(labels_csv)).name}")
         return project, result
 
     @staticmethod

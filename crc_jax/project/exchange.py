@@ -46,7 +46,7 @@ class PathIndex:
     """
 
     def __init__(self, paths: list, classes: list, images_root: os.PathLike | None = None,
-                 document_root: os.PathLike = "/"):
+                 document_root: str | os.PathLike = "/"):
         self.paths, self.classes = list(paths), list(classes)
         self.images_root = Path(os.path.realpath(images_root)) if images_root else None
         self.document_root = Path(os.path.realpath(document_root))
@@ -119,7 +119,9 @@ def describe_unmapped(unmapped: list) -> str:
 
 def resolve(index: PathIndex, rows: list) -> Resolution:
     """Map (reference, class) rows to images; unknown classes and contradictions raise."""
-    labels, unmapped, by_upload = {}, [], []
+    labels: dict[int, str] = {}
+    unmapped: list = []
+    by_upload: list = []
     for reference, label in rows:
         image, how = index.locate(reference)
         if image is None:
@@ -207,7 +209,7 @@ class ImportReport:
     by_upload_name: list  # [(reference, path)]
 
 
-def import_labels(project, path: os.PathLike, *, document_root: os.PathLike = "/",
+def import_labels(project, path: os.PathLike, *, document_root: str | os.PathLike = "/",
                   label_config: os.PathLike | None = None,
                   skip_unmapped: bool = False) -> ImportReport:
     """Add the labels of a file to `project` (see the module docstring); all or nothing."""
@@ -246,7 +248,7 @@ def config_path_for(out: Path) -> Path:
     return out.with_name(out.stem + ".label_config.xml")
 
 
-def export(project, out: Path, fmt: str, *, document_root: os.PathLike = "/",
+def export(project, out: Path, fmt: str, *, document_root: str | os.PathLike = "/",
            label_config: os.PathLike | None = None, ground_truth: bool = False) -> dict:
     """Write `out` (a new file); for label-studio also its labeling config (unless given).
 

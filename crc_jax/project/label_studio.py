@@ -26,6 +26,7 @@ import json
 import os
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 from crc_jax.project.label_studio_config import DEFAULT_NAMES, LabelingNames
 from crc_jax.project.store import ProjectError
@@ -88,7 +89,7 @@ def image_tasks(project, names: LabelingNames, document_root: Path, *,
     for i, path in enumerate(project.paths):
         data = {names.data_key: local_files_url(images / path, root),
                 **task_fields(answers, queued, i)}
-        task = {"data": data}
+        task: dict[str, Any] = {"data": data}
         if answers.get(i) is not None:
             task["annotations"] = [{"result": choice_result(names, answers[i]),
                                     "ground_truth": bool(ground_truth), "was_cancelled": False}]

@@ -31,7 +31,7 @@ class LabelStudioClient:
 
     def __init__(self, url: str, token: str, *, timeout: float = 30.0):
         self.url, self.token, self.timeout = url.rstrip("/"), token, timeout
-        self._authorization = None
+        self._authorization: str | None = None
 
     def _auth_header(self) -> str:
         if self._authorization is None:

@@ -64,8 +64,8 @@ def parse(text: str, source: str = "labeling config") -> LabelingNames:
         raise ProjectError(f"{source}: <Image name={control.get('toName')!r}> has value={value!r}; "
                            "expected a data key such as \"$image\"")
     choices = tuple(el.get("alias") or el.get("value") for el in control.iter("Choice"))
-    return LabelingNames(data_key=value[1:], image_name=control.get("toName"),
-                         choice_name=control.get("name"), choices=choices)
+    return LabelingNames(data_key=value[1:], image_name=str(control.get("toName")),
+                         choice_name=str(control.get("name")), choices=choices)
 
 
 def check_classes(names: LabelingNames, classes: list, source: str) -> None:

@@ -33,14 +33,14 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 from flask import Blueprint, Flask, abort, current_app, jsonify, request
 
 from crc_jax.project import label_studio, label_studio_config
 from crc_jax.project.api import Project
 from crc_jax.project.exchange import PathIndex
-from crc_jax.project.label_studio_client import LabelStudioClient, LabelStudioError, \
-    sync_queue_fields
+from crc_jax.project.label_studio_client import LabelStudioClient, LabelStudioError, sync_queue_fields
 from crc_jax.project.labels_log import LabelConflict
 from crc_jax.project.server import RoundRunner, bind, host_refused
 from crc_jax.project.settings import RoundSettings
@@ -63,7 +63,8 @@ class Predictions:
     def __init__(self, project: Project):
         self.project = project
         self._lock = threading.Lock()
-        self._version, self._rows = None, None
+        self._version: str | None = None
+        self._rows: dict | None = None
 
     def version(self) -> str:
         trained = [e for e in self.project.rounds() if e.get("model")]
@@ -217,7 +218,7 @@ def ctx() -> BackendContext:
     return current_app.extensions["crc_jax_ml"]
 
 
-def fail(status: int, message: str):
+def fail(status: int, message: str) -> NoReturn:
     response = jsonify({"status": "error", "error": message})
     response.status_code = status
     abort(response)
@@ -339,7 +340,7 @@ def round_state():
 
 
 def create_app(project: Project, *, settings: RoundSettings = RoundSettings(), budget: int = 20,
-               document_root: os.PathLike = "/", client: LabelStudioClient | None = None) -> Flask:
+               document_root: str | os.PathLike = "/", client: LabelStudioClient | None = None) -> Flask:
     """The ML backend for `project`. `client`: Label Studio's API for writing the queue
     fields after a round (default: the hostname and token Label Studio sends to /setup)."""
     app = Flask(__name__)
@@ -357,7 +358,7 @@ def create_app(project: Project, *, settings: RoundSettings = RoundSettings(), b
 
 def make_server(project: Project, *, host: str = "127.0.0.1", port: int = 9090,
                 settings: RoundSettings = RoundSettings(), budget: int = 20,
-                document_root: os.PathLike = "/", client: LabelStudioClient | None = None):
+                document_root: str | os.PathLike = "/", client: LabelStudioClient | None = None):
     """A threaded Werkzeug server for the ML backend (call .serve_forever(); .port)."""
     from werkzeug.serving import make_server as werkzeug_server
 
@@ -366,5 +367,5 @@ def make_server(project: Project, *, host: str = "127.0.0.1", port: int = 9090,
                      client=client)
     app.config["BOUND_HOST"] = host
     server = werkzeug_server(host, sock.getsockname()[1], app, threaded=True, fd=sock.fileno())
-    server.listening_socket = sock
+    server.listening_socket = sock  # type: ignore[attr-defined]
     return server

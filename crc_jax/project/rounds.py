@@ -142,6 +142,7 @@ class Trainer:
                      key=key, eval_apply=self.eval_apply, desc=f"train n={len(labeled)}",
                      before_step=faults.hook("train_step"))
         # No held-out split to pick a best epoch on: use the model where training ended.
+        assert result.state is not None   # a fit just ran (only journal reads lack a state)
         return self.algorithm.eval_variables(result.state)
 
     def init_variables(self, x: np.ndarray, key) -> Any:

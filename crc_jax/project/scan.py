@@ -86,7 +86,7 @@ def scan(root: os.PathLike, size: int, *, progress: bool = True) -> ScanResult:
 
     root = Path(root)
     paths, hashes, images, duplicates, skipped = [], [], [], [], []
-    first_of = {}
+    first_of: dict[str, str] = {}
     # disable=None: no bar when stderr is not a terminal (logs, pipes)
     for rel in tqdm(list_images(root), desc="scan", disable=None if progress else True, leave=False):
         path = root / rel

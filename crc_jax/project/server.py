@@ -27,9 +27,10 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from collections.abc import Callable
+from typing import NoReturn
 
 from flask import Blueprint, Flask, Response, abort, current_app, jsonify, request, send_file
 
@@ -129,7 +130,7 @@ def ctx() -> PageContext:
     return current_app.extensions["crc_jax"]
 
 
-def fail(status: int, message: str):
+def fail(status: int, message: str) -> NoReturn:
     response = jsonify({"error": message})
     response.status_code = status
     abort(response)
@@ -305,5 +306,5 @@ def make_server(project: Project, *, host: str = "127.0.0.1", port: int = 8765,
     app = create_app(project, settings=settings, budget=budget)
     app.config["BOUND_HOST"] = host
     server = werkzeug_server(host, sock.getsockname()[1], app, threaded=True, fd=sock.fileno())
-    server.listening_socket = sock  # keep it referenced: the server uses its descriptor
+    server.listening_socket = sock  # type: ignore[attr-defined]  # keep it referenced: the server uses its descriptor
     return server

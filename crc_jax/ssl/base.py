@@ -21,7 +21,7 @@ import jax
 from crc_jax.registry import Registry
 from crc_jax.state import TrainState
 
-ALGORITHMS = Registry("ssl algorithm")
+ALGORITHMS: Registry[Any] = Registry("ssl algorithm")
 register = ALGORITHMS.register
 
 Batch = dict
