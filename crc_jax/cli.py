@@ -2,7 +2,7 @@
 
     crc-jax init DIR --images PATH [--labels FILE.csv] [--classes a,b,c] [--image-size 32]
                      [--features FILE.npz|.csv | --backbone FILE.onnx|.msgpack [options]]
-    crc-jax next DIR --budget N [--strategy crc] [--ssl fixmatch] [--cold-start crc|random]
+    crc-jax next DIR --budget N [--strategy crc] [--ssl fixmatch] [--cold-start crc|random|typiclust]
     crc-jax label DIR [--port 8765]
     crc-jax status DIR | predict DIR [--out FILE]
     crc-jax export DIR --format csv|label-studio --out FILE [--document-root DIR] [--label-config XML]
@@ -88,9 +88,14 @@ def build_parser() -> Parser:
         s.add_argument("--ssl", default=d.ssl, choices=ssl.names())
         s.add_argument("--cold-start", default=d.cold_start,
                        choices=acquisition.STRATEGIES.names("cold_start"),
-                       help="first batch without labels: CRC on a random model, or random")
+                       help="first batch without labels: CRC on a random model, TypiClust, "
+                            "or random")
         s.add_argument("--model", default=d.model)
         s.add_argument("--width", type=positive_int, default=d.width)
+        s.add_argument("--dropout", type=float, default=d.dropout,
+                       help="dropout rate before the head (0; BALD needs > 0)")
+        s.add_argument("--feature-noise", type=float, default=d.feature_noise,
+                       help="feature-vector pools: std of the noise of a view (0.1)")
         s.add_argument("--epochs", type=positive_int, default=d.epochs)
         s.add_argument("--steps-per-epoch", type=positive_int, default=d.steps_per_epoch)
         s.add_argument("--no-flip", action="store_true", help="no horizontal flips (text, digits)")
@@ -171,7 +176,8 @@ def settings_from(args):
     settings = RoundSettings(strategy=args.strategy, ssl=args.ssl, cold_start=args.cold_start,
                              model=args.model, width=args.width, epochs=args.epochs,
                              steps_per_epoch=args.steps_per_epoch, flip=not args.no_flip,
-                             seed=args.seed)
+                             seed=args.seed, dropout=args.dropout,
+                             feature_noise=args.feature_noise)
     try:
         settings.check()
     except ValueError as err:

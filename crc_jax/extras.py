@@ -7,7 +7,7 @@ features need more, each from an extra declared in pyproject.toml:
               TensorFlow (about 1.9 GB)
     infinite  the infinite-width NTK (`crc_infinite`, crc_jax.infinite): neural-tangents,
               whose own requirements pull TensorFlow in too
-    onnx      `crc-jax init --backbone MODEL.onnx`: onnxruntime runs the model (about 30 MB)
+    onnx      `crc-jax init --backbone MODEL.onnx`: onnxruntime runs the model (78 MB installed)
 
 `require` looks the modules up without importing them, so the check is cheap and runs
 where a config or a strategy is checked, before any heavy work.

@@ -188,6 +188,28 @@ def test_bad_csv_and_file_shapes_are_one_line(capsys, tmp_path, folder):
     assert not (tmp_path / "p").exists()
 
 
+def test_dropout_and_feature_noise_from_the_command_line(capsys, tmp_path, folder):
+    """`next --dropout/--feature-noise` reach the round (recorded in its settings); a bad
+    value is one line naming the option, before any work."""
+    root, truth, paths, vectors = folder
+    project, _ = Project.create(tmp_path / "p", root, classes=CLASSES.split(","), progress=False,
+                                features=features.embeddings_file(
+                                    save_npz(tmp_path / "e.npz", paths, vectors)))
+    project.add_labels({i: str(truth[p]) for i, p in enumerate(paths[:20])}, queued_only=False)
+    short = [*FAST, "--epochs", 1, "--steps-per-epoch", 3]
+    one_line_error(capsys, "next", project.dir, "--budget", 5, *short, "--dropout", 1.5,
+                   match="--dropout: must be in [0, 1)")
+    one_line_error(capsys, "next", project.dir, "--budget", 5, *short, "--feature-noise", -1,
+                   match="--feature-noise: must be >= 0")
+    assert project.rounds() == []
+    code, out, _ = run(capsys, "next", project.dir, "--budget", 5, *short, "--dropout", 0.3,
+                       "--feature-noise", 0.25)
+    assert code == 0, out
+    entry = project.rounds()[-1]
+    assert not entry["cold_start"]
+    assert entry["settings"]["dropout"] == 0.3 and entry["settings"]["feature_noise"] == 0.25
+
+
 @pytest.fixture(scope="module")
 def vector_project(tmp_path_factory, folder):
     root, truth, paths, vectors = folder
