@@ -25,7 +25,8 @@ The accuracy reported is that of the model trained on 30 and on 60 labels, over 
 images of B not labeled yet.
 
 Command: python -m experiments.transfer_backbone [--seeds 3] [--out docs/results/transfer_backbone.md]
-Expect:  about an hour on a busy 2-core CPU (the pixel path's FixMatch rounds dominate).
+Expect:  14 minutes measured on a 2-core CPU at load average 1-10 (3 seeds; the pixel
+         path's FixMatch rounds and the pretraining dominate).
 """
 
 from __future__ import annotations
