@@ -57,6 +57,11 @@ def defaults() -> ml_collections.ConfigDict:
     c.al.first_query = "trained"
     c.al.initial_model = "per_trial"  # per_trial | median (§4.1: median of K candidate initial sets)
     c.al.initial_candidates = 5      # K, candidate initial sets for initial_model = median
+    # step 0's labeled set: random | spread | near_duplicate | indices (crc_jax/data/initial_sets.py)
+    c.al.initial_rule = "random"
+    c.al.initial_indices = ()        # rule "indices": the Q0 pool indices of step 0
+    # rule "spread": pivots at or above this quantile of their class's margins
+    c.al.initial_margin_quantile = 0.0
 
     # Per-strategy options, e.g. acquisition.crc.subset = "all".
     c.acquisition = ml_collections.ConfigDict()

@@ -1,10 +1,12 @@
 """The paper's figures from real runs.
 
-    python -m experiments.figures moons [--workdir runs/figure1_moons] [--out DIR]
-        Figure 1: the Pi-model decision boundary on two-moons after each CRC acquisition,
-        starting from 4 labeled points (config moons_pi), as one PNG grid. The run goes
-        into --workdir, which must be new, empty, or one this command made before (only
-        its own files are replaced); the PNG goes to --out (default: the workdir).
+    python -m experiments.figures moons [--workdir runs/figure1_moons] [--out DIR] [--seed S]
+        Figure 1 (config moons_pi): random, CRC and CRC on all parameters from 4 pivots
+        off the class boundary, 5 trials; the PNG shows each strategy's accuracy per step
+        (mean, band min to max) and trial 0's CRC decision boundary after each step;
+        figure1_moons.md has the numbers. The run goes into --workdir, which must be new,
+        empty, or one this command made before (only its own files are replaced); the PNG
+        and the .md go to --out (default: the workdir).
     python -m experiments.figures eigen RUNDIR [RUNDIR ...] [--out DIR]
         Figure 3 from CRC journals: (a) the smallest chosen-group eigenvalue at an
         acquisition against the epochs until the test loss reached its minimum when
@@ -55,41 +57,116 @@ def save(fig, path: Path) -> Path:
     plt.close(fig)
     return path
 
-def claim_workdir(workdir: Path, seed: int) -> None:
+def claim_workdir(workdir: Path, seed: int, journals=(JOURNAL,)) -> None:
     """Make `workdir` ours: create it, or reuse one this command made (removing only the
-    journal it wrote there). Refuses any other non-empty directory: never delete what this
-    command did not create."""
+    journals and summary it wrote there). Refuses any other non-empty directory: never
+    delete what this command did not create."""
     if workdir.exists() and not workdir.is_dir():
         raise FigureError(f"--workdir {workdir}: exists and is not a directory")
     if workdir.is_dir() and any(workdir.iterdir()):
         if not (workdir / MARKER).is_file():
             raise FigureError(f"--workdir {workdir}: not empty and not made by `figures moons`; "
                               "choose a new or empty directory")
-        (workdir / JOURNAL).unlink(missing_ok=True)
+        for journal in journals:
+            (workdir / journal).unlink(missing_ok=True)
+        (workdir / "summary.csv").unlink(missing_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / MARKER).write_text(json.dumps({"made_by": "experiments.figures moons",
                                               "seed": seed}) + "\n")
 
 
-def figure1_moons(out: Path, workdir: Path, *, seed: int = 0) -> Path:
-    """Train moons_pi with CRC, drawing the decision boundary after every step."""
-    import jax
-    import matplotlib.pyplot as plt
-
-    from crc_jax.run import loop
+def moons_config(seed: int, trials: int | None = None, smoke: bool = False):
+    """moons_pi with the figure's seed (and, for tests, fewer trials or smoke scale)."""
     from experiments.configs import moons_pi
+    from experiments.configs.base import apply_smoke
 
     config = moons_pi.get_config()
     config.seed = seed
+    config.smoke = smoke
+    apply_smoke(config)
+    if trials:
+        config.trials = trials
     config.train.progress = False
-    claim_workdir(workdir, seed)
+    return config
+
+
+def figure1_moons(out: Path, workdir: Path, *, seed: int = 0, trials: int | None = None,
+                  smoke: bool = False) -> Path:
+    """Run moons_pi (every strategy, every trial) into `workdir` and draw Figure 1: each
+    strategy's accuracy per step over the trials (mean, band: min to max), and trial 0's
+    CRC decision boundary after every step. Writes figure1_moons.png and .md into `out`."""
+    from crc_jax import durable
+    from crc_jax.run import config_check, environment, loop
+
+    config = moons_config(seed, trials, smoke)
+    config_check.validate(config)
+    trial_dirs = {(spec, t): Path(loop.strategy_dirname(spec)) / f"trial_{t}"
+                  for spec in config.strategies for t in range(config.trials)}
+    claim_workdir(workdir, seed, [d / "journal.jsonl" for d in trial_dirs.values()])
     setup = loop.build_setup(config)
-    snapshots = []
+    environment.record(workdir)
+    snapshots, entries = [], {}
 
     def keep(entry, labeled, result):
         snapshots.append((entry, np.array(labeled), result.variables))
 
-    loop.run_trial(setup, "crc", 0, workdir / JOURNAL.parent, on_step=keep)
+    rows = []
+    for (spec, trial), trial_dir in trial_dirs.items():
+        hook = keep if (spec == "crc" and trial == 0) else None
+        entries[spec, trial] = loop.run_trial(setup, spec, trial, workdir / trial_dir, on_step=hook)
+        rows += loop.summary_rows(spec, trial, entries[spec, trial])
+    durable.write_csv(workdir / "summary.csv", loop.SUMMARY_FIELDS, rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "figure1_moons.md").write_text(moons_table(config, entries, rows))
+    return _draw_moons(config, setup, snapshots, entries, out / "figure1_moons.png")
+
+
+def moons_curves(entries: dict) -> dict:
+    """{strategy: (labeled counts, accuracies in % (trials, steps))} from the journals."""
+    out = {}
+    for spec in dict.fromkeys(s for s, _ in entries):
+        trials = [entries[k] for k in sorted(k for k in entries if k[0] == spec)]
+        counts = np.array([e["num_labeled"] for e in trials[0]])
+        out[spec] = (counts, np.array([[100 * e["test_accuracy"] for e in t] for t in trials]))
+    return out
+
+
+def moons_table(config, entries: dict, rows: list[dict]) -> str:
+    """Figure 1's numbers: accuracy per step (mean, std, range, every trial), the class mix
+    of each strategy's queries, and the paired AULC differences to random, as markdown."""
+    from experiments import stats
+
+    curves = moons_curves(entries)
+    counts = next(iter(curves.values()))[0]
+    lines = [f"# Figure 1 run: moons_pi, seed {config.seed}, {config.trials} trials",
+             "", "Test accuracy (%) per labeled count: mean ± std [min, max] over the trials.",
+             "", "| strategy | " + " | ".join(str(n) for n in counts) + " |",
+             "|---|" + "---|" * len(counts)]
+    for spec, (_, acc) in curves.items():
+        cells = [f"{m:.1f} ± {s:.1f} [{lo:.1f}, {hi:.1f}]"
+                 for m, s, lo, hi in zip(acc.mean(0), acc.std(0), acc.min(0), acc.max(0))]
+        lines.append(f"| {spec} | " + " | ".join(cells) + " |")
+    lines += ["", "Every trial (accuracy % per labeled count; the initial set is shared by "
+              "the strategies of a trial):", "", "| strategy | trial | "
+              + " | ".join(str(n) for n in counts) + " |", "|---|---|" + "---|" * len(counts)]
+    for spec, (_, acc) in curves.items():
+        for t, row in enumerate(acc):
+            lines.append(f"| {spec} | {t} | " + " | ".join(f"{a:.1f}" for a in row) + " |")
+    lines += ["", "| strategy | queries in class 1 (red) | steps after step 0 below 90% |",
+              "|---|---|---|"]
+    for spec, (_, acc) in curves.items():
+        labels = [lab for k, es in entries.items() if k[0] == spec for e in es
+                  for lab in e.get("labels", [])]
+        red = f"{sum(labels)}/{len(labels)}" if labels else "–"
+        lines.append(f"| {spec} | {red} | {int((acc[:, 1:] < 90).sum())}/{acc[:, 1:].size} |")
+    lines += ["", "Area under the learning curve, paired to random by trial "
+              "(experiments/stats.py):", "", stats.markdown(stats.aulc_table(rows))]
+    return "\n".join(lines)
+
+
+def _draw_moons(config, setup, snapshots, entries, path: Path) -> Path:
+    import jax
+    import matplotlib.pyplot as plt
 
     x, y = setup.pool_x, setup.pool_y
     lo, hi = x.min(0) - 0.4, x.max(0) + 0.4
@@ -97,15 +174,22 @@ def figure1_moons(out: Path, workdir: Path, *, seed: int = 0) -> Path:
     grid = np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float32)
     predict = jax.jit(lambda v, g: jax.nn.softmax(setup.eval_apply(v, g))[:, 1])
 
-    cols = len(snapshots)
-    fig, axes = plt.subplots(1, cols, figsize=(3.2 * cols, 3.4), dpi=110, squeeze=False)
-    for ax, (entry, labeled, variables) in zip(axes[0], snapshots):
+    cols = max(len(snapshots), 1)
+    fig = plt.figure(figsize=(3.2 * cols, 7.0), dpi=110)
+    grid_spec = fig.add_gridspec(2, cols, height_ratios=[1.0, 1.1])
+    initial = set(np.asarray(snapshots[0][0].get("initial", []), int).tolist()) if snapshots else set()
+    for col, (entry, labeled, variables) in enumerate(snapshots):
+        ax = fig.add_subplot(grid_spec[0, col])
         p = np.asarray(predict(variables, grid)).reshape(gx.shape)
         ax.contourf(gx, gy, p, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.35)
         ax.contour(gx, gy, p, levels=[0.5], colors="k", linewidths=1.5)
         ax.scatter(x[:, 0], x[:, 1], s=3, c="0.6", alpha=0.4, label="unlabeled")
-        ax.scatter(x[labeled, 0], x[labeled, 1], c=np.where(y[labeled] == 1, "tab:red", "tab:blue"),
-                   s=60, edgecolors="k", label="labeled")
+        pivots = np.array([i in initial for i in labeled])
+        colors = np.where(y[labeled] == 1, "tab:red", "tab:blue")
+        ax.scatter(x[labeled[~pivots], 0], x[labeled[~pivots], 1], c=colors[~pivots], s=60,
+                   edgecolors="k", label="acquired")
+        ax.scatter(x[labeled[pivots], 0], x[labeled[pivots], 1], c=colors[pivots], s=90,
+                   marker="s", edgecolors="k", label="pivot (step 0)")
         acquired = np.asarray(entry.get("acquired", []), dtype=int)
         if len(acquired):
             ax.scatter(x[acquired, 0], x[acquired, 1], marker="*", s=220, facecolors="none",
@@ -114,10 +198,25 @@ def figure1_moons(out: Path, workdir: Path, *, seed: int = 0) -> Path:
                      fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[0][0].legend(loc="lower left", fontsize=7)
-    fig.suptitle("Figure 1: Π-model decision boundary (black) as CRC enlarges the labeled set "
-                 "(two-moons)", fontsize=11)
-    return save(fig, out / "figure1_moons.png")
+        if col == 0:
+            ax.legend(loc="lower left", fontsize=7)
+
+    ax = fig.add_subplot(grid_spec[1, :])
+    for spec, (counts, acc) in moons_curves(entries).items():
+        style = dict(color="k", linestyle="--") if spec == "random" else {}
+        line, = ax.plot(counts, acc.mean(0), marker="o", label=f"{spec} (mean)", **style)
+        ax.fill_between(counts, acc.min(0), acc.max(0), alpha=0.15, color=line.get_color())
+    ax.set_xlabel("number of labeled points")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xticks(counts)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, loc="lower right")
+    ax.set_title(f"accuracy per step over {config.trials} trials (seed {config.seed}, trials "
+                 f"0–{config.trials - 1}): mean, band = min to max", fontsize=10)
+    fig.suptitle("Figure 1: Π-model on two-moons from 4 pivots off the class boundary (squares)\n"
+                 "top: trial 0's decision boundary (black) as CRC (last layer) adds 2 labels "
+                 "per step; bottom: every strategy over all trials", fontsize=11)
+    return save(fig, path)
 
 
 def crc_points(workdirs) -> tuple[list, dict]:
@@ -279,6 +378,7 @@ def main(argv=None) -> None:
     moons.add_argument("--out", default=None, help="folder of the PNG (default: the workdir)")
     moons.add_argument("--workdir", default="runs/figure1_moons")
     moons.add_argument("--seed", type=int, default=0)
+    moons.add_argument("--trials", type=int, default=None, help="default: moons_pi's (5)")
     eigen = sub.add_parser("eigen", help="Figure 3")
     eigen.add_argument("workdirs", nargs="+")
     eigen.add_argument("--out", default=None, help="folder of the PNG (default: the first RUNDIR)")
@@ -292,7 +392,8 @@ def main(argv=None) -> None:
     try:
         if args.figure == "moons":
             workdir = Path(args.workdir)
-            path = figure1_moons(Path(args.out or workdir), workdir, seed=args.seed)
+            path = figure1_moons(Path(args.out or workdir), workdir, seed=args.seed,
+                                 trials=args.trials)
         elif args.figure == "transfer":
             path = figure2_transfer(Path(args.workdir), Path(args.out or args.workdir))
         else:

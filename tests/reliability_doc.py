@@ -66,9 +66,17 @@ with one line and exit status 2 before they can change anything already computed
   `checkpoint` (once orbax's temporary folder exists, i.e. mid-write), `acquisition` (after
   training, before the strategy picks), `journal_append` (after half of the line is written
   and fsynced) and `report` (after report.md, before report.csv).
-- **Same seed, same results**: two runs of one config give identical journals (up to the
-  `seconds` timing field) and byte-identical `summary.csv` on CPU
-  (`tests/test_faults.py::test_same_seed_runs_are_identical`).
+- **Same seed, same results, on the same machine and versions**: two runs of one config give
+  byte-identical journals and `summary.csv`, run in one process or in separate processes
+  (`tests/test_reproducible.py`, `tests/test_faults.py::test_same_seed_runs_are_identical`).
+- **Environment record** (`crc_jax/run/environment.py`): every run directory holds
+  `environment.json`, the environment that produced it: Python, crc_jax/jax/jaxlib/flax/optax/
+  numpy/orbax versions, the backend and its device kinds, the CPU model and the vector
+  features that decide its float rounding (AVX2, FMA, AVX-512, AMX; NEON/SVE), the cores
+  usable, `jax_enable_x64`/`jax_default_matmul_precision`, and `XLA_FLAGS` with the other
+  `XLA_*`, `JAX_*` and thread-count variables that are set. A run resumed in another
+  environment appends it and logs a warning. It is cosmetic (not in `config.json` nor the
+  config fingerprint), and a file of that name that is not crc_jax's is left alone.
 
 Run the fault campaign (10 kills on a tiny digits config, each resumed and compared with an
 uninterrupted run; a few minutes on 2 CPU cores):
@@ -79,6 +87,38 @@ The always-on suite runs one kill (mid checkpoint write) and the same-seed check
 (`tests/test_faults.py`), and every bad input below (`tests/test_bad_inputs.py`, which also
 checks that the table
 below is what `make docs` writes today).
+
+## Where results hold
+
+Results repeat exactly on the same machine with the same versions; that is the scope of
+every "identical" above. On another machine the last bits of a float32 operation can
+differ, and a run is then another run:
+
+- **CPU float rounding.** XLA compiles each matrix product and reduction for the CPU it runs
+  on: the vector width (AVX2, AVX-512, ARM NEON/SVE), fused multiply-add and the blocking of
+  a sum decide the order in which partial results are added, and float32 addition is not
+  associative. A different jax/jaxlib version compiles other kernels. An accelerator
+  (cuBLAS/cuDNN algorithm choice, TPU matrix units) rounds differently again, and so does a
+  data-parallel run over another number of devices (`docs/accelerators.md`).
+- **XLA flags.** `XLA_FLAGS` changes what XLA fuses and how it vectorizes (the test suite
+  itself runs with `--xla_backend_optimization_level=0`, `tests/conftest.py`);
+  `JAX_DEFAULT_MATMUL_PRECISION` and `JAX_ENABLE_X64` change the precision outright.
+- **Thread counts.** On a CPU, XLA and Eigen split large products and reductions over the
+  cores they may use; another split can add in another order. The number of usable cores
+  (`taskset`, container limits) and thread variables (`OMP_NUM_THREADS` and the like) are
+  part of the environment.
+
+How a few bits become another figure: training is many steps of a chaotic map, so a
+last-bit difference in one step grows into another model after a few hundred steps; early
+stopping may then pick another epoch, and CRC's choice, which on two-moons separated the
+best group from the runner-up by a median 0.11-0.26 % (an independent reimplementation,
+issue 27), may flip, after which the next model trains on other labels. A single trial can
+therefore change qualitatively from one machine to another: the earlier random-pivot
+Figure 1 went from 98.8 % at 4 labels to 66-72 % in the README's earlier run, and 98.1 → 99.7 → 77.5 →
+100 → 100 % with the same command and seed on another machine of the same kind (issue 27),
+the two already different at 4 labels, before CRC had acted. Compare machines on means over many paired
+trials with their intervals (`experiments/report.py`), not on one trial, and read
+`environment.json` to see which environment gave which numbers.
 """
 
 SECTIONS = {

@@ -34,3 +34,25 @@ def test_a_file_as_workdir_is_refused(tmp_path):
     with pytest.raises(figures.FigureError, match="is not a directory"):
         figures.claim_workdir(tmp_path / "f", seed=0)
     assert (tmp_path / "f").read_text() == "data"
+
+
+def test_figure1_runs_every_strategy_and_trial_from_shared_pivots(tmp_path):
+    """`figures moons` at smoke scale: every strategy x trial journaled from the trial's
+    pivots, the panel drawn, and figure1_moons.md's per-trial numbers are the journals'."""
+    import json
+
+    path = figures.figure1_moons(tmp_path, tmp_path / "run", trials=2, smoke=True)
+    assert path.is_file() and path.stat().st_size > 10_000
+    table = (tmp_path / "figure1_moons.md").read_text()
+    assert (tmp_path / "run" / "environment.json").is_file()
+    for trial in (0, 1):
+        initial = set()
+        for spec, folder in (("random", "random"), ("crc", "crc"),
+                             ("crc:subset=all", "crc-subset=all")):
+            lines = (tmp_path / "run" / folder / f"trial_{trial}" / "journal.jsonl").read_text()
+            entries = [json.loads(line) for line in lines.splitlines()]
+            initial.add(tuple(entries[0]["initial"]))
+            cells = " | ".join(f"{100 * e['test_accuracy']:.1f}" for e in entries)
+            assert f"| {spec} | {trial} | {cells} |" in table
+        assert len(initial) == 1   # the strategies of a trial share its pivots
+    assert "Δ AULC vs random" in table

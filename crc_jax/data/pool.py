@@ -2,8 +2,9 @@
 
 The pool holds every training label but shows a label only once its index has gone
 through `label` (the annotator). Strategies get indices, never the hidden labels.
-Two places read hidden labels by design, and say so:
+Three places read hidden labels by design, and say so:
   * `initial_indices`: the paper's step 0 samples Q0/C images per class (§4.1);
+  * crc_jax/data/initial_sets.py: the other step-0 rules place Q0/C images per class too;
   * `oracle_labels`: the pseudo-AL setting of Table 3 searches class-balanced groups.
 """
 

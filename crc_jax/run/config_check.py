@@ -11,7 +11,7 @@ import jax
 
 from crc_jax import acquisition, data, models, ssl
 from crc_jax.errors import ConfigError, DataError
-from crc_jax.run import strategies
+from crc_jax.run import initial_set, strategies
 
 WATCHABLE = ("test", "val")
 DTYPES = ("float32", "bfloat16")
@@ -111,6 +111,7 @@ def _check_protocol(config) -> None:
     """The fields that pick the paper's protocol variants (initial model, schedules, EMA)."""
     _choice(config.al.initial_model, "al.initial_model", INITIAL_MODELS)
     _int(config, "al.initial_candidates", minimum=1)
+    initial_set.check_config(config)
     if config.al.initial_model == "median" and config.al.first_query == "random_init":
         raise ConfigError("al.initial_model", "'median' draws random class-balanced initial "
                                               "sets; al.first_query='random_init' lets each "
@@ -166,6 +167,7 @@ def check_pool_budget(config, pool_size: int) -> None:
     if total > pool_size:
         raise ConfigError("al.steps", f"Q0 + steps*Q = {total} labels exceed the pool of "
                                       f"{pool_size} images of {config.dataset.name}")
+    initial_set.check_pool(config, pool_size)
 
 
 def check_class_counts(config, pool_y, num_classes: int) -> None:

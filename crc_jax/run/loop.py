@@ -27,7 +27,7 @@ import numpy as np
 from crc_jax import acquisition, data, distributed, durable, faults, models, ssl
 from crc_jax.data.pool import Pool
 from crc_jax.errors import StorageError
-from crc_jax.run import config_check, initial_model, resume, strategies
+from crc_jax.run import config_check, environment, initial_model, initial_set, resume, strategies
 from crc_jax.run.rundir import run_dir, strategy_dirname  # noqa: F401 (strategy_dirname: callers' name for it)
 from crc_jax.train import fit
 
@@ -159,15 +159,16 @@ def _label_step_zero(setup: Setup, spec: str, trial: int, pool: Pool, strategy, 
                      start, entries: list, path: Path, fingerprints: set[str]):
     """Label step 0's set: replayed from the journal on a resume, else the median initial
     model's, the strategy's first query (al.first_query="random_init", Appendix B.2) or Q0
-    drawn class-balanced per trial. Returns (initial indices, first-query record or None)."""
+    per trial by al.initial_rule (crc_jax.run.initial_set). Returns (initial indices,
+    first-query record or None)."""
     config = setup.config
     if start is not None:
         initial = start.indices
     elif config.al.first_query == "random_init":
         initial = None
     else:
-        initial = pool.initial_indices(config.al.initial_size,
-                                       np.random.default_rng([config.seed, trial]))
+        initial = initial_set.choose(config, setup.pool_x, setup.pool_y, setup.dataset.num_classes,
+                                     np.random.default_rng([config.seed, trial]))
     if entries:
         resume.replay(entries, pool, initial, path, fingerprints)
         log.info("%s trial %d: resuming after step %d", spec, trial, len(entries) - 1)
@@ -239,6 +240,8 @@ def run(config, workdir) -> list[dict]:
     with run_dir(workdir) as bind:  # process 0 locks and writes, alone
         setup = build_setup(config)
         bound = bind(lambda rundir: resume.bind_checked(rundir, config, workdir))
+        if distributed.is_writer():
+            environment.record(workdir)   # cosmetic: where the numbers came from
         start = initial_model.prepare(setup, workdir)  # None unless al.initial_model="median"
         rows = []
         for spec in config.strategies:
