@@ -49,6 +49,9 @@ PARTS = {
                  "default model (MLP-256 vs CNN 16/32 rounds)",
                  [*M, "experiments.benchmarks.labeling", "--clicks", "20",
                   "--model_rounds", "mlp:256,cnn:16,cnn:32"]),
+    "labeling_features": ("README \"Label your own images\" (photos) + RESULTS.md \"Labeling on "
+                          "features\": 50,000-image init --features, next, --backbone",
+                          [*M, "experiments.benchmarks.labeling_features"]),
     "demo": ("README \"Results measured on this machine\": `make demo` wall time (a fresh workdir)",
              [*M, "experiments.main", "--config=digits_fixmatch", "--workdir={tmp}/demo"]),
     # longer or special-purpose parts, in `--parts all`
@@ -61,7 +64,7 @@ PARTS = {
     "multiprocess": ("RESULTS.md \"Multi-process\"", [*M, "experiments.benchmarks.multiprocess"]),
 }
 DEFAULT = ("xla_cpu", "train_step", "train_step_xla_default", "steps_per_dispatch",
-           "acquisition", "labeling", "demo")
+           "acquisition", "labeling", "labeling_features", "demo")
 SMALL_STEP = [*M, "experiments.benchmarks.train_step", "--model", "cnn", "--batch_size", "8",
               "--mu", "2", "--algorithms", "fixmatch", "--steps", "48", "--torch_peer", "off"]
 
