@@ -364,3 +364,26 @@ def test_first_run_expected_accelerator_lines_are_the_start_up_lines_format(monk
         monkeypatch.setattr(jax, "process_count", lambda procs=procs: procs)
         monkeypatch.setattr(jax, "process_index", lambda: "k")
         assert devices.describe(m["req"], option=m["option"]) == m.group(0)
+
+
+# ------------------------------------------------- two processes on one GPU: the study script
+
+def test_study_script_starts_every_run_allocating_gpu_memory_on_demand(tmp_path):
+    """experiments/run_digits_study.sh, copied into a scratch tree and run with a stand-in
+    Python that records its environment: every run sees XLA_PYTHON_CLIENT_PREALLOCATE=false
+    (two processes on one GPU), and a value set by the caller is kept."""
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "runs").mkdir()
+    script = tmp_path / "experiments" / "run_digits_study.sh"
+    script.write_text((ROOT / "experiments" / "run_digits_study.sh").read_text())
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "${XLA_PYTHON_CLIENT_PREALLOCATE:-unset}" >> "$SEEN"\n')
+    fake.chmod(0o755)
+    for preset, expected in ((None, "false"), ("true", "true")):
+        seen = tmp_path / f"seen-{preset}"
+        env = {k: v for k, v in os.environ.items() if k != "XLA_PYTHON_CLIENT_PREALLOCATE"}
+        env.update(PYTHON=str(fake), STRATEGIES="random crc", SEEN=str(seen))
+        if preset:
+            env["XLA_PYTHON_CLIENT_PREALLOCATE"] = preset
+        subprocess.run(["bash", str(script)], env=env, check=True, timeout=60)
+        assert seen.read_text().split() == [expected] * 3      # two strategies, supervised
