@@ -47,7 +47,7 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> Parser:
-    from crc_jax import acquisition, ssl
+    from crc_jax import acquisition, devices, ssl
     from crc_jax.project.settings import RoundSettings
 
     d = RoundSettings()
@@ -100,6 +100,9 @@ def build_parser() -> Parser:
         s.add_argument("--steps-per-epoch", type=positive_int, default=d.steps_per_epoch)
         s.add_argument("--no-flip", action="store_true", help="no horizontal flips (text, digits)")
         s.add_argument("--seed", type=int, default=d.seed)
+        s.add_argument("--device", default="auto", choices=devices.REQUIRE,
+                       help="platform the rounds must run on: stop at start, with JAX's reason, "
+                            "when it is missing (auto: whatever JAX picks)")
 
     s = sub.add_parser("next", help="train, pick the next images to label, write queue.csv")
     s.add_argument("dir", type=Path)
@@ -380,16 +383,20 @@ def main(argv=None) -> int:
     for noisy in ("jax", "absl", "werkzeug", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from crc_jax.errors import DataError, MissingExtra, StorageError
+    from crc_jax.errors import DataError, DeviceUnavailable, MissingExtra, StorageError
     from crc_jax.project.labels_log import LabelConflict
 
     try:
         args = build_parser().parse_args(argv)
+        if hasattr(args, "device"):   # a command that trains: say on what, stop on a missing GPU/TPU
+            from crc_jax import devices
+
+            log.info(devices.start(args.device, option="--device"))
         COMMANDS[args.command](args)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (DataError, LabelConflict, MissingExtra, StorageError) as err:
+    except (DataError, DeviceUnavailable, LabelConflict, MissingExtra, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:  # a budget the pool cannot meet, a bad strategy option
