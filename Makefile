@@ -11,10 +11,13 @@ LOCK := requirements/lock.txt
 # The tested, locked set (jax 0.10.x on Python 3.11); pyproject.toml keeps ranges for users.
 # '.[dev]': the core install plus every extra the tests exercise (tfds, infinite), the test
 # tools and the linters (pyproject.toml, [project.optional-dependencies]).
-$(STAMP): pyproject.toml $(LOCK)
+# install_locked.py is `pip install -c $(LOCK) -e '.[dev]'`, except that it never moves
+# jax/jaxlib under an installed CUDA or TPU plugin (it keeps the plugin's jax, or stops
+# with the commands to choose): a moved jax leaves the plugin unusable and JAX on the CPU.
+$(STAMP): pyproject.toml $(LOCK) requirements/install_locked.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
+	$(PY) requirements/install_locked.py --lock $(LOCK) -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

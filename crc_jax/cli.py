@@ -1,7 +1,8 @@
 """`crc-jax`: label your own images. A thin layer over crc_jax.project.Project.
 
     crc-jax init DIR --images PATH [--labels FILE.csv] [--classes a,b,c] [--image-size 32]
-    crc-jax next DIR --budget N [--strategy crc] [--ssl fixmatch] [--cold-start crc|random]
+                     [--features FILE.npz|.csv | --backbone FILE.onnx|.msgpack [options]]
+    crc-jax next DIR --budget N [--strategy crc] [--ssl fixmatch] [--cold-start crc|random|typiclust]
     crc-jax label DIR [--port 8765]
     crc-jax status DIR | predict DIR [--out FILE]
     crc-jax export DIR --format csv|label-studio --out FILE [--document-root DIR] [--label-config XML]
@@ -58,7 +59,7 @@ def port_number(text: str) -> int:
 
 
 def build_parser() -> Parser:
-    from crc_jax import acquisition, ssl
+    from crc_jax import acquisition, devices, ssl
     from crc_jax.project.settings import RoundSettings
 
     d = RoundSettings()
@@ -72,20 +73,48 @@ def build_parser() -> Parser:
     s.add_argument("--images", type=Path, required=True, help="folder tree of images")
     s.add_argument("--labels", type=Path, help="CSV with header path,label (or Label Studio JSON)")
     s.add_argument("--classes", help="class names, comma-separated")
-    s.add_argument("--image-size", type=positive_int, default=32, help="side in pixels (32)")
+    s.add_argument("--image-size", type=positive_int, help="side in pixels (32); not with "
+                   "--features/--backbone")
+    f = s.add_mutually_exclusive_group()
+    f.add_argument("--features", type=Path, metavar="FILE",
+                   help="one vector per image: .npz with arrays paths and features, or .csv "
+                        "with a path column then the values (docs/labeling.md)")
+    f.add_argument("--backbone", type=Path, metavar="FILE",
+                   help="compute the vectors with a pretrained model: ONNX (.onnx, needs the "
+                        "onnx extra) or a Flax checkpoint of a crc_jax model (with --backbone-model)")
+    s.add_argument("--backbone-model", metavar="SPEC",
+                   help="the crc_jax model of a Flax checkpoint, e.g. cnn or cnn:width=64")
+    s.add_argument("--input-size", type=positive_int,
+                   help="backbone input side, when the model does not fix it (Flax: 32)")
+    s.add_argument("--mean", help="ONNX: per-channel mean on the 0-1 scale, e.g. 0.485,0.456,0.406 "
+                                  "(default: the model's metadata, else none)")
+    s.add_argument("--std", help="ONNX: per-channel std on the 0-1 scale (as --mean)")
+    s.add_argument("--batch-size", type=positive_int, default=32, help="backbone batch (32)")
+    s.add_argument("--onnx-provider", choices=("auto", "cpu"), default="auto",
+                   help="auto: CUDA when onnxruntime has it, else CPU")
+    s.add_argument("--feature-dtype", choices=("float32", "float16"), default="float32",
+                   help="how the vectors are stored (float16: half the disk and memory)")
 
     def round_options(s):
         s.add_argument("--strategy", default=d.strategy, help="acquisition strategy (crc)")
         s.add_argument("--ssl", default=d.ssl, choices=ssl.names())
         s.add_argument("--cold-start", default=d.cold_start,
                        choices=acquisition.STRATEGIES.names("cold_start"),
-                       help="first batch without labels: CRC on a random model, or random")
+                       help="first batch without labels: CRC on a random model, TypiClust, "
+                            "or random")
         s.add_argument("--model", default=d.model)
         s.add_argument("--width", type=positive_int, default=d.width)
+        s.add_argument("--dropout", type=float, default=d.dropout,
+                       help="dropout rate before the head (0; BALD needs > 0)")
+        s.add_argument("--feature-noise", type=float, default=d.feature_noise,
+                       help="feature-vector pools: std of the noise of a view (0.1)")
         s.add_argument("--epochs", type=positive_int, default=d.epochs)
         s.add_argument("--steps-per-epoch", type=positive_int, default=d.steps_per_epoch)
         s.add_argument("--no-flip", action="store_true", help="no horizontal flips (text, digits)")
         s.add_argument("--seed", type=int, default=d.seed)
+        s.add_argument("--device", default="auto", choices=devices.REQUIRE,
+                       help="platform the rounds must run on: stop at start, with JAX's reason, "
+                            "when it is missing (auto: whatever JAX picks)")
 
     s = sub.add_parser("next", help="train, pick the next images to label, write queue.csv")
     s.add_argument("dir", type=Path)
@@ -162,7 +191,8 @@ def settings_from(args):
     settings = RoundSettings(strategy=args.strategy, ssl=args.ssl, cold_start=args.cold_start,
                              model=args.model, width=args.width, epochs=args.epochs,
                              steps_per_epoch=args.steps_per_epoch, flip=not args.no_flip,
-                             seed=args.seed)
+                             seed=args.seed, dropout=args.dropout,
+                             feature_noise=args.feature_noise)
     try:
         settings.check()
     except ValueError as err:
@@ -205,18 +235,48 @@ def read_labels(project_call, path: Path):
                          "export (a list of tasks)") from None
 
 
+def feature_source(args):
+    """The --features / --backbone source of `init`, or None (the pool is the images)."""
+    from crc_jax.project import features
+
+    backbone_only = {"--backbone-model": args.backbone_model, "--input-size": args.input_size,
+                     "--mean": args.mean, "--std": args.std}
+    if args.backbone is None:
+        given = [name for name, value in backbone_only.items() if value is not None]
+        if given:
+            raise UsageError(f"{given[0]}: only with --backbone")
+    if args.features is None and args.backbone is None:
+        return None
+    if args.image_size is not None:
+        raise UsageError("--image-size: the pool is feature vectors with --features/--backbone "
+                         "(a backbone's side is --input-size)")
+    if args.features is not None:
+        return features.embeddings_file(args.features)
+    return features.backbone(args.backbone, model=args.backbone_model, input_size=args.input_size,
+                             mean=args.mean, std=args.std, batch_size=args.batch_size,
+                             provider=args.onnx_provider)
+
+
 def cmd_init(args):
     from crc_jax.project import Project
 
     classes = [c for c in args.classes.split(",")] if args.classes else None
+    source = feature_source(args)
+    size = args.image_size or 32
     project, result = read_labels(lambda: Project.create(
-        args.dir, args.images, image_size=args.image_size, classes=classes,
-        labels_csv=args.labels), args.labels)
+        args.dir, args.images, image_size=size, classes=classes, labels_csv=args.labels,
+        features=source, feature_dtype=args.feature_dtype), args.labels)
     for path, reason in result.skipped:
         print(f"skipped {path}: {reason}")
     for path, kept in result.duplicates:
         print(f"duplicate {path}: same bytes as {kept} (kept out)")
-    print(f"{args.dir}: {len(project)} images at {args.image_size}x{args.image_size}, "
+    if project.input_kind == "features":
+        info = project.meta["features"]
+        what = (f"images as {info['dim']}-d feature vectors ({info['dtype']}, from "
+                f"{Path(info['source']['file']).name})")
+    else:
+        what = f"images at {size}x{size}"
+    print(f"{args.dir}: {len(project)} {what}, "
           f"{len(result.duplicates)} exact duplicates kept out, {len(result.skipped)} unreadable "
           f"skipped; classes: {', '.join(project.classes) or '(none yet)'}; "
           f"{len(project.labels())} labels")
@@ -394,7 +454,7 @@ def main(argv=None) -> int:
     for noisy in ("jax", "absl", "werkzeug", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from crc_jax.errors import DataError, MissingExtra, StorageError
+    from crc_jax.errors import DataError, DeviceUnavailable, MissingExtra, StorageError
     from crc_jax.project.labels_log import LabelConflict
 
     command = ""
@@ -403,13 +463,17 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         command = args.command
+        if hasattr(args, "device"):   # a command that trains: say on what, stop on a missing GPU/TPU
+            from crc_jax import devices
+
+            log.info(devices.start(args.device, option="--device"))
         COMMANDS[command](args)
     except KeyboardInterrupt:
         return interrupted(command, own_process=argv is None)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (DataError, LabelConflict, MissingExtra, StorageError) as err:
+    except (DataError, DeviceUnavailable, LabelConflict, MissingExtra, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:  # a budget the pool cannot meet, a bad strategy option

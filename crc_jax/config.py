@@ -7,7 +7,7 @@ place its default lives.
 
 Field names other issues and users rely on: seed, trials, strategies, dataset.name,
 dataset.data_dir, model.name, ssl.name, al.initial_size (Q0), al.query_size (Q),
-al.group_size (G), al.steps, train.max_epochs, train.patience.
+al.group_size (G), al.steps, train.max_epochs, train.patience, device.require.
 """
 
 import ml_collections
@@ -69,6 +69,9 @@ def defaults() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 64          # B, labeled images per step
+    # Set by the run, not by hand: the config's batch size when it did not split over the
+    # devices and the run used the nearest multiple of the device count (0 = not moved).
+    c.train.requested_batch_size = 0
     c.train.steps_per_epoch = 50     # train steps per "epoch" (SSL epochs are step counts)
     c.train.max_epochs = 30
     c.train.patience = 10            # epochs without improvement before stopping; 0 = never stop early
@@ -91,6 +94,12 @@ def defaults() -> ml_collections.ConfigDict:
     c.train.progress = True          # progress bars
     c.train.dtype = "float32"        # activations of the train step: float32 | bfloat16 (params stay float32)
     c.train.steps_per_dispatch = 1   # train steps per jitted call (a lax.scan over the chunk); same results
+
+    # The platform the run must use: auto (whatever JAX picks) | cpu (start JAX on the CPU
+    # alone) | gpu | tpu (stop at start-up, with JAX's reason, when JAX has no such device
+    # and would fall back to the CPU). crc_jax.devices.
+    c.device = ml_collections.ConfigDict()
+    c.device.require = "auto"
 
     # Multi-host runs (TPU pods, multi-node GPU): jax.distributed.initialize at start-up.
     # Single-host runs need none of this: the data-parallel mesh spans the local devices.

@@ -30,3 +30,8 @@ class MissingExtra(ImportError):
 
     The message is one line naming the feature and the command that installs the extra.
     """
+
+
+class DeviceUnavailable(RuntimeError):
+    """The platform a run asked for (device.require, crc-jax --device) is not the one JAX
+    uses; the message is one line with JAX's reason (crc_jax.devices)."""

@@ -1,12 +1,13 @@
 """Optional dependency groups (pip extras) and the one-line error when one is missing.
 
-`pip install crc_jax` holds the library, `crc-jax` and the embedded/npz data sets. Two
+`pip install crc_jax` holds the library, `crc-jax` and the embedded/npz data sets. Three
 features need more, each from an extra declared in pyproject.toml:
 
     tfds      the paper's data sets (svhn, cifar10, cifar100): TensorFlow Datasets and
               TensorFlow (about 1.9 GB)
     infinite  the infinite-width NTK (`crc_infinite`, crc_jax.infinite): neural-tangents,
               whose own requirements pull TensorFlow in too
+    onnx      `crc-jax init --backbone MODEL.onnx`: onnxruntime runs the model (78 MB installed)
 
 `require` looks the modules up without importing them, so the check is cheap and runs
 where a config or a strategy is checked, before any heavy work.
@@ -21,6 +22,7 @@ from crc_jax.errors import MissingExtra
 EXTRAS: dict[str, tuple[str, ...]] = {   # extra -> the modules it provides
     "tfds": ("tensorflow", "tensorflow_datasets", "importlib_resources"),
     "infinite": ("neural_tangents",),
+    "onnx": ("onnxruntime",),
 }
 
 

@@ -14,11 +14,17 @@ Trace NTK: neural-tangents' infinite kernel is per output (C-independent; its
 `trace_axes` **averages** over classes), while the paper's class trace **sums**:
 K̃_inf = C · kernel_fn(x1, x2, "ntk"). Every kernel here is that class-trace sum.
 
+Where: every kernel here is computed in float64 (`in_float64`) inside `float64_context()`,
+which puts the work on the host CPU device when JAX's default backend is a TPU (a TPU has
+no native float64: it is emulated there, slowly, and some float64 operations are not
+implemented) and leaves it on the default device otherwise (CPU, GPU).
+
 neural-tangents is imported lazily (through crc_jax._nt_compat), inside functions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from functools import partial
 from collections.abc import Callable
@@ -107,7 +113,7 @@ def infinite_trace_ntk(kernel_fn: Callable, x1, x2=None, *, num_classes: int,
     x2 = x1 if symmetric else x2
     n1, n2 = len(x1), len(x2)
     out = np.empty((n1, n2))
-    with jax.enable_x64(True):
+    with float64_context():
         for i in range(0, n1, batch_size):
             for j in range(0, n2, batch_size):
                 if symmetric and j < i:
@@ -130,8 +136,36 @@ def pad_rows(x, cap: int):
     return x if target == n else np.concatenate([x, np.repeat(x[:1], target - n, axis=0)])
 
 
+def default_platform() -> str:
+    """JAX's default backend ("cpu", "gpu", "tpu"): what `float64_device` decides on."""
+    return jax.default_backend()
+
+
+def float64_device():
+    """The device float64 kernels run on: the host CPU's first device when the default
+    backend is a TPU, else None (the default device). None too, with a warning, on a TPU
+    whose process started JAX without its CPU backend (JAX_PLATFORMS=tpu)."""
+    if default_platform() != "tpu":
+        return None
+    try:
+        return jax.devices("cpu")[0]
+    except RuntimeError as err:
+        log.warning("float64 kernels stay on the TPU (emulated float64): no CPU backend (%s)", err)
+        return None
+
+
+@contextlib.contextmanager
+def float64_context():
+    """`jax.enable_x64(True)` on `float64_device()`: arrays made inside (`in_float64`) and
+    the jitted kernels that take them run there."""
+    device = float64_device()
+    placed = contextlib.nullcontext() if device is None else jax.default_device(device)
+    with jax.enable_x64(True), placed:
+        yield
+
+
 def in_float64(x):
-    """x as a float64 device array (call inside `jax.enable_x64(True)`).
+    """x as a float64 array on the default device (call inside `float64_context()`).
 
     neural-tangents kernels are computed in float64: the ReLU kernel takes arccos of the
     correlation ρ of two inputs, and in float32 a rounding of an image's correlation

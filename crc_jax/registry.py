@@ -22,7 +22,10 @@ class Registry(Generic[T]):
         registry. Strategies: `group_size=True` takes the config's al.group_size,
         `class_balanced=True` builds class-balanced groups itself, `needs_dropout=True`
         needs an MC-dropout pass, `cold_start=True` picks sensibly with an untrained model.
-        SSL algorithms: `dropout=True` trains with the model's dropout. Data sets:
+        SSL algorithms: `dropout=True` trains with the model's dropout,
+        `augments_images=True` is defined by image augmentation (FixMatch's RandAugment
+        strong view), so it has nothing to work with on feature vectors. Models:
+        `vectors=True` takes (N, d) vectors (a head over features). Data sets:
         `tfds_name` names the TFDS builder."""
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:
             if name in self._factories:

@@ -35,6 +35,8 @@ COMMON_FIELDS = (
     ("train.batch_size", "labeled images per step"),
     ("train.checkpoint_every", "epochs between in-training checkpoints (0 = off)"),
     ("train.progress", "progress bars"),
+    ("device.require", "auto | cpu | gpu | tpu: stop at start, with JAX's reason, when JAX has "
+                       "no such device"),
 )
 
 

@@ -1,6 +1,8 @@
 """Logging for the command-line tools: crc_jax's own messages, one per line, through
 tqdm so that a log line never lands in the middle of a progress bar; TensorFlow's,
-TFDS's and absl's chatter kept to errors."""
+TFDS's, absl's and JAX's chatter kept to errors, except JAX's backend warnings
+(`jax._src.xla_bridge`: a GPU or TPU present but its plugin missing or failing, so JAX
+falls back to the CPU), which are never filtered out."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from tqdm.auto import tqdm
 
 QUIET_LOGGERS = ("jax", "absl", "tensorflow", "tensorflow_datasets", "orbax", "etils", "h5py",
                  "matplotlib")
+# JAX's logger for backend start-up: its warnings say why JAX falls back to the CPU.
+KEPT_LOGGERS = ("jax._src.xla_bridge",)
 
 
 class TqdmHandler(logging.Handler):
@@ -34,3 +38,5 @@ def setup(level: int = logging.INFO) -> None:
     root.setLevel(level)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    for name in KEPT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

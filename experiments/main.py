@@ -11,10 +11,15 @@ workdir resumes it; a workdir must be new, empty, or a run directory of this com
 bad data or an unusable workdir prints one line and exits with status 2; Ctrl-C prints
 one line and exits with status 130 (the run resumes from its last completed step).
 
-Devices: the run is data-parallel over every device JAX sees (crc_jax.sharding);
+Devices: the run is data-parallel over every device JAX sees (crc_jax.sharding) and says
+which at start, in one line; `--config.device.require=gpu` (or tpu) stops there, exit
+status 2, with JAX's reason, when JAX has no such device and would run on the CPU
+(crc_jax.devices); `=cpu` keeps JAX on the CPU. A train.batch_size that does not split
+over the devices becomes the nearest multiple (logged, recorded in config.json).
 `--config.distributed.enabled=True` first calls jax.distributed.initialize (multi-host).
 `--mock_data=N` runs on tfds.testing.mock_data (N random examples per split; tests and
-the Colab notebook's smoke run).
+the Colab notebook's smoke run). In a notebook, `run(load_config(NAME, overrides),
+workdir)` runs in the kernel's own process, on the devices the kernel sees.
 """
 
 from __future__ import annotations
@@ -138,25 +143,42 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(EXIT_USAGE)
 
 
-def run(config, workdir: str) -> None:
-    """Validate, run, write the report, and say where everything went."""
-    import jax
+def load_config(name: str, overrides: dict | None = None):
+    """The config `--config=NAME[:variant]` and `--config.a.b=v` give, without absl: for
+    a notebook calling `run` in its own process. A field the config lacks is a KeyError
+    or AttributeError, as on the command line."""
+    import importlib
 
-    from crc_jax import distributed, durable, sharding
+    from experiments.configs.base import set_fields
+
+    module, _, variant = name.partition(":")
+    config = importlib.import_module(f"experiments.configs.{module}").get_config(variant or None)
+    config.lock()   # an override cannot add a field
+    return set_fields(config, dict(overrides or {}))
+
+
+def run(config, workdir: str, *, mock_data: int | None = None) -> None:
+    """Validate, run, write the report, and say where everything went. `mock_data`:
+    examples per split of tfds.testing.mock_data (None: the --mock_data flag)."""
+    from crc_jax import devices, distributed, durable, sharding
     from crc_jax.run import config_check, loop
-    from experiments import mock_data, report
+    from experiments import mock_data as mock
+    from experiments import report
     from experiments.configs.base import apply_smoke
 
+    if mock_data is None:
+        mock_data = flags.FLAGS.mock_data
     apply_smoke(config)
     sharding.initialize_distributed(config.distributed)  # multi-host: before any JAX work
-    config_check.validate(config)
-    mock_data.check(config, flags.FLAGS.mock_data)
+    devices.select(config.device.require)   # before JAX starts: "cpu" keeps it on the CPU
+    devices.check(config.device.require)    # a missing GPU/TPU: one line, JAX's reason
+    config_check.validate(config)           # a bad value: one line
+    logging.info(devices.describe(config.device.require))   # the start-up line
+    mock.check(config, mock_data)
     if distributed.is_writer():  # a run directory, or a folder that is new or empty
         durable.claim_dir(workdir, report.RUN_MARKER, command="experiments.main",
                           accept=("config.json",), flag="workdir")
-    logging.info("data-parallel over %d %s device(s)%s", jax.device_count(), jax.default_backend(),
-                 f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
-    with mock_data.context(flags.FLAGS.mock_data):
+    with mock.context(mock_data):
         loop.run(config, workdir)
     if distributed.is_writer():   # multi-process: process 0 writes and prints, alone
         print(report.write_report([workdir], out_dir=workdir))
@@ -183,12 +205,13 @@ def main(argv: list[str]) -> None:
     import jax
 
     from crc_jax import distributed
-    from crc_jax.errors import ConfigError, DataError, MissingExtra, StorageError
+    from crc_jax.errors import ConfigError, DataError, DeviceUnavailable, MissingExtra, StorageError
     from crc_jax.train import TrainingDiverged
 
     try:
         run(config, workdir)
-    except (ConfigError, DataError, MissingExtra, StorageError, TrainingDiverged) as err:
+    except (ConfigError, DataError, DeviceUnavailable, MissingExtra, StorageError,
+            TrainingDiverged) as err:
         sys.stderr.write(f"error: {err}\n")
         sys.exit(EXIT_USAGE)
     except jax.errors.JaxRuntimeError as err:

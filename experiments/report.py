@@ -14,7 +14,8 @@ paired-t interval (in report.md and stats.csv), learning_curve_ci.png (95% bands
 paired_difference.png. A strategy name that an earlier workdir already holds is shown as
 "name [workdir]". Runs with CRC get a "CRC decisions" section from the journals' diagnostics:
 how close each step's chosen group came to the score ceiling, how far it beat the runner-up,
-and which steps' choices were ties at float32 resolution.
+and which steps' choices were ties at float32 resolution. A run whose batch size was moved
+to split over its devices says so under the table (config.json's train.requested_batch_size).
 The report goes into the first run directory, or into --out: a folder that is new, empty,
 or one this command wrote before (it holds its mark, .crc_jax-report); a folder holding
 other files (another run, your own report.md) is refused, never overwritten.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import sys
 from collections import defaultdict
@@ -218,12 +220,31 @@ def plot_learning_curves(rows: list[dict], path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
+def batch_notes(workdirs) -> str:
+    """One line per run whose train.batch_size was moved to a multiple of its device count
+    (crc_jax.run.config_check), from its config.json; "" when none was."""
+    notes = []
+    for workdir in workdirs:
+        try:
+            train = json.loads((Path(workdir) / "config.json").read_text()).get("train", {})
+        except (OSError, ValueError):
+            continue
+        if train.get("requested_batch_size"):
+            notes.append(f"{Path(workdir).name}: train.batch_size {train['batch_size']}, not the "
+                         f"config's {train['requested_batch_size']}, which did not split over "
+                         "the devices (the nearest multiple of the device count).")
+    return "\n".join(notes)
+
+
 def write_report(workdirs, *, out_dir) -> str:
     """Write report.md, report.csv and learning_curve.png into out_dir; return the table."""
     rows = load_rows(workdirs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
+    notes = batch_notes(workdirs)
+    if notes:
+        table += "\n" + notes + "\n"
     title = " + ".join(Path(w).name for w in workdirs)
     body = f"# {title}\n\n{table}\n![learning curves](learning_curve.png)\n"
     trials = max(len({r["trial"] for r in rows if r["strategy"] == s})

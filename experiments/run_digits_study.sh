@@ -4,6 +4,10 @@
 # supervised row, then the report over all of them. Wall times go to
 # runs/digits_study_times.txt. Usage: PYTHON=.venv/bin/python experiments/run_digits_study.sh
 cd "$(dirname "$0")/.." || exit 1
+# On a GPU, JAX takes 75% of its memory at start-up; a second process on the same GPU (the
+# README ran crc_infinite and supervised beside this chain) would then run out of memory.
+# Allocate on demand instead (docs/accelerators.md, "Two processes on one GPU").
+export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
 PY=${PYTHON:-python}
 STRATEGIES=${STRATEGIES:-"random bald badge coreset typiclust probcover entropy margin confidence egl crc crc_infinite:arch=mlp"}
 start=$(date +%s)

@@ -39,3 +39,20 @@ def test_bench_accel_quick_runs_end_to_end(tmp_path):
     assert all(r["same_groups"] and r["max_rel_diff"] < 1e-6 for r in crc)
     epoch = {r["what"]: r for r in figures["parts"]["epoch"]["rows"]}
     assert epoch["fit epoch, feed=device"]["value"] > 0 and epoch["fit epoch, feed=host"]["value"] > 0
+
+
+@pytest.mark.parametrize("require, status", [("gpu", 2), ("cpu", 0)])
+def test_accel_benchmark_starts_with_the_devices_line_and_stops_without_the_gpu(require, status,
+                                                                               tmp_path):
+    out = tmp_path / "accel.json"
+    proc = subprocess.run([sys.executable, "-m", "experiments.benchmarks.accel", "--device", require,
+                           "--parts", "", "--json", str(out)],     # no parts: the start-up alone
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == status, proc.stderr[-2000:]
+    first = proc.stderr.splitlines()[0]
+    if require == "gpu":   # this machine has no GPU: one line with JAX's reason, nothing run
+        assert first.startswith("error: --device=gpu, but JAX runs on cpu") and "JAX: " in first
+        assert proc.stdout == "" and not out.exists()
+    else:
+        assert first.startswith("devices: ") and "; --device=cpu" in first
+        assert out.exists()

@@ -1,6 +1,6 @@
 """The models' dropout option: inactive without a "dropout" PRNG stream (evaluation), an
-unbiased random mask with one (MC dropout), used by the supervised and FixMatch train
-steps, and checked by the config."""
+unbiased random mask with one (MC dropout), used by the supervised, FixMatch, Π-model and
+Mean Teacher train steps, and checked by the config."""
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +43,7 @@ def test_wrn_dropout_default_is_the_papers():
         models.get("mlp", num_classes=3, dropout=1.0)
 
 
-@pytest.mark.parametrize("ssl_name", ["supervised", "fixmatch"])
+@pytest.mark.parametrize("ssl_name", ["supervised", "fixmatch", "pi_model", "mean_teacher"])
 def test_train_steps_draw_dropout_masks(ssl_name):
     c = get_base_config()
     c.ssl.name = ssl_name
@@ -62,7 +62,7 @@ def test_train_steps_draw_dropout_masks(ssl_name):
         state, _ = algorithm.train_step(state, batch, key)
         return jax.tree_util.tree_leaves(state.params)[0]
 
-    if ssl_name == "supervised":   # without augmentation the key only feeds dropout
+    if ssl_name != "fixmatch":   # without augmentation the key only feeds dropout
         np.testing.assert_array_equal(one_step(0.0, jax.random.PRNGKey(1)),
                                       one_step(0.0, jax.random.PRNGKey(2)))
     first = one_step(0.5, jax.random.PRNGKey(1))
@@ -71,7 +71,7 @@ def test_train_steps_draw_dropout_masks(ssl_name):
     assert not np.array_equal(first, one_step(0.0, jax.random.PRNGKey(1)))
 
 
-def test_config_checks_dropout_and_bald():
+def test_config_checks_dropout_and_bald(monkeypatch):
     c = get_base_config()
     c.strategies = ("random", "bald")
     with pytest.raises(ConfigError, match="strategies.*bald.*model.dropout"):
@@ -79,7 +79,11 @@ def test_config_checks_dropout_and_bald():
     c.model.dropout = 0.3
     config_check.validate(c)
     c.ssl.name = "mean_teacher"
-    with pytest.raises(ConfigError, match="model.dropout.*fixmatch, supervised"):
+    config_check.validate(c)          # Mean Teacher trains with dropout too
+    # an algorithm registered without the dropout trait is refused with a dropout rate
+    ssl.names()
+    monkeypatch.setitem(ssl.ALGORITHMS._traits, "mean_teacher", {})
+    with pytest.raises(ConfigError, match="model.dropout.*fixmatch, pi_model, supervised"):
         config_check.validate(c)
     c.ssl.name = "supervised"
     c.model.dropout = 1.5

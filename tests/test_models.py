@@ -260,6 +260,6 @@ def test_wrn_init_scales():
 def test_unknown_model_is_rejected():
     with pytest.raises(KeyError, match="unknown model 'resnet50'"):
         models.get("resnet50", num_classes=10)
-    assert models.names() == ["cnn", "mlp", "wrn28_2"]
+    assert models.names() == ["cnn", "linear", "mlp", "wrn28_2"]
     with pytest.raises(TypeError):
         models.get("mlp", num_classes=2, dense_width=4)  # an option mlp does not take

@@ -13,6 +13,7 @@ uninterrupted result.
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -131,8 +132,9 @@ def test_two_processes_give_the_one_process_run(reference, tmp_path):
     (r0, out0, err0), (r1, out1, err1) = finish(start_two([ours, theirs]))
     assert r0 == 0, err0[-4000:]
     assert r1 == 0, err1[-4000:]
-    assert "data-parallel over 2 cpu device(s) in 2 processes" in err0
-    assert "data-parallel over 2 cpu device(s) in 2 processes" in err1
+    for k, err in enumerate((err0, err1)):
+        assert re.search(r"devices: 2 cpu device\(s\) \[cpu:\d+, cpu:\d+\] \(cpu\) in 2 "
+                         rf"processes \(this is process {k}\)", err), err[-2000:]
     assert_same_run(reference, journals(ours))
     # process 0 wrote the whole run directory; process 1 nothing at all
     for name in ("config.json", "summary.csv", ".lock", "report.md", "report.csv"):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from crc_jax import acquisition, data, ssl
+from crc_jax import acquisition, data, models, ssl
 from crc_jax.registry import Registry
 from crc_jax.run import strategies
 from experiments.configs.base import get_base_config
@@ -43,6 +43,9 @@ def test_the_loop_passes_group_size_and_balancing_only_where_declared():
 
 
 def test_trait_lists_come_from_registrations():
-    assert ssl.names("dropout") == ["fixmatch", "supervised"]
+    assert ssl.names("dropout") == ["fixmatch", "mean_teacher", "pi_model", "supervised"]
+    assert ssl.names("augments_images") == ["fixmatch"]
+    assert models.names("vectors") == ["linear", "mlp"]
+    assert acquisition.STRATEGIES.names("cold_start") == ["crc", "random", "typiclust"]
     assert acquisition.STRATEGIES.names("needs_dropout") == ["bald"]
     assert data.tfds_name("svhn") == "svhn_cropped" and data.tfds_name("digits") is None

@@ -10,7 +10,8 @@ extra (neural-tangents): without it, building the strategy raises one `MissingEx
 
 Rank. The infinite ReLU NTK is full rank on distinct inputs that are not positive
 multiples of one another, so r = |L ∪ g| and s(g) = λmin. The kernel is computed in
-float64 (crc_jax.infinite.in_float64) from float32 images; a λmin below the float32
+float64 (crc_jax.infinite.in_float64) from float32 images, on the host CPU when the
+default device is a TPU (crc_jax.infinite.float64_context); a λmin below the float32
 floor n·ε_float32·λmax (ntk.kernel_rank's tolerance) is numerically zero and scores 0,
 so a group repeating an image, or a labeled one, scores 0 (Proposition 2), as in crc.
 
@@ -130,7 +131,7 @@ class InfiniteGram(BackendGram):
         image_size = int(np.prod(rows.x.shape[1:]))
         group_batch = max(1, min(rows.batch_size ** 2 // g ** 2, GROUP_INPUT_VALUES // (g * image_size)))
         blocks = []
-        with jax.enable_x64(True):
+        with infinite.float64_context():   # on the host CPU when the default device is a TPU
             for s in range(0, len(self.groups), group_batch):
                 chunk = self.groups[s:s + group_batch]
                 xg = infinite.pad_rows(rows.x[chunk], group_batch)

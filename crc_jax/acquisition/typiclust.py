@@ -11,8 +11,10 @@ order and selects its most typical unlabeled, not yet picked point,
 with the k = min(knn, ⌊n_c / 2⌋) nearest neighbours taken among those n_c candidates of
 the same cluster (as in the authors' code: K = 20, clusters of ≤ 5 dropped, at most 500
 clusters; its faiss IndexFlatL2 search returns squared distances, hence the square).
-The paper uses self-supervised features; here the features are the trained
-model's penultimate ones, as the Context gives them.
+The paper uses self-supervised features; here the features are the model's penultimate
+ones, as the Context gives them: over a pretrained backbone with a linear head those are
+the backbone's features. It needs no labels (K = budget then), so it is a cold-start
+strategy: the paper's setting is exactly the first batch.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def select(feats: np.ndarray, labels: np.ndarray, is_labeled: np.ndarray, budget
     return np.asarray(picks, np.int64)
 
 
-@register("typiclust")
+@register("typiclust", cold_start=True)
 def make_typiclust(knn: int = 20, min_cluster_size: int = 5, max_clusters: int = 500,
                    max_iter: int = 100):
     if knn < 1 or min_cluster_size < 0 or max_clusters < 1:

@@ -62,9 +62,10 @@ def get(name: str, *, num_classes: int, **options):
     return MODELS.get(name, num_classes=num_classes, **options)
 
 
-def names() -> list[str]:
+def names(trait: str | None = None) -> list[str]:
+    """Registered model names (with `trait`: those registered with it, e.g. "vectors")."""
     _import_all()
-    return MODELS.names()
+    return MODELS.names(trait)
 
 
 def _import_all():

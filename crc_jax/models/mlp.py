@@ -1,4 +1,5 @@
-"""A fully connected ReLU network, for two-moons and the infinite-width comparison.
+"""A fully connected ReLU network, for two-moons, the infinite-width comparison and heads
+over pretrained features ("mlp"), and its depth-0 case, a linear classifier ("linear").
 
     flatten -> depth x [Dense(width) -> ReLU] = features -> [Dropout(dropout)] -> head: Dense(C)
 
@@ -38,7 +39,7 @@ class MLP(nn.Module):
         return (logits, h) if return_features else logits
 
 
-@MODELS.register("mlp")
+@MODELS.register("mlp", vectors=True)
 def mlp(*, num_classes: int, width: int = 0, depth: int = 2, dtype="float32",
         dropout: float = 0.0) -> MLP:
     """MLP with `depth` hidden layers of `width` units (0 = 256); `dtype` of the
@@ -48,3 +49,13 @@ def mlp(*, num_classes: int, width: int = 0, depth: int = 2, dtype="float32",
         raise ValueError(f"width must be >= 0 and depth >= 1, got {width}, {depth}")
     return MLP(num_classes=num_classes, width=width or 256, depth=depth,
                dtype=activation_dtype(dtype), dropout=float(dropout))
+
+
+@MODELS.register("linear", vectors=True)
+def linear(*, num_classes: int, dtype="float32", dropout: float = 0.0) -> MLP:
+    """A linear classifier (an MLP without hidden layers): logits = x W + b, features = x.
+    Over a pretrained backbone's features it is the linear probe, and its last-layer NTK
+    is C·(xxᵀ + 1) on the features themselves; `dropout` drops input features."""
+    check_dropout(dropout)
+    return MLP(num_classes=num_classes, width=1, depth=0, dtype=activation_dtype(dtype),
+               dropout=float(dropout))

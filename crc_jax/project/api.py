@@ -22,6 +22,7 @@ import numpy as np
 
 from crc_jax import durable, faults
 from crc_jax.project import labels_log, store
+from crc_jax.project.features import FeatureResult, FeatureSource
 from crc_jax.project.scan import ScanResult, scan
 from crc_jax.project.settings import RoundSettings
 from crc_jax.project.store import ProjectError
@@ -76,13 +77,24 @@ class Project:
     @classmethod
     def create(cls, directory: os.PathLike, images: os.PathLike, *, image_size: int = 32,
                classes: list | None = None, labels_csv: os.PathLike | None = None,
-               progress: bool = True) -> tuple[Project, ScanResult]:
-        """Scan `images`, store the pool in `directory`; optional classes and a labels CSV."""
+               progress: bool = True, features: FeatureSource | None = None,
+               feature_dtype: str = "float32") -> tuple[Project, ScanResult | FeatureResult]:
+        """Scan `images`, store the pool in `directory`; optional classes and a labels CSV.
+
+        features: a source of one vector per image (crc_jax.project.features:
+        `embeddings_file(FILE)` or `backbone(FILE, ...)`); the pool is then those vectors,
+        stored as `feature_dtype`, and rounds train a head over them. Without it the pool
+        is the images at `image_size`.
+        """
+        from crc_jax.project import features as feature_sources
+
         directory, images = Path(directory), Path(images)
         if not images.is_dir():
             raise ProjectError(f"--images {images}: not a folder")
         if not 8 <= int(image_size) <= 512:
             raise ProjectError(f"--image-size: must be between 8 and 512, got {image_size}")
+        if features is not None:
+            feature_sources.check_store_dtype(feature_dtype)
         try:
             classes = store.check_class_names(classes) if classes else []
         except ProjectError as err:
@@ -93,33 +105,61 @@ class Project:
         if labels_csv is not None:
             from crc_jax.project import exchange
             labels_rows = exchange.read_labels_file(Path(labels_csv))
-        result = scan(images, int(image_size), progress=progress)
-        if not result.paths:
-            raise ProjectError(f"--images {images}: no readable images found "
-                               f"({len(result.skipped)} unreadable)")
-        if labels_rows is not None:  # checked against the scan before anything is written
-            from crc_jax.project import exchange
-            if not classes:
-                try:
-                    classes = store.check_class_names(sorted({lb for _, lb in labels_rows}))
-                except ProjectError as err:
-                    raise ProjectError(f"--labels {labels_csv}: {err}; give --classes") from None
-            exchange.resolve_rows(exchange.PathIndex(result.paths, classes, images), labels_rows)
+        if features is None:
+            scanned = scan(images, int(image_size), progress=progress)
+            if not scanned.paths:
+                raise ProjectError(f"--images {images}: no readable images found "
+                                   f"({len(scanned.skipped)} unreadable)")
+            if labels_rows is not None:  # checked before anything is written
+                classes = cls._check_labels(scanned.paths, classes, labels_rows, images)
+        else:   # a features file is read and matched here; a backbone is loaded already
+            features.check(images)
         made_dir = not directory.exists()
         store.prepare_dir(directory)
+        meta = {"format": store.FORMAT_VERSION, "images": str(images.resolve()),
+                "classes": classes, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        result: ScanResult | FeatureResult
         try:
-            store.write_pool(directory, result.images, result.paths, result.hashes)
-            meta = {"format": store.FORMAT_VERSION, "images": str(images.resolve()),
-                    "image_size": int(image_size), "classes": classes,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            if features is None:
+                store.write_pool(directory, scanned.images, scanned.paths, scanned.hashes)
+                meta.update(input="images", image_size=int(image_size))
+                result = scanned
+            else:
+                computed = features.compute(images, directory, progress=progress)
+                if labels_rows is not None:
+                    classes = meta["classes"] = cls._check_labels(computed.paths, classes, labels_rows,
+                                                                  images)
+                scale = store.write_features(directory, computed.features, computed.paths,
+                                             computed.hashes, dtype=feature_dtype)
+                meta.update(input="features", features={
+                    "dim": int(computed.features.shape[1]), "dtype": feature_dtype, "scale": scale,
+                    "source": computed.source})
+                result = computed
             store.finish_init(directory, meta)
         except BaseException:   # a full disk, Ctrl-C: no half-made project stays behind
             store.undo_init(directory, made_dir=made_dir)
             raise
+        if features is not None:
+            from crc_jax.project.features import chunks
+            chunks.cleanup(directory)   # the pool holds the features now
         project = cls(directory)
         if labels_rows is not None:
             project.import_rows(labels_rows, source=f"init:{Path(str(labels_csv)).name}")
         return project, result
+
+    @staticmethod
+    def _check_labels(paths: list, classes: list | None, rows: list, images: Path) -> list:
+        """The classes (named by the rows when not given), once every row names an image
+        (absolute paths resolved against the `images` folder)."""
+        from crc_jax.project import exchange
+
+        if not classes:
+            try:
+                classes = store.check_class_names(sorted({label for _, label in rows}))
+            except ProjectError as err:
+                raise ProjectError(f"--labels: {err}; give --classes") from None
+        exchange.resolve_rows(exchange.PathIndex(paths, classes, images), rows)
+        return classes
 
     @classmethod
     def open(cls, directory: os.PathLike) -> Project:
@@ -137,7 +177,13 @@ class Project:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def input_kind(self) -> str:
+        """"images" (the pool is pixels) or "features" (one vector per image)."""
+        return str(self.meta["input"])
+
     def pool(self) -> np.ndarray:
+        """The stored pool, memory-mapped: (N, S, S, 3) uint8 images or (N, d) vectors."""
         return store.load_pool(self.dir, len(self))
 
     def set_classes(self, names: list) -> None:
@@ -310,7 +356,7 @@ class Project:
         entry = trained[-1]
         settings = RoundSettings(**entry["settings"])
         trainer = rounds.trainer(settings, len(entry["classes"]), "supervised")
-        template = trainer.init_variables(rounds.images_as_float(self.pool()[:1]),
+        template = trainer.init_variables(rounds.model_inputs(self.pool()[:1]),
                                           rounds.round_key(0, 0))
         path = self.dir / entry["model"]
         if not path.is_file():
@@ -331,7 +377,9 @@ class Project:
             raise ProjectError(f"{self.dir}: no trained model yet; label the first batch and "
                                "run crc-jax next")
         trainer, variables, entry = latest
-        probs = trainer.probs(variables, rounds.images_as_float(self.pool()))
+        pool = self.pool()
+        probs = trainer.probs(variables, rounds.model_inputs(pool),
+                              batch_size=rounds.batch_size_for(pool))
         labels = self.labels()
         classes = entry["classes"]
         return [{"id": i, "path": p, "predicted": classes[int(np.argmax(probs[i]))],

@@ -3,15 +3,26 @@
 The library does the work: a model from crc_jax.models, an SSL algorithm from
 crc_jax.ssl, crc_jax.train.fit, and a strategy from crc_jax.acquisition through its
 `Context`. Cold start (fewer labels than classes): nothing is trained, and the
-first batch is picked by CRC on a randomly initialized model (the paper's Appendix B.2
-setting) or at random. Randomness is folded from (seed, round), so a round rerun after a
-crash picks the same batch.
+first batch is picked by a cold-start strategy (registered with `cold_start=True`): CRC
+on a randomly initialized model (the paper's Appendix B.2 setting), TypiClust, or at
+random. Randomness is folded from (seed, round), so a round rerun after a crash picks the
+same batch.
+
+The pool is images (N, S, S, 3) uint8, or feature vectors (N, d) from a pretrained
+backbone (crc_jax.project.features). Over vectors the model is a head (a model
+registered with `vectors=True`: linear or MLP), the SSL algorithm one that needs no image
+augmentation (Π-model, Mean Teacher: feature noise and dropout; supervised), and the
+vectors stay memory-mapped: training gathers its batches from the map (the unlabeled
+stream is the whole pool, labeled rows included, as in the reference FixMatch and Mean
+Teacher code), prediction and the strategies read it in batches. CRC's last-layer NTK is
+then the head's: over a linear head, C·(xxᵀ + 1) on the features themselves.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import logging
 from typing import Any
 
@@ -61,6 +72,48 @@ def images_as_float(pool_uint8: np.ndarray) -> np.ndarray:
     return np.asarray(pool_uint8, dtype=np.float32) / 255.0
 
 
+def holds_vectors(pool: np.ndarray) -> bool:
+    """Whether a stored pool is feature vectors (N, d) rather than images (N, S, S, 3)."""
+    return pool.ndim == 2
+
+
+def model_inputs(pool: np.ndarray) -> np.ndarray:
+    """What the model reads: images as float32 in [0, 1] (in memory), or the feature
+    vectors as stored (the memory map itself: rows are read where they are used)."""
+    return pool if holds_vectors(pool) else images_as_float(pool)
+
+
+def batch_size_for(pool: np.ndarray) -> int:
+    """Rows per prediction/feature batch: a vector costs a dot product, an image a network."""
+    return 4096 if holds_vectors(pool) else 256
+
+
+def check_inputs(settings: RoundSettings, pool: np.ndarray) -> None:
+    """ValueError naming the field when the settings cannot train on this pool: over
+    feature vectors, an SSL algorithm defined by image augmentation, or a model that
+    takes images."""
+    if not holds_vectors(pool):
+        return
+    if settings.ssl in ssl.names("augments_images"):
+        usable = [n for n in ssl.names() if n not in ssl.names("augments_images")]
+        raise ValueError(f"ssl: {settings.ssl} is defined by image augmentation, and this "
+                         f"project's pool is feature vectors (no images to augment); use one "
+                         f"of {', '.join(usable)}")
+    if settings.model not in models.names("vectors"):
+        raise ValueError(f"model: {settings.model} takes images, and this project's pool is "
+                         f"feature vectors; use one of {', '.join(models.names('vectors'))}")
+
+
+def model_options(settings: RoundSettings) -> dict:
+    """The settings the model's factory takes: width, dropout, and no BatchNorm (rounds
+    are a few hundred steps, too few for running statistics (momentum 0.99) to settle,
+    and evaluation mode would use them)."""
+    models.names()  # registers every model
+    wanted = {"width": settings.width, "dropout": settings.dropout, "batch_norm": False}
+    taken = inspect.signature(models.MODELS.factory(settings.model)).parameters
+    return {k: v for k, v in wanted.items() if k in taken}
+
+
 class Trainer:
     """The model, its SSL algorithm and jitted apply functions for one set of settings.
 
@@ -70,11 +123,8 @@ class Trainer:
 
     def __init__(self, settings: RoundSettings, num_classes: int, ssl_name: str):
         self.settings = settings
-        options = {"batch_norm": False} if settings.model == "cnn" else {}
-        # No BatchNorm in the CNN: rounds are a few hundred steps, too few for running
-        # statistics (momentum 0.99) to settle, and evaluation mode would use them.
         self.model = models.get(settings.model, num_classes=max(num_classes, 2),
-                                width=settings.width, **options)
+                                **model_options(settings))
         self.config = library_config(settings, ssl_name)
         self.algorithm = ssl.create(self.config, self.model,
                                     num_train_steps=settings.epochs * settings.steps_per_epoch,
@@ -83,10 +133,11 @@ class Trainer:
         self._probs = jax.jit(lambda v, xb: jax.nn.softmax(self.eval_apply(v, xb), -1))
 
     def fit(self, x: np.ndarray, labeled: np.ndarray, labels: np.ndarray,
-            unlabeled: np.ndarray, key) -> Any:
-        """Fit from scratch for settings.epochs epochs; the final evaluation variables."""
+            x_unlabeled: np.ndarray, key) -> Any:
+        """Fit from scratch for settings.epochs epochs; the final evaluation variables.
+        x_unlabeled: the rows the unlabeled batches are drawn from (an array or a memory map)."""
         x_l, y_l = x[labeled], labels.astype(np.int32)
-        result = fit(self.algorithm, x_labeled=x_l, y_labeled=y_l, x_unlabeled=x[unlabeled],
+        result = fit(self.algorithm, x_labeled=x_l, y_labeled=y_l, x_unlabeled=x_unlabeled,
                      watch=(x_l, y_l), test=(x_l, y_l), train_config=self.config.train,
                      key=key, eval_apply=self.eval_apply, desc=f"train n={len(labeled)}",
                      before_step=faults.hook("train_step"))
@@ -132,17 +183,20 @@ def run_round(settings: RoundSettings, *, pool: np.ndarray, labeled: np.ndarray,
               round_index: int) -> RoundResult:
     """Train (unless cold) and pick `budget` ids among `candidates`.
 
-    pool: (N, S, S, 3) uint8; labeled / labels: ids and class indices; candidates: the
-    unlabeled ids a strategy may pick (skipped images already removed).
+    pool: (N, S, S, 3) uint8 images or (N, d) feature vectors (see the module docstring);
+    labeled / labels: ids and class indices; candidates: the unlabeled ids a strategy may
+    pick (skipped images already removed).
     """
     if budget <= 0:
         raise ValueError(f"budget must be a positive integer, got {budget}")
     if budget > len(candidates):
         raise ValueError(f"budget {budget} exceeds the {len(candidates)} images left to label")
+    check_inputs(settings, pool)
     cold = is_cold(labels, num_classes)
     spec = settings.cold_start if cold else settings.strategy
     strategy = make_strategy(spec, budget)   # a bad option fails before any training
-    x = images_as_float(pool)
+    x = model_inputs(pool)
+    batch = batch_size_for(pool)
     key = round_key(settings.seed, round_index)
     train_key, init_key, pick_key = jax.random.split(key, 3)
     unlabeled = np.setdiff1d(np.arange(len(x)), labeled)
@@ -153,11 +207,12 @@ def run_round(settings: RoundSettings, *, pool: np.ndarray, labeled: np.ndarray,
         log.info("cold start (%d labels, %d classes): %s on a randomly initialized model",
                  len(labeled), num_classes, spec)
     else:
-        variables = t.fit(x, labeled, labels, unlabeled, train_key)
-        probs = t.probs(variables, x)
+        x_unlabeled = x if holds_vectors(pool) else x[unlabeled]
+        variables = t.fit(x, labeled, labels, x_unlabeled, train_key)
+        probs = t.probs(variables, x, batch_size=batch)
     ctx = acquisition.model_context(t.model, variables, x=x, labeled=labeled,
                                     unlabeled=candidates, num_classes=max(num_classes, 2),
-                                    batch_size=256)
+                                    batch_size=batch)
     picked = acquisition.select(strategy, ctx, budget, pick_key)
     return RoundResult(picked=picked, variables=None if cold else variables, probs=probs,
                        cold_start=cold, strategy=spec, record=ctx.record)

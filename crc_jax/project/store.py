@@ -1,8 +1,14 @@
 """A labeling project's directory: the scanned pool, stored once, and its metadata.
 
-    DIR/project.json     format version, images folder, image size, class names
-    DIR/pool.npy         (N, S, S, 3) uint8: every kept image, resized
-    DIR/index.csv        id,path,sha256: path relative to the images folder
+    DIR/project.json     format version, images folder, input ("images" or "features"),
+                         image size or the features' dimension, dtype, scale and source,
+                         class names
+    DIR/pool.npy         what the model reads, one row per image: (N, S, S, 3) uint8 pixels
+                         resized, or (N, d) float32/float16 feature vectors (divided by
+                         their RMS value, the `scale` in project.json); memory-mapped
+    DIR/index.csv        id,path,sha256: path relative to the images folder (sha256 empty
+                         when init did not read the files: --features)
+    DIR/features.partial/  feature chunks of an unfinished `init --backbone` (resumed)
     DIR/labels.jsonl     the labels log (crc_jax.project.labels_log)
     DIR/rounds.jsonl     one checksummed line per completed round (crc_jax.durable)
     DIR/queue.csv        the images to label next
@@ -25,10 +31,12 @@ import numpy as np
 from crc_jax import durable
 from crc_jax.errors import DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2: project.json names its input; a format-1 project holds images
 PROJECT_FILE = "project.json"
 INIT_MARKER = ".init-incomplete"
-OWNED = ("pool.npy", "index.csv", "labels.jsonl", "rounds.jsonl", "queue.csv")
+OWNED = ("pool.npy", "index.csv", "labels.jsonl", "rounds.jsonl", "queue.csv",
+         "features.partial")
+INPUTS = ("images", "features")
 
 
 class ProjectError(DataError):
@@ -70,6 +78,21 @@ def write_pool(directory: Path, images: np.ndarray, paths: list, hashes: list) -
                       [[i, p, h] for i, (p, h) in enumerate(zip(paths, hashes))])
 
 
+def write_features(directory: Path, features: np.ndarray, paths: list, hashes: list, *,
+                   dtype: str) -> float:
+    """Store (N, d) feature vectors as pool.npy in `dtype`, divided by their RMS value so
+    that every backbone's features reach the head at one scale (noise, learning rate and
+    float16 range mean the same for all); distances and directions are unchanged. Returns
+    the scale."""
+    rms = float(np.sqrt(np.mean(np.square(features, dtype=np.float64))))
+    scale = rms if rms > 0 else 1.0
+    stored = (features / np.float32(scale)).astype(dtype)
+    if not np.isfinite(stored).all():
+        raise ProjectError(f"--feature-dtype {dtype}: the scaled features overflow it; use float32")
+    write_pool(directory, stored, paths, hashes)
+    return scale
+
+
 def write_meta(directory: Path, meta: dict) -> None:
     durable.write_atomic(directory / PROJECT_FILE,
                          (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
@@ -82,10 +105,12 @@ def finish_init(directory: Path, meta: dict) -> None:
 
 def undo_init(directory: Path, *, made_dir: bool) -> None:
     """Remove what a failed `init` wrote (its pool, index and marker; the directory too when
-    init made it and it is left empty): no half-made project stays behind."""
-    for name in ("pool.npy", "index.csv", INIT_MARKER):
+    init made it and it is left empty): no half-made project stays behind. A backbone's
+    finished chunks (features.partial) stay, with the marker, so the same init resumes."""
+    resumable = (directory / "features.partial").exists()
+    for name in ("pool.npy", "index.csv") + (() if resumable else (INIT_MARKER,)):
         (directory / name).unlink(missing_ok=True)
-    if made_dir:
+    if made_dir and not resumable:
         with contextlib.suppress(OSError):
             directory.rmdir()   # only when empty: nothing of anyone else's goes
 
@@ -107,9 +132,13 @@ def read_meta(directory: Path) -> dict:
     if version > FORMAT_VERSION:
         raise ProjectError(f"{directory} was made by a newer crc-jax (project format {version}; "
                            f"this one reads {FORMAT_VERSION}); upgrade crc_jax")
-    if version < FORMAT_VERSION:
+    if version < 1:
         raise ProjectError(f"{directory} was made by an older crc-jax (project format {version}; "
-                           f"this one reads {FORMAT_VERSION}); run init again in a new directory")
+                           f"this one reads 1 to {FORMAT_VERSION}); run init again in a new directory")
+    if version == 1:   # format 1 projects hold images and do not say so
+        meta["input"] = "images"
+    if meta.get("input") not in INPUTS:
+        raise ProjectError(f"{path}: input {meta.get('input')!r} is not one of {', '.join(INPUTS)}")
     return meta
 
 
@@ -143,9 +172,11 @@ def load_pool(directory: Path, count: int | None = None) -> np.ndarray:
         raise ProjectError(f"{path}: missing; {DAMAGED}") from None
     except (OSError, ValueError, EOFError) as err:   # a cut file: header or data short
         raise ProjectError(f"{path}: unreadable or truncated ({err}); {DAMAGED}") from None
-    if pool.ndim != 4 or pool.shape[-1] != 3 or (count is not None and len(pool) != count):
-        raise ProjectError(f"{path}: holds images of shape {pool.shape}, but index.csv lists "
-                           f"{count}; {DAMAGED}")
+    images, vectors = pool.ndim == 4 and pool.shape[-1] == 3, pool.ndim == 2
+    if not (images or vectors) or (count is not None and len(pool) != count):
+        raise ProjectError(f"{path}: holds an array of shape {pool.shape}, but index.csv lists "
+                           f"{count} images (a pool is (N, S, S, 3) pixels or (N, d) features); "
+                           f"{DAMAGED}")
     return pool
 
 

@@ -3,13 +3,18 @@
 Every bad value raises `ConfigError` naming the dotted field and what is allowed; the
 CLI prints that one line and exits with status 2. Checks that need the data set's size
 (budget larger than the pool) run in `check_pool_budget` once the data is loaded.
+One field is moved rather than refused: a train.batch_size that does not split over the
+devices becomes the nearest multiple of the device count, said in the log and recorded
+in train.requested_batch_size (config.json, the report).
 """
 
 from __future__ import annotations
 
+import logging
+
 import jax
 
-from crc_jax import acquisition, data, models, ssl
+from crc_jax import acquisition, data, devices, models, ssl
 from crc_jax.errors import ConfigError, DataError
 from crc_jax.run import initial_set, strategies
 
@@ -20,6 +25,8 @@ SCHEDULES = ("constant", "cosine", "fixmatch_cosine", "step")
 INITIAL_MODELS = ("per_trial", "median")
 EMA_BATCH_STATS = ("average", "copy")
 EVAL_MODELS = ("teacher", "student")
+
+log = logging.getLogger(__name__)
 
 
 def _int(config, field: str, *, minimum: int) -> int:
@@ -39,7 +46,8 @@ def _choice(value, field: str, allowed) -> None:
 
 
 def validate(config) -> None:
-    """Raise ConfigError on the first bad field of `config`."""
+    """Raise ConfigError on the first bad field of `config` (after moving train.batch_size
+    to a multiple of the device count, see `_check_data_parallel`)."""
     _choice(config.dataset.name, "dataset.name", data.names())
     _choice(config.model.name, "model.name", models.names())
     _choice(config.ssl.name, "ssl.name", ssl.names())
@@ -89,6 +97,8 @@ def validate(config) -> None:
     _int(config, "train.eval_batch_size", minimum=1)
     _int(config, "train.val_size", minimum=0)
     _int(config, "train.checkpoint_every", minimum=0)
+    _int(config, "train.requested_batch_size", minimum=0)
+    _choice(config.device.require, "device.require", devices.REQUIRE)
     _int(config, "train.steps_per_dispatch", minimum=1)
     _choice(tc.watch, "train.watch", WATCHABLE)
     _choice(tc.dtype, "train.dtype", DTYPES)
@@ -149,16 +159,31 @@ def check_strategy(config, spec: str) -> None:
 
 
 def _check_data_parallel(config) -> None:
-    """config.distributed's counts (ConfigDict checks the types), and batches that split
-    evenly over the devices."""
+    """config.distributed's counts (ConfigDict checks the types), and a batch that splits
+    evenly over the devices: one that does not is moved to the nearest multiple of the
+    device count (`nearest_multiple`), logged, and the config's value kept in
+    train.requested_batch_size, so config.json and the report say what ran."""
     _int(config, "distributed.num_processes", minimum=0)
     _int(config, "distributed.process_id", minimum=-1)
     _int(config, "distributed.heartbeat_timeout", minimum=1)
-    devices = jax.device_count()
+    count = jax.device_count()
     batch = config.train.batch_size
-    if batch % devices:
-        raise ConfigError("train.batch_size", f"{batch} must be divisible by the {devices} devices "
-                                              "(data parallelism splits every batch evenly)")
+    if batch % count == 0:
+        return
+    used = nearest_multiple(batch, count)
+    log.warning("train.batch_size %d does not split over the %d devices: the run uses %d, the "
+                "nearest multiple of %d (recorded as train.requested_batch_size=%d in "
+                "config.json and the report)", batch, count, used, count, batch)
+    config.train.requested_batch_size = batch
+    config.train.batch_size = used
+
+
+def nearest_multiple(value: int, step: int) -> int:
+    """The multiple of `step` nearest to `value` (ties: the larger one), at least `step`:
+    50 over 4 devices -> 52, over 8 -> 48."""
+    below = value // step * step
+    above = below + step
+    return above if below == 0 or value - below >= above - value else below
 
 
 def check_pool_budget(config, pool_size: int) -> None:

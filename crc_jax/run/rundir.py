@@ -19,10 +19,11 @@ from crc_jax.errors import RunDirError
 # Fields that do not change results: a resumed run may differ in these. How many
 # processes share the work does not (tests/test_multiprocess.py checks it), nor how often
 # training checkpoints (a resume from a checkpoint is bit-identical: tests/test_checkpoint.py),
-# nor how many train steps share a call (tests/test_multistep.py; run dirs made before that
+# nor which platform the run demanded (device.require only decides whether it starts), nor
+# how many train steps share a call (tests/test_multistep.py; run dirs made before that
 # field existed resume too).
 COSMETIC_FIELDS = ("train.progress", "train.checkpoint_every", "train.steps_per_dispatch",
-                   "distributed")
+                   "distributed", "device")
 
 
 def strategy_dirname(spec: str) -> str:

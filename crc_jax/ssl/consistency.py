@@ -152,8 +152,10 @@ def strong_view(config, *, flip: bool):
 def make_two_view_step(loss_fn, *, view_fn, weight: float, rampup_steps: int):
     """One jitted step shared by Mean Teacher and the Pi-model: a labeled view and two
     independent views of the unlabeled batch, a gradient step on
-    loss_fn(params, state, x_l, y_l, x_a, x_b, weight=w(t)), then the EMA update.
-    w(t) = weight * exp(-5 (1 - t)^2) over the first `rampup_steps` steps."""
+    loss_fn(params, state, x_l, y_l, x_a, x_b, weight=w(t), dropout_key=k), then the EMA
+    update. w(t) = weight * exp(-5 (1 - t)^2) over the first `rampup_steps` steps. `k`
+    feeds the model's dropout (the second source of noise of both algorithms; inactive
+    at rate 0), folded from the step key so the views' keys are unchanged."""
 
     @functools.partial(jax.jit, donate_argnums=(0,))
     def train_step(state, batch, key):
@@ -162,7 +164,8 @@ def make_two_view_step(loss_fn, *, view_fn, weight: float, rampup_steps: int):
         w = weight * sigmoid_rampup(state.step, rampup_steps)
         grads, (batch_stats, metrics) = jax.grad(loss_fn, has_aux=True)(
             state.params, state, view_fn(k_l, batch["x_l"]), batch["y_l"],
-            view_fn(k_a, x_u), view_fn(k_b, x_u), weight=w)
+            view_fn(k_a, x_u), view_fn(k_b, x_u), weight=w,
+            dropout_key=jax.random.fold_in(key, DROPOUT_FOLD))
         state = state.apply_gradients(grads=grads).replace(batch_stats=batch_stats)
         return state.update_ema(), metrics
 

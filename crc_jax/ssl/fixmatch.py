@@ -74,7 +74,7 @@ def make_train_step(*, weak_fn, strong_fn, threshold: float, weight: float):
     return train_step
 
 
-@register("fixmatch", dropout=True)
+@register("fixmatch", dropout=True, augments_images=True)
 def make_fixmatch(*, config, model, num_train_steps: int, flip: bool = False) -> Algorithm:
     sc, ema = config.ssl, float(config.train.ema_decay)
     step = make_train_step(

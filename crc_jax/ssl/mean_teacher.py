@@ -32,13 +32,17 @@ from crc_jax.state import TrainState
 
 
 def mean_teacher_loss(params, state: TrainState, x_l, y_l, x_student, x_teacher, *,
-                      weight):
-    """Student CE + weight · softmax-MSE to the teacher; returns (loss, (batch stats, metrics))."""
+                      weight, dropout_key=None):
+    """Student CE + weight · softmax-MSE to the teacher; returns (loss, (batch stats, metrics)).
+    With `dropout_key` the model's dropout is on in both networks, with independent masks
+    (the student's from the key, the teacher's from a fold of it), as in the reference."""
     x = jnp.concatenate([x_l, x_student], axis=0)
-    logits, batch_stats = consistency.forward(state.apply_fn, params, state.batch_stats, x)
+    logits, batch_stats = consistency.forward(state.apply_fn, params, state.batch_stats, x,
+                                              dropout_key)
     logits_l, logits_u = consistency.split(logits, (x_l.shape[0], x_student.shape[0]))
+    teacher_key = None if dropout_key is None else jax.random.fold_in(dropout_key, 1)
     teacher_logits, _ = consistency.forward(state.apply_fn, state.ema_params,
-                                            state.ema_batch_stats, x_teacher)
+                                            state.ema_batch_stats, x_teacher, teacher_key)
     supervised = jnp.mean(consistency.per_sample_ce(logits_l, y_l))
     consistency_loss = consistency.softmax_mse(logits_u, jax.lax.stop_gradient(teacher_logits))
     loss = supervised + weight * consistency_loss
@@ -47,7 +51,7 @@ def mean_teacher_loss(params, state: TrainState, x_l, y_l, x_student, x_teacher,
     return loss, (batch_stats, metrics)
 
 
-@register("mean_teacher")
+@register("mean_teacher", dropout=True)
 def make_mean_teacher(*, config, model, num_train_steps: int, flip: bool = False) -> Algorithm:
     sc = config.ssl
     step = consistency.make_two_view_step(

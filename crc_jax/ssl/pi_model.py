@@ -19,10 +19,13 @@ from crc_jax.ssl.base import Algorithm, register
 from crc_jax.state import TrainState
 
 
-def pi_model_loss(params, state: TrainState, x_l, y_l, x_a, x_b, *, weight):
-    """CE + weight · softmax-MSE(view a; view b is the target); returns (loss, (stats, metrics))."""
+def pi_model_loss(params, state: TrainState, x_l, y_l, x_a, x_b, *, weight, dropout_key=None):
+    """CE + weight · softmax-MSE(view a; view b is the target); returns (loss, (stats, metrics)).
+    With `dropout_key` the model's dropout is on: every row draws its own mask, so the two
+    views also differ by their dropout masks, as in Laine & Aila."""
     x = jnp.concatenate([x_l, x_a, x_b], axis=0)
-    logits, batch_stats = consistency.forward(state.apply_fn, params, state.batch_stats, x)
+    logits, batch_stats = consistency.forward(state.apply_fn, params, state.batch_stats, x,
+                                              dropout_key)
     logits_l, logits_a, logits_b = consistency.split(
         logits, (x_l.shape[0], x_a.shape[0], x_b.shape[0]))
     supervised = jnp.mean(consistency.per_sample_ce(logits_l, y_l))
@@ -33,7 +36,7 @@ def pi_model_loss(params, state: TrainState, x_l, y_l, x_a, x_b, *, weight):
     return loss, (batch_stats, metrics)
 
 
-@register("pi_model")
+@register("pi_model", dropout=True)
 def make_pi_model(*, config, model, num_train_steps: int, flip: bool = False) -> Algorithm:
     sc, ema = config.ssl, float(config.train.ema_decay)
     step = consistency.make_two_view_step(

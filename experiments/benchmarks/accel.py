@@ -2,6 +2,7 @@
 
     python -m experiments.benchmarks.accel            # the full run, for one GPU/TPU (< 8 min)
     python -m experiments.benchmarks.accel --quick    # reduced sizes, for a CPU (make test-slow)
+    python -m experiments.benchmarks.accel --device gpu   # stop at once unless JAX has a GPU
     make bench-accel
 
 Parts (each in its own process, so each one's peak memory is its own):
@@ -14,6 +15,9 @@ Parts (each in its own process, so each one's peak memory is its own):
          whether they choose the same groups.
   ntk    empirical NTK over all parameters of WRN-28-2 on 64 images against every
          neural-tangents implementation that works.
+Starts with one line naming the backend and devices JAX uses (crc_jax.devices, in a
+child process, so this parent never holds the accelerator); `--device gpu|tpu` ends the
+run there, exit status 2, with JAX's reason, when JAX would fall back to the CPU.
 Prints one table and writes the figures to a new JSON file (--json; default
 runs/bench_accel/accel-<time>.json). Nothing imports TensorFlow or TFDS: the data are
 synthetic images of the reference shapes, so it runs offline (docs/accelerators.md).
@@ -32,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from crc_jax.devices import REQUIRE
+
 FORBIDDEN = ("tensorflow", "tensorflow_datasets")
 
 
@@ -41,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--parts", default="step,epoch,crc,ntk", help="comma-separated subset")
     p.add_argument("--json", default="", help="write the figures here (default: a new file "
                    "under runs/bench_accel/)")
+    p.add_argument("--device", default="auto", choices=REQUIRE,
+                   help="platform the parts must run on (auto: whatever JAX picks)")
     p.add_argument("--part_timeout", type=float, default=240.0, help="seconds per part")
     p.add_argument("--run_part", default="", help=argparse.SUPPRESS)   # child process
     p.add_argument("--out", default="", help=argparse.SUPPRESS)
@@ -89,6 +97,13 @@ def machine() -> str:
             f"load average {os.getloadavg()[0]:.1f}")
 
 
+def device_line(require: str) -> tuple[int, str]:
+    """(exit status, the start-up line or the reason) from `python -m crc_jax.devices`."""
+    proc = subprocess.run([sys.executable, "-m", "crc_jax.devices", "--device", require],
+                          capture_output=True, text=True)
+    return proc.returncode, (proc.stdout if proc.returncode == 0 else proc.stderr).strip()
+
+
 def run_all(args) -> dict:
     parts = [p for p in args.parts.split(",") if p]
     results = {}
@@ -131,6 +146,10 @@ def main(argv=None) -> int:
     if args.run_part:
         run_part(args.run_part, args.quick, args.out)
         return 0
+    status, line = device_line(args.device)
+    print(line, file=sys.stderr, flush=True)
+    if status:
+        return 2
     started = datetime.datetime.now()
     results = run_all(args)
     devices = next((r["device"] for r in results.values() if "device" in r), "?")

@@ -39,6 +39,10 @@ PARTS = {
                                "fusion (CRC_JAX_XLA_DEFAULTS=0)",
                                [*M, "experiments.benchmarks.train_step", "--algorithms",
                                 "fixmatch", "--steps", "2", "--torch_peer", "off"]),
+    "train_step_fusion_off": ("RESULTS.md \"XLA:CPU\": the FixMatch step with YNNPACK fusion off "
+                              "(CRC_JAX_XLA_DEFAULTS=1, whatever the CPU)",
+                              [*M, "experiments.benchmarks.train_step", "--algorithms",
+                               "fixmatch", "--steps", "2", "--torch_peer", "off"]),
     "steps_per_dispatch": ("RESULTS.md \"Train step\": 1 vs 8 steps per call, small CNN "
                            "FixMatch step (dispatch overhead shows on small steps)",
                            None),  # two commands, see run_part
@@ -49,6 +53,9 @@ PARTS = {
                  "default model (MLP-256 vs CNN 16/32 rounds)",
                  [*M, "experiments.benchmarks.labeling", "--clicks", "20",
                   "--model_rounds", "mlp:256,cnn:16,cnn:32"]),
+    "labeling_features": ("README \"Label your own images\" (photos) + RESULTS.md \"Labeling on "
+                          "features\": 50,000-image init --features, next, --backbone",
+                          [*M, "experiments.benchmarks.labeling_features"]),
     "demo": ("README \"Results measured on this machine\": `make demo` wall time (a fresh workdir)",
              [*M, "experiments.main", "--config=digits_fixmatch", "--workdir={tmp}/demo"]),
     # longer or special-purpose parts, in `--parts all`
@@ -60,8 +67,9 @@ PARTS = {
                     [*M, "experiments.benchmarks.accel", "--quick"]),
     "multiprocess": ("RESULTS.md \"Multi-process\"", [*M, "experiments.benchmarks.multiprocess"]),
 }
-DEFAULT = ("xla_cpu", "train_step", "train_step_xla_default", "steps_per_dispatch",
-           "acquisition", "labeling", "demo")
+DEFAULT = ("xla_cpu", "train_step", "train_step_xla_default", "train_step_fusion_off",
+           "steps_per_dispatch",
+           "acquisition", "labeling", "labeling_features", "demo")
 SMALL_STEP = [*M, "experiments.benchmarks.train_step", "--model", "cnn", "--batch_size", "8",
               "--mu", "2", "--algorithms", "fixmatch", "--steps", "48", "--torch_peer", "off"]
 
@@ -99,8 +107,8 @@ def run_part(name: str, tmp: str) -> tuple:
             texts.append(text)
             wall += seconds
         return "\n".join(texts), wall
-    if name == "train_step_xla_default":
-        env["CRC_JAX_XLA_DEFAULTS"] = "0"
+    if name in ("train_step_xla_default", "train_step_fusion_off"):
+        env["CRC_JAX_XLA_DEFAULTS"] = "0" if name == "train_step_xla_default" else "1"
         env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
                                     if "ynn_fusion_type" not in f)
     return run([arg.format(tmp=tmp) for arg in command], env)

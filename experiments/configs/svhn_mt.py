@@ -12,8 +12,9 @@ paper's footnote 1 names, perrying/realistic-ssl-evaluation-pytorch, config.py a
     moving_average).
   * lr x0.2 from step 400k on (train.schedule="step"), as the reference's lr_decay_iter.
   * 50 labeled + 50 unlabeled images per step (reference batch_size 100, halved for each).
-    Data parallelism needs the batch divisible by the device count: on 4 or 8 devices
-    pass --config.train.batch_size=48 or 56 (a deviation from the reference).
+    Data parallelism needs the batch divisible by the device count: 1 or 2 devices keep
+    50; on 4 or 8 the run uses the nearest multiple, 52 or 48 (a deviation from the
+    reference, said in the log and recorded in config.json and the report).
   * The student is evaluated and handed to the next acquisition (ssl.eval_model):
     the reference validates and tests `model`, never the teacher.
   * SVHN weak view: no flip, translation of up to 2 px with reflect padding

@@ -1,0 +1,206 @@
+"""The devices a run uses, said in one line at start-up, and a stop when the accelerator
+asked for is missing (`device.require`, `crc-jax --device`).
+
+JAX picks its backend quietly. jax 0.10 registers the TPU backend with
+`fail_quietly=True`; a CUDA plugin that cannot start (no GPU visible to the process, a
+plugin built for another jaxlib, GPU memory held by another process) is skipped the same
+way; either way the run continues on the host CPU, and a model meant for an accelerator
+trains there for hours with no sign. `start(require)` says which backend and devices JAX
+picked and, when `require` names another platform, raises DeviceUnavailable: one line
+with JAX's own reason (the error it raises for that platform, and the error it recorded
+when the backend failed to start), whether the hardware is visible, and which plugin is
+installed beside which jaxlib.
+
+    python -m crc_jax.devices [--device auto|cpu|gpu|tpu] [--distributed]
+
+prints that line (exit status 0), or the reason (exit status 2): the one command that
+shows whether JAX uses the accelerator (docs/accelerators.md, "First run").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib import metadata
+
+from crc_jax.errors import DeviceUnavailable
+
+REQUIRE = ("auto", "cpu", "gpu", "tpu")
+# The distributions that give JAX an accelerator; pip names (docs/accelerators.md, "Installs").
+PLUGINS = {"gpu": ("jax-cuda13-plugin", "jax-cuda13-pjrt", "jax-cuda12-plugin", "jax-cuda12-pjrt"),
+           "tpu": ("libtpu", "libtpu-nightly")}
+INSTALL_HINT = {"gpu": "pip install 'jax[cuda13]' (or 'jax[cuda12]'; crc_jax's extras: "
+                       "'crc_jax[cuda13]')",
+                "tpu": "pip install 'jax[tpu]' (crc_jax's extra: 'crc_jax[tpu]')"}
+# The names under which JAX's backends for a platform register (jax.devices accepts these).
+BACKEND_NAMES = {"gpu": ("cuda", "rocm"), "tpu": ("tpu",), "cpu": ("cpu",)}
+SHOWN_DEVICES = 8    # the start-up line names at most this many devices
+
+
+def installed_plugins(platform: str) -> dict[str, str]:
+    """{distribution: version} of the accelerator plugins for `platform` in this environment."""
+    found = {}
+    for name in PLUGINS.get(platform, ()):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def select(require: str) -> None:
+    """Before JAX starts its backends: `require="cpu"` starts the CPU backend alone
+    (jax_platforms), so a run asked to stay on the CPU leaves a machine's GPU or TPU to
+    others. Other values change nothing: JAX picks, `check` judges."""
+    if require != "cpu":
+        return
+    import jax
+
+    if not _backends_started():
+        jax.config.update("jax_platforms", "cpu")
+
+
+def _backends_started() -> bool:
+    try:
+        from jax._src import xla_bridge
+    except ImportError:   # a JAX without this private module: assume started (no change)
+        return True
+    return bool(xla_bridge.backends_are_initialized())
+
+
+def check(require: str, *, option: str = "device.require") -> None:
+    """Raise DeviceUnavailable unless JAX's default backend is the platform `require`
+    names ("auto" accepts any). The message is one line, starting with `option`."""
+    if require not in REQUIRE:
+        raise DeviceUnavailable(f"{option}: {require!r} is not one of: {', '.join(REQUIRE)}")
+    import jax
+
+    backend = jax.default_backend()
+    if require == "auto" or backend == require:
+        return
+    count = jax.device_count()
+    where = f"JAX runs on {backend} ({count} device{'s' if count != 1 else ''})"
+    raise DeviceUnavailable(f"{option}={require}, but {where}: {reason(require)}")
+
+
+def reason(platform: str) -> str:
+    """Why JAX has no `platform` backend, in one line: JAX's own error for it, the error
+    recorded when that backend failed to start, JAX_PLATFORMS, the hardware and plugins."""
+    import jax
+
+    parts = []
+    if platform == "cpu":
+        parts.append("JAX started its accelerator backend before the run could ask for the "
+                     "CPU; start the process with JAX_PLATFORMS=cpu")
+    recorded = _recorded_errors()
+    for name in BACKEND_NAMES.get(platform, (platform,)):
+        if name in recorded:
+            parts.append(f"JAX: backend {name!r} failed to initialize: {recorded[name]}")
+    if not parts:
+        try:
+            jax.devices(platform)
+        except RuntimeError as err:
+            parts.append(f"JAX: {err}")
+    if os.environ.get("JAX_PLATFORMS"):
+        parts.append(f"JAX_PLATFORMS={os.environ['JAX_PLATFORMS']} is set")
+    if _hardware_visible(platform) is False:
+        parts.append("no NVIDIA GPU visible to this process (no /dev/nvidia*)" if platform == "gpu"
+                     else "no TPU chip visible to this process")
+    if platform in PLUGINS:
+        plugins = installed_plugins(platform)
+        jaxlib = _version("jaxlib")
+        if plugins:
+            parts.append(", ".join(f"{n} {v}" for n, v in plugins.items())
+                         + f" installed beside jax {_version('jax')}, jaxlib {jaxlib}")
+        else:
+            parts.append(f"no {platform.upper()} plugin installed: {INSTALL_HINT[platform]}")
+    return "; ".join(" ".join(p.split()) for p in parts)   # one line, whatever JAX wrote
+
+
+def _recorded_errors() -> dict[str, str]:
+    """The errors JAX kept for backends that failed quietly (jax._src.xla_bridge, private:
+    an empty dict where a JAX version lacks it)."""
+    try:
+        from jax._src import xla_bridge
+    except ImportError:
+        return {}
+    return dict(getattr(xla_bridge, "_backend_errors", {}) or {})
+
+
+def _hardware_visible(platform: str) -> bool | None:
+    """Whether the machine shows this process an NVIDIA GPU or a TPU chip (JAX's own
+    probes, private: None where unknown)."""
+    try:
+        from jax._src import hardware_utils
+        if platform == "gpu":
+            return bool(hardware_utils.has_visible_nvidia_gpu())
+        if platform == "tpu":
+            return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
+    except Exception:  # noqa: BLE001 - a probe that fails says nothing either way
+        return None
+    return None
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def describe(require: str = "auto", *, option: str = "device.require") -> str:
+    """The start-up line: backend, devices (ids and kind), processes, jax, the requirement,
+    XLA_FLAGS when set. E.g. `devices: 8 tpu device(s) [tpu:0, ..., tpu:7] (TPU v5 lite);
+    jax 0.12.0; device.require=tpu`."""
+    import jax
+
+    devs = jax.devices()
+    names = [f"{d.platform}:{d.id}" for d in devs]
+    if len(names) > SHOWN_DEVICES:
+        names = names[:SHOWN_DEVICES - 2] + ["...", names[-1]]
+    kinds = sorted({d.device_kind for d in devs})
+    procs = jax.process_count()
+    line = (f"devices: {len(devs)} {jax.default_backend()} device(s) [{', '.join(names)}] "
+            f"({', '.join(kinds)})"
+            + (f" in {procs} processes (this is process {jax.process_index()})" if procs > 1 else "")
+            + f"; jax {jax.__version__}; {option}={require}")
+    if os.environ.get("XLA_FLAGS"):
+        line += f"; XLA_FLAGS={os.environ['XLA_FLAGS']}"
+    return line
+
+
+def start(require: str, *, option: str = "device.require") -> str:
+    """select, then check: the start-up line of a run that may go on, or DeviceUnavailable."""
+    select(require)
+    check(require, option=option)
+    return describe(require, option=option)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m crc_jax.devices",
+                                description="Say which devices JAX uses; exit 2 when the "
+                                            "platform --device names is missing, with JAX's reason.")
+    p.add_argument("--device", default="auto", choices=REQUIRE)
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (on every worker of a TPU pod "
+                        "slice; it detects the rest)")
+    args = p.parse_args(argv)
+    try:
+        if args.distributed:
+            import jax
+
+            try:
+                jax.distributed.initialize()
+            except (RuntimeError, ValueError) as err:
+                raise DeviceUnavailable("jax.distributed.initialize() failed: "
+                                        + " ".join(str(err).split())) from None
+        print(start(args.device, option="--device"), flush=True)
+    except DeviceUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
