@@ -222,6 +222,24 @@ def test_a_first_import_of_one_class_is_refused(tmp_path, capsys, project_dir):
     assert project.classes == [] and project.answers() == {}
 
 
+def test_a_failed_init_leaves_no_half_made_project_but_keeps_resumable_chunks(tmp_path):
+    from crc_jax.project import store
+
+    made = tmp_path / "made"
+    store.prepare_dir(made)
+    (made / "pool.npy").write_bytes(b"half")
+    store.undo_init(made, made_dir=True)
+    assert not made.exists()
+    chunked = tmp_path / "chunked"   # a backbone's init, killed after some chunks
+    store.prepare_dir(chunked)
+    (chunked / "features.partial").mkdir()
+    (chunked / "features.partial" / "chunk_000000.npz").write_bytes(b"a whole chunk")
+    (chunked / "pool.npy").write_bytes(b"half")
+    store.undo_init(chunked, made_dir=True)
+    assert sorted(p.name for p in chunked.iterdir()) == [store.INIT_MARKER, "features.partial"]
+    store.prepare_dir(chunked)   # the same init again: accepted, the chunks resume
+
+
 # -- the page ---------------------------------------------------------------------------
 
 def test_the_port_is_reused_while_old_connections_linger():
