@@ -10,7 +10,9 @@
     crc-jax serve-ml DIR [--port 9090] [--budget N] [--document-root DIR] [--label-studio-url URL]
     crc-jax --version
 
-A bad value ends with one line, `error: ...`, and exit status 2; nothing is written.
+A bad value, a damaged project or a file system that refuses a write (read-only, full)
+ends with one line, `error: ...`, and exit status 2; nothing is half-written. Ctrl-C ends
+with one line, `interrupted: ...`, and exit status 130.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from crc_jax import __version__
+from crc_jax import __version__, interrupt
 
 log = logging.getLogger("crc_jax.cli")
 
@@ -43,6 +45,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number in 0..65535, got {text!r}")
     return value
 
 
@@ -111,7 +123,7 @@ def build_parser() -> Parser:
 
     s = sub.add_parser("label", help="serve the labeling page on 127.0.0.1")
     s.add_argument("dir", type=Path)
-    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--port", type=port_number, default=8765, help="8765; 0: any free port")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     s.add_argument("--budget", type=positive_int, default=20, help="images per round started from the page")
     round_options(s)
@@ -152,7 +164,7 @@ def build_parser() -> Parser:
     s = sub.add_parser("serve-ml", help="serve the project's model as a Label Studio ML backend "
                                         "on 127.0.0.1")
     s.add_argument("dir", type=Path)
-    s.add_argument("--port", type=int, default=9090)
+    s.add_argument("--port", type=port_number, default=9090, help="9090; 0: any free port")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     s.add_argument("--budget", type=positive_int, default=20,
                    help="images per round started from Label Studio (Start Training)")
@@ -189,6 +201,40 @@ def settings_from(args):
     return settings
 
 
+def check_budget(settings, budget: int) -> None:
+    """Both strategies must fill `budget` (e.g. a group size dividing it), the one for
+    later rounds too when this round is a cold start: refused now, not after training."""
+    from crc_jax.project import rounds
+
+    for field, spec in (("strategy", settings.strategy), ("cold_start", settings.cold_start)):
+        try:
+            rounds.make_strategy(spec, budget)
+        except ValueError as err:
+            raise UsageError(f"--{field.replace('_', '-')}: {err}") from None
+
+
+def out_file(path: Path) -> Path:
+    """--out: a new file in an existing folder."""
+    if path.exists():
+        raise UsageError(f"--out {path}: already exists; choose a new file")
+    if not path.parent.is_dir():
+        raise UsageError(f"--out {path}: the folder {path.parent} does not exist")
+    return path
+
+
+def read_labels(project_call, path: Path):
+    """Run an import of `path`; a file of the wrong shape (e.g. a JSON that is not a Label
+    Studio export) is one line naming it, not a traceback."""
+    try:
+        return project_call()
+    except (AttributeError, TypeError, KeyError, IndexError) as err:
+        if path is None:
+            raise
+        raise UsageError(f"{path}: not a labels file of the expected shape ({type(err).__name__}: "
+                         f"{err}); give a CSV with header path,label or a Label Studio JSON "
+                         "export (a list of tasks)") from None
+
+
 def feature_source(args):
     """The --features / --backbone source of `init`, or None (the pool is the images)."""
     from crc_jax.project import features
@@ -217,9 +263,9 @@ def cmd_init(args):
     classes = [c for c in args.classes.split(",")] if args.classes else None
     source = feature_source(args)
     size = args.image_size or 32
-    project, result = Project.create(args.dir, args.images, image_size=size, classes=classes,
-                                     labels_csv=args.labels, features=source,
-                                     feature_dtype=args.feature_dtype)
+    project, result = read_labels(lambda: Project.create(
+        args.dir, args.images, image_size=size, classes=classes, labels_csv=args.labels,
+        features=source, feature_dtype=args.feature_dtype), args.labels)
     for path, reason in result.skipped:
         print(f"skipped {path}: {reason}")
     for path, kept in result.duplicates:
@@ -240,6 +286,7 @@ def cmd_next(args):
     from crc_jax.project import Project
 
     settings = settings_from(args)
+    check_budget(settings, args.budget)
     project = Project.open(args.dir)
     ids = project.next_batch(args.budget, settings)
     rows = project.queue()
@@ -257,6 +304,7 @@ def cmd_label(args):
     from crc_jax.project.server import make_server
 
     settings = settings_from(args)
+    check_budget(settings, args.budget)
     project = Project.open(args.dir)
     if not project.classes:
         raise UsageError(f"{args.dir} has no classes yet: give --classes to init, or import labels")
@@ -265,11 +313,10 @@ def cmd_label(args):
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"labeling page: http://{host}:{server.port}/  (Ctrl-C to stop)", flush=True)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        server.serve_forever()   # Werkzeug's returns after catching Ctrl-C itself
     finally:
         server.server_close()
+    raise KeyboardInterrupt   # so main prints the one line and exits 130
 
 
 def cmd_status(args):
@@ -302,9 +349,7 @@ def cmd_predict(args):
     from crc_jax.project import Project
 
     project = Project.open(args.dir)
-    out = args.out or project.dir / "predictions.csv"
-    if args.out is not None and out.exists():
-        raise UsageError(f"--out {out}: already exists; choose a new file")
+    out = project.dir / "predictions.csv" if args.out is None else out_file(args.out)
     rows = project.predict()
     fields = ["id", "path", "predicted", "confidence", "label"]
     durable.write_csv(out, fields, [[r[f] for f in fields] for r in rows])
@@ -334,9 +379,9 @@ def cmd_import(args):
 
     project = Project.open(args.dir)
     before = len(project.labels())
-    report = exchange.import_labels(project, args.file, document_root=args.document_root,
-                                    label_config=args.label_config,
-                                    skip_unmapped=args.skip_unmapped)
+    report = read_labels(lambda: exchange.import_labels(
+        project, args.file, document_root=args.document_root, label_config=args.label_config,
+        skip_unmapped=args.skip_unmapped), args.file)
     for reference, path in report.by_upload_name:
         print(f"matched by its uploaded file name (unique in the project): {reference} -> {path}")
     for reference, why in report.unmapped:
@@ -352,6 +397,7 @@ def cmd_serve_ml(args):
     from crc_jax.project.ml_backend import make_server
 
     settings = settings_from(args)
+    check_budget(settings, args.budget)
     project = Project.open(args.dir)
     if not project.classes:
         raise UsageError(f"{args.dir} has no classes yet: give --classes to init, or import labels")
@@ -366,16 +412,41 @@ def cmd_serve_ml(args):
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"Label Studio ML backend: http://{host}:{server.port}  (Ctrl-C to stop)", flush=True)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        server.serve_forever()   # Werkzeug's returns after catching Ctrl-C itself
     finally:
         server.server_close()
+    raise KeyboardInterrupt   # so main prints the one line and exits 130
 
 
 COMMANDS = {"init": cmd_init, "next": cmd_next, "label": cmd_label, "status": cmd_status,
             "predict": cmd_predict, "export": cmd_export, "import": cmd_import,
             "serve-ml": cmd_serve_ml}
+# What Ctrl-C leaves, per command (the one line before exit status 130).
+INTERRUPTED = {"next": "the round was not saved (labels untouched); run crc-jax next again",
+               "label": "the labeling page stopped; every answer given is saved",
+               "serve-ml": "the ML backend stopped; every answer saved is kept",
+               "init": "the project was not made; run crc-jax init again"}
+
+
+def interrupted_message(command: str) -> str:
+    return INTERRUPTED.get(command, "what was saved is whole; run the command again")
+
+
+def interrupted(command: str, *, own_process: bool) -> int:
+    """Ctrl-C: one line, exit status 130. In a process of its own the CLI ends through
+    crc_jax.interrupt.leave (os._exit once its output is flushed): an interrupt inside XLA
+    (e.g. mid-compile) can leave JAX's threads in a state that crashes the interpreter's
+    normal teardown (seen as a SIGSEGV after the KeyboardInterrupt)."""
+    if own_process:
+        interrupt.leave(interrupted_message(command))
+    print(f"\ninterrupted: {interrupted_message(command)}", file=sys.stderr)
+    return interrupt.EXIT_INTERRUPTED
+
+
+def os_error(err: OSError) -> str:
+    """One line for a write or read the file system refused (read-only, full, missing)."""
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}"
 
 
 def main(argv=None) -> int:
@@ -386,13 +457,19 @@ def main(argv=None) -> int:
     from crc_jax.errors import DataError, DeviceUnavailable, MissingExtra, StorageError
     from crc_jax.project.labels_log import LabelConflict
 
+    command = ""
+    if argv is None:   # a process of its own: a Ctrl-C that JAX swallows still ends it
+        interrupt.install(lambda: interrupted_message(command))
     try:
         args = build_parser().parse_args(argv)
+        command = args.command
         if hasattr(args, "device"):   # a command that trains: say on what, stop on a missing GPU/TPU
             from crc_jax import devices
 
             log.info(devices.start(args.device, option="--device"))
-        COMMANDS[args.command](args)
+        COMMANDS[command](args)
+    except KeyboardInterrupt:
+        return interrupted(command, own_process=argv is None)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -401,6 +478,9 @@ def main(argv=None) -> int:
         return 2
     except ValueError as err:  # a budget the pool cannot meet, a bad strategy option
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a read-only or full file system, a folder that is gone
+        print(f"error: {os_error(err)}", file=sys.stderr)
         return 2
     return 0
 

@@ -15,6 +15,7 @@ Both applications keep their records in the same few shapes, written here once:
   * `write_atomic`: a temporary file, fsync, rename, fsync of the folder: the old file or
     the new one, never half of either;
   * `file_lock`: an advisory `flock` the kernel drops when the holder dies;
+  * `claim_dir`: an output folder a command may write into (new, empty, or its own);
   * `csv_bytes` / `write_csv`: CSV written through `write_atomic`.
 
 Fault injection for the crash tests lives beside this module (crc_jax.faults).
@@ -224,13 +225,23 @@ def append_synced(path: os.PathLike, data: bytes, *, fault_point: str) -> None:
                     raise OSError(f"{path}: the write made no progress")
                 view = view[written:]
             os.fsync(fd)
-        except BaseException:
+        except BaseException as err:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, size)
                 os.fsync(fd)
+            _name(err, path)
             raise
     finally:
         os.close(fd)
+
+
+def _name(err: BaseException, path: os.PathLike, *, instead_of: os.PathLike | None = None) -> None:
+    """Give an OSError from a write on an open file (which carries no file name), or one
+    naming the temporary file `instead_of`, the name `path`, so the one line a command
+    prints names the file the user asked for."""
+    if isinstance(err, OSError) and (err.filename is None or (
+            instead_of is not None and err.filename == str(instead_of))):
+        err.filename = str(path)
 
 
 def write_atomic(path: os.PathLike, data: bytes) -> None:
@@ -244,15 +255,49 @@ def write_atomic(path: os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        _name(err, path, instead_of=tmp)
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+# -- output folders ----------------------------------------------------------------------
+
+def claim_dir(path: os.PathLike, marker: str, *, command: str, accept: Sequence[str] = (),
+              flag: str = "") -> Path:
+    """Make `path` an output folder of `command`, which then writes only there.
+
+    The folder must be new, empty, or hold `marker` (the file this function leaves in every
+    folder it claims) or one of `accept` (files only that command writes); otherwise it
+    holds someone else's files, and StorageError says so in one line (`flag`, e.g.
+    "--out", names the option that gave it). A command never overwrites what it did not
+    write: this is the one place that decides.
+    """
+    path = Path(path)
+    where = f"{flag} {path}".strip()
+    if path.exists() and not path.is_dir():
+        raise StorageError(f"{where}: exists and is not a directory; give a new or empty "
+                           "folder")
+    if path.is_dir():
+        names = {p.name for p in path.iterdir()}
+        if names and not names & {marker, *accept}:
+            shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+            raise StorageError(f"{where}: not empty and not made by {command} (it holds "
+                               f"{shown}); give a new or empty folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not (path / marker).exists():
+            (path / marker).write_text(f"written by {command}: it may replace its own files "
+                                       "here\n")
+    except OSError as err:
+        raise StorageError(f"{where}: cannot be written ({err.strerror or err})") from None
+    return path
 
 
 # -- locks -------------------------------------------------------------------------------

@@ -60,19 +60,27 @@ def save(fig, path: Path) -> Path:
 def claim_workdir(workdir: Path, seed: int, journals=(JOURNAL,)) -> None:
     """Make `workdir` ours: create it, or reuse one this command made (removing only the
     journals and summary it wrote there). Refuses any other non-empty directory: never
-    delete what this command did not create."""
-    if workdir.exists() and not workdir.is_dir():
-        raise FigureError(f"--workdir {workdir}: exists and is not a directory")
-    if workdir.is_dir() and any(workdir.iterdir()):
-        if not (workdir / MARKER).is_file():
-            raise FigureError(f"--workdir {workdir}: not empty and not made by `figures moons`; "
-                              "choose a new or empty directory")
-        for journal in journals:
-            (workdir / journal).unlink(missing_ok=True)
-        (workdir / "summary.csv").unlink(missing_ok=True)
-    workdir.mkdir(parents=True, exist_ok=True)
+    delete what this command did not create (crc_jax.durable.claim_dir decides)."""
+    from crc_jax import durable
+    from crc_jax.errors import StorageError
+
+    try:
+        durable.claim_dir(workdir, MARKER, command="experiments.figures moons", flag="--workdir")
+    except StorageError as err:
+        raise FigureError(str(err)) from None
+    for journal in journals:
+        (workdir / journal).unlink(missing_ok=True)
+    (workdir / "summary.csv").unlink(missing_ok=True)
     (workdir / MARKER).write_text(json.dumps({"made_by": "experiments.figures moons",
                                               "seed": seed}) + "\n")
+
+
+def out_folder(out: Path) -> Path:
+    """--out: the folder the PNG goes to (created if missing); not an existing file."""
+    if out.exists() and not out.is_dir():
+        raise FigureError(f"--out {out}: exists and is not a directory; give a folder "
+                          "(the figure's file name is fixed)")
+    return out
 
 
 def moons_config(seed: int, trials: int | None = None, smoke: bool = False):
@@ -392,14 +400,18 @@ def main(argv=None) -> None:
     try:
         if args.figure == "moons":
             workdir = Path(args.workdir)
-            path = figure1_moons(Path(args.out or workdir), workdir, seed=args.seed,
+            path = figure1_moons(out_folder(Path(args.out or workdir)), workdir, seed=args.seed,
                                  trials=args.trials)
         elif args.figure == "transfer":
-            path = figure2_transfer(Path(args.workdir), Path(args.out or args.workdir))
+            path = figure2_transfer(Path(args.workdir), out_folder(Path(args.out or args.workdir)))
         else:
-            path = figure3_eigen(args.workdirs, Path(args.out or args.workdirs[0]))
+            path = figure3_eigen(args.workdirs, out_folder(Path(args.out or args.workdirs[0])))
     except FigureError as err:
         sys.stderr.write(f"error: {err}\n")
+        sys.exit(EXIT_USAGE)
+    except OSError as err:   # an --out that cannot be written (read-only, full)
+        sys.stderr.write(f"error: {err.filename or args.out}: cannot be written "
+                         f"({err.strerror})\n")
         sys.exit(EXIT_USAGE)
     print(f"figure: {path}")
 

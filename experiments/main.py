@@ -6,7 +6,8 @@
     python -m experiments.main --version   (crc_jax's version)
 
 NAME resolves to experiments/configs/NAME.py (a path works too); `--config.a.b=v`
-overrides fields. Rerunning the same command on a workdir resumes it. A bad config,
+overrides fields (given twice, the last value counts). Rerunning the same command on a
+workdir resumes it; a workdir must be new, empty, or a run directory of this command. A bad config,
 bad data or an unusable workdir prints one line and exits with status 2; Ctrl-C prints
 one line and exits with status 130 (the run resumes from its last completed step).
 
@@ -68,11 +69,50 @@ def resolve_config_arg(argv: list[str]) -> list[str]:
     return out[:1] + config_args + rest
 
 
+def last_override_wins(argv: list[str]) -> list[str]:
+    """argv with only the last `--config.FIELD=VALUE` of each field: absl would apply every
+    one, and a tuple field given twice would silently become the two tuples joined. A
+    warning line names each field given more than once."""
+    last = {arg.split("=", 1)[0]: i for i, arg in enumerate(argv)
+            if arg.startswith("--config.") and "=" in arg}
+    out = []
+    for i, arg in enumerate(argv):
+        field = arg.split("=", 1)[0]
+        if arg.startswith("--config.") and "=" in arg and last[field] != i:
+            sys.stderr.write(f"warning: {field} is given more than once; the last value "
+                             f"({argv[last[field]].split('=', 1)[1]}) is used\n")
+            continue
+        out.append(arg)
+    return out
+
+
+def config_as_given(argv: list[str]) -> str:
+    """The --config value as the user typed it (for messages)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg
+        if arg == "--config" and i + 1 < len(argv):
+            return f"--config={argv[i + 1]}"
+    return "--config"
+
+
+def config_file_error(err: Exception, given: str) -> str:
+    """The one line for a config file whose get_config raised: ml_collections puts the
+    whole traceback in the message, and the reason (e.g. the allowed variants) is last."""
+    text = str(err)
+    if "Error whilst parsing config file" not in text:
+        return text.splitlines()[0]
+    reason = [line for line in text.splitlines() if line.strip()][-1]
+    return f"{given}: {reason.split(': ', 1)[-1] if ': ' in reason else reason}"
+
+
 config_flags.DEFINE_config_file("config", None, "Experiment config (name or path).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
 flags.DEFINE_integer("mock_data", 0, "Run on tfds.testing.mock_data with this many examples "
                      "per split instead of the real TFDS data (0: real data).")
+flags.register_validator("mock_data", lambda n: n >= 0,
+                         message="must be >= 0 (0: the real data, N > 0: N mock examples)")
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -88,12 +128,14 @@ def parse_flags(argv: list[str]) -> list[str]:
 
         sys.stdout.write(help_text())
         sys.exit(0)
+    argv = last_override_wins(argv)
+    given = config_as_given(argv)
     argv = resolve_config_arg(argv)
     sys.argv[:] = argv  # ml_collections reads the overrides' order from sys.argv
     try:
         return flags.FLAGS(argv)
     except flags.Error as err:
-        sys.stderr.write(f"error: {str(err).splitlines()[0]}\n")
+        sys.stderr.write(f"error: {config_file_error(err, given)}\n")
     except (AttributeError, KeyError) as err:  # an override naming a field the config lacks
         sys.stderr.write(f"error: unknown config field in an override: {err}\n")
     except (ValueError, TypeError) as err:  # an override value of the wrong type
@@ -118,7 +160,7 @@ def load_config(name: str, overrides: dict | None = None):
 def run(config, workdir: str, *, mock_data: int | None = None) -> None:
     """Validate, run, write the report, and say where everything went. `mock_data`:
     examples per split of tfds.testing.mock_data (None: the --mock_data flag)."""
-    from crc_jax import devices, distributed, sharding
+    from crc_jax import devices, distributed, durable, sharding
     from crc_jax.run import config_check, loop
     from experiments import mock_data as mock
     from experiments import report
@@ -133,6 +175,9 @@ def run(config, workdir: str, *, mock_data: int | None = None) -> None:
     config_check.validate(config)           # a bad value: one line
     logging.info(devices.describe(config.device.require))   # the start-up line
     mock.check(config, mock_data)
+    if distributed.is_writer():  # a run directory, or a folder that is new or empty
+        durable.claim_dir(workdir, report.RUN_MARKER, command="experiments.main",
+                          accept=("config.json",), flag="workdir")
     with mock.context(mock_data):
         loop.run(config, workdir)
     if distributed.is_writer():   # multi-process: process 0 writes and prints, alone
@@ -177,11 +222,15 @@ def main(argv: list[str]) -> None:
 
 
 def interrupted(workdir: str | None) -> None:
-    """Ctrl-C: one line (what was completed is kept), exit status 130."""
+    """Ctrl-C: one line (what was completed is kept), exit status 130. The process ends
+    with os._exit once its output is flushed: an interrupt inside XLA (e.g. mid-compile)
+    can leave its threads in a state that crashes the interpreter's normal teardown."""
     where = f" on {workdir}" if workdir else ""
     sys.stderr.write(f"\ninterrupted: completed steps are kept; rerun the same command{where} "
                      "to resume\n")
-    sys.exit(EXIT_INTERRUPTED)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Paper-style reports from one or more run directories.
 
-    python -m experiments.report runs/digits [runs/other ...] --out runs/digits
+    python -m experiments.report runs/digits [runs/other ...] [--out DIR]
 
 Writes report.md (a table: rows strategies, columns labeled counts, cells mean ± std of
 test accuracy over trials, like the paper's Tables 4-6), report.csv (the same numbers)
@@ -16,6 +16,9 @@ paired_difference.png. A strategy name that an earlier workdir already holds is 
 how close each step's chosen group came to the score ceiling, how far it beat the runner-up,
 and which steps' choices were ties at float32 resolution. A run whose batch size was moved
 to split over its devices says so under the table (config.json's train.requested_batch_size).
+The report goes into the first run directory, or into --out: a folder that is new, empty,
+or one this command wrote before (it holds its mark, .crc_jax-report); a folder holding
+other files (another run, your own report.md) is refused, never overwritten.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ from experiments import stats
 EXIT_USAGE = 2
 SUMMARY_COLUMNS = ("strategy", "trial", "step", "num_labeled", "test_accuracy")
 OUTPUTS = ("report.md", "report.csv", "learning_curve.png")
+# The marks of folders these commands made (crc_jax.durable.claim_dir): a run directory of
+# experiments.main, and a folder experiments.report wrote a report into.
+RUN_MARKER = ".crc_jax-run"
+REPORT_MARKER = ".crc_jax-report"
 
 
 class ReportError(ValueError):
@@ -274,15 +281,31 @@ def where(workdirs, out_dir) -> str:
     return "\n".join(lines)
 
 
+def claim_out(out_dir, workdirs) -> None:
+    """Make `out_dir` a folder the report may write into: one of the reported run
+    directories (a run's report belongs to it), or a folder that is new, empty or holds an
+    earlier report (crc_jax.durable.claim_dir); StorageError otherwise."""
+    from crc_jax import durable
+
+    own_run = any(Path(out_dir).resolve() == Path(w).resolve() for w in workdirs)
+    durable.claim_dir(out_dir, REPORT_MARKER, command="experiments.report", flag="--out",
+                      accept=(RUN_MARKER, "config.json") if own_run else ())
+
+
 def main(argv=None) -> None:
+    from crc_jax.errors import StorageError
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdirs", nargs="+")
-    parser.add_argument("--out", default=None, help="output folder (default: the first workdir)")
+    parser.add_argument("--out", default=None, help="output folder (default: the first "
+                        "workdir); new, empty, or one experiments.report wrote before")
     args = parser.parse_args(argv)
     out_dir = args.out or args.workdirs[0]
     try:
+        load_rows(args.workdirs)   # the inputs first: nothing is created for a bad one
+        claim_out(out_dir, args.workdirs)
         table = write_report(args.workdirs, out_dir=out_dir)
-    except ReportError as err:
+    except (ReportError, StorageError) as err:
         sys.stderr.write(f"error: {err}\n")
         sys.exit(EXIT_USAGE)
     except OSError as err:

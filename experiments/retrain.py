@@ -22,7 +22,8 @@ of a main run's summary, trial = dataset trial * N + seed
 index, plus dataset_trial and training_seed), report.md/csv/png as experiments.report,
 and variance.md: per strategy and labeled count, the std over all runs, the training
 std on a fixed data set (sqrt of the mean within-data-set variance) and the data-set std
-(std of the per-data-set means). Rerunning the same command resumes.
+(std of the per-data-set means). Rerunning the same command resumes. OUT must be new,
+empty, or made by this command: a folder holding other files is refused, never overwritten.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 EXIT_USAGE = 2
+MARKER = ".crc_jax-retrain"  # in every OUT this command made (crc_jax.durable.claim_dir)
 # Fields that define the pool the journals index into: retraining may not change them.
 FIXED_FIELDS = ("seed", "dataset.name", "dataset.data_dir", "dataset.train_size",
                 "dataset.test_size", "train.watch", "train.val_size")
@@ -215,6 +217,8 @@ def retrain(run_dir, *, seeds: int, first_seed: int | None, out=None,
     if not journals:
         raise UsageError(f"{run_dir}: no journals to retrain on")
     rows = []
+    durable.claim_dir(out, MARKER, command="experiments.retrain", accept=("config.json",),
+                      flag="--out")
     with RunDir(out) as rundir:
         rundir.bind_config(dict(config.to_dict(), retrain={
             "source": str(run_dir.resolve()), "first_seed": first_seed}))

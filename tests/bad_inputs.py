@@ -35,10 +35,18 @@ OFFLINE = ("import requests, runpy, sys\n"
 
 
 def run_module(module: str, args, *, env=None, timeout=600, prelude: str = ""):
-    """`python -m MODULE ARGS` (or the prelude, which runs it), captured."""
+    """`python -m MODULE ARGS` (or the prelude, which runs it), captured; a command still
+    running after `timeout` seconds is killed (its outcome then says so)."""
     head = ["-c", prelude] if prelude else ["-m", module]
-    return subprocess.run([sys.executable, *head, *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    command = [sys.executable, *head, *map(str, args)]
+    try:
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                              encoding="utf-8", errors="replace", timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as err:
+        def text(data):
+            return (data or b"").decode("utf-8", "replace") if isinstance(data, bytes) else data or ""
+        return subprocess.CompletedProcess(command, -9, text(err.stdout),
+                                           text(err.stderr) + f"\n(killed after {timeout} s)")
 
 
 def run_main(args, workdir, *, env=None, timeout=600):
@@ -63,9 +71,9 @@ def make_config(settings: dict):
 
 
 def snapshot(directory: Path) -> dict:
-    """relative path -> bytes of every file under `directory` but the lock file."""
+    """relative path -> bytes of every file under `directory` but lock files."""
     return {str(p.relative_to(directory)): p.read_bytes()
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != ".lock"}
+            for p in sorted(directory.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
 
 
 def write_npz(path: Path, x_train, y_train, x_test, y_test, num_classes=10, **extra) -> Path:
@@ -97,9 +105,10 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
     optionally, env and prelude."""
     import jax
 
-    from crc_jax.run import loop, resume
     from crc_jax.data import embedded
+    from crc_jax.run import loop, resume
     from crc_jax.run.rundir import RunDir
+    from experiments import report
 
     x_train, y_train, x_test, y_test = embedded.digits()
     order = np.random.default_rng(1).permutation(len(x_train))  # not the 'digits' pool order
@@ -107,11 +116,15 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
     good = write_npz(root / "good.npz", x_train, y_train, x_test, y_test)
     settings = dict(SETTINGS, **{"dataset.name": "npz", "dataset.data_dir": str(good)})
 
-    # Earlier results: a finished run on the good file, and one on another data set.
+    # Earlier results: a finished run on the good file, one on another data set, one of CRC;
+    # each marked as experiments.main marks the run directories it makes.
     base = root / "base"
-    loop.run(make_config(settings), base)
     other_data = root / "other_data"
-    loop.run(make_config(dict(SETTINGS, **{"dataset.name": "digits"})), other_data)
+    crc_run = root / "crc_run"
+    for workdir, changes in ((base, settings), (other_data, {"dataset.name": "digits"}),
+                             (crc_run, {"dataset.name": "digits", "strategies": ("crc",)})):
+        loop.run(make_config(dict(SETTINGS, **changes)), workdir)
+        (workdir / report.RUN_MARKER).write_text("experiments.main\n")
 
     cases = []
 
@@ -119,9 +132,10 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
         return root / re.sub(r"[^A-Za-z0-9]+", "_", name)
 
     def existing(name, given, expect, *, data_file=None, prepare=None, extra=(),
-                 module="experiments.main", args=None):
+                 module="experiments.main", args=None, copy=base, **more):
         workdir = workdir_of(name)
-        shutil.copytree(base, workdir)
+        if copy:
+            shutil.copytree(copy, workdir)
         case_settings = dict(settings)
         if data_file is not None:  # the run's data file was later replaced by a bad one
             case_settings["dataset.data_dir"] = str(data_file)
@@ -135,7 +149,7 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
             args = cli_args(case_settings) + list(extra) + [f"--workdir={workdir}"]
         cases.append(dict(name=name, given=given, module=module, args=args(workdir)
                           if callable(args) else args, workdir=workdir, expect=expect,
-                          existing=True))
+                          existing=True, **more))
 
     def fresh(name, given, expect, extra, *, base_args=None, module="experiments.main",
               **more):
@@ -298,7 +312,7 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
 
     # --- the other commands
     existing("figures into a finished run", "`python -m experiments.figures moons --workdir "
-             "<a finished run>`", r"not empty and not made by `figures moons`",
+             "<a finished run>`", r"not empty and not made by experiments\.figures moons",
              module="experiments.figures", args=lambda w: ["moons", f"--workdir={w}"])
     fresh("report on a missing directory", "`python -m experiments.report <no such dir>`",
           r"no such run directory", [], base_args=[str(root / "no_such_run")],
@@ -313,49 +327,185 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
              "`python -m experiments.report DIR`, summary.csv with a step `one`",
              r"summary\.csv: line 2 is malformed", prepare=garble_summary,
              module="experiments.report", args=lambda w: [str(w)])
+
+    # --- output folders holding files the command did not write: refused, nothing touched
+    def users_folder(workdir):
+        workdir.mkdir()
+        (workdir / "summary.csv").write_text("my,own,numbers\n1,2,3\n")
+        (workdir / "report.md").write_text("# My notes\n\nNot made by crc_jax.\n")
+
+    existing("report --out a folder of the user's", "`python -m experiments.report RUN --out "
+             "DIR`, DIR holding the user's own report.md and summary.csv",
+             r"--out .*: not empty and not made by experiments\.report",
+             module="experiments.report", prepare=users_folder, copy=False,
+             args=lambda w: [str(base), "--out", str(w)])
+    existing("report RUN --out another run", "`python -m experiments.report RUN --out "
+             "OTHER_RUN` (another finished run)",
+             r"--out .*: not empty and not made by experiments\.report",
+             module="experiments.report", copy=other_data,
+             args=lambda w: [str(base), "--out", str(w)])
+    existing("retrain --out a folder of the user's", "`python -m experiments.retrain RUN --out "
+             "DIR`, DIR holding the user's own report.md and summary.csv",
+             r"--out .*: not empty and not made by experiments\.retrain",
+             module="experiments.retrain", prepare=users_folder, copy=False,
+             args=lambda w: [str(base), "--out", str(w), "--seeds", "1"])
+    existing("workdir holding the user's files", "`--workdir=DIR`, DIR holding the user's own "
+             "report.md and summary.csv (no config.json)",
+             r"^error: workdir .*: not empty and not made by experiments\.main",
+             prepare=users_folder, copy=False)
+
+    def users_file(workdir):
+        workdir.mkdir()
+        (workdir / "figure.png").write_bytes(b"the user's figure")
+
+    existing("figures eigen --out an existing file", "`python -m experiments.figures eigen "
+             "RUN --out FILE`, FILE an existing file", r"--out .*figure\.png: exists and is not a directory",
+             module="experiments.figures", prepare=users_file, copy=False,
+             args=lambda w: ["eigen", str(crc_run), "--out", str(w / "figure.png")])
+
+    # --- config parsing
+    def last_value_used(result):
+        if not (result["workdir"] / "config.json").is_file():
+            return ["no config.json written (the run did not start)"]
+        bound = json.loads((result["workdir"] / "config.json").read_text())
+        warned = re.search(r"warning: --config\.strategies is given more than once; the last "
+                           r"value \(\('entropy',\)\) is used", result["proc"].stderr)
+        return ([] if bound["strategies"] == ["entropy"] else
+                [f"strategies {bound['strategies']}, expected ['entropy']"]) + \
+            ([] if warned else ["no warning line"])
+
+    fresh("an override given twice", "`--config.strategies=\"('random',)\" "
+          "--config.strategies=\"('entropy',)\"`: the last one is used, with a warning line",
+          r"^results: ", ["--config.strategies=('random',)", "--config.strategies=('entropy',)"],
+          base_args=cli_args({k: v for k, v in settings.items() if k != "strategies"}),
+          exit=0, check=last_value_used, kept="a run of entropy alone (config.json: "
+          "strategies ['entropy'])")
+    fresh("variant of a config without variants", "`--config=digits:bogusvariant`",
+          r"--config=digits:bogusvariant: unknown config variant \['bogusvariant'\]; "
+          r"this config takes none", [], base_args=["--config=digits:bogusvariant"],
+          timeout=300)   # (before the fix: the whole digits config ran)
+    fresh("unknown config variant", "`--config=cifar10_fixmatch:77`",
+          r"--config=cifar10_fixmatch:77: unknown config variant \['77'\]; allowed: 100, "
+          r"50, val", [], base_args=["--config=cifar10_fixmatch:77"])
+    fresh("negative --mock_data", "`--config=svhn_mt --config.smoke=True --mock_data=-5`, "
+          "every network request failing", r"--mock_data=-5: must be >= 0", [],
+          base_args=["--config=svhn_mt", "--config.smoke=True", "--mock_data=-5"],
+          env={"TFDS_DATA_DIR": str(tfds_home)}, prelude=OFFLINE)
+    truncated = root / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[:good.stat().st_size // 2])
+    fresh("truncated .npz", "the .npz file cut to half its bytes",
+          r"truncated\.npz: not a readable \.npz file",
+          [f"--config.dataset.data_dir={truncated}"])
+
+    # --- a whole journal line without its newline: kept, not recomputed
+    def strip_last_newline(workdir):
+        path = workdir / JOURNAL
+        path.write_bytes(path.read_bytes().rstrip(b"\n"))
+
+    def step_kept(result):
+        before, after = result["before"][str(JOURNAL)], result["after"][str(JOURNAL)]
+        return [] if after == before + b"\n" else ["the journal changed beyond its newline"]
+
+    existing("journal line without its newline", "the journal's last line (a whole, "
+             "checksummed step) without its newline, then the same command rerun",
+             r"^results: ", prepare=strip_last_newline, exit=0, check=step_kept,
+             kept="the journal's steps kept (not recomputed), its newline added")
     lock = RunDir(workdir_of("workdir in use"))
     return cases, lock
+
+
+def message_line(result: dict) -> str:
+    """The one line a case is judged on: the reply of a page request, the `error:` or
+    `interrupted:` line of a failed or interrupted command, or for a command that must
+    succeed the first line of its output matching the case's `expect`."""
+    if result.get("http"):
+        return result["http"][1]
+    proc = result["proc"]
+    if result.get("exit", 2) == 0:
+        hits = [line for line in proc.stdout.splitlines() if re.search(result["expect"], line)]
+        return hits[0] if hits else (proc.stdout.strip().splitlines() or [""])[-1]
+    lines = [line for line in proc.stderr.splitlines()
+             if line.startswith(("error:", "interrupted:"))]
+    return lines[-1] if lines else (proc.stderr.strip().splitlines() or [""])[-1]
 
 
 def attempt(case: dict) -> dict:
     """Run one case; its outcome with the run directory's files before and after."""
     import os
 
+    import time
+
+    started = time.monotonic()
     before = snapshot(case["workdir"]) if case["existing"] else None
-    env = dict(os.environ, **case["env"]) if case.get("env") else None
-    proc = run_module(case["module"], case["args"], env=env, prelude=case.get("prelude", ""))
+    if case.get("skip"):
+        return dict(case, proc=None, before=before, after=before)
+    if case.get("runner"):  # the crc-jax page and Ctrl-C cases (tests/bad_inputs_crc_jax.py)
+        outcome = case["runner"](case)
+    else:
+        env = dict(os.environ, **case["env"]) if case.get("env") else None
+        outcome = {"proc": run_module(case["module"], case["args"], env=env,
+                                      prelude=case.get("prelude", ""),
+                                      timeout=case.get("timeout", 600))}
     after = snapshot(case["workdir"]) if case["workdir"].exists() else {}
-    return dict(case, proc=proc, before=before, after=after)
+    return dict(case, **outcome, before=before, after=after,
+                seconds=round(time.monotonic() - started, 1))
 
 
 def run_cases(root: Path, workers: int = 3) -> list[dict]:
-    """Prepare every case under `root` and run them, `workers` at a time."""
+    """Prepare every case under `root` and run them, `workers` at a time (only those whose
+    name matches $BAD_INPUTS_ONLY, a regex, when it is set: for working on a few)."""
+    import os
+
+    import bad_inputs_crc_jax
+
     cases, lock = build_cases(root)
-    with lock, ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(attempt, cases))
+    with bad_inputs_crc_jax.cases(root) as app_cases:
+        cases += app_cases
+        only = os.environ.get("BAD_INPUTS_ONLY")
+        cases = [c for c in cases if not only or re.search(only, c["name"])]
+        with lock, ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(attempt, cases))
+
+
+RESULT_FILES = ("journal.jsonl", "summary.csv", "project.json", "pool.npy", "index.csv",
+                "labels.jsonl", "rounds.jsonl", "queue.csv")
 
 
 def verdict(result: dict) -> list[str]:
-    """What is wrong with one case's outcome (empty: all good)."""
+    """What is wrong with one case's outcome (empty: all good, or not run here)."""
+    if result.get("skip"):
+        return []
     proc, problems = result["proc"], []
-    errors = error_lines(proc.stderr)
-    if proc.returncode != 2:
-        problems.append(f"exit status {proc.returncode}")
-    if len(errors) != 1 or proc.stderr.strip().splitlines()[-1] != errors[0]:
-        problems.append(f"{len(errors)} error lines, or not last")
-    if "Traceback" in proc.stderr:
-        problems.append("a traceback")
-    if errors and not re.search(result["expect"], errors[0]):
+    exit_expected = result.get("exit", 2)
+    message = message_line(result)
+    if result.get("http"):
+        status = result["http"][0]
+        if status != result["status"]:
+            problems.append(f"HTTP {status}, expected {result['status']}")
+    if proc.returncode != exit_expected:
+        problems.append(f"exit status {proc.returncode}, expected {exit_expected}")
+    if exit_expected in (2, 130) and not result.get("http"):
+        prefix = "error:" if exit_expected == 2 else "interrupted:"
+        lines = [line for line in proc.stderr.splitlines() if line.startswith(prefix)]
+        if len(lines) != 1 or proc.stderr.strip().splitlines()[-1] != lines[0]:
+            problems.append(f"{len(lines)} {prefix} lines, or not last")
+    for crash in ("Traceback", "Fatal Python error", "Segmentation fault"):
+        if crash in proc.stderr:
+            problems.append(f"stderr holds {crash!r}")
+    if not re.search(result["expect"], message):
         problems.append(f"message does not match {result['expect']!r}")
-    if result["existing"]:
+    if result.get("check"):
+        problems += result["check"](result)
+    if result.get("kept"):   # a case that changes files on purpose: its check judges them
+        pass
+    elif result["existing"]:
         if result["after"] != result["before"]:
             changed = sorted(set(result["before"]) ^ set(result["after"])
                              | {k for k in result["before"] if result["before"][k]
                                 != result["after"].get(k)})
             problems.append(f"earlier results changed: {changed[:5]}")
     else:
-        kinds = ("journal.jsonl", "summary.csv") + (() if result.get("may_bind")
-                                                    else ("config.json",))
+        kinds = RESULT_FILES + (() if result.get("may_bind") else ("config.json",))
         written = [k for k in result["after"] if k.endswith(kinds) or k.startswith("report")]
         if written:
             problems.append(f"results written: {written}")

@@ -44,9 +44,23 @@ with one line and exit status 2 before they can change anything already computed
   line carries a fingerprint of the config (cosmetic fields aside), strategy and trial, checked
   before `config.json` is (re)written, so a directory whose `config.json` was lost is not
   adopted by another config; the initial set and every recorded label must match the pool's.
-- **Checksums**: every journal line carries the CRC-32 of its canonical JSON body. A torn
-  last line (a crash mid-append) is dropped with a warning and truncated away; a bad line
-  anywhere else is corruption and stops the run naming the line, leaving the file as it is.
+- **Checksums**: every journal line carries the CRC-32 of its canonical JSON body. A line
+  is whole exactly when its checksum verifies, with or without its newline: a whole last
+  line that lacks the newline (an editor, a copy, a crash between the two) is kept and
+  given its newline; a torn last line (a crash mid-append) is dropped with a warning and
+  truncated away; a bad line anywhere else is corruption and stops the run naming the
+  line, leaving the file as it is.
+- **Whole appends** (`append_synced`, under the run journals and `crc-jax`'s labels log):
+  a short write is continued until every byte is written; an error (a full disk, a
+  read-only file system) cuts the file back to its size before the append and is raised,
+  so what a command reports saved is what the file holds. Tested by injected short writes
+  (`tests/test_durable.py`) and on a real 256 KiB tmpfs filled to the last byte
+  (`tests/test_full_disk.py`, where the machine allows mounting).
+- **Output folders** (`claim_dir`): a command writes only into a folder that is new,
+  empty, or carries its own mark (`.crc_jax-run` for `experiments.main`'s run
+  directories, `.crc_jax-report`, `.crc_jax-retrain`, `figure1_moons.json`); a report may
+  also go into a run it reports on. Any other folder (your own `report.md`, another run) is
+  refused with one line, untouched.
 - **Lock** (`crc_jax/run/rundir.py`): `WORKDIR/config.json` binds the directory to one config
   (only cosmetic fields such as `train.progress` may differ on a rerun); it is written only
   once the config, every strategy with its options and the data have been checked, so a
@@ -66,6 +80,12 @@ with one line and exit status 2 before they can change anything already computed
   `checkpoint` (once orbax's temporary folder exists, i.e. mid-write), `acquisition` (after
   training, before the strategy picks), `journal_append` (after half of the line is written
   and fsynced) and `report` (after report.md, before report.csv).
+- **`crc-jax`**: the same storage (checksummed labels log and rounds journal, whole
+  appends, atomic replacements); every command checks the project as it opens it
+  (`index.csv`, `pool.npy`, the classes the labels and rounds use), and the page shows and
+  takes labels only for files still byte-identical to the pool's images. A refused write is
+  one line and exit 2; Ctrl-C is one line and exit 130, ending the process without the
+  interpreter's teardown (an interrupt inside XLA left JAX's threads able to crash it).
 - **Same seed, same results, on the same machine and versions**: two runs of one config give
   byte-identical journals and `summary.csv`, run in one process or in separate processes
   (`tests/test_reproducible.py`, `tests/test_faults.py::test_same_seed_runs_are_identical`).
@@ -84,9 +104,8 @@ uninterrupted run; a few minutes on 2 CPU cores):
     .venv/bin/python -m pytest -m slow tests/test_faults.py      # or: make test-slow
 
 The always-on suite runs one kill (mid checkpoint write) and the same-seed check
-(`tests/test_faults.py`), and every bad input below (`tests/test_bad_inputs.py`, which also
-checks that the table
-below is what `make docs` writes today).
+(`tests/test_faults.py`), and every bad input below (`tests/test_bad_inputs.py`, which
+also checks that the table below is what `make docs` writes today).
 
 ## Where results hold
 
@@ -132,23 +151,35 @@ TABLE_INTRO = (
     "Each bad input below was tried through the command line (`python -m experiments.main "
     "--config=digits` shrunk to a 2-step run, unless the row names another command; `<tmp>` "
     "is the temporary folder of the run). \"Earlier results\": for inputs that act on an "
-    "existing run directory (a finished run; for the data rows, its config then pointed at "
-    "a bad copy of its .npz file), every file in it (the lock file aside) was compared byte "
-    "for byte before and after the failed run.")
+    "existing run directory or `crc-jax` project (a finished run; for the data rows, its "
+    "config then pointed at a bad copy of its .npz file; a project with 12 labels and a "
+    "trained round), every file in it (lock files aside) was compared byte for byte before "
+    "and after. Exit 2 is a refused input (one `error:` line), 130 Ctrl-C (one "
+    "`interrupted:` line), 0 a case that must work; for a page request the column shows the "
+    "HTTP status (the server then stopped with Ctrl-C, exit 130, no traceback). Rows that "
+    "mount a file system (a full tmpfs, a read-only bind mount) keep their last measured row "
+    "on a machine that does not allow mounting.")
 TABLE_TAIL = (
     "A diverging run keeps its last good checkpoint: `fit` raises before a NaN/inf state "
     "is evaluated or saved (`test_nan_loss_names_step_and_keeps_last_good_checkpoint`, "
     "`test_nan_parameters_are_never_checkpointed`).")
 
 
-def table_row(result: dict, root: Path) -> str:
-    """One markdown row: the case, its one error line (paths under `root` as <tmp>), exit
-    status, and what happened to earlier results."""
-    errors = bad_inputs.error_lines(result["proc"].stderr)
-    message = errors[-1] if errors else str(result["proc"].stderr.strip().splitlines()[-1:])
+def table_row(result: dict, root: Path, old: str = "") -> str:
+    """One markdown row: the case, its one line (paths under `root` as <tmp>), the exit
+    status (or the page's HTTP status), and what happened to earlier results. A case not
+    run on this machine (it needs to mount a file system) keeps its row from `old`."""
+    if result.get("skip"):
+        kept = re.search(rf"^\| {re.escape(result['name'])} \|.*$", old, re.M)
+        return kept.group(0) if kept else (f"| {result['name']} | {result['given']} | "
+                                           f"(not run: {result['skip']}) | - | - |")
+    message = bad_inputs.message_line(result)
+    message = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:<port>", message)
     message = message.replace(str(root), "<tmp>").replace("|", "\\|")
-    if result["existing"]:
-        files = sorted({re.sub(r"(checkpoints/step_\d+)/.*", r"\1/*", k)
+    if result.get("kept"):
+        kept = result["kept"]
+    elif result["existing"]:
+        files = sorted({re.sub(r"(checkpoints/step_\d+|models)/.*", r"\1/*", k)
                         for k in result["before"]})
         kept = (f"byte-identical: {', '.join(files)}" if result["after"] == result["before"]
                 else "**changed**")
@@ -158,15 +189,17 @@ def table_row(result: dict, root: Path) -> str:
         kept = "none before; nothing written (no config.json, journal, summary or report)"
     problems = bad_inputs.verdict(result)
     flag = "; **" + "; ".join(problems) + "**" if problems else ""
+    code = (f"HTTP {result['http'][0]}" if result.get("http")
+            else str(result["proc"].returncode))
     return (f"| {result['name']} | {result['given']} | `` {message} `` | "
-            f"{result['proc'].returncode} | {kept}{flag} |")
+            f"{code} | {kept}{flag} |")
 
 
-def bad_inputs_section(results: list, root: Path) -> str:
+def bad_inputs_section(results: list, root: Path, old: str = "") -> str:
     return "\n".join([TABLE_INTRO, "",
-                      "| Bad input | Given as | Message (the one `error:` line) | Exit | "
+                      "| Bad input | Given as | Message (the one line) | Exit | "
                       "Earlier results |", "|---|---|---|---|---|",
-                      *(table_row(r, root) for r in results), "", TABLE_TAIL])
+                      *(table_row(r, root, old) for r in results), "", TABLE_TAIL])
 
 
 def render(sections: dict, old: str = "") -> str:
@@ -201,8 +234,9 @@ def main(argv=None) -> None:
         root = Path(tmp).resolve()
         logging.getLogger(__name__).info("running the bad-input cases (a few minutes)")
         results = bad_inputs.run_cases(root)
-        update_doc("bad-inputs", bad_inputs_section(results, root), Path(args.out))
-    failing = [r["name"] for r in results if bad_inputs.verdict(r)]
+        old = Path(args.out).read_text() if Path(args.out).exists() else ""
+        update_doc("bad-inputs", bad_inputs_section(results, root, old), Path(args.out))
+        failing = [r["name"] for r in results if bad_inputs.verdict(r)]  # checks read files
     print(f"wrote {args.out}: {len(results)} bad inputs, {len(failing)} failing"
           + (f" ({', '.join(failing)})" if failing else ""))
     sys.exit(1 if failing else 0)

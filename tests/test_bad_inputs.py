@@ -1,8 +1,8 @@
 """Bad inputs: each one gets one `error: ...` line, exit status 2, and leaves earlier results
 untouched; a diverging training run stops naming the step and keeps its last good checkpoint.
 
-The cases (tests/bad_inputs.py) run `python -m experiments.main` (or the report and
-figures commands) as subprocesses. Those acting on an existing run directory snapshot every
+The cases (tests/bad_inputs.py, and tests/bad_inputs_crc_jax.py for `crc-jax` and its
+page) run the commands as subprocesses. Those acting on an existing run directory snapshot every
 file of it (bytes; the lock file aside) before and compare after. The committed table of
 docs/reliability.md must be the one `make docs` writes from these outcomes; the tests only
 read it.
@@ -34,18 +34,46 @@ def outcomes(tmp_path_factory):
 
 def test_each_bad_input_gives_one_line_exit_2_and_touches_nothing(outcomes):
     root, results = outcomes
-    failures = {r["name"]: (bad_inputs.verdict(r), r["proc"].stderr[-1500:])
+    failures = {r["name"]: (bad_inputs.verdict(r), r["proc"].stdout[-500:],
+                            r["proc"].stderr[-1500:])
                 for r in results if bad_inputs.verdict(r)}
     assert not failures, failures
-    # every case of the table ran (issue 12 lists 34 bad inputs; the table holds them and more)
-    assert len({r['name'] for r in results}) == len(results) >= 35
+    assert len({r['name'] for r in results}) == len(results)
+
+
+# The rows of issue 23 (the third round of bad input), each a case of the table (the import
+# paths are also tested in process, with Label Studio's URLs: tests/test_import_paths.py).
+ISSUE_23 = (
+    "import path leaving the images folder", "import path in a folder the project lacks",
+    "import path of a duplicate init kept out",
+    "import on a full disk", "labels log without its last newline",
+    "journal line without its newline", "report --out a folder of the user's",
+    "report RUN --out another run", "retrain --out a folder of the user's",
+    "workdir holding the user's files", "an override given twice",
+    "variant of a config without variants", "unknown config variant", "negative --mock_data",
+    "crc-jax init with one class", "group size that cannot fill the budget at cold start",
+    "unknown strategy option at cold start", "label for an image the page cannot show",
+    "images folder moved", "Ctrl-C during crc-jax next", "Ctrl-C on the labeling page",
+    "non-UTF-8 file name", "restart right after a kill", "--port out of range",
+    "export into a missing folder", "export into a read-only folder",
+    "import into a read-only project", "next on a read-only project", "next on a full disk",
+    "truncated .npz", "figures eigen --out an existing file",
+    "Label Studio JSON of the wrong shape", "index.csv missing", "model file missing",
+    "pool.npy truncated", "classes edited in project.json", "newline in an image file name")
+
+
+def test_every_row_of_issue_23_is_a_case(outcomes):
+    _, results = outcomes
+    names = {r["name"] for r in results}
+    assert not set(ISSUE_23) - names, sorted(set(ISSUE_23) - names)
+    assert len(results) >= 37 + len(ISSUE_23)   # the 37 cases before issue 23, and these
 
 
 def test_reliability_doc_table_is_what_make_docs_writes(outcomes):
     root, results = outcomes
     committed = DOC.read_text()
     expected = reliability_doc.render(
-        {"bad-inputs": reliability_doc.bad_inputs_section(results, root)}, committed)
+        {"bad-inputs": reliability_doc.bad_inputs_section(results, root, committed)}, committed)
     if committed != expected:
         diff = [line for line in expected.splitlines() if line not in committed.splitlines()]
         pytest.fail("docs/reliability.md is out of date; run `make docs`. Lines it lacks:\n"

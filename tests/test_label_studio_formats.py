@@ -177,6 +177,7 @@ def test_an_export_without_any_answer_is_an_error(capsys, tmp_path, project, doc
 def test_upload_names_match_only_when_unique_and_are_reported(capsys, tmp_path, project):
     name = Path(LOOKALIKE).name
     assert sum(Path(p).name == name for p in project.paths) == 1
+    project.set_classes(["even", "odd"])   # one class alone cannot name a project's classes
     (tmp_path / "up.json").write_text(json.dumps([task(f"/data/upload/4/0a1b2c3d-{name}", ["even"])]))
     code, out, err = run(capsys, "import", project.dir, tmp_path / "up.json")
     assert code == 0, err
@@ -198,9 +199,13 @@ def test_export_writes_every_image_and_its_config(capsys, tmp_path, project, doc
     assert "labeling config written to" in out and (tmp_path / "t.label_config.xml").exists()
     other, _ = Project.create(tmp_path / "q", document_root / "images", image_size=8,
                               progress=False)
+    # one label alone cannot name a project's classes: the config written beside it does
     assert run(capsys, "import", other.dir, tmp_path / "t.json", "--document-root",
-               document_root)[0] == 0
+               document_root)[0] == 2
+    assert run(capsys, "import", other.dir, tmp_path / "t.json", "--document-root",
+               document_root, "--label-config", tmp_path / "t.label_config.xml")[0] == 0
     assert labels_by_path(other) == {project.paths[0]: "odd"}
+    assert Project.open(other.dir).classes == ["even", "odd"]
     code, out, err = run(capsys, "export", project.dir, "--format", "label-studio", "--out",
                          tmp_path / "t.json")
     assert code == 2 and "already exists" in err

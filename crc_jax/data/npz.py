@@ -8,6 +8,8 @@ Arrays must be numeric: a pickled object array is refused, never unpickled.
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ def _open(path: str):
         raise DataError(f"{path}: no such .npz file")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # e.g. a truncated file
         raise DataError(f"{path}: not a readable .npz file ({err})") from None
     missing = [k for k in KEYS if k not in archive.files]
     if missing:
@@ -38,7 +40,7 @@ def _array(archive, path: str, key: str) -> np.ndarray:
     except ValueError as err:  # an object array: np.load refuses to unpickle it
         raise DataError(f"{path}: array {key} cannot be read without unpickling Python "
                         f"objects ({err}); save it as a numeric array") from None
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise DataError(f"{path}: array {key} is unreadable ({err})") from None
 
 

@@ -39,8 +39,39 @@ class Project:
         self.dir = Path(directory)
         self.meta = store.read_meta(self.dir)
         self.paths, self.hashes = store.read_index(self.dir)
+        store.load_pool(self.dir, len(self.paths))   # cut or replaced: refused at once
         self.log = labels_log.LabelsLog(self.dir / "labels.jsonl")
         self.rounds_journal = durable.Journal(self.dir / "rounds.jsonl")
+        self._check_classes()
+
+    def _check_classes(self) -> None:
+        """project.json's classes must still be those the labels and the trained rounds
+        use (an edit there would silently relabel every answer)."""
+        where = self.dir / store.PROJECT_FILE
+        classes = self.meta.get("classes")
+        if not isinstance(classes, list):
+            raise ProjectError(f"{where}: \"classes\" must be a list of names")
+        if classes:
+            try:
+                store.check_class_names(classes)
+            except ProjectError as err:
+                raise ProjectError(f"{where}: {err}") from None
+        used: dict = {}
+        for entry in self.rounds_journal.entries():
+            for name in entry.get("classes") or []:
+                used.setdefault(name, f"round {entry['step']}")
+        for name in self.log.labels().values():
+            used.setdefault(name, "labels.jsonl")
+        gone = [name for name in used if name not in classes]
+        if gone:
+            raise ProjectError(f"{where}: its classes no longer include {gone[0]!r}, which "
+                               f"{used[gone[0]]} uses; put the class list back as it was "
+                               "(classes cannot change once labels exist)")
+        for entry in self.rounds_journal.entries():
+            if entry.get("classes") and entry["classes"] != classes:
+                raise ProjectError(f"{where}: its classes ({', '.join(classes)}) are not those "
+                                   f"round {entry['step']} was trained with "
+                                   f"({', '.join(entry['classes'])}); put the list back as it was")
 
     # -- creating and opening ------------------------------------------------------------
     @classmethod
@@ -64,7 +95,10 @@ class Project:
             raise ProjectError(f"--image-size: must be between 8 and 512, got {image_size}")
         if features is not None:
             feature_sources.check_store_dtype(feature_dtype)
-        classes = store.check_class_names(classes) if classes else []
+        try:
+            classes = store.check_class_names(classes) if classes else []
+        except ProjectError as err:
+            raise ProjectError(f"--classes: {err}") from None
         if (directory / store.PROJECT_FILE).exists():
             store.prepare_dir(directory)  # raises: already a project
         labels_rows = None
@@ -80,26 +114,31 @@ class Project:
                 classes = cls._check_labels(scanned.paths, classes, labels_rows, images)
         else:   # a features file is read and matched here; a backbone is loaded already
             features.check(images)
+        made_dir = not directory.exists()
         store.prepare_dir(directory)
         meta = {"format": store.FORMAT_VERSION, "images": str(images.resolve()),
                 "classes": classes, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         result: ScanResult | FeatureResult
-        if features is None:
-            store.write_pool(directory, scanned.images, scanned.paths, scanned.hashes)
-            meta.update(input="images", image_size=int(image_size))
-            result = scanned
-        else:
-            computed = features.compute(images, directory, progress=progress)
-            if labels_rows is not None:
-                classes = meta["classes"] = cls._check_labels(computed.paths, classes, labels_rows,
-                                                              images)
-            scale = store.write_features(directory, computed.features, computed.paths,
-                                         computed.hashes, dtype=feature_dtype)
-            meta.update(input="features", features={
-                "dim": int(computed.features.shape[1]), "dtype": feature_dtype, "scale": scale,
-                "source": computed.source})
-            result = computed
-        store.finish_init(directory, meta)
+        try:
+            if features is None:
+                store.write_pool(directory, scanned.images, scanned.paths, scanned.hashes)
+                meta.update(input="images", image_size=int(image_size))
+                result = scanned
+            else:
+                computed = features.compute(images, directory, progress=progress)
+                if labels_rows is not None:
+                    classes = meta["classes"] = cls._check_labels(computed.paths, classes, labels_rows,
+                                                                  images)
+                scale = store.write_features(directory, computed.features, computed.paths,
+                                             computed.hashes, dtype=feature_dtype)
+                meta.update(input="features", features={
+                    "dim": int(computed.features.shape[1]), "dtype": feature_dtype, "scale": scale,
+                    "source": computed.source})
+                result = computed
+            store.finish_init(directory, meta)
+        except BaseException:   # a full disk, Ctrl-C: no half-made project stays behind
+            store.undo_init(directory, made_dir=made_dir)
+            raise
         if features is not None:
             from crc_jax.project.features import chunks
             chunks.cleanup(directory)   # the pool holds the features now
@@ -114,7 +153,11 @@ class Project:
         (absolute paths resolved against the `images` folder)."""
         from crc_jax.project import exchange
 
-        classes = classes or sorted({label for _, label in rows})
+        if not classes:
+            try:
+                classes = store.check_class_names(sorted({label for _, label in rows}))
+            except ProjectError as err:
+                raise ProjectError(f"--labels: {err}; give --classes") from None
         exchange.resolve_rows(exchange.PathIndex(paths, classes, images), rows)
         return classes
 
@@ -141,7 +184,7 @@ class Project:
 
     def pool(self) -> np.ndarray:
         """The stored pool, memory-mapped: (N, S, S, 3) uint8 images or (N, d) vectors."""
-        return store.load_pool(self.dir)
+        return store.load_pool(self.dir, len(self))
 
     def set_classes(self, names: list) -> None:
         """Name the classes once (the first labels given); later changes are refused."""
@@ -188,6 +231,11 @@ class Project:
         if queued_only:
             self._check_queued(ids)
         if unknown:  # the first labels given name the classes
+            if len(unknown) < 2:
+                raise ProjectError(f"these labels name one class only ({unknown[0]!r}) and the "
+                                   "project has none yet: a project needs at least 2; name them "
+                                   "first (crc-jax init --classes a,b,..., or import with "
+                                   "--label-config)")
             self.set_classes(unknown)
         events = [{"op": "label", "id": int(i), "label": str(c), "source": source}
                   for i, c in labels.items()]
@@ -310,8 +358,15 @@ class Project:
         trainer = rounds.trainer(settings, len(entry["classes"]), "supervised")
         template = trainer.init_variables(rounds.model_inputs(self.pool()[:1]),
                                           rounds.round_key(0, 0))
-        raw = (self.dir / entry["model"]).read_bytes()
-        return trainer, serialization.from_bytes(template, raw), entry
+        path = self.dir / entry["model"]
+        if not path.is_file():
+            raise ProjectError(f"{path}: missing (the model of round {entry['step']}); run "
+                               "crc-jax next to train a new one")
+        try:
+            return trainer, serialization.from_bytes(template, path.read_bytes()), entry
+        except (ValueError, TypeError, KeyError) as err:   # a cut or foreign file
+            raise ProjectError(f"{path}: unreadable ({type(err).__name__}); run crc-jax next "
+                               "to train a new one") from None
 
     def predict(self) -> list[dict]:
         """id, path, predicted class, confidence and the label (if any) of every image."""

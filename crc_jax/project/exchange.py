@@ -236,6 +236,9 @@ def import_labels(project, path: os.PathLike, *, document_root: str | os.PathLik
         raise ProjectError(f"{len(clashes)} rows of {path.name} contradict answers already saved, "
                            f"e.g. {project.paths[i]!r} is {saved} in this project and {c!r} in the "
                            "file; nothing was imported (the saved answer stands until it is undone)")
+    offered = list(names.choices) if names is not None else []
+    if not project.classes and len(offered) >= 2 and set(resolution.labels.values()) <= set(offered):
+        project.set_classes(offered)   # the Label Studio project's classes, not only those used
     added = project.add_labels(resolution.labels, source=f"import:{path.name}", queued_only=False)
     return ImportReport(rows=len(rows), added=added, already=len(resolution.labels) - added,
                         unmapped=unmapped, by_upload_name=resolution.by_upload_name)

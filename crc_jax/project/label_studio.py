@@ -129,6 +129,16 @@ def _no_key(path: Path, key: str, what: str, keys) -> ProjectError:
                         "give --label-config FILE (the Label Studio project's labeling config)")
 
 
+def _list_of(record: dict, key: str, where: str) -> list:
+    """record[key] as a list (missing or empty: []); another shape is refused, not skipped:
+    answers in a file of the wrong shape would otherwise be lost without a word."""
+    value = record.get(key) or []
+    if not isinstance(value, list):
+        raise ProjectError(f"{where}: {key!r} is a {type(value).__name__}, expected a list; "
+                           "give Label Studio's JSON export as it was written")
+    return value
+
+
 def read_tasks(tasks: list, path: Path, names: LabelingNames | None) -> list:
     """(image URL, class) of every labeled task of Label Studio's JSON export."""
     use = names or DEFAULT_NAMES
@@ -140,11 +150,11 @@ def read_tasks(tasks: list, path: Path, names: LabelingNames | None) -> list:
         if use.data_key not in task["data"]:
             raise _no_key(path, use.data_key, f"data key in task {number}:", task["data"])
         labels = set()
-        for annotation in task.get("annotations") or []:
+        for annotation in _list_of(task, "annotations", where):
             if not isinstance(annotation, dict) or annotation.get("was_cancelled"):
                 continue
             annotated += 1
-            for result in annotation.get("result") or []:
+            for result in _list_of(annotation, "result", f"{where}, an annotation"):
                 if not isinstance(result, dict) or result.get("type") != "choices":
                     continue
                 if names is not None and result.get("from_name") != names.choice_name:

@@ -39,6 +39,7 @@ class LabelsLog:
     def __init__(self, path: os.PathLike):
         self.path = Path(path)
         self._offset = 0
+        self._needs_newline = False   # the last line read is whole but lacks its newline
         self._answers: dict[int, object] = {}  # id -> class name, or None when skipped
         self._events: list[dict] = []
         self._mutex = threading.RLock()  # threads of one process share this object
@@ -58,11 +59,16 @@ class LabelsLog:
                              f"({err.reason}); the log was left untouched") from None
         for event in lines.entries:
             self._apply(event)
+        if lines.end != self._offset or lines.torn:
+            self._needs_newline = lines.needs_newline   # new bytes decide
+        elif self._needs_newline:   # nothing new since a read (without repair) that found the
+            lines.needs_newline = True   # last line whole but without its newline: add it now
         if repair:
             if lines.torn:
                 log.warning("%s: cutting a torn last line (%d bytes) left by a crash",
                             self.path, len(lines.torn))
             durable.repair(self.path, lines)
+            self._needs_newline = lines.needs_newline
         self._offset = lines.end
 
     def _apply(self, event: dict) -> None:

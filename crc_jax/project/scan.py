@@ -4,7 +4,8 @@ Every readable image (PNG, JPEG, WebP, BMP, TIFF, in any mode Pillow reads: gray
 RGBA, palette, 16-bit, CMYK) becomes an RGB uint8 array of `size`×`size`. Files with the
 same bytes (sha256) are exact duplicates: the first one (in sorted path order) is kept,
 the others are reported. A file that cannot be decoded is listed with the reason and
-skipped: the scan never stops on one bad file.
+skipped: the scan never stops on one bad file. So is a file whose name is not valid
+UTF-8 (index.csv, the page and the exports store names as text).
 
 Pillow does the decoding: it reads every format above and converts between modes, so no
 decoder is written here.
@@ -73,6 +74,12 @@ def load_image(path: Path, size: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
+def printable(rel: str) -> str:
+    """A path as text that can be printed and stored: bytes that are not UTF-8 (kept by
+    the file system as surrogates) shown as \\xNN escapes."""
+    return os.fsencode(rel).decode("utf-8", "backslashreplace")
+
+
 def describe_error(err: Exception) -> str:
     if isinstance(err, UnidentifiedImageError):
         return "not an image Pillow can identify"
@@ -90,6 +97,10 @@ def scan(root: os.PathLike, size: int, *, progress: bool = True) -> ScanResult:
     # disable=None: no bar when stderr is not a terminal (logs, pipes)
     for rel in tqdm(list_images(root), desc="scan", disable=None if progress else True, leave=False):
         path = root / rel
+        if printable(rel) != rel:   # index.csv, the page and exports need a text name
+            skipped.append((printable(rel), "its file name is not valid UTF-8; rename the "
+                                            "file to include it"))
+            continue
         try:
             data = path.read_bytes()
             if not data:

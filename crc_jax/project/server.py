@@ -8,8 +8,10 @@ Routes (JSON unless noted):
     POST /api/undo          {"id": 3}
     POST /api/next-round    {"budget": 20}: trains and picks in a background thread
 Every answer goes straight to the labels log (fsynced) before the reply. Safety: only
-images of the project are served, by id (no paths from the client; symlinks leaving the
-images folder are refused); POSTs must be JSON from the page's own origin (Origin or
+images of the project are served, by id (no paths from the client), and only files the
+page can show are served or take a label: inside the images folder (a symlink out of it
+is refused) and byte for byte the image in the pool (index.csv's sha256); at start the
+images folder must exist where project.json says. POSTs must be JSON from the page's own origin (Origin or
 Sec-Fetch-Site checked) and the Host header must name this server, so another web site
 cannot post labels or start rounds.
 
@@ -21,7 +23,9 @@ MIME types, safe paths) are what this page needs.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
+import hashlib
 import io
 import logging
 import socket
@@ -45,6 +49,45 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 BROWSER_FORMATS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 MAX_DIRECT_BYTES = 2 * 1024 * 1024  # larger files are sent as a downscaled preview
 PREVIEW_SIDE = 1024
+
+
+@functools.lru_cache(maxsize=4096)
+def file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    """sha256 of a file's bytes (mtime and size: the cache key)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def image_file(project: Project, root: Path, image_id: int):
+    """The file of image `image_id`, when the page can show it: inside the images folder
+    (no symlink out of it) and byte for byte the image `init` put in the pool (its sha256
+    in index.csv). None otherwise: the page neither shows it nor takes a label for it, so
+    no label goes on an image the annotator did not see."""
+    path = (root / project.paths[image_id]).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        return None
+    try:
+        stat = path.stat()
+        digest = file_sha256(str(path), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return None
+    return path if digest == project.hashes[image_id] else None
+
+
+def check_images(project: Project) -> None:
+    """At start: the images folder must be where project.json says (ProjectError, one line,
+    else); queued images the page cannot show are named in a warning."""
+    root = project.images_root
+    if not root.is_dir():
+        raise ProjectError(f"images folder {root} is missing (moved or deleted?): the page "
+                           "would show no image; put it back, or set \"images\" in "
+                           f"{project.dir / 'project.json'} to its new place")
+    queued = project.pending()
+    unshown = [i for i in queued if image_file(project, root.resolve(), i) is None]
+    if unshown:
+        log.warning("%d of the %d images waiting in the queue cannot be shown (missing, outside "
+                    "%s, or changed since init), e.g. %s; the page takes no label for them "
+                    "(skip them)", len(unshown), len(queued), root, project.paths[unshown[0]])
 
 
 @functools.lru_cache(maxsize=64)
@@ -209,11 +252,13 @@ def image(image_id: int):
     project, root = ctx().project, ctx().images_root
     if not 0 <= image_id < len(project):
         abort(404)
-    path = (root / project.paths[image_id]).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
+    path = image_file(project, root, image_id)
+    if path is None:
         abort(404)
     if path.suffix.lower() in BROWSER_FORMATS and path.stat().st_size <= MAX_DIRECT_BYTES:
-        response = send_file(path, max_age=3600)
+        # a neutral download name: the file's own may hold a newline, not allowed in headers
+        response = send_file(path, max_age=3600,
+                             download_name=f"image_{image_id}{path.suffix.lower()}")
     else:  # TIFF, 16-bit, or a big photo: a PNG preview the browser shows quickly
         try:
             data = preview_png(str(path), path.stat().st_mtime)
@@ -242,12 +287,25 @@ def answer():
             label = data.get("label")
             if label not in project.classes:
                 fail(400, f"label must be one of {', '.join(project.classes)}, got {label!r}")
+            if image_file(project, ctx().images_root, i) is None:
+                fail(409, f"image {i} ({project.paths[i]}) cannot be shown: its file is "
+                          "missing, outside the images folder, or changed since init; it "
+                          "cannot be labeled here (skip it, or put the file back)")
             project.add_labels({i: label}, source="page")
     except LabelConflict as err:
         fail(409, str(err))
     except ProjectError as err:
         fail(400, str(err))
     return jsonify({"ok": True, "id": i})
+
+
+@page.errorhandler(OSError)
+def not_saved(err: OSError):
+    """A write the file system refused (full, read-only): the answer was not saved."""
+    where = f"{err.filename}: " if err.filename else ""
+    response = jsonify({"error": f"not saved: {where}{err.strerror or err}"})
+    response.status_code = 507 if err.errno == errno.ENOSPC else 500
+    return response
 
 
 @page.post("/api/undo")
@@ -285,13 +343,19 @@ def create_app(project: Project, *, settings: RoundSettings = RoundSettings(),
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket, or ProjectError naming the port when it is taken."""
+    """A listening socket, or ProjectError naming the port when it is taken.
+
+    SO_REUSEADDR: a page restarted right after a kill may bind while the old connections
+    linger in the kernel (FIN_WAIT/TIME_WAIT, up to a minute); a port another process
+    listens on is still refused."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError as err:
+    except (OSError, OverflowError) as err:
         sock.close()
-        raise ProjectError(f"--port {port}: cannot listen on {host}:{port} ({err.strerror}); "
+        reason = getattr(err, "strerror", None) or str(err)
+        raise ProjectError(f"--port {port}: cannot listen on {host}:{port} ({reason}); "
                            "choose another port") from None
     sock.listen(64)
     return sock
@@ -302,6 +366,7 @@ def make_server(project: Project, *, host: str = "127.0.0.1", port: int = 8765,
     """A threaded Werkzeug server for the page (call .serve_forever(); .port)."""
     from werkzeug.serving import make_server as werkzeug_server
 
+    check_images(project)
     sock = bind(host, port)
     app = create_app(project, settings=settings, budget=budget)
     app.config["BOUND_HOST"] = host

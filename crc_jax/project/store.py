@@ -44,11 +44,15 @@ class ProjectError(DataError):
 
 
 def check_class_names(names: list) -> list[str]:
+    """Class names as stored: at least two, none empty, none repeated."""
     clean = [str(n).strip() for n in names]
     if any(not n for n in clean):
         raise ProjectError("class names must not be empty")
     if len(set(clean)) != len(clean):
         raise ProjectError(f"class names repeat: {', '.join(clean)}")
+    if len(clean) < 2:
+        raise ProjectError(f"give at least 2 classes, got {len(clean)} "
+                           f"({', '.join(map(repr, clean))}): a classifier needs two")
     return clean
 
 
@@ -99,6 +103,18 @@ def finish_init(directory: Path, meta: dict) -> None:
     (directory / INIT_MARKER).unlink(missing_ok=True)
 
 
+def undo_init(directory: Path, *, made_dir: bool) -> None:
+    """Remove what a failed `init` wrote (its pool, index and marker; the directory too when
+    init made it and it is left empty): no half-made project stays behind. A backbone's
+    finished chunks (features.partial) stay, with the marker, so the same init resumes."""
+    resumable = (directory / "features.partial").exists()
+    for name in ("pool.npy", "index.csv") + (() if resumable else (INIT_MARKER,)):
+        (directory / name).unlink(missing_ok=True)
+    if made_dir and not resumable:
+        with contextlib.suppress(OSError):
+            directory.rmdir()   # only when empty: nothing of anyone else's goes
+
+
 def read_meta(directory: Path) -> dict:
     path = directory / PROJECT_FILE
     if not path.exists():
@@ -126,17 +142,42 @@ def read_meta(directory: Path) -> dict:
     return meta
 
 
+DAMAGED = "it was written by crc-jax init: restore it, or run init again in a new directory"
+
+
 def read_index(directory: Path) -> tuple[list, list]:
-    rows = durable.read_csv(directory / "index.csv")
-    for expected, row in enumerate(rows):
-        if int(row["id"]) != expected:
-            raise ProjectError(f"{directory / 'index.csv'}: row {expected + 2} holds id "
-                               f"{row['id']}, expected {expected}")
-    return [r["path"] for r in rows], [r["sha256"] for r in rows]
+    path = directory / "index.csv"
+    if not path.is_file():
+        raise ProjectError(f"{path}: missing; {DAMAGED}")
+    try:
+        rows = durable.read_csv(path)
+        for expected, row in enumerate(rows):
+            if int(row["id"]) != expected:
+                raise ProjectError(f"{path}: row {expected + 2} holds id {row['id']}, "
+                                   f"expected {expected}")
+        return [r["path"] for r in rows], [r["sha256"] for r in rows]
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as err:
+        if isinstance(err, ProjectError):
+            raise
+        raise ProjectError(f"{path}: unreadable ({type(err).__name__}: {err}); {DAMAGED}") from None
 
 
-def load_pool(directory: Path) -> np.ndarray:
-    return np.load(directory / "pool.npy", mmap_mode="r", allow_pickle=False)
+def load_pool(directory: Path, count: int | None = None) -> np.ndarray:
+    """The pool (memory-mapped); ProjectError when pool.npy is missing, truncated, or holds
+    another number of images than index.csv (`count`)."""
+    path = directory / "pool.npy"
+    try:
+        pool = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise ProjectError(f"{path}: missing; {DAMAGED}") from None
+    except (OSError, ValueError, EOFError) as err:   # a cut file: header or data short
+        raise ProjectError(f"{path}: unreadable or truncated ({err}); {DAMAGED}") from None
+    images, vectors = pool.ndim == 4 and pool.shape[-1] == 3, pool.ndim == 2
+    if not (images or vectors) or (count is not None and len(pool) != count):
+        raise ProjectError(f"{path}: holds an array of shape {pool.shape}, but index.csv lists "
+                           f"{count} images (a pool is (N, S, S, 3) pixels or (N, d) features); "
+                           f"{DAMAGED}")
+    return pool
 
 
 @contextlib.contextmanager

@@ -15,16 +15,19 @@ from crc_jax.config import defaults as get_base_config  # noqa: F401 (the config
 VALIDATION_SIZES = {"svhn": 7326, "cifar10": 5000, "cifar100": 5000}
 
 
-def parse_variant(arg, *, allowed=()) -> set:
+def parse_variant(arg, *, allowed=(), val=True) -> set:
     """The comma-separated options after the colon of `--config=NAME:opt,opt`.
 
-    "val" is always allowed (select_on_validation); `allowed` adds the config's own.
+    `allowed` are the config's own; "val" (select_on_validation) is allowed too unless
+    val=False. Every config calls this, so an option it does not know is refused (naming
+    the allowed ones) instead of silently running the base config.
     """
+    known = set(allowed) | ({"val"} if val else set())
     options = {part.strip() for part in (arg or "").split(",") if part.strip()}
-    unknown = options - set(allowed) - {"val"}
+    unknown = options - known
     if unknown:
-        raise ValueError(f"unknown config variant {sorted(unknown)}; allowed: "
-                         f"{', '.join(sorted(set(allowed) | {'val'}))}")
+        allowed_text = f"allowed: {', '.join(sorted(known))}" if known else "this config takes none"
+        raise ValueError(f"unknown config variant {sorted(unknown)}; {allowed_text}")
     return options
 
 

@@ -10,11 +10,11 @@ Expect:   a few minutes on a 2-core CPU; accuracy rises from about 60-70% at 20 
           about 85% at 60 labels (see README for the measured table).
 """
 
-from experiments.configs.base import get_base_config
+from experiments.configs.base import get_base_config, parse_variant
 
 
 def get_config(arg=None):
-    del arg
+    parse_variant(arg, val=False)   # no variants: refuse any
     c = get_base_config()
     c.trials = 3
     c.strategies = ("random", "entropy", "crc", "crc_infinite:arch=mlp")

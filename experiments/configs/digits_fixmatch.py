@@ -10,10 +10,11 @@ Expect:   a few minutes on a 2-core CPU (see README for the measured table and w
 """
 
 from experiments.configs import digits
+from experiments.configs.base import parse_variant
 
 
 def get_config(arg=None):
-    del arg
+    parse_variant(arg, val=False)   # no variants: refuse any
     c = digits.get_config()
     c.model.name = "mlp"
     c.model.width = 256

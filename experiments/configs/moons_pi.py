@@ -16,11 +16,11 @@ Command:  python -m experiments.figures moons   (the run and the panel: accuracy
 Expect:   about 15 minutes on a 2-core CPU; README "Figure 1" gives what this machine gave.
 """
 
-from experiments.configs.base import get_base_config
+from experiments.configs.base import get_base_config, parse_variant
 
 
 def get_config(arg=None):
-    del arg
+    parse_variant(arg, val=False)   # no variants: refuse any
     c = get_base_config()
     c.trials = 5
     c.strategies = ("random", "crc", "crc:subset=all")
