@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import os
+import secrets
 import zlib
 from pathlib import Path
 from collections.abc import Iterable, Iterator, Sequence
@@ -235,6 +236,21 @@ def append_synced(path: os.PathLike, data: bytes, *, fault_point: str) -> None:
         os.close(fd)
 
 
+def _new_temporary(path: Path) -> Path:
+    """An empty file created beside `path` under a name no file had (O_EXCL), so writing it
+    cannot overwrite a user's file; the umask sets its mode, as for any file we write."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+        except OSError as err:
+            _name(err, path, instead_of=tmp)
+            raise
+
+
 def _name(err: BaseException, path: os.PathLike, *, instead_of: os.PathLike | None = None) -> None:
     """Give an OSError from a write on an open file (which carries no file name), or one
     naming the temporary file `instead_of`, the name `path`, so the one line a command
@@ -246,9 +262,10 @@ def _name(err: BaseException, path: os.PathLike, *, instead_of: os.PathLike | No
 
 def write_atomic(path: os.PathLike, data: bytes) -> None:
     """Replace `path` by `data` whole: temporary file, fsync, rename, fsync the folder.
-    On an error the temporary file is removed and `path` is unchanged."""
+    On an error the temporary file is removed and `path` is unchanged. The temporary file is
+    a new one (created exclusively under a unique name), never a file already there."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _new_temporary(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)

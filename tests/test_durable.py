@@ -163,3 +163,19 @@ def test_csv_rows_as_lists_or_dicts(tmp_path):
     durable.write_csv(tmp_path / "b.csv", ["x", "y"], [{"x": 1, "y": "a,b"}, {"x": 2, "y": "c"}])
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
     assert durable.read_csv(tmp_path / "a.csv") == [{"x": "1", "y": "a,b"}, {"x": "2", "y": "c"}]
+
+
+def test_an_atomic_write_leaves_a_users_file_of_any_temporary_looking_name_alone(tmp_path):
+    """The temporary file is created exclusively under a new name: a user's `NAME.tmp` (the
+    name the temporary once had) beside the target is neither overwritten nor removed."""
+    target = tmp_path / "report.md"
+    users = {tmp_path / "report.md.tmp": b"the user's notes\n",
+             tmp_path / ".report.md.tmp": b"more notes\n"}
+    for path, data in users.items():
+        path.write_bytes(data)
+    durable.write_atomic(target, b"# report\n")
+    durable.write_atomic(target, b"# report, again\n")
+    assert target.read_bytes() == b"# report, again\n"
+    assert {p: p.read_bytes() for p in users} == users
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".report.md.tmp", "report.md",
+                                                          "report.md.tmp"]

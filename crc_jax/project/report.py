@@ -12,9 +12,12 @@ less so) the estimate leans pessimistic; with `--strategy random` it is unbiased
 from __future__ import annotations
 
 import collections
+import io
 import logging
 import math
 from pathlib import Path
+
+from crc_jax import durable
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +97,10 @@ def plot_curve(rows: list, path: Path) -> None:
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    tmp.replace(path)
+    durable.write_atomic(path, buffer.getvalue())
 
 
 def status(project) -> dict:
