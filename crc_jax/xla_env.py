@@ -1,23 +1,24 @@
-"""XLA:CPU defaults crc_jax sets before JAX starts: YNNPACK fusion off where it is slower.
+"""XLA:CPU defaults crc_jax sets before JAX starts: YNNPACK fusion off.
 
-jaxlib 0.10 turned on XLA:CPU's YNNPACK library fusions. Whether they help depends on the
-CPU: on the 2-core AMD EPYC VM issue 21 measured, a WRN-28-2 train step ran about 4x
-slower with them than on jax 0.5.3 (3.4x; the same net without them ran at jax 0.5.3's
-speed); on an Intel Xeon with AVX-512 and AMX the fused step was 2.2-2.7x *faster*
-(experiments/benchmarks/xla_cpu.py measures a CPU; RESULTS.md, "XLA:CPU").
-`apply_cpu_defaults()` adds
+jaxlib 0.10 turned on XLA:CPU's YNNPACK library fusions, and they make convolutional train
+steps slower on the CPUs measured: on the 2-core AMD EPYC VM of issue 21 a WRN-28-2 step ran
+about 4x slower with them than on jax 0.5.3 (the same net without them ran at jax 0.5.3's
+speed); on an idle 2-core Intel Xeon (AVX-512, AMX) the standalone step was 1.5-1.6x slower
+with them (B = 64 and 128, two alternated processes each; an earlier reading the other way
+round was taken at load average 8-20 and did not hold on the idle machine).
+experiments/benchmarks/xla_cpu.py measures a CPU; RESULTS.md, "XLA:CPU". `apply_cpu_defaults()`
+adds
 
     --xla_cpu_experimental_ynn_fusion_type=        (an empty list: no YNNPACK fusion)
 
-to the XLA_FLAGS environment variable, which XLA reads once, when JAX's backend starts,
-on the CPUs where fusion was measured slower (vendor AMD; `SLOWER_WITH_FUSION`).
+to the XLA_FLAGS environment variable, which XLA reads once, when JAX's backend starts.
 `import crc_jax` calls it, so every entry point (experiments.main, `crc-jax`, the
 benchmarks, the tests, a user's script that imports crc_jax before computing) gets it.
 
-The switch CRC_JAX_XLA_DEFAULTS: unset or "auto" applies the rule above, "1" turns fusion
-off on any CPU, "0" leaves XLA_FLAGS alone. It also leaves XLA_FLAGS alone when
+The switch CRC_JAX_XLA_DEFAULTS: unset, "auto" or "1" applies it, "0" leaves XLA_FLAGS
+alone (XLA's own default). It also leaves XLA_FLAGS alone when
 - the user's XLA_FLAGS already mentions the flag (theirs stands);
-- CRC_JAX_XLA_DEFAULTS=0, or "auto" on a CPU not in SLOWER_WITH_FUSION;
+- CRC_JAX_XLA_DEFAULTS=0;
 - JAX_PLATFORMS names no "cpu" (no CPU backend to tune);
 - the installed jaxlib is not a series known to have the flag: XLA aborts the whole
   process on an unknown flag in XLA_FLAGS. Known: 0.10.x and 0.11.x (checked in the
@@ -46,8 +47,6 @@ SWITCH = "CRC_JAX_XLA_DEFAULTS"
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 YNN_OFF = YNN_FLAG + "="
 KNOWN_JAXLIB_SERIES = ((0, 10), (0, 11))
-# CPU vendors (/proc/cpuinfo vendor_id) on which YNNPACK fusion was measured slower.
-SLOWER_WITH_FUSION = ("AuthenticAMD",)
 
 APPLIED = "applied"
 _last_decision: str | None = None
@@ -80,30 +79,14 @@ def backend_started() -> bool:
         return False
 
 
-def cpu_vendor() -> str | None:
-    """The CPU's vendor_id from /proc/cpuinfo ("AuthenticAMD", "GenuineIntel"), or None."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def decide(environ: MutableMapping[str, str], jaxlib_version: str | None,
-           vendor: str | None = None) -> str:
+def decide(environ: MutableMapping[str, str], jaxlib_version: str | None) -> str:
     """APPLIED, or why XLA_FLAGS stays as it is (one short phrase). Pure: no side effects."""
     switch = environ.get(SWITCH, "auto").strip() or "auto"
     if switch == "0":
         return f"off ({SWITCH}=0)"
     if switch not in ("auto", "1"):
-        log.warning("%s must be auto, 1 (always) or 0 (never); got %r, using auto",
+        log.warning("%s must be auto, 1 (fusion off) or 0 (XLA's default); got %r, using auto",
                     SWITCH, switch)
-        switch = "auto"
-    if switch == "auto" and vendor not in SLOWER_WITH_FUSION:
-        return f"fusion kept on this CPU ({vendor or 'unknown vendor'}; {SWITCH}=1 turns it off)"
     if YNN_FLAG.lstrip("-") in environ.get("XLA_FLAGS", ""):
         return "XLA_FLAGS already sets it"
     platforms = environ.get("JAX_PLATFORMS", "").strip()
@@ -124,12 +107,12 @@ def apply_cpu_defaults(environ: MutableMapping[str, str] | None = None) -> str:
     """
     global _last_decision
     environ = os.environ if environ is None else environ
-    decision = decide(environ, installed_jaxlib(), cpu_vendor())
+    decision = decide(environ, installed_jaxlib())
     if decision == APPLIED and environ is os.environ and backend_started():
         decision = "JAX's backend had already started"
         log.warning("crc_jax: JAX's backend started before `import crc_jax`, so XLA:CPU runs "
-                    "with YNNPACK fusion (measured up to 4x slower convolutions on this kind of "
-                    "CPU). Import crc_jax before computing with JAX, or set XLA_FLAGS=%s "
+                    "with YNNPACK fusion (measured 1.5-4x slower convolutional train steps). "
+                    "Import crc_jax before computing with JAX, or set XLA_FLAGS=%s "
                     "yourself.", YNN_OFF)
     elif decision == APPLIED:
         environ["XLA_FLAGS"] = (environ.get("XLA_FLAGS", "") + " " + YNN_OFF).strip()
