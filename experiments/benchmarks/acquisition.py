@@ -38,7 +38,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from crc_jax import ntk
-from crc_jax.acquisition import Context, get
+from crc_jax.acquisition import Context, from_spec, select
 from crc_jax.acquisition import crc as crc_lib
 
 
@@ -123,11 +123,13 @@ def bench_scoring(n_pool=20_000, n_labeled=500, group_size=10, direct_groups=20)
     rel = np.max(np.abs(scores[:direct_groups] - ref) / np.abs(ref))
     costs = {}
     for name, strategy, budget in (
-            ("crc (Algorithm 1), budget 50", get("crc", group_size=group_size), 50),
-            ("crc sequential=True, budget 50", get("crc", group_size=group_size, sequential=True), 50),
-            ("crc_greedy max_candidates=2000, budget 10", get("crc_greedy", max_candidates=2000), 10)):
+            ("crc (Algorithm 1), budget 50", from_spec(f"crc:group_size={group_size}"), 50),
+            ("crc sequential=True, budget 50",
+             from_spec(f"crc:group_size={group_size},sequential=True"), 50),
+            ("crc_greedy max_candidates=2000, budget 10", from_spec("crc_greedy:max_candidates=2000"),
+             10)):
         t = time.perf_counter()
-        strategy(ctx, budget, jax.random.PRNGKey(0))
+        select(strategy, ctx, budget, jax.random.PRNGKey(0))
         costs[name] = time.perf_counter() - t
     fast_rate, e2e_rate = len(groups) / t_scores, len(groups) / (t_scores + t_features)
     direct_rate = direct_groups / t_direct
