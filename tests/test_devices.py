@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from crc_jax import devices, infinite
+from crc_jax import devices, infinite, xla_env
 from crc_jax.errors import DeviceUnavailable
 from crc_jax.run import config_check
 
@@ -305,7 +305,8 @@ EXPECTED_LINE = re.compile(r"devices: (?P<n>\d+) (?P<platform>gpu|tpu) device\(s
 def as_typed(devices_count: int = 1) -> dict:
     """A shell's environment, as the docs' commands were typed: no test XLA_FLAGS."""
     env = env_with(devices_count)
-    env["XLA_FLAGS"] = env["XLA_FLAGS"].replace("--xla_backend_optimization_level=0", "").strip()
+    added = ("--xla_backend_optimization_level=0", xla_env.YNN_OFF)   # the tests', crc_jax's
+    env["XLA_FLAGS"] = " ".join(f for f in env["XLA_FLAGS"].split() if f not in added)
     if not env["XLA_FLAGS"]:
         del env["XLA_FLAGS"]
     return env
