@@ -9,6 +9,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--config=digits", "--config.trials=1", "--config.al.steps=2",
@@ -72,6 +74,8 @@ def journal_entries(workdir):
     return out
 
 
+# out of `make test` (10-minute budget); a kill and resume stays there: tests/test_faults.py
+@pytest.mark.slow
 def test_sigkill_mid_trial_then_resume_gives_identical_journals(tmp_path):
     args = TINY + ["--config.strategies=('entropy',)"]
     reference = run_main(args, tmp_path / "ref")
@@ -103,6 +107,8 @@ def test_sigkill_mid_trial_then_resume_gives_identical_journals(tmp_path):
         assert (killed_dir / name).stat().st_size > 0
 
 
+# out of `make test` (10-minute budget); tests/test_rundir.py refuses another config there
+@pytest.mark.slow
 def test_other_config_on_existing_workdir_is_refused(tmp_path):
     first = run_main(TINY + ["--config.strategies=('random',)", "--config.al.steps=0"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]

@@ -211,7 +211,8 @@ def digits_ctx():
 
 
 @pytest.mark.parametrize("spec", ["crc:group_size=5", "crc:group_size=5,sequential=True",
-                                  "crc_greedy:max_candidates=150"])
+                                  pytest.param("crc_greedy:max_candidates=150",
+                                               marks=pytest.mark.slow)])
 def test_digits_strategies_choose_the_same_groups_on_every_backend(digits_ctx, spec):
     key = jax.random.PRNGKey(7)
     picks, records = {}, {}

@@ -3,12 +3,15 @@ by trial (the same initial labeled set and the same step-0 model in each trial).
 
 import json
 
+import pytest
+
 from crc_jax.run import loop
 from experiments import report
 from experiments.configs import digits_study
 from experiments.configs.base import apply_smoke
 
 
+@pytest.mark.slow  # kept out of `make test` (10-minute budget); `make test-slow` runs it
 def test_digits_study_smoke_runs_every_strategy_paired(tmp_path):
     config = digits_study.get_config()
     config.smoke = True
