@@ -14,9 +14,10 @@ Command:  python -m experiments.benchmarks.train_step            (WRN-28-2, B=64
           python -m experiments.benchmarks.train_step --algorithms fixmatch --steps 2
           python -m experiments.benchmarks.train_step --steps 3 --batch_size 8 --steps_per_dispatch 3
 Expect:   on the 2-core CPU of RESULTS.md with jaxlib 0.10.2 and crc_jax's XLA:CPU default
-          (crc_jax.xla_env), about 20 s per FixMatch step at the reference shape and about
-          1.2x the PyTorch peer's images/s (issue 21: 20.4 vs 24.6 s a step, quiet machine);
-          with CRC_JAX_XLA_DEFAULTS=0, about 4x slower. RESULTS.md ("Train step").
+          (crc_jax.xla_env), 14-20 s per FixMatch step at the reference shape and 0.9-1.2x
+          the PyTorch peer's images/s (idle Intel Xeon, 2026-12-03: 14.1 vs 13.1 s a step;
+          issue 21's AMD EPYC: 20.4 vs 24.6 s); with CRC_JAX_XLA_DEFAULTS=0, 2.3-4x slower.
+          RESULTS.md ("Idle-machine rerun", "Train step").
 """
 
 from __future__ import annotations
