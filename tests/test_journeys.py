@@ -211,20 +211,23 @@ def serve_ml(journey, tmp_path):
     free port); its URL. Stopped with Ctrl-C (SIGINT) at the end."""
     directory = tmp_path / "project"
     shutil.copytree(journey["work"] / "trained", directory)
-    proc = subprocess.Popen([sys.executable, "-m", "crc_jax.cli", "serve-ml", str(directory),
-                             "--port", "0", "--document-root", str(journey["root"])],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "serve_ml.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "crc_jax.cli", "serve-ml", str(directory),
+                                 "--port", "0", "--document-root", str(journey["root"])],
+                                stdout=subprocess.PIPE, stderr=err, text=True)
     try:
-        line = proc.stdout.readline()   # the URL, printed once it listens
+        line = proc.stdout.readline()   # the URL, printed once it listens ("" if it died)
         if "http://" not in line:
             proc.kill()
-            pytest.fail(f"serve-ml did not start: {line}{proc.communicate()[1][-2000:]}")
+            proc.wait()
+            pytest.fail(f"serve-ml did not start: {line}{log.read_text()[-2000:]}")
         yield directory, line.split("http://", 1)[1].split()[0]
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
+        proc.communicate(timeout=120)
+    assert proc.returncode == 130, log.read_text()[-2000:]
 
 
 def task(ident: int, path: str) -> dict:

@@ -166,6 +166,14 @@ def test_the_page_trains_on_the_projects_settings(tmp_path):
     assert runner.settings == settings.for_kind("features", {"epochs": 3})
 
 
+def test_every_kind_the_store_knows_has_defaults():
+    from crc_jax.project import store
+
+    assert set(settings.KIND_DEFAULTS) == set(store.KINDS)
+    for kind in store.KINDS:
+        settings.for_kind(kind).check(vectors=store.KINDS[kind] == "features")
+
+
 def test_help_texts_read_the_kind_table(capsys):
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["next", "--help"])

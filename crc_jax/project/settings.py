@@ -16,7 +16,8 @@ augmentation, is refused there (`RoundSettings.check(vectors=True)`).
 
 What a round uses is, from weakest to strongest: the defaults of the project's kind
 (`KIND_DEFAULTS`, the one table; help texts read it too), the options kept from earlier
-commands (the project's options.json), the options given now (`resolve`).
+commands (the project's options.json), the options given now
+(crc_jax.project.Project.round_settings).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ KIND_DEFAULTS: dict[str, dict[str, str]] = {
     "features": {"model": "linear", "ssl": "mean_teacher", "strategy": "crc", "cold_start": "crc"},
     "backbone": {"model": "linear", "ssl": "mean_teacher", "strategy": "crc", "cold_start": "crc"},
 }
-VECTOR_KINDS = ("features", "backbone")   # kinds whose pool is one vector per image
 
 
 @dataclasses.dataclass(frozen=True)
