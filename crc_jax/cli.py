@@ -2,13 +2,17 @@
 
     crc-jax init DIR --images PATH [--labels FILE.csv] [--classes a,b,c] [--image-size 32]
                      [--features FILE.npz|.csv | --backbone FILE.onnx|.msgpack [options]]
-    crc-jax next DIR --budget N [--strategy crc] [--ssl fixmatch] [--cold-start crc|random|typiclust]
+    crc-jax next DIR --budget N [--strategy crc] [--ssl NAME] [--model NAME] [--cold-start crc|random]
     crc-jax label DIR [--port 8765]
     crc-jax status DIR | predict DIR [--out FILE]
     crc-jax export DIR --format csv|label-studio --out FILE [--document-root DIR] [--label-config XML]
     crc-jax import DIR FILE [--skip-unmapped] [--document-root DIR] [--label-config XML]
     crc-jax serve-ml DIR [--port 9090] [--budget N] [--document-root DIR] [--label-studio-url URL]
     crc-jax --version
+
+A round's defaults follow the project's kind (crc_jax.project.settings.KIND_DEFAULTS);
+a round option given to `next`, `label` or `serve-ml` (and `next`'s --budget) is kept in
+the project for later rounds until given again (`status` shows them).
 
 A bad value, a damaged project or a file system that refuses a write (read-only, full)
 ends with one line, `error: ...`, and exit status 2; nothing is half-written. Ctrl-C ends
@@ -27,6 +31,9 @@ from pathlib import Path
 from crc_jax import __version__, interrupt
 
 log = logging.getLogger("crc_jax.cli")
+
+
+PAGE_BUDGET = 20   # images per round started from the page or Label Studio, unless kept
 
 
 class UsageError(Exception):
@@ -60,7 +67,7 @@ def port_number(text: str) -> int:
 
 def build_parser() -> Parser:
     from crc_jax import acquisition, devices, ssl
-    from crc_jax.project.settings import RoundSettings
+    from crc_jax.project.settings import RoundSettings, default_text
 
     d = RoundSettings()
     p = Parser(prog="crc-jax", description="Label your own images with active semi-supervised "
@@ -96,36 +103,43 @@ def build_parser() -> Parser:
                    help="how the vectors are stored (float16: half the disk and memory)")
 
     def round_options(s):
-        s.add_argument("--strategy", default=d.strategy, help="acquisition strategy (crc)")
-        s.add_argument("--ssl", default=d.ssl, choices=ssl.names())
-        s.add_argument("--cold-start", default=d.cold_start,
-                       choices=acquisition.STRATEGIES.names("cold_start"),
-                       help="first batch without labels: CRC on a random model, TypiClust, "
-                            "or random")
-        s.add_argument("--model", default=d.model)
-        s.add_argument("--width", type=positive_int, default=d.width)
-        s.add_argument("--dropout", type=float, default=d.dropout,
-                       help="dropout rate before the head (0; BALD needs > 0)")
-        s.add_argument("--feature-noise", type=float, default=d.feature_noise,
-                       help="feature-vector pools: std of the noise of a view (0.1)")
-        s.add_argument("--epochs", type=positive_int, default=d.epochs)
-        s.add_argument("--steps-per-epoch", type=positive_int, default=d.steps_per_epoch)
-        s.add_argument("--no-flip", action="store_true", help="no horizontal flips (text, digits)")
-        s.add_argument("--seed", type=int, default=d.seed)
+        """The options of a round: None when not given (the project's kind and its kept
+        options decide, crc_jax.project.settings); a given one is kept for later rounds."""
+        kept = "; kept for later rounds"
+        s.add_argument("--strategy", help=f"acquisition strategy ({default_text('strategy')}){kept}")
+        s.add_argument("--ssl", choices=ssl.names(),
+                       help=f"SSL algorithm ({default_text('ssl')}){kept}")
+        s.add_argument("--cold-start", choices=acquisition.STRATEGIES.names("cold_start"),
+                       help="first batch without labels: CRC on a random model, TypiClust, or "
+                            f"random ({default_text('cold_start')}){kept}")
+        s.add_argument("--model", help=f"model ({default_text('model')}){kept}")
+        s.add_argument("--width", type=positive_int, help=f"width of the MLP or CNN ({d.width}){kept}")
+        s.add_argument("--dropout", type=float,
+                       help=f"dropout rate before the head ({d.dropout}; BALD needs > 0){kept}")
+        s.add_argument("--feature-noise", type=float,
+                       help=f"feature-vector pools: std of the noise of a view ({d.feature_noise}){kept}")
+        s.add_argument("--epochs", type=positive_int, help=f"training epochs per round ({d.epochs}){kept}")
+        s.add_argument("--steps-per-epoch", type=positive_int,
+                       help=f"steps per epoch ({d.steps_per_epoch}){kept}")
+        s.add_argument("--flip", action=argparse.BooleanOptionalAction,
+                       help=f"horizontal flips in augmentation (on; --no-flip for text, digits){kept}")
+        s.add_argument("--seed", type=int, help=f"seed of the round's randomness ({d.seed}){kept}")
         s.add_argument("--device", default="auto", choices=devices.REQUIRE,
                        help="platform the rounds must run on: stop at start, with JAX's reason, "
                             "when it is missing (auto: whatever JAX picks)")
 
     s = sub.add_parser("next", help="train, pick the next images to label, write queue.csv")
     s.add_argument("dir", type=Path)
-    s.add_argument("--budget", type=positive_int, required=True)
+    s.add_argument("--budget", type=positive_int,
+                   help="images to pick (needed once; kept for later rounds)")
     round_options(s)
 
     s = sub.add_parser("label", help="serve the labeling page on 127.0.0.1")
     s.add_argument("dir", type=Path)
     s.add_argument("--port", type=port_number, default=8765, help="8765; 0: any free port")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    s.add_argument("--budget", type=positive_int, default=20, help="images per round started from the page")
+    s.add_argument("--budget", type=positive_int,
+                   help=f"images per round started from the page (the kept one, else {PAGE_BUDGET})")
     round_options(s)
 
     s = sub.add_parser("status", help="labels per class, rounds, accuracy estimate, learning curve")
@@ -166,8 +180,9 @@ def build_parser() -> Parser:
     s.add_argument("dir", type=Path)
     s.add_argument("--port", type=port_number, default=9090, help="9090; 0: any free port")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    s.add_argument("--budget", type=positive_int, default=20,
-                   help="images per round started from Label Studio (Start Training)")
+    s.add_argument("--budget", type=positive_int,
+                   help="images per round started from Label Studio (Start Training; the kept "
+                        f"one, else {PAGE_BUDGET})")
     s.add_argument("--document-root", type=Path, default=document_root_default(),
                    help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT (default: that variable, else /)")
     s.add_argument("--label-studio-url",
@@ -185,20 +200,21 @@ def document_root_default() -> Path:
     return Path("/")
 
 
-def settings_from(args):
-    from crc_jax.project.settings import RoundSettings
+def given_options(args) -> dict:
+    """The round options given on the command line ({field: value}), budget included."""
+    from crc_jax.project.settings import KEPT
 
-    settings = RoundSettings(strategy=args.strategy, ssl=args.ssl, cold_start=args.cold_start,
-                             model=args.model, width=args.width, epochs=args.epochs,
-                             steps_per_epoch=args.steps_per_epoch, flip=not args.no_flip,
-                             seed=args.seed, dropout=args.dropout,
-                             feature_noise=args.feature_noise)
+    return {name: getattr(args, name) for name in KEPT if getattr(args, name, None) is not None}
+
+
+def settings_from(project, args):
+    """The settings of the project's next round with the options given now (a bad one is
+    a UsageError naming the option)."""
     try:
-        settings.check()
+        return project.round_settings(given_options(args))
     except ValueError as err:
         field, _, problem = str(err).partition(": ")   # "cold_start: ..." -> "--cold-start: ..."
         raise UsageError(f"--{field.replace('_', '-')}: {problem}") from None
-    return settings
 
 
 def check_budget(settings, budget: int) -> None:
@@ -285,10 +301,15 @@ def cmd_init(args):
 def cmd_next(args):
     from crc_jax.project import Project
 
-    settings = settings_from(args)
-    check_budget(settings, args.budget)
     project = Project.open(args.dir)
-    ids = project.next_batch(args.budget, settings)
+    settings = settings_from(project, args)
+    budget = project.budget(args.budget)
+    if budget is None:
+        raise UsageError("--budget: give the number of images to pick (it is kept for later "
+                         "rounds)")
+    check_budget(settings, budget)
+    ids = project.next_batch(budget, settings)
+    project.keep_options(given_options(args))
     rows = project.queue()
     print(f"{len(ids)} images queued in {args.dir / 'queue.csv'}"
           f"{' (cold start: no model yet)' if project.rounds()[-1]['cold_start'] else ''}")
@@ -303,13 +324,15 @@ def cmd_label(args):
     from crc_jax.project import Project
     from crc_jax.project.server import make_server
 
-    settings = settings_from(args)
-    check_budget(settings, args.budget)
     project = Project.open(args.dir)
+    settings = settings_from(project, args)
+    budget = project.budget(args.budget, PAGE_BUDGET)
+    check_budget(settings, budget)
     if not project.classes:
         raise UsageError(f"{args.dir} has no classes yet: give --classes to init, or import labels")
     server = make_server(project, host=args.host, port=args.port, settings=settings,
-                         budget=args.budget)
+                         budget=budget)
+    project.keep_options(given_options(args))
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"labeling page: http://{host}:{server.port}/  (Ctrl-C to stop)", flush=True)
     try:
@@ -328,6 +351,12 @@ def cmd_status(args):
         return
     print(f"{st['images']} images, {st['labeled']} labeled, {st['skipped']} skipped, "
           f"{st['rounds']} rounds, queue {st['queued'] - st['pending']}/{st['queued']} answered")
+    print(f"{st['kind']} project; next round: " + ", ".join(
+        f"{name.replace('_', ' ')} {st['settings'][name]}"
+        for name in ("model", "ssl", "strategy", "cold_start", "epochs")))
+    if st["kept_options"]:
+        print("kept options (give one again to change it): " + " ".join(
+            option_text(name, value) for name, value in sorted(st["kept_options"].items())))
     for name, count in st["labels_per_class"].items():
         print(f"  {name:<16} {count}")
     acc = st["accuracy"]
@@ -342,6 +371,14 @@ def cmd_status(args):
 
         print("CRC decisions (chosen group vs the best group not chosen):")
         print("\n".join(report.crc_lines(st["crc_by_round"])))
+
+
+def option_text(name: str, value) -> str:
+    """A kept option as it is typed: --ssl mean_teacher, --no-flip."""
+    flag = f"--{name.replace('_', '-')}"
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    return f"{flag} {value}"
 
 
 def cmd_predict(args):
@@ -396,9 +433,10 @@ def cmd_serve_ml(args):
     from crc_jax.project.label_studio_client import LabelStudioClient
     from crc_jax.project.ml_backend import make_server
 
-    settings = settings_from(args)
-    check_budget(settings, args.budget)
     project = Project.open(args.dir)
+    settings = settings_from(project, args)
+    budget = project.budget(args.budget, PAGE_BUDGET)
+    check_budget(settings, budget)
     if not project.classes:
         raise UsageError(f"{args.dir} has no classes yet: give --classes to init, or import labels")
     client = None
@@ -408,7 +446,8 @@ def cmd_serve_ml(args):
             raise UsageError("--label-studio-url needs the token in LABEL_STUDIO_API_KEY")
         client = LabelStudioClient(args.label_studio_url, token)
     server = make_server(project, host=args.host, port=args.port, settings=settings,
-                         budget=args.budget, document_root=args.document_root, client=client)
+                         budget=budget, document_root=args.document_root, client=client)
+    project.keep_options(given_options(args))
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"Label Studio ML backend: http://{host}:{server.port}  (Ctrl-C to stop)", flush=True)
     try:

@@ -166,3 +166,29 @@ def test_label_page_in_chromium(browser, served, tmp_path):
     wait(lambda: current(driver, project), what="an image of the new queue")
     shot = os.environ.get("CRC_JAX_SCREENSHOT")
     driver.save_screenshot(shot or str(tmp_path / "page.png"))
+
+
+def test_an_image_the_page_cannot_show_is_explained_on_the_page(browser, tmp_path):
+    """A queued file gone from the folder: the page says why in place of the image (the
+    server's 404 carries the reason), and the image can still be skipped."""
+    write_digits(tmp_path / "images", 12, broken=False)
+    project, _ = Project.create(tmp_path / "proj", tmp_path / "images", image_size=8,
+                                classes=CLASSES, progress=False)
+    project.next_batch(2, RoundSettings(cold_start="random"))
+    server = make_server(project, port=0, settings=SETTINGS, budget=2)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        first = project.queue()[0]
+        (project.images_root / first["path"]).unlink()
+        browser.get(f"http://127.0.0.1:{server.port}/")
+        wait(lambda: "cannot be shown" in text(browser, "unshown"), what="the reason")
+        assert text(browser, "unshown").startswith(
+            f"image {first['id']} ({first['path']}) cannot be shown: its file is missing from")
+        browser.find_element("tag name", "body").send_keys("s")
+        shows(browser, "1 / 2")
+        wait(lambda: current(browser, project), what="the next image")
+        assert not browser.find_element("id", "unshown").is_displayed()
+        assert project.answers() == {int(first["id"]): None}
+    finally:
+        server.shutdown()
+        server.server_close()

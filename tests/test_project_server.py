@@ -131,3 +131,116 @@ def test_next_round_from_the_page(app_project):
     assert state["round"]["phase"] == "done", state["round"]
     assert state["rounds"] == 2 and state["total"] == 5 and state["done"] == 0
     assert len(project.rounds()) == 2 and not project.rounds()[-1]["cold_start"]
+
+
+def test_a_file_replaced_with_the_same_size_and_time_is_neither_shown_nor_labeled(tmp_path):
+    """A queued file replaced by another picture of the same size and modification time
+    (`cp -p`, `rsync -a`), after the page showed it once: it is shown no more and takes
+    no label (a label would go on the pool image the annotator did not see)."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    for k in range(6):   # uncompressed BMPs of one side: every file has the same size
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+            tmp_path / "images" / f"img_{k}.bmp")
+    project, _ = Project.create(tmp_path / "proj", tmp_path / "images", image_size=8,
+                                classes=["a", "b"], progress=False)
+    project.next_batch(2, RoundSettings(cold_start="random"))
+    client = create_app(project, settings=SETTINGS, budget=2).test_client()
+    victim = project.queue_ids()[0]
+    path = project.images_root / project.paths[victim]
+    assert get(client, f"/image/{victim}").data == path.read_bytes()     # shown once
+    other = next(p for p in sorted((tmp_path / "images").iterdir()) if p != path)
+    before = path.stat()
+    shutil.copyfile(other, path)                                         # another picture
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))          # same mtime (cp -p)
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    r = get(client, f"/image/{victim}")
+    assert r.status_code == 404 and "changed since init" in r.get_json()["error"]
+    r = post(client, "/api/answer", {"id": victim, "label": "a"})
+    assert r.status_code == 409 and "changed since init" in r.get_json()["error"]
+    assert Project.open(project.dir).labels() == {}
+
+
+def test_an_image_that_cannot_be_shown_says_why(app_project):
+    client, project, _ = app_project
+    item = get(client, "/api/state").get_json()["queue"][0]
+    (project.images_root / item["path"]).unlink()
+    r = get(client, f"/image/{item['id']}")
+    assert r.status_code == 404
+    assert r.get_json()["error"] == (f"image {item['id']} ({item['path']}) cannot be shown: its "
+                                     f"file is missing from {project.images_root.resolve()}")
+
+
+def features_project(tmp_path, truth):
+    """A `--features FILE` project over the digits folder (vectors: one-hot of the digit)."""
+    import numpy as np
+
+    from crc_jax.project import features
+    from crc_jax.project.scan import list_images
+
+    paths = list_images(tmp_path / "images")
+    vectors = np.eye(10, dtype=np.float32)[[truth.get(p, 0) for p in paths]] + 0.1
+    np.savez(tmp_path / "emb.npz", paths=np.array(paths), features=vectors)
+    project, _ = Project.create(tmp_path / "fproj", tmp_path / "images",
+                                classes=[str(d) for d in range(10)], progress=False,
+                                features=features.embeddings_file(tmp_path / "emb.npz"))
+    project.next_batch(4, RoundSettings(ssl="mean_teacher", model="linear", cold_start="random"))
+    return project
+
+
+def test_the_page_shows_and_labels_a_features_file_project(tmp_path):
+    truth = write_digits(tmp_path / "images", 12, broken=False)
+    project = features_project(tmp_path, truth)
+    assert all(len(h) == 64 for h in project.hashes)   # init read the files once
+    client = create_app(project, budget=4).test_client()
+    state = get(client, "/api/state").get_json()
+    assert state["notice"] == ""
+    for item in state["queue"]:
+        r = get(client, f"/image/{item['id']}")
+        assert r.status_code == 200 and r.mimetype.startswith("image/")
+        r = post(client, "/api/answer", {"id": item["id"], "label": str(truth[item["path"]])})
+        assert r.status_code == 200, r.get_json()
+    assert {project.paths[i]: c for i, c in Project.open(project.dir).labels().items()} == \
+        {q["path"]: str(truth[q["path"]]) for q in state["queue"]}
+
+
+def test_a_features_project_without_its_files_is_refused_at_start(tmp_path):
+    from crc_jax.project import ProjectError
+    from crc_jax.project.server import make_server
+
+    truth = write_digits(tmp_path / "images", 6, broken=False)
+    project = features_project(tmp_path, truth)
+    for path in project.paths:
+        (tmp_path / "images" / path).unlink()
+    with pytest.raises(ProjectError, match=r"none of the 6 image files of this project is in .*"
+                                           r"a features project's pool holds vectors only"):
+        make_server(project, port=0)
+
+
+def test_an_older_features_project_is_shown_with_a_notice(tmp_path):
+    """index.csv without sha256 (made before init recorded them): the files are shown as
+    they are, and the page says it cannot check them."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "format_v2_kindless"
+    shutil.copytree(fixtures / "images", tmp_path / "images")
+    shutil.copytree(fixtures / "features", tmp_path / "features")
+    meta = json.loads((tmp_path / "features" / "project.json").read_text())
+    meta["images"] = str(tmp_path / "images")
+    (tmp_path / "features" / "project.json").write_text(json.dumps(meta))
+    project = Project.open(tmp_path / "features")
+    client = create_app(project, budget=2).test_client()
+    state = get(client, "/api/state").get_json()
+    assert "records no sha256 for 8 of the 8 images" in state["notice"]
+    item = state["queue"][0]
+    r = get(client, f"/image/{item['id']}")
+    assert r.status_code == 200 and r.data == (tmp_path / "images" / item["path"]).read_bytes()
+    assert post(client, "/api/answer", {"id": item["id"], "label": "odd"}).status_code == 200

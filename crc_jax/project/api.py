@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from crc_jax import durable, faults
-from crc_jax.project import labels_log, store
+from crc_jax.project import labels_log, settings as round_options, store
 from crc_jax.project.features import FeatureResult, FeatureSource
 from crc_jax.project.scan import ScanResult, scan
 from crc_jax.project.settings import RoundSettings
@@ -122,18 +122,22 @@ class Project:
         try:
             if features is None:
                 store.write_pool(directory, scanned.images, scanned.paths, scanned.hashes)
-                meta.update(input="images", image_size=int(image_size))
+                meta.update(kind="images", input="images", image_size=int(image_size))
                 result = scanned
             else:
                 computed = features.compute(images, directory, progress=progress)
                 if labels_rows is not None:
                     classes = meta["classes"] = cls._check_labels(computed.paths, classes, labels_rows,
                                                                   images)
+                # The page shows a file only while its bytes are those its vector stands for:
+                # a source that did not read the files (a features file) has them hashed here.
+                hashes = store.fill_sha256(images, computed.paths, computed.hashes)
                 scale = store.write_features(directory, computed.features, computed.paths,
-                                             computed.hashes, dtype=feature_dtype)
+                                             hashes, dtype=feature_dtype)
                 meta.update(input="features", features={
                     "dim": int(computed.features.shape[1]), "dtype": feature_dtype, "scale": scale,
                     "source": computed.source})
+                meta["kind"] = store.kind_of(meta)
                 result = computed
             store.finish_init(directory, meta)
         except BaseException:   # a full disk, Ctrl-C: no half-made project stays behind
@@ -181,6 +185,51 @@ class Project:
     def input_kind(self) -> str:
         """"images" (the pool is pixels) or "features" (one vector per image)."""
         return str(self.meta["input"])
+
+    @property
+    def kind(self) -> str:
+        """"images" (pixels), "features" (vectors from a file) or "backbone" (vectors
+        computed at init): what `next`'s defaults follow (settings.KIND_DEFAULTS)."""
+        return str(self.meta["kind"])
+
+    @property
+    def holds_vectors(self) -> bool:
+        return self.input_kind == "features"
+
+    # -- round options -------------------------------------------------------------------
+    def kept_options(self) -> dict:
+        """Round options given to earlier commands, kept for later rounds ({field: value})."""
+        where = self.dir / store.OPTIONS_FILE
+        try:
+            kept = round_options.check_options(store.read_options(self.dir))
+            round_options.for_kind(self.kind, kept).check(vectors=self.holds_vectors)
+        except ValueError as err:
+            raise ProjectError(f"{where}: {err}; fix it or delete it (the defaults of a "
+                               f"{self.kind} project apply then)") from None
+        return kept
+
+    def round_settings(self, given: dict | None = None) -> RoundSettings:
+        """The settings of the next round: the defaults of the project's kind, then the
+        kept options, then `given` ({field: value}, e.g. a command's options). ValueError
+        naming the field ("ssl: ...") for a given value a round here cannot use."""
+        kept = self.kept_options()
+        chosen = round_options.check_options(dict(given or {}))
+        settings = round_options.for_kind(self.kind, {**kept, **chosen})
+        settings.check(vectors=self.holds_vectors)
+        return settings
+
+    def budget(self, given: int | None = None, default: int | None = None) -> int | None:
+        """Images per round: `given`, else the kept one, else `default`."""
+        return given if given is not None else self.kept_options().get("budget", default)
+
+    def keep_options(self, given: dict) -> dict:
+        """Keep `given` ({field: value}, checked) for later rounds, over what was kept;
+        returns every kept option. options.json is written only when something changed."""
+        kept = self.kept_options()
+        merged = {**kept, **round_options.check_options(dict(given))}
+        if merged != kept:
+            store.write_options(self.dir, merged)
+        return merged
 
     def pool(self) -> np.ndarray:
         """The stored pool, memory-mapped: (N, S, S, 3) uint8 images or (N, d) vectors."""
@@ -283,16 +332,19 @@ class Project:
         answered = self.answers()
         return [i for i in self.queue_ids() if i not in answered]
 
-    def next_batch(self, n: int, settings: RoundSettings = RoundSettings()) -> list[int]:
+    def next_batch(self, n: int, settings: RoundSettings | None = None) -> list[int]:
         """Train on the labels so far plus the unlabeled pool, pick `n` ids, write queue.csv.
 
-        Labels nothing. One round runs at a time per project (another is refused). A
-        crash anywhere leaves the labels untouched; rerunning redoes the round exactly.
+        settings: by default the project's (`round_settings()`: its kind's defaults and
+        the kept options). Labels nothing. One round runs at a time per project (another
+        is refused). A crash anywhere leaves the labels untouched; rerunning redoes the
+        round exactly.
         """
         from crc_jax.acquisition import diagnostics
         from crc_jax.project import rounds
 
-        settings.check()
+        settings = self.round_settings() if settings is None else settings
+        settings.check(vectors=self.holds_vectors)
         with store.round_lock(self.dir):
             started = time.time()
             answers = self.answers()
@@ -387,5 +439,11 @@ class Project:
                 for i, p in enumerate(self.paths)]
 
     def status(self) -> dict:
+        """report.status, plus the project's kind, the options kept for later rounds and
+        the settings the next round uses."""
         from crc_jax.project import report
-        return report.status(self)
+
+        st = report.status(self)
+        st.update(kind=self.kind, kept_options=self.kept_options(),
+                  settings=dataclasses.asdict(self.round_settings()))
+        return st

@@ -91,17 +91,9 @@ def batch_size_for(pool: np.ndarray) -> int:
 def check_inputs(settings: RoundSettings, pool: np.ndarray) -> None:
     """ValueError naming the field when the settings cannot train on this pool: over
     feature vectors, an SSL algorithm defined by image augmentation, or a model that
-    takes images."""
-    if not holds_vectors(pool):
-        return
-    if settings.ssl in ssl.names("augments_images"):
-        usable = [n for n in ssl.names() if n not in ssl.names("augments_images")]
-        raise ValueError(f"ssl: {settings.ssl} is defined by image augmentation, and this "
-                         f"project's pool is feature vectors (no images to augment); use one "
-                         f"of {', '.join(usable)}")
-    if settings.model not in models.names("vectors"):
-        raise ValueError(f"model: {settings.model} takes images, and this project's pool is "
-                         f"feature vectors; use one of {', '.join(models.names('vectors'))}")
+    takes images (RoundSettings.check)."""
+    if holds_vectors(pool):
+        settings.check(vectors=True)
 
 
 def model_options(settings: RoundSettings) -> dict:

@@ -10,10 +10,12 @@ Routes (JSON unless noted):
 Every answer goes straight to the labels log (fsynced) before the reply. Safety: only
 images of the project are served, by id (no paths from the client), and only files the
 page can show are served or take a label: inside the images folder (a symlink out of it
-is refused) and byte for byte the image in the pool (index.csv's sha256); at start the
-images folder must exist where project.json says. POSTs must be JSON from the page's own origin (Origin or
-Sec-Fetch-Site checked) and the Host header must name this server, so another web site
-cannot post labels or start rounds.
+is refused) and byte for byte the image in the pool (index.csv's sha256, checked on the
+bytes served and again on every answer); at start the images folder must exist where
+project.json says and hold the project's files. An image that cannot be shown is a 404
+whose JSON error says why, and the page shows that reason. POSTs must be JSON from the
+page's own origin (Origin or Sec-Fetch-Site checked) and the Host header must name this
+server, so another web site cannot post labels or start rounds.
 
 Flask (with Werkzeug's threaded server) is used rather than hand-written HTTP: it is
 small, well kept, pure Python, and its routing and file serving (conditional requests,
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import functools
 import hashlib
 import io
 import logging
@@ -51,59 +52,101 @@ MAX_DIRECT_BYTES = 2 * 1024 * 1024  # larger files are sent as a downscaled prev
 PREVIEW_SIDE = 1024
 
 
-@functools.lru_cache(maxsize=4096)
-def file_sha256(path: str, mtime_ns: int, size: int) -> str:
-    """sha256 of a file's bytes (mtime and size: the cache key)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+@dataclasses.dataclass(frozen=True)
+class ImageBytes:
+    """A file the page may show: its path and the bytes read once, hashed and served."""
+
+    path: Path
+    data: bytes
+    digest: str
 
 
-def image_file(project: Project, root: Path, image_id: int):
-    """The file of image `image_id`, when the page can show it: inside the images folder
-    (no symlink out of it) and byte for byte the image `init` put in the pool (its sha256
-    in index.csv). None otherwise: the page neither shows it nor takes a label for it, so
-    no label goes on an image the annotator did not see."""
+def read_image(project: Project, root: Path, image_id: int) -> ImageBytes | str:
+    """The bytes of image `image_id`'s file when the page can show it, else why not (one
+    phrase). It can when the file is inside the images folder (no symlink out of it) and
+    its bytes are those `init` put in the pool (index.csv's sha256): the bytes are read
+    and hashed on every call, since a file replaced by another picture of the same size
+    and modification time (`cp -p`, `rsync -a`) cannot be told apart otherwise. So no
+    label goes on an image the annotator did not see. A file whose sha256 init did not
+    record (a features project of an older crc-jax) is shown as it is."""
     path = (root / project.paths[image_id]).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
-        return None
+    if not path.is_relative_to(root):
+        return "its file lies outside the images folder (a symlink out of it)"
     try:
-        stat = path.stat()
-        digest = file_sha256(str(path), stat.st_mtime_ns, stat.st_size)
-    except OSError:
-        return None
-    return path if digest == project.hashes[image_id] else None
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return f"its file is missing from {root}"
+    except OSError as err:
+        return f"its file cannot be read ({err.strerror or err})"
+    digest = hashlib.sha256(data).hexdigest()
+    if project.hashes[image_id] and digest != project.hashes[image_id]:
+        return "its file has changed since init (other bytes than the image in the pool)"
+    return ImageBytes(path=path, data=data, digest=digest)
+
+
+def unchecked(project: Project) -> int:
+    """How many images have no sha256 in index.csv (features projects of older versions)."""
+    return sum(not h for h in project.hashes)
 
 
 def check_images(project: Project) -> None:
-    """At start: the images folder must be where project.json says (ProjectError, one line,
-    else); queued images the page cannot show are named in a warning."""
+    """At start: the images folder must be where project.json says, and hold at least one
+    of the project's files (ProjectError, one line, else: a page that can show no image
+    is of no use); queued images the page cannot show are named in a warning."""
     root = project.images_root
     if not root.is_dir():
         raise ProjectError(f"images folder {root} is missing (moved or deleted?): the page "
                            "would show no image; put it back, or set \"images\" in "
                            f"{project.dir / 'project.json'} to its new place")
+    if not any((root / p).is_file() for p in project.paths):
+        vectors = (" (a features project's pool holds vectors only: the page shows the "
+                   "original files)" if project.holds_vectors else "")
+        raise ProjectError(f"none of the {len(project)} image files of this project is in "
+                           f"{root}{vectors}: put them back, or set \"images\" in "
+                           f"{project.dir / 'project.json'} to where they are")
+    if unchecked(project):
+        log.warning("%s", notice(project))
     queued = project.pending()
-    unshown = [i for i in queued if image_file(project, root.resolve(), i) is None]
+    unshown = [(i, why) for i in queued
+               if isinstance(why := read_image(project, root.resolve(), i), str)]
     if unshown:
-        log.warning("%d of the %d images waiting in the queue cannot be shown (missing, outside "
-                    "%s, or changed since init), e.g. %s; the page takes no label for them "
-                    "(skip them)", len(unshown), len(queued), root, project.paths[unshown[0]])
+        i, why = unshown[0]
+        log.warning("%d of the %d images waiting in the queue cannot be shown, e.g. %s: %s; "
+                    "the page takes no label for them (skip them)", len(unshown), len(queued),
+                    project.paths[i], why)
 
 
-@functools.lru_cache(maxsize=64)
-def preview_png(path: str, mtime: float) -> bytes:
-    """The image as an RGB PNG of at most PREVIEW_SIDE pixels a side (mtime: cache key)."""
+def notice(project: Project) -> str:
+    """What the page says above every image, or "" (nothing to say)."""
+    missing = unchecked(project)
+    if not missing:
+        return ""
+    return (f"index.csv records no sha256 for {missing} of the {len(project)} images (a "
+            "features project made by an older crc-jax): the page shows those files as they "
+            "are now and cannot check that they are the pictures the vectors were computed "
+            "from")
+
+
+PREVIEWS: dict[str, bytes] = {}   # sha256 of a file: its PNG preview (the newest 64)
+
+
+def preview_png(shown: ImageBytes) -> bytes:
+    """The image as an RGB PNG of at most PREVIEW_SIDE pixels a side."""
     from PIL import Image
 
     from crc_jax.project.scan import to_rgb
 
-    with Image.open(path) as img:
-        img.load()
-        rgb = to_rgb(img)
-    rgb.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
-    out = io.BytesIO()
-    rgb.save(out, format="PNG")
-    return out.getvalue()
+    if shown.digest not in PREVIEWS:
+        with Image.open(io.BytesIO(shown.data)) as img:
+            img.load()
+            rgb = to_rgb(img)
+        rgb.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+        out = io.BytesIO()
+        rgb.save(out, format="PNG")
+        while len(PREVIEWS) >= 64:
+            PREVIEWS.pop(next(iter(PREVIEWS)), None)
+        PREVIEWS[shown.digest] = out.getvalue()
+    return PREVIEWS[shown.digest]
 
 
 class RoundRunner:
@@ -164,6 +207,7 @@ class PageContext:
     runner: RoundRunner
     budget: int
     images_root: Path
+    notice: str
 
 
 page = Blueprint("page", __name__)
@@ -237,6 +281,7 @@ def page_state() -> dict:
     # A progress estimate for the page: the last trained round's duration.
     round_state["expected"] = trained[-1]["seconds"] if trained else None
     return {"classes": project.classes, "queue": queue, "budget": c.budget,
+            "notice": c.notice,
             "done": sum(q["answer"] is not None for q in queue), "total": len(queue),
             "labeled": sum(1 for a in answers.values() if a is not None),
             "rounds": len(rounds), "round": round_state}
@@ -251,23 +296,29 @@ def index():
 def image(image_id: int):
     project, root = ctx().project, ctx().images_root
     if not 0 <= image_id < len(project):
-        abort(404)
-    path = image_file(project, root, image_id)
-    if path is None:
-        abort(404)
-    if path.suffix.lower() in BROWSER_FORMATS and path.stat().st_size <= MAX_DIRECT_BYTES:
-        # a neutral download name: the file's own may hold a newline, not allowed in headers
-        response = send_file(path, max_age=3600,
-                             download_name=f"image_{image_id}{path.suffix.lower()}")
+        fail(404, f"no image {image_id} (ids run 0..{len(project) - 1})")
+    shown = read_image(project, root, image_id)
+    if isinstance(shown, str):
+        fail(404, unshown_message(project, image_id, shown))
+    suffix = shown.path.suffix.lower()
+    if suffix in BROWSER_FORMATS and len(shown.data) <= MAX_DIRECT_BYTES:
+        # the bytes just hashed, not the file again; a neutral download name: the file's
+        # own may hold a newline, not allowed in headers
+        response = send_file(io.BytesIO(shown.data), download_name=f"image_{image_id}{suffix}",
+                             etag=shown.digest, max_age=3600)
     else:  # TIFF, 16-bit, or a big photo: a PNG preview the browser shows quickly
         try:
-            data = preview_png(str(path), path.stat().st_mtime)
-        except (OSError, ValueError):
-            abort(404)
-        response = Response(data, mimetype="image/png")
-        response.cache_control.max_age = 3600
+            data = preview_png(shown)
+        except (OSError, ValueError) as err:
+            fail(404, unshown_message(project, image_id, f"its file cannot be decoded ({err})"))
+        response = send_file(io.BytesIO(data), mimetype="image/png", etag=shown.digest,
+                             max_age=3600)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+def unshown_message(project: Project, image_id: int, why: str) -> str:
+    return f"image {image_id} ({project.paths[image_id]}) cannot be shown: {why}"
 
 
 @page.get("/api/state")
@@ -287,10 +338,10 @@ def answer():
             label = data.get("label")
             if label not in project.classes:
                 fail(400, f"label must be one of {', '.join(project.classes)}, got {label!r}")
-            if image_file(project, ctx().images_root, i) is None:
-                fail(409, f"image {i} ({project.paths[i]}) cannot be shown: its file is "
-                          "missing, outside the images folder, or changed since init; it "
-                          "cannot be labeled here (skip it, or put the file back)")
+            shown = read_image(project, ctx().images_root, i)
+            if isinstance(shown, str):
+                fail(409, f"{unshown_message(project, i, shown)}; it cannot be labeled here "
+                          "(skip it, or put the file back)")
             project.add_labels({i: label}, source="page")
     except LabelConflict as err:
         fail(409, str(err))
@@ -329,15 +380,18 @@ def page_html() -> str:
     return resources.files("crc_jax.project").joinpath("static/label.html").read_text("utf-8")
 
 
-def create_app(project: Project, *, settings: RoundSettings = RoundSettings(),
+def create_app(project: Project, *, settings: RoundSettings | None = None,
                budget: int = 20) -> Flask:
-    """The Flask app for `project`; rounds started from the page use `settings`."""
+    """The Flask app for `project`; rounds started from the page use `settings` (by
+    default the project's: its kind's defaults and the kept options)."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    settings = project.round_settings() if settings is None else settings
     app.extensions["crc_jax"] = PageContext(project=project,
                                             runner=RoundRunner(project, settings),
                                             budget=budget,
-                                            images_root=project.images_root.resolve())
+                                            images_root=project.images_root.resolve(),
+                                            notice=notice(project))
     app.register_blueprint(page)
     return app
 
@@ -362,7 +416,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def make_server(project: Project, *, host: str = "127.0.0.1", port: int = 8765,
-                settings: RoundSettings = RoundSettings(), budget: int = 20):
+                settings: RoundSettings | None = None, budget: int = 20):
     """A threaded Werkzeug server for the page (call .serve_forever(); .port)."""
     from werkzeug.serving import make_server as werkzeug_server
 

@@ -1,13 +1,16 @@
 """A labeling project's directory: the scanned pool, stored once, and its metadata.
 
-    DIR/project.json     format version, images folder, input ("images" or "features"),
-                         image size or the features' dimension, dtype, scale and source,
-                         class names
+    DIR/project.json     format version, images folder, the project's kind ("images",
+                         "features": vectors from a file, "backbone": computed at init),
+                         its input ("images" or "features"), image size or the features'
+                         dimension, dtype, scale and source, class names
+    DIR/options.json     round options given to earlier commands, kept for later rounds
     DIR/pool.npy         what the model reads, one row per image: (N, S, S, 3) uint8 pixels
                          resized, or (N, d) float32/float16 feature vectors (divided by
                          their RMS value, the `scale` in project.json); memory-mapped
-    DIR/index.csv        id,path,sha256: path relative to the images folder (sha256 empty
-                         when init did not read the files: --features)
+    DIR/index.csv        id,path,sha256: path relative to the images folder and the
+                         file's sha256 (empty in features projects made before init
+                         recorded it, and for a file it could not read)
     DIR/features.partial/  feature chunks of an unfinished `init --backbone` (resumed)
     DIR/labels.jsonl     the labels log (crc_jax.project.labels_log)
     DIR/rounds.jsonl     one checksummed line per completed round (crc_jax.durable)
@@ -22,6 +25,7 @@ is not a project yet.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -34,9 +38,11 @@ from crc_jax.errors import DataError
 FORMAT_VERSION = 2      # 2: project.json names its input; a format-1 project holds images
 PROJECT_FILE = "project.json"
 INIT_MARKER = ".init-incomplete"
+OPTIONS_FILE = "options.json"
 OWNED = ("pool.npy", "index.csv", "labels.jsonl", "rounds.jsonl", "queue.csv",
-         "features.partial")
+         "features.partial", OPTIONS_FILE)
 INPUTS = ("images", "features")
+KINDS = {"images": "images", "features": "features", "backbone": "features"}   # kind: its input
 
 
 class ProjectError(DataError):
@@ -54,6 +60,33 @@ def check_class_names(names: list) -> list[str]:
         raise ProjectError(f"give at least 2 classes, got {len(clean)} "
                            f"({', '.join(map(repr, clean))}): a classifier needs two")
     return clean
+
+
+def kind_of(meta: dict) -> str:
+    """The project's kind: the one init recorded, else (projects made before it was
+    recorded) what the store holds says it: pixels are "images"; vectors read from a
+    file, "features"; vectors an encoder computed (ONNX, Flax), "backbone"."""
+    if "kind" in meta:
+        return str(meta["kind"])
+    if meta["input"] == "images":
+        return "images"
+    source = (meta.get("features") or {}).get("source") or {}
+    return "features" if source.get("kind") == "file" else "backbone"
+
+
+def fill_sha256(root: Path, paths: list, hashes: list) -> list[str]:
+    """`hashes` with each empty one replaced by the sha256 of its file (relative to
+    `root`; left empty when the file cannot be read)."""
+    filled = list(hashes)
+    for k, (rel, digest) in enumerate(zip(paths, hashes)):
+        if digest:
+            continue
+        try:
+            with open(root / rel, "rb") as f:
+                filled[k] = hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError:
+            pass   # the page says it cannot show this one
+    return filled
 
 
 def prepare_dir(directory: Path) -> None:
@@ -139,7 +172,33 @@ def read_meta(directory: Path) -> dict:
         meta["input"] = "images"
     if meta.get("input") not in INPUTS:
         raise ProjectError(f"{path}: input {meta.get('input')!r} is not one of {', '.join(INPUTS)}")
+    meta["kind"] = kind_of(meta)
+    if KINDS.get(meta["kind"]) != meta["input"]:
+        raise ProjectError(f"{path}: kind {meta['kind']!r} does not fit input {meta['input']!r} "
+                           f"(kinds: {', '.join(f'{k} ({i})' for k, i in KINDS.items())})")
     return meta
+
+
+def read_options(directory: Path) -> dict:
+    """The round options kept by earlier commands ({} when none were given); ProjectError
+    when options.json is not a JSON object."""
+    path = directory / OPTIONS_FILE
+    if not path.exists():
+        return {}
+    try:
+        options = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ProjectError(f"{path} is not valid JSON ({err}); fix it or delete it (the "
+                           "kind's defaults apply then)") from None
+    if not isinstance(options, dict):
+        raise ProjectError(f"{path}: holds {type(options).__name__}, not an object of "
+                           "options; fix it or delete it")
+    return options
+
+
+def write_options(directory: Path, options: dict) -> None:
+    durable.write_atomic(directory / OPTIONS_FILE,
+                         (json.dumps(options, indent=2, sort_keys=True) + "\n").encode())
 
 
 DAMAGED = "it was written by crc-jax init: restore it, or run init again in a new directory"
