@@ -387,5 +387,8 @@ class Project:
                 for i, p in enumerate(self.paths)]
 
     def status(self) -> dict:
-        from crc_jax.project import report
-        return report.status(self)
+        from crc_jax.project import label_studio_sync, report
+        summary = report.status(self)
+        # Label Studio annotations serve-ml could not apply (their reasons are in Label Studio)
+        summary["label_studio_ignored"] = label_studio_sync.ignored_count(self.dir)
+        return summary
