@@ -11,10 +11,10 @@ Tokens: a legacy API token is sent as `Authorization: Token <key>`; a personal a
 token (a JWT refresh token, three dot-separated parts) is first exchanged at
 /api/token/refresh for an access token sent as `Bearer`.
 
-HTTP goes through urllib rather than the official client, label-studio-sdk: these five
-calls are a few lines each, while the SDK (2.1.2, the version the registry holds and
-Label Studio 1.23.2 pins) brings 38 packages into the environment (pandas, OpenCV, nltk,
-black, Faker, ...) and pins numpy below 2.3, which would move the tested numpy.
+HTTP goes through urllib rather than the official client, label-studio-sdk: the calls
+here are a few lines each, while the SDK (2.1.2, the version the registry holds and Label
+Studio 1.23.2 pins) brings 38 packages into the environment (pandas, OpenCV, nltk, black,
+Faker, ...; about 410 MB) and pins numpy below 2.3, which would move the tested numpy.
 """
 
 from __future__ import annotations

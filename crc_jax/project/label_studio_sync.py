@@ -204,6 +204,7 @@ class LabelStudioSync:
         self.names: dict[int, label_studio_config.LabelingNames] = {}
         self.reports: dict[int, dict] = {}                 # the last catch-up of each project
         self.queue_synced: dict[int, str] = {}
+        self._contacted: set[int] = set()                 # projects that called /setup
         self.lock = threading.RLock()        # webhooks and catch-ups, one at a time
         self._queue_lock = threading.Lock()
 
@@ -226,7 +227,8 @@ class LabelStudioSync:
         if self.client_for(ls_project) is None:
             return
         self.state.add_project(ls_project)
-        first = ls_project not in self.reports
+        first = ls_project not in self._contacted
+        self._contacted.add(ls_project)
         if first or self.queue_synced.get(ls_project) != self.queue_version():
             threading.Thread(target=self._contact, args=(ls_project, first), daemon=True).start()
 
