@@ -56,6 +56,7 @@ def test_what_is_news_and_what_is_a_repeat():
     assert not s.is_news({**event, "revision": "2026-12-01T10:00:00Z"})   # a retry
     assert not s.is_news({**event, "label": "dog", "revision": "2026-12-01T09:00:00Z"})  # stale
     assert s.is_news({**event, "label": "dog", "revision": "2026-12-01T10:00:00.5Z"})
+    assert not s.is_news({**event, "revision": "2026-12-01T10:00:00.5Z"})   # saved unchanged
     s = replay(("label", 1, "ls", "cat", "2026-12-01T10:00:00Z"), ("undo", 1, "page"))
     assert not s.is_news({**event, "revision": "2026-12-01T10:00:00Z"})  # undone: not revived
     assert s.is_news({**event, "revision": "2026-12-01T10:00:01Z"})      # submitted again

@@ -18,12 +18,13 @@ its own ("") and reads as it always did.
 
 Whether an event is news (and so is written) or a repeat:
   * retract and undo: only when they withdraw something live;
-  * a value with a revision (a Label Studio annotation's `updated_at`): only when the
-    revision is newer than the source's last one. A retried webhook, or a catch-up that
-    reads the same revision again, writes nothing, even after an undo in crc-jax; a stale
-    revision never overwrites a newer one. A source last written without a revision (a
-    log from before revisions) takes a new value only when it differs from its old one.
-  * a value without a revision: unless the source already holds it live.
+  * a value: unless the source already holds it live. With a revision (a Label Studio
+    annotation's `updated_at`), also only when the revision is newer than the source's
+    last one written: a retried webhook, or a catch-up that reads the same revision again,
+    writes nothing, even after an undo in crc-jax (a newer revision, saved again in Label
+    Studio, does revive it); a stale revision never overwrites a newer one. A source last
+    written without a revision (a log from before revisions) takes a new value only when
+    it differs from its old one.
 Fronts where a person answers in crc-jax (the page, the API, `import`) are strict: a value
 that differs from the image's current answer is a conflict (another tab answered first;
 undo it first), checked before anything is written. Label Studio is not strict: an
@@ -126,7 +127,8 @@ class Sources:
         if revision is not None:
             if prev.revision is None:
                 return prev.value != value
-            return newer(revision, prev.revision)
+            if not newer(revision, prev.revision):
+                return False
         return not (prev.live and prev.value == value)
 
     def conflict(self, event: dict) -> tuple | None:

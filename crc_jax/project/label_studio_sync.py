@@ -100,37 +100,43 @@ class SyncState:
                 self.save()
 
     def seen(self, ls_project: int) -> dict:
-        return dict(self._project(ls_project)["seen"])
+        with self._lock:
+            return dict(self._project(ls_project)["seen"])
 
     def set_seen(self, ls_project: int, seen: dict) -> None:
-        self._project(ls_project)["seen"] = dict(seen)
+        with self._lock:
+            self._project(ls_project)["seen"] = dict(seen)
 
     def ignored(self, ls_project: int) -> dict:
-        return dict(self._project(ls_project)["ignored"])
+        with self._lock:
+            return dict(self._project(ls_project)["ignored"])
 
     def set_ignored(self, ls_project: int, annotation, task, reason: str | None) -> bool:
         """Record (reason) or forget (None) an ignored annotation; whether it changed."""
-        ignored, key = self._project(ls_project)["ignored"], str(annotation)
-        entry = {"task": task, "reason": reason}
-        if reason is None:
-            return ignored.pop(key, None) is not None
-        if ignored.get(key) == entry:
-            return False
-        ignored[key] = entry
-        return True
+        with self._lock:
+            ignored, key = self._project(ls_project)["ignored"], str(annotation)
+            entry = {"task": task, "reason": reason}
+            if reason is None:
+                return ignored.pop(key, None) is not None
+            if ignored.get(key) == entry:
+                return False
+            ignored[key] = entry
+            return True
 
     def note(self, ls_project: int, task) -> str | None:
         """The reason an annotation of `task` was ignored (the latest), or None."""
-        reasons = [e["reason"] for _, e in sorted(self._project(ls_project)["ignored"].items(),
-                                                  key=lambda kv: int(kv[0]))
-                   if e.get("task") == task]
+        with self._lock:
+            entries = sorted(self._project(ls_project)["ignored"].items(),
+                             key=lambda kv: int(kv[0]))
+        reasons = [e["reason"] for _, e in entries if e.get("task") == task]
         return reasons[-1] if reasons else None
 
     def upload(self, url: str) -> str | None:
         return self.data["uploads"].get(url)
 
     def set_upload(self, url: str, digest: str) -> None:
-        self.data["uploads"][url] = digest
+        with self._lock:   # uploads are read by /predict too, beside a save
+            self.data["uploads"][url] = digest
 
 
 def file_digest(path: Path) -> str | None:
