@@ -83,6 +83,12 @@ def ls(tmp_path_factory):
         yield server
 
 
+@pytest.fixture(scope="module")
+def token(ls):
+    """A personal access token, as docs/labeling.md says (Label Studio gives a user one)."""
+    return ls.call("POST", "/api/token/")["token"]
+
+
 def write_png(path: Path, seed: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = np.random.default_rng(seed).integers(0, 255, (8, 8, 3), dtype=np.uint8)
@@ -291,14 +297,13 @@ def log_events(project, source_prefix="label-studio:") -> list:
             if str(e.get("source", "")).startswith(source_prefix)]
 
 
-def test_ml_backend_connected_through_label_studio(ls, world, tmp_path):
+def test_ml_backend_connected_through_label_studio(ls, world, tmp_path, token):
     project = world.project
     tasks = export_tasks(world, tmp_path / "tasks.json")
     pid = make_project(ls, (tmp_path / "tasks.label_config.xml").read_text(), tasks)
     port = label_studio_server.free_port()
     backend = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve_ml.log"
-    token = ls.call("POST", "/api/token/")["token"]  # a personal access token, as docs say
     process = start_backend(ls, project, world.root, port, token, log)
     try:
         ml = ls.call("POST", "/api/ml", json={"url": backend, "project": pid, "title": "crc-jax"})
@@ -413,7 +418,7 @@ def upload(ls, pid: int, name: str, data: bytes) -> dict:
                 and t["data"]["image"].endswith("-" + name))
 
 
-def test_ml_backend_in_step_with_label_studio(ls, world, tmp_path, capsys):
+def test_ml_backend_in_step_with_label_studio(ls, world, tmp_path, capsys, token):
     project, _ = Project.create(tmp_path / "proj", world.root / "images", image_size=8,
                                 classes=CLASSES, progress=False)
     index = PathIndex(project.paths, CLASSES, project.images_root, world.root)
@@ -423,7 +428,6 @@ def test_ml_backend_in_step_with_label_studio(ls, world, tmp_path, capsys):
                        json.loads((tmp_path / "tasks.json").read_text()))
     port = label_studio_server.free_port()
     backend, log = f"http://127.0.0.1:{port}", tmp_path / "serve_ml.log"
-    token = ls.call("POST", "/api/token/")["token"]
     process = start_backend(ls, project, world.root, port, token, log)
     try:
         ls.call("POST", "/api/ml", json={"url": backend, "project": pid, "title": "crc-jax"})
