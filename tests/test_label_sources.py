@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from crc_jax import cli
-from crc_jax.project import Project, RoundSettings, label_sources
+from crc_jax import cli, durable
+from crc_jax.project import Project, label_sources
+from crc_jax.project.api import QUEUE_FIELDS
 from crc_jax.project.labels_log import LabelsLog
 from crc_jax.project.ml_backend import create_app as ml_app
 from crc_jax.project.server import create_app as page_app
@@ -77,7 +78,9 @@ def fronts(tmp_path):
     write_digits(root / "images", 12, seed=0)
     project, _ = Project.create(tmp_path / "p", root / "images", image_size=8,
                                 classes=["even", "odd"], progress=False)
-    project.next_batch(4, RoundSettings(cold_start="random"))
+    # A queue as `crc-jax next` writes it (the page answers queued images only).
+    durable.write_atomic(project.dir / "queue.csv", durable.csv_bytes(
+        QUEUE_FIELDS, [[i, project.paths[i], "", ""] for i in (3, 4, 5, 6)]))
     return project, page_app(project).test_client(), ml_app(project, document_root=root).test_client()
 
 
