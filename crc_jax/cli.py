@@ -359,6 +359,9 @@ def cmd_status(args):
             option_text(name, value) for name, value in sorted(st["kept_options"].items())))
     for name, count in st["labels_per_class"].items():
         print(f"  {name:<16} {count}")
+    if st["label_studio_ignored"]:
+        print(f"Label Studio: {st['label_studio_ignored']} annotations ignored (not applied); "
+              "each task's crc_note in Label Studio says why")
     acc = st["accuracy"]
     if acc:
         print(f"accuracy estimate (round {acc['round']}, on {acc['checked']} queued images labeled "

@@ -454,4 +454,107 @@ def build(root: Path, Project, RoundSettings, mounted: list) -> list[dict]:
     case("Ctrl-C on the labeling page", "SIGINT to `crc-jax label DIR` while it serves",
          r"^interrupted: the labeling page stopped", lambda w: ["label", w, "--port", 0],
          exit=130, interrupt=("stdout", PAGE_LINE), runner=run_interrupted)
+    served_bad_requests(case, images)
     return out
+
+
+# ---- begin: serve-ml and the page, requests of the wrong shape (issue 32 point 5) ---------
+# Each case starts the server on a copy of the trained project, posts one request whose body
+# is given as raw bytes (a deeply nested JSON cannot be written by json.dumps), then stops
+# it with Ctrl-C: HTTP 400 with a one-line JSON error, exit 130, no traceback, no file
+# changed.
+
+ML_LINE = r"Label Studio ML backend: http://127\.0\.0\.1:(\d+)"
+DEEP_JSON = b"[" * 100_000 + b"]" * 100_000   # deeper than Python's JSON parser reads
+DEEP_PAGE_JSON = b"[" * 30_000 + b"]" * 30_000   # the same under the page's 64 KiB limit
+
+
+def post_raw(port: int, path: str, body: bytes, headers: dict) -> tuple[int, str]:
+    """(status, the reply's "error", or its JSON) of one POST of `body`."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST",
+                                 headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as reply:
+            status, raw, kind = reply.status, reply.read(), reply.headers.get_content_type()
+    except urllib.error.HTTPError as err:
+        status, raw, kind = err.code, err.read(), err.headers.get_content_type()
+    if kind != "application/json":
+        return status, f"{kind}, {len(raw)} bytes"
+    reply_json = json.loads(raw)
+    return status, str(reply_json.get("error") or json.dumps(reply_json, sort_keys=True))
+
+
+def run_served(case: dict) -> dict:
+    """The server started; the case's raw POST sent once it serves; Ctrl-C."""
+    live = Live(case["args"])
+    served = live.wait_for(case["serves"])
+    http = (0, "the server did not start")
+    if served:
+        port = int(served.group(1))
+        headers = {"Origin": f"http://127.0.0.1:{port}"} if case["serves"] == PAGE_LINE else {}
+        http = post_raw(port, case["path"], case["body"], headers)
+    return {"proc": live.finish(interrupt=True), "http": http}
+
+
+def served_bad_requests(case, images: Path) -> None:
+    """Add the cases of this block through build()'s `case` (each on a copy of the
+    trained project)."""
+    from crc_jax.project.label_studio_config import config_xml
+
+    config = config_xml(CLASSES.split(","))
+    task = {"id": 5, "data": {"image": "/data/local-files/?d=images/batch_0/digit_0000.png"}}
+    annotation = {"id": 9, "task": 5, "updated_at": "2026-12-01T10:00:00Z",
+                  "result": [{"from_name": "choice", "to_name": "image", "type": "choices",
+                              "value": {"choices": ["0"]}}]}
+    project = {"id": 1, "label_config": config}
+    hook = {"action": "ANNOTATION_CREATED", "annotation": annotation, "task": task,
+            "project": project}
+    shapes = [  # (name, given, route, body, expected message)
+        ("serve-ml /setup with project \"abc\"", "`{\"project\": \"abc\", \"schema\": ...}`",
+         "/setup", {"project": "abc", "schema": config},
+         r"^project must be Label Studio's project id .*got \"abc\"$"),
+        ("serve-ml webhook with project id \"abc\"", "an annotation webhook, `project.id` "
+         "`\"abc\"`", "/webhook", {**hook, "project": {**project, "id": "abc"}},
+         r"^project\.id must be Label Studio's project id"),
+        ("serve-ml webhook with project a list", "an annotation webhook, `project` `[1]`",
+         "/webhook", {**hook, "project": [1]}, r"^project must be an object, got \[1\]$"),
+        ("serve-ml webhook with result a string", "an annotation webhook, `annotation.result` "
+         "`\"0\"`", "/webhook", {**hook, "annotation": {**annotation, "result": "0"}},
+         r"^annotation\.result must be a list, got \"0\"$"),
+        ("serve-ml webhook with value a list", "an annotation webhook, "
+         "`annotation.result[0].value` `[\"0\"]`", "/webhook",
+         {**hook, "annotation": {**annotation, "result": [
+             {**annotation["result"][0], "value": ["0"]}]}},
+         r"^annotation\.result\[0\]\.value must be an object"),
+        ("serve-ml webhook with data a list", "an annotation webhook, `task.data` `[\"x\"]`",
+         "/webhook", {**hook, "task": {**task, "data": ["x"]}},
+         r"^task\.data must be an object"),
+        ("serve-ml webhook with annotations an int", "`ANNOTATIONS_DELETED` with "
+         "`annotations` `7`", "/webhook",
+         {"action": "ANNOTATIONS_DELETED", "project": project, "annotations": 7},
+         r"^annotations must be a list of objects with an integer id, got 7$"),
+        ("serve-ml bulk webhook with result a string", "`ANNOTATIONS_CREATED`, "
+         "`annotation[0].result` `\"0\"`", "/webhook",
+         {**hook, "action": "ANNOTATIONS_CREATED", "task": [task],
+          "annotation": [{**annotation, "result": "0"}]},
+         r"^annotation\[0\]\.result must be a list"),
+        ("serve-ml predict with data a list", "`/predict`, `tasks[0].data` `[\"x\"]`",
+         "/predict", {"tasks": [{"id": 5, "data": ["x"]}], "label_config": config},
+         r"^tasks\[0\]\.data must be an object"),
+        ("serve-ml webhook with deeply nested JSON", "`/webhook`, a body of 100,000 nested "
+         "arrays", "/webhook", DEEP_JSON, r"^the JSON is nested too deeply$"),
+        ("serve-ml predict with deeply nested JSON", "`/predict`, a body of 100,000 nested "
+         "arrays", "/predict", DEEP_JSON, r"^the JSON is nested too deeply$"),
+        ("serve-ml setup with deeply nested JSON", "`/setup`, a body of 100,000 nested "
+         "arrays", "/setup", DEEP_JSON, r"^the JSON is nested too deeply$"),
+    ]
+    for name, given, route, body, expect in shapes:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        case(name, f"`crc-jax serve-ml DIR`: POST {given}", expect,
+             lambda w: ["serve-ml", w, "--port", 0, "--document-root", images.parent],
+             exit=130, status=400, runner=run_served, serves=ML_LINE, path=route, body=raw)
+    case("page answer with deeply nested JSON", "`crc-jax label DIR`: POST `/api/answer`, a "
+         "body of 30,000 nested arrays (60 KB)", r"^the JSON is nested too deeply$",
+         lambda w: ["label", w, "--port", 0], exit=130, status=400, runner=run_served,
+         serves=PAGE_LINE, path="/api/answer", body=DEEP_PAGE_JSON)
+# ---- end: serve-ml and the page, requests of the wrong shape -------------------------------

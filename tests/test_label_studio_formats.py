@@ -115,20 +115,40 @@ def test_a_task_from_another_folder_never_labels_the_same_named_image(capsys, tm
 
 def test_json_min_keyed_by_the_control_name(capsys, project, document_root):
     """Label Studio keys JSON-MIN (and CSV) answers by the Choices control's name ('label'
-    here): read with crc-jax's default name nothing matches, which is an error, never
-    '0 imported'; with the project's labeling config every label imports."""
+    here). With the project's labeling config every label imports; without it, the answer
+    column is the only one that is neither Label Studio's metadata, the image column nor
+    a crc_* field, so it imports too."""
     config = FIXTURES / "user_config" / "labeling_config.xml"
     for name in ("export_min.json", "export.csv"):
-        export = FIXTURES / "user_config" / name
-        code, out, err = run(capsys, "import", project.dir, export)
-        assert code == 2 and "'label'" in err and "--label-config" in err, (code, out, err)
-        assert not (project.dir / "labels.jsonl").exists()
-    for name in ("export_min.json", "export.csv"):
-        code, out, err = run(capsys, "import", project.dir, FIXTURES / "user_config" / name,
-                             "--document-root", document_root, "--skip-unmapped",
-                             "--label-config", config)
-        assert code == 0, err
-        assert labels_by_path(project) == expected("user_config")
+        for with_config in ([], ["--label-config", config]):
+            (project.dir / "labels.jsonl").unlink(missing_ok=True)
+            code, out, err = run(capsys, "import", project.dir, FIXTURES / "user_config" / name,
+                                 "--document-root", document_root, "--skip-unmapped",
+                                 *with_config)
+            assert code == 0, (name, with_config, err)
+            assert labels_by_path(project) == expected("user_config"), (name, with_config)
+
+
+def test_an_ambiguous_answer_column_asks_for_the_config(capsys, tmp_path, project,
+                                                        document_root):
+    """Two columns that could hold the answer (the Choices control's and another data
+    field): refused, naming both, asking for the labeling config; nothing imported."""
+    rows = list(csv.DictReader(open(FIXTURES / "user_config" / "export.csv", newline="")))
+    for row in rows:
+        row["caption"] = "a digit"
+    with open(tmp_path / "two.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    code, out, err = run(capsys, "import", project.dir, tmp_path / "two.csv",
+                         "--document-root", document_root, "--skip-unmapped")
+    assert code == 2 and "'caption', 'label'" in err and "--label-config" in err, err
+    assert not (project.dir / "labels.jsonl").exists()
+    code, out, err = run(capsys, "import", project.dir, tmp_path / "two.csv", "--document-root",
+                         document_root, "--skip-unmapped", "--label-config",
+                         FIXTURES / "user_config" / "labeling_config.xml")
+    assert code == 0, err
+    assert labels_by_path(project) == expected("user_config")
 
 
 # -- shapes the recordings do not cover ---------------------------------------------------

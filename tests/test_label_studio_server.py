@@ -8,12 +8,19 @@ document root, beside another folder holding a file with the same relative path.
   written config → every image URL answers 200 with the file's bytes, every annotation and
   prediction equals crc-jax's → annotate through Label Studio's API → Label Studio's JSON,
   JSON-MIN, CSV and TSV exports → `crc-jax import` of each gives the same labels.
-- A user's labeling config (other control names) read by export and import.
+- A user's labeling config (other control names) read by export and import; without the
+  config, import finds the answer column of its JSON-MIN export.
 - The ML backend (`crc-jax serve-ml`, given a personal access token) connected through
   Label Studio's API: an annotation
-  reaches the labels log once (updated and retried: still once), a conflicting one is
-  refused, Start Training runs a round whose queue sorts first by crc_rank, and retrieved
-  predictions carry the new model's class and confidence.
+  reaches the labels log once (updated and retried: still once), one contradicting another
+  source is the latest answer until it is deleted, Start Training runs a round whose queue
+  sorts first by crc_rank, and retrieved predictions carry the new model's class and
+  confidence.
+- In step (a fresh project and serve-ml): cat -> dog -> cat ends cat; one of two equal
+  annotations deleted keeps the label; an upload named like a project image but another
+  picture is not applied (its task says why, `crc-jax status` counts it) while an upload of
+  a project image's bytes under another name is; serve-ml killed, an annotation made and
+  another deleted in Label Studio, serve-ml restarted: both arrive.
 
 CRC_JAX_RECORD_LABEL_STUDIO=1 writes the exports to tests/fixtures/label_studio/ for the
 fast suite (tests/test_label_studio_formats.py).
@@ -74,6 +81,12 @@ def ls(tmp_path_factory):
     root = tmp_path_factory.mktemp("document_root")
     with label_studio_server.running(root, tmp_path_factory.mktemp("ls_data")) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def token(ls):
+    """A personal access token, as docs/labeling.md says (Label Studio gives a user one)."""
+    return ls.call("POST", "/api/token/")["token"]
 
 
 def write_png(path: Path, seed: int) -> Path:
@@ -245,12 +258,27 @@ def test_a_user_labeling_config_names_the_answer(ls, world, tmp_path):
     assert '"label": ' in min_export.read_text()
     fresh, _ = Project.create(tmp_path / "fresh", world.root / "images", image_size=8,
                               progress=False)
-    # Read with crc-jax's own names, no answer is found: an error, never "0 imported".
+    # Without the config: the answer column is the one column that is neither Label
+    # Studio's metadata, the image column nor a crc_* field ('label').
     assert cli.main(["import", str(fresh.dir), str(min_export), "--document-root",
-                     str(world.root), "--skip-unmapped"]) == 2
+                     str(world.root), "--skip-unmapped"]) == 0
+    assert labels_by_path(fresh) == labels_by_path(world.project)
     import_each_export(ls, world, pid, tmp_path, config, labels_by_path(world.project), strays,
                        formats={"JSON_MIN": "export_min.json", "CSV": "export.csv"},
                        record_as="user_config" if RECORD else None)
+
+
+def start_backend(ls, project, root: Path, port: int, token: str, log: Path):
+    """`crc-jax serve-ml` for `project` on `port`, once it answers /health."""
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "crc_jax.cli", "serve-ml", str(project.dir), "--port", str(port),
+             "--document-root", str(root), "--budget", "4", *FAST_ARGS,
+             "--label-studio-url", ls.url],
+            stdout=out, stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT), LABEL_STUDIO_API_KEY=token))
+    assert wait_for(f"http://127.0.0.1:{port}/health", process, log).json()["status"] == "UP"
+    return process
 
 
 def wait_for(url: str, process, log: Path, timeout: float = 300):
@@ -269,26 +297,25 @@ def log_events(project, source_prefix="label-studio:") -> list:
             if str(e.get("source", "")).startswith(source_prefix)]
 
 
-def test_ml_backend_connected_through_label_studio(ls, world, tmp_path):
+def test_ml_backend_connected_through_label_studio(ls, world, tmp_path, token):
     project = world.project
     tasks = export_tasks(world, tmp_path / "tasks.json")
     pid = make_project(ls, (tmp_path / "tasks.label_config.xml").read_text(), tasks)
     port = label_studio_server.free_port()
     backend = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve_ml.log"
-    token = ls.call("POST", "/api/token/")["token"]  # a personal access token, as docs say
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "crc_jax.cli", "serve-ml", str(project.dir), "--port", str(port),
-             "--document-root", str(world.root), "--budget", "4", *FAST_ARGS,
-             "--label-studio-url", ls.url],
-            stdout=out, stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONPATH=str(ROOT), LABEL_STUDIO_API_KEY=token))
+    process = start_backend(ls, project, world.root, port, token, log)
     try:
-        assert wait_for(backend + "/health", process, log).json()["status"] == "UP"
         ml = ls.call("POST", "/api/ml", json={"url": backend, "project": pid, "title": "crc-jax"})
         assert any(h["url"] == backend + "/webhook"
                    for h in ls.call("GET", f"/api/webhooks?project={pid}"))
+        # Connected, the backend catches up: the annotations `export` wrote into the tasks
+        # (crc-jax's own labels) become sources of their own, the answers unchanged.
+        labels_before = Project.open(project.dir).labels()
+        wait_caught_up(backend, pid, process, log)
+        assert len(Project.open(project.dir).log.live_sources(f"label-studio:{pid}:")) == \
+            len(labels_before)
+        assert Project.open(project.dir).labels() == labels_before
 
         # An annotation made in Label Studio reaches the labels log once.
         tasks = {image_of(world, t): t for t in ls.tasks(pid)}
@@ -310,22 +337,24 @@ def test_ml_backend_connected_through_label_studio(ls, world, tmp_path):
             assert response.json()["results"][0]["status"] == "already saved"
         assert len(log_events(project)) == len(before) + 1
 
-        # Deleting the annotation in Label Studio undoes its answer; annotating again redoes it.
+        # Deleting the annotation in Label Studio withdraws its answer; annotating again redoes it.
         ls.call("DELETE", f"/api/annotations/{annotation['id']}")
         assert target not in Project.open(project.dir).labels()
         annotate(ls, tasks[target]["id"], result)
         assert Project.open(project.dir).labels()[target] == label
         events = log_events(project)
         assert [(e["op"], e["id"]) for e in events[-3:]] == \
-            [("label", target), ("undo", target), ("label", target)]
-        count = len(events)
+            [("label", target), ("retract", target), ("label", target)]
 
-        # An answer contradicting one given elsewhere is refused; the log is unchanged.
+        # An annotation contradicting an answer given elsewhere is the latest answer (its
+        # annotator sees it in Label Studio); deleted, the earlier answer is back.
         labeled = next(i for i in project.labels() if i != target)
-        other = CLASSES[1 - CLASSES.index(project.labels()[labeled])]
-        annotate(ls, tasks[labeled]["id"], choice("choice", "image", other))
-        assert len(log_events(project)) == count
-        assert Project.open(project.dir).labels()[labeled] != other
+        given = project.labels()[labeled]
+        other = CLASSES[1 - CLASSES.index(given)]
+        contrary = annotate(ls, tasks[labeled]["id"], choice("choice", "image", other))
+        assert Project.open(project.dir).labels()[labeled] == other
+        ls.call("DELETE", f"/api/annotations/{contrary['id']}")
+        assert Project.open(project.dir).labels()[labeled] == given
 
         # Start Training in Label Studio runs a round; its queue sorts first by crc_rank.
         rounds = len(project.rounds())
@@ -354,6 +383,123 @@ def test_ml_backend_connected_through_label_studio(ls, world, tmp_path):
             (latest,) = [p for p in task["predictions"] if p["model_version"] == version]
             assert latest["result"] == choice("choice", "image", predicted[image]["predicted"])
             assert latest["score"] == pytest.approx(float(predicted[image]["confidence"]))
+    finally:
+        process.terminate()  # the backend this test started
+        process.wait(timeout=60)
+
+
+def wait_caught_up(backend: str, pid: int, process, log: Path, timeout: float = 300) -> dict:
+    """The backend's report of its catch-up with Label Studio project `pid`, once there is
+    one (it catches up in the background: on start, and on the project's first /setup)."""
+    deadline = time.time() + timeout
+    while True:
+        assert process.poll() is None, log.read_text()[-3000:]
+        report = requests.get(backend + "/crc/sync", timeout=30).json()["projects"].get(str(pid))
+        if report:
+            assert not report.get("error"), (report, log.read_text()[-3000:])
+            return report
+        assert time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+
+
+def until(condition, what: str, timeout: float = 120):
+    """Wait for `condition()`: Label Studio sends a webhook with a 1 s timeout, so on a busy
+    machine its POST may return before serve-ml has written the answer."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, what
+        time.sleep(0.1)
+
+
+def upload(ls, pid: int, name: str, data: bytes) -> dict:
+    """A file uploaded into Label Studio as a task of its own (not a local file)."""
+    ls.call("POST", f"/api/projects/{pid}/import", files={"file": (name, data, "image/png")})
+    return next(t for t in ls.tasks(pid) if t["data"]["image"].startswith("/data/upload/")
+                and t["data"]["image"].endswith("-" + name))
+
+
+def test_ml_backend_in_step_with_label_studio(ls, world, tmp_path, capsys, token):
+    project, _ = Project.create(tmp_path / "proj", world.root / "images", image_size=8,
+                                classes=CLASSES, progress=False)
+    index = PathIndex(project.paths, CLASSES, project.images_root, world.root)
+    assert cli.main(["export", str(project.dir), "--format", "label-studio", "--out",
+                     str(tmp_path / "tasks.json"), "--document-root", str(world.root)]) == 0
+    pid = make_project(ls, (tmp_path / "tasks.label_config.xml").read_text(),
+                       json.loads((tmp_path / "tasks.json").read_text()))
+    port = label_studio_server.free_port()
+    backend, log = f"http://127.0.0.1:{port}", tmp_path / "serve_ml.log"
+    process = start_backend(ls, project, world.root, port, token, log)
+    try:
+        ls.call("POST", "/api/ml", json={"url": backend, "project": pid, "title": "crc-jax"})
+        wait_caught_up(backend, pid, process, log)
+        tasks = {index.locate(t["data"]["image"])[0]: t for t in ls.tasks(pid)}
+
+        def labels():
+            return Project.open(project.dir).labels()
+
+        # cat -> dog -> cat (created, updated, updated): the last answer stands.
+        first = 0
+        made = annotate(ls, tasks[first]["id"], choice("choice", "image", "even"))
+        for label in ("odd", "even"):
+            ls.call("PATCH", f"/api/annotations/{made['id']}",
+                    json={"result": choice("choice", "image", label)})
+        until(lambda: len([e for e in log_events(project) if e["id"] == first]) == 3,
+              "three answers of one annotation")
+        assert [e["label"] for e in log_events(project) if e["id"] == first] == \
+            ["even", "odd", "even"]
+        assert labels()[first] == "even"
+
+        # Two annotations saying odd on one image: deleting one keeps the label.
+        second = 1
+        a, b = (annotate(ls, tasks[second]["id"], choice("choice", "image", "odd"))
+                for _ in range(2))
+        until(lambda: len([e for e in log_events(project) if e["id"] == second]) == 2,
+              "both annotations")
+        ls.call("DELETE", f"/api/annotations/{a['id']}")
+        until(lambda: [e["op"] for e in log_events(project) if e["id"] == second][-1] == "retract",
+              "the first one withdrawn")
+        assert labels()[second] == "odd"
+        ls.call("DELETE", f"/api/annotations/{b['id']}")
+        until(lambda: second not in labels(), "the second one withdrawn")
+
+        # An upload named like a project image, another picture: not applied; its task
+        # says why; status counts it. A project image's bytes under another name: applied.
+        named = 2
+        name = Path(project.paths[named]).name
+        assert sum(Path(p).name == name for p in project.paths) == 1
+        lookalike = upload(ls, pid, name, write_png(tmp_path / "lookalike.png", 5).read_bytes())
+        annotate(ls, lookalike["id"], choice("choice", "image", "even"))
+
+        def note():
+            return ls.call("GET", f"/api/tasks/{lookalike['id']}")["data"].get("crc_note")
+
+        until(lambda: note() is not None, "the reason written on the task")
+        data = ls.call("GET", f"/api/tasks/{lookalike['id']}")["data"]
+        assert data["crc_status"] == "ignored", data
+        assert f"{project.paths[named]!r} has its name but is another picture" in data["crc_note"]
+        assert named not in labels()
+        assert cli.main(["status", str(project.dir)]) == 0
+        assert "Label Studio: 1 annotations ignored" in capsys.readouterr().out
+        copied = 3
+        same = upload(ls, pid, "renamed.png",
+                      (project.images_root / project.paths[copied]).read_bytes())
+        annotate(ls, same["id"], choice("choice", "image", "odd"))
+        until(lambda: labels().get(copied) == "odd", "the upload of a project image's bytes")
+
+        # serve-ml killed; in Label Studio an annotation made, another deleted; restarted:
+        # both arrive (the webhooks sent meanwhile went nowhere).
+        gone, made_down = 4, 5
+        doomed = annotate(ls, tasks[gone]["id"], choice("choice", "image", "even"))
+        until(lambda: labels().get(gone) == "even", "an annotation before the kill")
+        process.kill()
+        process.wait(timeout=60)
+        annotate(ls, tasks[made_down]["id"], choice("choice", "image", "odd"))
+        ls.call("DELETE", f"/api/annotations/{doomed['id']}")
+        assert made_down not in labels() and labels()[gone] == "even"
+        process = start_backend(ls, project, world.root, port, token, log)
+        report = wait_caught_up(backend, pid, process, log)
+        assert labels()[made_down] == "odd" and gone not in labels(), report
+        assert report["saved"] >= 1 and report["withdrawn"] == 1, report
     finally:
         process.terminate()  # the backend this test started
         process.wait(timeout=60)

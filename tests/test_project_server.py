@@ -244,3 +244,28 @@ def test_an_older_features_project_is_shown_with_a_notice(tmp_path):
     r = get(client, f"/image/{item['id']}")
     assert r.status_code == 200 and r.data == (tmp_path / "images" / item["path"]).read_bytes()
     assert post(client, "/api/answer", {"id": item["id"], "label": "odd"}).status_code == 200
+
+
+def test_bad_request_shapes_are_400_never_500(app_project):
+    """JSON nested deeper than the parser reads (a RecursionError before), and every field
+    of each request replaced by a value of every other JSON type: a 400 (or 409 for an
+    answer the state refuses) with a one-line JSON error."""
+    client, project, _ = app_project
+    headers = {"Origin": ORIGIN, "Host": "127.0.0.1:8765"}
+    deep = "[" * 30_000 + "]" * 30_000   # under the page's 64 KiB request limit
+    for url in ("/api/answer", "/api/undo", "/api/next-round"):
+        r = client.post(url, data=deep, content_type="application/json", headers=headers)
+        assert r.status_code == 400 and r.get_json()["error"] == "the JSON is nested too deeply"
+    queued = project.queue_ids()[0]
+    for url, valid in (("/api/answer", {"id": queued, "label": "3"}),
+                       ("/api/answer", {"id": queued, "skip": True}),
+                       ("/api/undo", {"id": queued}), ("/api/next-round", {"budget": 0})):
+        for key in [None, *valid]:
+            for value in ("abc", 7, -1, 1.5, True, None, [], [1], {}, {"a": 1}, deep[:200]):
+                if url == "/api/next-round" and value == 7:
+                    continue   # a valid budget: it would start a round
+                payload = value if key is None else {**valid, key: value}
+                r = post(client, url, payload)
+                assert r.status_code < 500, (url, key, value, r.data[:300])
+                if r.status_code >= 400:
+                    assert "\n" not in r.get_json()["error"], (url, key, value)

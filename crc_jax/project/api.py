@@ -439,11 +439,13 @@ class Project:
                 for i, p in enumerate(self.paths)]
 
     def status(self) -> dict:
-        """report.status, plus the project's kind, the options kept for later rounds and
-        the settings the next round uses."""
-        from crc_jax.project import report
+        """report.status, plus the project's kind, the options kept for later rounds, the
+        settings the next round uses and the Label Studio annotations serve-ml could not
+        apply (their reasons are on the Label Studio tasks)."""
+        from crc_jax.project import label_studio_sync, report
 
         st = report.status(self)
         st.update(kind=self.kind, kept_options=self.kept_options(),
-                  settings=dataclasses.asdict(self.round_settings()))
+                  settings=dataclasses.asdict(self.round_settings()),
+                  label_studio_ignored=label_studio_sync.ignored_count(self.dir))
         return st

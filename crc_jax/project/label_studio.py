@@ -4,7 +4,9 @@ Tasks (`image_tasks`): one per image of the project. Its image URL is Label Stud
 local-files URL, `/data/local-files/?d=<path relative to the document root>`, where the
 document root is Label Studio's `LOCAL_FILES_DOCUMENT_ROOT` (its default is `/`). Data
 fields Label Studio's data manager can sort and filter by:
-    crc_status   "labeled", "skipped", "queued" or "" (unlabeled, not queued)
+    crc_status   "labeled", "skipped", "queued" or "" (unlabeled, not queued); the ML
+                 backend also writes "ignored" on a task that is no image of the project
+                 and whose annotation it could not apply, with the reason in crc_note
     crc_round    the round that queued the image (null when not queued)
     crc_rank     1, 2, ... in the queue's order for queued images without an answer; null
                  otherwise (Label Studio sorts numbers before nulls: ascending = the queue)
@@ -15,7 +17,9 @@ as the score.
 Exports read (`read_export`): JSON (tasks with annotations), JSON-MIN (one flat object per
 annotated task, the answer keyed by the Choices control's name), CSV and TSV (the same
 columns). Each returns (image URL, class) pairs, one per labeled task. The answers of a
-task that disagree are refused, not settled by order.
+task that disagree are refused, not settled by order. Without the labeling config, the
+answer column of a flat export is `choice`, or else the only column that is neither Label
+Studio's metadata, the image's data key nor a crc_* field (`answer_column`).
 """
 
 from __future__ import annotations
@@ -68,6 +72,16 @@ def task_fields(answers: dict, queued: dict, image_id: int) -> dict:
         status = "queued" if image_id in queued else ""
     step, rank = queued.get(image_id, (None, None))
     return {"crc_status": status, "crc_round": step, "crc_rank": rank}
+
+
+def ignored_fields(note: str | None, data: dict) -> dict:
+    """The crc_* fields of a task that is no image of the project: "ignored" and the
+    reason while one of its annotations is ignored; cleared once none is."""
+    if note is not None:
+        return {"crc_status": "ignored", "crc_note": note}
+    if data.get("crc_status") == "ignored" or data.get("crc_note") is not None:
+        return {"crc_status": "", "crc_note": None}
+    return {}
 
 
 def image_tasks(project, names: LabelingNames, document_root: Path, *,
@@ -177,6 +191,28 @@ def read_tasks(tasks: list, path: Path, names: LabelingNames | None) -> list:
     return rows
 
 
+# Columns of Label Studio's JSON-MIN, CSV and TSV exports that are not an answer: its own
+# (label_studio_sdk's converter) and the task data fields crc-jax writes.
+EXPORT_METADATA = frozenset({"id", "annotator", "annotation_id", "created_at", "updated_at",
+                             "lead_time", "agreement"})
+CRC_FIELDS = frozenset({"crc_status", "crc_round", "crc_rank", "crc_note"})
+
+
+def answer_column(keys: set, data_key: str, path: Path) -> str | None:
+    """The column holding the answer when the labeling config is not given: "choice"
+    (crc-jax's and the stock template's name), else the one column that is neither Label
+    Studio's metadata, the image's data key nor a crc_* field. None: no answer column;
+    several candidates are refused (which one is the answer is not known)."""
+    if DEFAULT_NAMES.choice_name in keys:
+        return DEFAULT_NAMES.choice_name
+    others = sorted(keys - EXPORT_METADATA - CRC_FIELDS - {data_key})
+    if len(others) > 1:
+        raise ProjectError(f"{path}: the answer may be in any of the columns "
+                           f"{', '.join(map(repr, others))}; give --label-config FILE (the "
+                           "Label Studio project's labeling config) to name its Choices control")
+    return others[0] if others else None
+
+
 def read_flat(records: list, path: Path, names: LabelingNames | None) -> list:
     """(image URL, class) pairs of JSON-MIN / CSV / TSV records (dicts of columns)."""
     use = names or DEFAULT_NAMES
@@ -185,13 +221,14 @@ def read_flat(records: list, path: Path, names: LabelingNames | None) -> list:
     keys = set().union(*(r.keys() for r in records))
     if use.data_key not in keys:
         raise _no_key(path, use.data_key, "image column", sorted(keys))
-    if use.choice_name not in keys:
+    column = use.choice_name if names is not None else answer_column(keys, use.data_key, path)
+    if column is None or column not in keys:
         if "annotation_id" in keys:  # annotated rows whose answer we cannot find
             raise _no_key(path, use.choice_name, "answer column", sorted(keys))
         return []
     rows = []
     for number, record in enumerate(records, start=1):
-        label = _one_choice(record.get(use.choice_name), f"{path}: row {number}")
+        label = _one_choice(record.get(column), f"{path}: row {number}")
         if label is not None:
             rows.append((record.get(use.data_key) or "", label))
     return rows

@@ -2,9 +2,12 @@
 
 One checksummed JSON line per event (crc_jax.durable):
     {"seq": n, "op": "label", "id": 17, "label": "cat", "source": "page", "time": ...}
-    {"seq": n, "op": "skip",  "id": 17, ...}        unsure: kept out of later queues
-    {"seq": n, "op": "undo",  "id": 17, ...}        forget the answer for image 17
-The current labels are the log replayed. Writers (the labeling page's threads, `import`,
+    {"seq": n, "op": "skip",  "id": 17, "source": ...}    unsure: kept out of later queues
+    {"seq": n, "op": "retract", "id": 17, "source": ...}  that source's answer withdrawn
+    {"seq": n, "op": "undo",  "id": 17, ...}              forget every answer for image 17
+A Label Studio annotation's lines also carry "revision" (its updated_at). The current
+answers are the log replayed through crc_jax.project.label_sources (an image's answer is
+its latest live source). Writers (the labeling page's threads, `import`, the ML backend,
 the Python API, another process) take an exclusive `flock` around read-check-append, so
 two tabs answering one image cannot both be written: the second gets a `LabelConflict`
 unless it gives the same answer, which is then a no-op (nothing is doubled). A last line
@@ -23,10 +26,11 @@ import time
 from pathlib import Path
 
 from crc_jax import durable
+from crc_jax.project import label_sources
 
 log = logging.getLogger(__name__)
 
-OPS = ("label", "skip", "undo")
+OPS = label_sources.OPS
 
 
 class LabelConflict(ValueError):
@@ -40,7 +44,7 @@ class LabelsLog:
         self.path = Path(path)
         self._offset = 0
         self._needs_newline = False   # the last line read is whole but lacks its newline
-        self._answers: dict[int, object] = {}  # id -> class name, or None when skipped
+        self._sources = label_sources.Sources()
         self._events: list[dict] = []
         self._mutex = threading.RLock()  # threads of one process share this object
 
@@ -72,14 +76,12 @@ class LabelsLog:
         self._offset = lines.end
 
     def _apply(self, event: dict) -> None:
+        try:
+            self._sources.apply(event, len(self._events))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{self.path}: line {len(self._events) + 1} cannot be read "
+                             f"({err}); the log was left untouched") from None
         self._events.append(event)
-        op, image = event["op"], int(event["id"])
-        if op == "label":
-            self._answers[image] = event["label"]
-        elif op == "skip":
-            self._answers[image] = None
-        elif op == "undo":
-            self._answers.pop(image, None)
 
     def refresh(self) -> None:
         self._catch_up(repair=False)
@@ -87,7 +89,7 @@ class LabelsLog:
     def answers(self) -> dict:
         """{id: class name, or None for skipped}: the log replayed."""
         self.refresh()
-        return dict(self._answers)
+        return dict(self._sources.answers)
 
     def labels(self) -> dict:
         """{id: class name} of labeled images (skips left out)."""
@@ -96,6 +98,16 @@ class LabelsLog:
     def events(self) -> list[dict]:
         self.refresh()
         return list(self._events)
+
+    def held(self, image: int) -> dict:
+        """{source: label_sources.Held} of one image: every source's value, live or not."""
+        self.refresh()
+        return self._sources.held(image)
+
+    def live_sources(self, prefix: str = "") -> dict[str, list[int]]:
+        """{source: images where it holds a live value}, for sources starting with `prefix`."""
+        self.refresh()
+        return self._sources.live_sources(prefix)
 
     # -- writing -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -116,32 +128,29 @@ class LabelsLog:
         durable.append_synced(self.path, "".join(lines).encode(), fault_point="labels_append")
         self._catch_up(repair=False)
 
-    def record(self, events: list[dict]) -> list[dict]:
-        """Append answers atomically as a batch after checking them all; returns those written.
+    def record(self, events: list[dict], *, strict: bool = True) -> list[dict]:
+        """Append events atomically as a batch after checking them all; returns those written.
 
-        An event: {"op": "label"|"skip"|"undo", "id": int, "label": str (label only),
-        "source": str}. An answer equal to the saved one is dropped (no double); one that
-        differs from a saved answer raises LabelConflict and nothing is written.
+        An event: {"op": "label"|"skip"|"retract"|"undo", "id": int, "label": str (label
+        only), "source": str, "revision": str (optional)}. A repeat (label_sources.Sources.
+        is_news) is dropped: nothing is doubled. `strict` (a person answering in crc-jax):
+        a value that differs from the image's current answer raises LabelConflict and
+        nothing is written.
         """
         with self.locked():
-            fresh, conflicts = [], []
-            state = dict(self._answers)
+            scratch = self._sources.copy()
+            fresh: list[dict] = []
+            conflicts: list[tuple] = []
             for event in events:
                 if event["op"] not in OPS:
                     raise ValueError(f"unknown labels-log op {event['op']!r}")
-                image = int(event["id"])
-                new = event.get("label") if event["op"] == "label" else None
-                if event["op"] == "undo":
-                    if image in state:
-                        state.pop(image)
-                        fresh.append(event)
+                clash = scratch.conflict(event) if strict else None
+                if clash:
+                    conflicts.append(clash)
                     continue
-                if image in state:
-                    if state[image] != new:
-                        conflicts.append((image, state[image], new))
-                    continue
-                state[image] = new
-                fresh.append(event)
+                if scratch.is_news(event):
+                    scratch.apply(event, len(self._events) + len(fresh))
+                    fresh.append(event)
             if conflicts:
                 image, old, new = conflicts[0]
                 raise LabelConflict(

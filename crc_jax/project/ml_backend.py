@@ -7,22 +7,26 @@ Label Studio's ML-backend protocol (the routes Label Studio calls):
     POST /predict       {"tasks": [...], "label_config": ...} -> {"results": [one prediction
                         per task: the latest round's class and its confidence as the score]}
     POST /webhook       Label Studio's webhook events:
-        ANNOTATION_CREATED / ANNOTATION_UPDATED / ANNOTATIONS_CREATED: the answer goes into
-            the labels log (fsynced before the reply), with the page's rules: an answer
-            equal to the saved one is written once (a retried webhook writes nothing more);
-            one that contradicts an answer given elsewhere is refused (409). An annotation
-            may change its own earlier answer (undo, then the new label). A skipped
-            (cancelled) annotation of a queued image is a skip.
-        ANNOTATIONS_DELETED: answers written by those annotations are undone.
-        START_TRAINING (Label Studio's "Start Training"): a round in a background thread;
-            when it ends, the tasks' crc_round / crc_rank fields are rewritten through
-            Label Studio's API so that sorting by crc_rank lists the new queue first.
-And one route of ours: GET /crc/round, the round in progress (phase, error, picked).
+        ANNOTATION_CREATED / ANNOTATION_UPDATED / ANNOTATIONS_CREATED: each annotation's
+            value goes into the labels log (fsynced before the reply) as a source of its
+            own, under the rules every front shares (crc_jax.project.label_sources; what
+            one annotation does: crc_jax.project.label_studio_answers). An annotation that
+            cannot be applied is "ignored" with a reason, counted by `crc-jax status` and
+            written on its task in Label Studio (crc_note).
+        ANNOTATIONS_DELETED: the values of those annotations are withdrawn (other sources
+            of the image stand).
+        START_TRAINING (Label Studio's "Start Training"): a round in a background thread,
+            after catching up with Label Studio; when it ends, the tasks' crc_round /
+            crc_rank fields are rewritten through Label Studio's API so that sorting by
+            crc_rank lists the new queue first.
+And routes of ours: GET /crc/round, the round in progress (phase, error, picked); GET
+/crc/sync, the last catch-up with each Label Studio project
+(crc_jax.project.label_studio_sync: annotations made while serve-ml was down arrive on
+start, on a project's first /setup and before each round).
 
-Each webhook answer carries source "label-studio:<LS project>:<annotation id>" in the
-labels log; an event already recorded from that source with that label is not written
-again, even after an undo. Requests must name this server in Host (DNS rebinding), and
-POSTs must be JSON. Flask with Werkzeug's threaded server: no hand-written HTTP.
+Requests must name this server in Host (DNS rebinding), and POSTs must be JSON objects
+of the protocol's shape: anything else is a 400 with a one-line JSON error naming the
+field. Flask with Werkzeug's threaded server: no hand-written HTTP.
 """
 
 from __future__ import annotations
@@ -40,9 +44,11 @@ from flask import Blueprint, Flask, abort, current_app, jsonify, request
 from crc_jax.project import label_studio, label_studio_config
 from crc_jax.project.api import Project
 from crc_jax.project.exchange import PathIndex
-from crc_jax.project.label_studio_client import LabelStudioClient, LabelStudioError, sync_queue_fields
-from crc_jax.project.labels_log import LabelConflict
-from crc_jax.project.server import RoundRunner, bind, host_refused
+from crc_jax.project.label_studio_answers import (
+    BadPayload, check_annotation, check_task, is_int, shown)
+from crc_jax.project.label_studio_client import LabelStudioClient, LabelStudioError
+from crc_jax.project.label_studio_sync import LabelStudioSync, ignored_count
+from crc_jax.project.server import RoundRunner, bind, host_refused, json_object
 from crc_jax.project.settings import RoundSettings
 from crc_jax.project.store import ProjectError
 
@@ -82,131 +88,13 @@ class Predictions:
             return version, self._rows
 
 
-def annotation_label(annotation: dict, names) -> str | None:
-    """The class an annotation answers (None: no answer to the Choices control)."""
-    for result in annotation.get("result") or []:
-        if result.get("type") == "choices" and result.get("from_name") == names.choice_name:
-            choices = (result.get("value") or {}).get("choices") or []
-            if len(choices) == 1:
-                return str(choices[0])
-    return None
-
-
-class AnnotationAnswers:
-    """Label Studio's annotations written into the labels log (the webhook's rules)."""
-
-    def __init__(self, project: Project, index: PathIndex):
-        self.project, self.index = project, index
-
-    @staticmethod
-    def source(ls_project: int, annotation_id) -> str:
-        return f"label-studio:{ls_project}:{annotation_id}"
-
-    def answered_by(self, source: str) -> dict:
-        """{image id: label} of the images whose current answer was written by `source`."""
-        last = {}
-        for event in self.project.log.events():
-            last[int(event["id"])] = event
-        return {i: e.get("label") for i, e in last.items()
-                if e.get("source") == source and e["op"] == "label"}
-
-    def take(self, ls_project: int, annotation: dict, task: dict, names) -> dict:
-        """Write one annotation's answer; returns what happened (LabelConflict: refused)."""
-        project, ident = self.project, annotation.get("id")
-        image, why = self.index.locate((task.get("data") or {}).get(names.data_key, ""))
-        if image is None:
-            return {"annotation": ident, "status": "ignored", "reason": why}
-        source = self.source(ls_project, ident)
-        if annotation.get("was_cancelled"):
-            if image in project.pending():
-                project.skip(image, source=source)
-                return {"annotation": ident, "status": "skipped", "image": image}
-            return {"annotation": ident, "status": "ignored",
-                    "reason": "skipped in Label Studio, not queued here"}
-        label = annotation_label(annotation, names)
-        if label is None:
-            return {"annotation": ident, "status": "ignored",
-                    "reason": f"no answer to the Choices control {names.choice_name!r}"}
-        if any(e.get("source") == source and e["op"] == "label" and int(e["id"]) == image
-               and e.get("label") == label for e in project.log.events()):
-            # a retried or repeated webhook: this answer was written once already
-            return {"annotation": ident, "status": "already saved", "image": image}
-        own, saved = self.answered_by(source), project.answers()
-        if own.get(image) not in (None, label):  # the annotation changed its own answer
-            project.undo(image, source=source)
-        elif image in saved and saved[image] != label:
-            given = "skipped (unsure)" if saved[image] is None else f"labeled {saved[image]!r}"
-            raise LabelConflict(f"image {image} ({project.paths[image]}) is already {given} in "
-                                f"crc-jax (by the page, an import or another annotation), not "
-                                f"{label!r}; undo it there first")
-        added = project.add_labels({image: label}, source=source, queued_only=False)
-        return {"annotation": ident, "status": "saved" if added else "already saved",
-                "image": image}
-
-    def delete(self, ls_project: int, annotation_ids: list) -> list:
-        """Undo the answers these annotations wrote; returns the images undone."""
-        undone = []
-        for ident in annotation_ids:
-            source = self.source(ls_project, ident)
-            for image in self.answered_by(source):
-                self.project.undo(image, source=source)
-                undone.append(image)
-        return undone
-
-
-class QueueSync:
-    """The Label Studio projects this backend is connected to (by /setup), and writing the
-    crc_* queue fields into their tasks after a round (errors logged, never raised)."""
-
-    def __init__(self, project: Project, index: PathIndex, client: LabelStudioClient | None):
-        self.project, self.index, self.client = project, index, client
-        self.connections: dict[int, tuple] = {}  # LS project id -> (client, labeling names)
-        self.synced: dict[int, str] = {}         # LS project id -> the queue version written
-        self._lock = threading.Lock()
-
-    def queue_version(self) -> str:
-        rounds = self.project.rounds()
-        return f"{len(rounds)}:{len(self.project.pending())}" if rounds else "none"
-
-    def connect(self, ls_project: int, names, hostname, token) -> None:
-        """Remember how to reach `ls_project` (the given client, else /setup's hostname and
-        token) and write its queue fields in the background when they are out of date."""
-        ls_client = self.client
-        if ls_client is None and hostname and token:
-            ls_client = LabelStudioClient(hostname, token)
-        if ls_client is None or not ls_project:
-            return
-        self.connections[ls_project] = (ls_client, names)
-        if self.synced.get(ls_project) != self.queue_version():
-            threading.Thread(target=self.sync, args=(ls_project,), daemon=True).start()
-
-    def sync(self, ls_project: int) -> None:
-        with self._lock:
-            if ls_project not in self.connections:
-                return
-            ls_client, names = self.connections[ls_project]
-            version = self.queue_version()
-            try:
-                sync_queue_fields(ls_client, ls_project, self.project, self.index, names)
-                self.synced[ls_project] = version
-            except (LabelStudioError, OSError, ValueError) as err:
-                log.warning("could not write the queue into Label Studio project %s: %s",
-                            ls_project, err)
-
-    def sync_all(self) -> None:
-        for ls_project in list(self.connections):
-            self.sync(ls_project)
-
-
 @dataclasses.dataclass(frozen=True)
 class BackendContext:
     """What the backend's routes work on (app.extensions["crc_jax_ml"])."""
 
     project: Project
-    index: PathIndex
     predictions: Predictions
-    answers: AnnotationAnswers
-    queue: QueueSync
+    sync: LabelStudioSync
     runner: RoundRunner
     budget: int
 
@@ -234,10 +122,31 @@ def local_json_only():
 
 
 def body() -> dict:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        fail(400, "the body must be a JSON object")
+    data, why = json_object()
+    if data is None:
+        fail(400, why)
     return data
+
+
+def project_id(value, field: str) -> int:
+    """Label Studio's project id: 3, "3", or /setup's "3.1700000000"; absent: 0."""
+    if value is None or value == "":
+        return 0
+    if is_int(value) and value >= 0:
+        return value
+    head = value.split(".", 1)[0] if isinstance(value, str) else ""
+    if head.isdigit():
+        return int(head)
+    fail(400, f"{field} must be Label Studio's project id (e.g. 3 or \"3.1700000000\"), got "
+              f"{shown(value)}")
+
+
+def checked(check, *args):
+    """check(*args), a BadPayload turned into a 400."""
+    try:
+        return check(*args)
+    except BadPayload as err:
+        fail(400, str(err))
 
 
 def names_for(config_text) -> label_studio_config.LabelingNames:
@@ -264,8 +173,12 @@ def health():
 def setup():
     data = body()
     names = names_for(data.get("schema"))
-    ls_project = int(str(data.get("project", "0")).split(".", 1)[0] or 0)
-    ctx().queue.connect(ls_project, names, data.get("hostname"), data.get("access_token"))
+    ls_project = project_id(data.get("project"), "project")
+    hostname, token = data.get("hostname"), data.get("access_token")
+    for field, value in (("hostname", hostname), ("access_token", token)):
+        if value is not None and not isinstance(value, str):
+            fail(400, f"{field} must be a string, got {shown(value)}")
+    ctx().sync.connect(ls_project, names, hostname, token)
     return jsonify({"model_version": ctx().predictions.version()})
 
 
@@ -273,16 +186,21 @@ def setup():
 def predict():
     data = body()
     names = names_for(data.get("label_config"))
+    ls_project = project_id(data.get("project"), "project")
     tasks = data.get("tasks")
     if not isinstance(tasks, list):
-        fail(400, "tasks must be a list")
+        fail(400, f"tasks must be a list, got {shown(tasks)}")
+    for k, task in enumerate(tasks):
+        checked(check_task, task, names.data_key, f"tasks[{k}]")
     version, rows = ctx().predictions.rows()
     if rows is None:  # nothing trained yet: Label Studio stores no prediction
         return jsonify({"results": [], "model_version": version})
     results = []
     for task in tasks:
-        url = (task.get("data") or {}).get(names.data_key, "") if isinstance(task, dict) else ""
-        image, _ = ctx().index.locate(url)
+        try:
+            image, _ = ctx().sync.locate(task["data"].get(names.data_key) or "", ls_project)
+        except LabelStudioError:   # an upload that cannot be read now
+            image = None
         if image is None:  # not an image of this project: an empty prediction
             results.append({"result": [], "score": None, "model_version": version})
             continue
@@ -292,15 +210,27 @@ def predict():
     return jsonify({"results": results, "model_version": version})
 
 
-def pairs(data: dict) -> list:
-    """(annotation, task) pairs of an annotation webhook (one, or a bulk creation)."""
+def pairs(data: dict, names) -> list:
+    """Checked (annotation, task) pairs of an annotation webhook (one, or a bulk creation)."""
     annotations, tasks = data.get("annotation"), data.get("task")
     if isinstance(annotations, dict) and isinstance(tasks, dict):
-        return [(annotations, tasks)]
+        return [(checked(check_annotation, annotations, "annotation"),
+                 checked(check_task, tasks, names.data_key, "task"))]
     if isinstance(annotations, list) and isinstance(tasks, list):
-        by_id = {t.get("id"): t for t in tasks if isinstance(t, dict)}
-        return [(a, by_id.get(a.get("task"), {})) for a in annotations if isinstance(a, dict)]
-    fail(400, "an annotation webhook needs 'annotation' and 'task'")
+        by_id = {}
+        for k, task in enumerate(tasks):
+            checked(check_task, task, names.data_key, f"task[{k}]")
+            by_id[task.get("id")] = task
+        out = []
+        for k, annotation in enumerate(annotations):
+            checked(check_annotation, annotation, f"annotation[{k}]")
+            ref = annotation.get("task")
+            if not is_int(ref) or ref not in by_id:
+                fail(400, f"annotation[{k}].task must be the id of a task in the request, got "
+                          f"{shown(ref)}")
+            out.append((annotation, by_id[ref]))
+        return out
+    fail(400, "an annotation webhook needs 'annotation' and 'task' (two objects, or two lists)")
 
 
 @backend.post("/webhook")
@@ -308,27 +238,34 @@ def webhook():
     c = ctx()
     data = body()
     action = data.get("action")
-    project_info = data.get("project") if isinstance(data.get("project"), dict) else {}
-    ls_project = int(project_info.get("id") or 0)
+    if not isinstance(action, str):
+        fail(400, f"action must be a string (Label Studio's webhook action), got {shown(action)}")
+    project_info = data.get("project", {})
+    if not isinstance(project_info, dict):
+        fail(400, f"project must be an object, got {shown(project_info)}")
+    ls_project = project_id(project_info.get("id"), "project.id")
     if action == "START_TRAINING":
         if not c.runner.start(c.budget):
             return jsonify({"status": "ok", "detail": "a round is already running"}), 200
         return jsonify({"status": "ok", "detail": f"round started (budget {c.budget})"}), 201
     if action == "ANNOTATIONS_DELETED":
-        ids = [a.get("id") for a in data.get("annotations") or [] if isinstance(a, dict)]
-        return jsonify({"status": "ok", "undone": c.answers.delete(ls_project, ids)}), 200
+        deleted = data.get("annotations")
+        if not isinstance(deleted, list) or not all(
+                isinstance(a, dict) and is_int(a.get("id")) for a in deleted):
+            fail(400, f"annotations must be a list of objects with an integer id, got "
+                      f"{shown(deleted)}")
+        undone = c.sync.delete(ls_project, [a["id"] for a in deleted])
+        return jsonify({"status": "ok", "undone": undone}), 200
     if action not in ANSWER_EVENTS:
         return jsonify({"status": "ok", "detail": f"{action!r} ignored"}), 200
     names = names_for(project_info.get("label_config"))
-    results = []
+    checked_pairs = pairs(data, names)
     try:
-        for annotation, task in pairs(data):
-            results.append(c.answers.take(ls_project, annotation, task, names))
-    except LabelConflict as err:
-        fail(409, str(err))
-    except ProjectError as err:
-        fail(400, str(err))
-    return jsonify({"status": "ok", "results": results}), 201
+        results = c.sync.take(ls_project, checked_pairs, names)
+    except LabelStudioError as err:   # an uploaded file Label Studio did not serve now
+        fail(503, f"{err}; the annotation is taken when serve-ml next catches up")
+    ignored = sum(r["status"] == "ignored" for r in results)
+    return jsonify({"status": "ok", "ignored": ignored, "results": results}), 201
 
 
 @backend.get("/crc/round")
@@ -339,25 +276,36 @@ def round_state():
     return jsonify(state)
 
 
-def create_app(project: Project, *, settings: RoundSettings = RoundSettings(), budget: int = 20,
+@backend.get("/crc/sync")
+def sync_state():
+    """The last catch-up with each Label Studio project, and the annotations ignored."""
+    sync = ctx().sync
+    return jsonify({"projects": {str(p): r for p, r in sync.reports.items()},
+                    "ignored": ignored_count(ctx().project.dir)})
+
+
+def create_app(project: Project, *, settings: RoundSettings | None = None, budget: int = 20,
                document_root: str | os.PathLike = "/", client: LabelStudioClient | None = None) -> Flask:
-    """The ML backend for `project`. `client`: Label Studio's API for writing the queue
-    fields after a round (default: the hostname and token Label Studio sends to /setup)."""
+    """The ML backend for `project`. `settings`: the rounds' settings (default: the
+    project's, from its kind and kept options). `client`: Label Studio's API for catching up
+    and for writing the queue fields after a round (default: the hostname and token Label
+    Studio sends to /setup)."""
+    settings = settings or project.round_settings()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024  # webhooks carry whole tasks
     index = PathIndex(project.paths, project.classes, project.images_root, document_root)
-    queue = QueueSync(project, index, client)
+    sync = LabelStudioSync(project, index, client)
     app.extensions["crc_jax_ml"] = BackendContext(
-        project=project, index=index, predictions=Predictions(project),
-        answers=AnnotationAnswers(project, index), queue=queue, budget=budget,
-        runner=RoundRunner(project, settings, after=queue.sync_all,
+        project=project, predictions=Predictions(project), sync=sync, budget=budget,
+        runner=RoundRunner(project, settings, before=sync.before_round,
+                           before_phase="catching up with Label Studio", after=sync.sync_all,
                            after_phase="writing the queue into Label Studio"))
     app.register_blueprint(backend)
     return app
 
 
 def make_server(project: Project, *, host: str = "127.0.0.1", port: int = 9090,
-                settings: RoundSettings = RoundSettings(), budget: int = 20,
+                settings: RoundSettings | None = None, budget: int = 20,
                 document_root: str | os.PathLike = "/", client: LabelStudioClient | None = None):
     """A threaded Werkzeug server for the ML backend (call .serve_forever(); .port)."""
     from werkzeug.serving import make_server as werkzeug_server
@@ -366,6 +314,7 @@ def make_server(project: Project, *, host: str = "127.0.0.1", port: int = 9090,
     app = create_app(project, settings=settings, budget=budget, document_root=Path(document_root),
                      client=client)
     app.config["BOUND_HOST"] = host
+    app.extensions["crc_jax_ml"].sync.start()   # catch up with the projects known from before
     server = werkzeug_server(host, sock.getsockname()[1], app, threaded=True, fd=sock.fileno())
     server.listening_socket = sock  # type: ignore[attr-defined]
     return server

@@ -152,16 +152,19 @@ def preview_png(shown: ImageBytes) -> bytes:
 class RoundRunner:
     """Runs one labeling round at a time in a background thread and reports its phase.
 
-    `start(n)` begins `project.next_batch(n, settings)` unless one is running (then False),
-    then `after()` when given (phase `after_phase`: e.g. the ML backend writing the queue
-    into Label Studio); `state()` is a JSON-ready snapshot. The labels log is never touched
-    by a round, so a failed one only leaves its error to show.
+    `start(n)` runs `before()` when given (phase `before_phase`: e.g. the ML backend
+    catching up with Label Studio), then `project.next_batch(n, settings)`, unless a round
+    is running (then False), then `after()` when given (phase `after_phase`: e.g. the ML
+    backend writing the queue into Label Studio); `state()` is a JSON-ready snapshot. The
+    round itself never touches the labels log, so a failed one only leaves its error to show.
     """
 
     def __init__(self, project: Project, settings: RoundSettings, *,
-                 after: Callable[[], None] | None = None, after_phase: str = ""):
+                 after: Callable[[], None] | None = None, after_phase: str = "",
+                 before: Callable[[], None] | None = None, before_phase: str = ""):
         self.project, self.settings = project, settings
         self.after, self.after_phase = after, after_phase
+        self.before, self.before_phase = before, before_phase
         self._lock = threading.Lock()
         self.running, self.phase, self.error, self.picked = False, "idle", "", 0
         self.started = self.finished = 0.0
@@ -177,6 +180,12 @@ class RoundRunner:
 
     def _run(self, n: int) -> None:
         try:
+            if self.before is not None:
+                with self._lock:
+                    self.phase = self.before_phase or "preparing"
+                self.before()
+                with self._lock:
+                    self.phase = "training and picking"
             picked = self.project.next_batch(n, self.settings)
             with self._lock:
                 self.picked, self.phase = len(picked), self.after_phase or "done"
@@ -249,10 +258,22 @@ def same_origin_only():
         fail(415, "send JSON (Content-Type: application/json)")
 
 
-def body() -> dict:
-    data = request.get_json(silent=True)
+def json_object() -> tuple[dict | None, str]:
+    """The request's JSON object, or (None, why not): not JSON, not an object, or nested
+    deeper than the parser reads (a RecursionError, which must not become a 500)."""
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:
+        return None, "the JSON is nested too deeply"
     if not isinstance(data, dict):
-        fail(400, "the body must be a JSON object")
+        return None, "the body must be a JSON object"
+    return data, ""
+
+
+def body() -> dict:
+    data, why = json_object()
+    if data is None:
+        fail(400, why)
     return data
 
 
