@@ -97,7 +97,8 @@ def write_features(directory: Path, features: np.ndarray, paths: list, hashes: l
     rms = float(np.sqrt(np.mean(np.square(features, dtype=np.float64))))
     scale = rms if rms > 0 else 1.0
     scaled = features / np.float32(scale)
-    stored = scaled.astype(dtype)
+    with np.errstate(over="ignore"):   # an overflow is refused below, naming the vector
+        stored = scaled.astype(dtype)
     check_stored(scaled, stored, paths, dtype)
     write_pool(directory, stored, paths, hashes)
     return scale
