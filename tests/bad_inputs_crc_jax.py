@@ -285,7 +285,10 @@ def init_inputs(root: Path, images: Path, odd: Path, case, new_project) -> None:
     def odd_name_skipped(result):
         from crc_jax.project import Project
 
-        paths = Project.open(result["workdir"]).paths
+        try:
+            paths = Project.open(result["workdir"]).paths
+        except Exception as err:  # noqa: BLE001 (reported as the problem)
+            return [f"the project does not open: {err}"]
         return [] if len(paths) == 30 and not any("caf" in p for p in paths) else [
             f"{len(paths)} images indexed, expected 30"]
 
