@@ -307,8 +307,8 @@ def init_inputs(root: Path, images: Path, odd: Path, case, new_project) -> None:
 
     case("init into a folder of the user's", "`crc-jax init DIR --images PHOTOS`, DIR holding "
          "the user's learning_curve.png and predictions.csv",
-         r"is not empty \(it holds learning_curve\.png, predictions\.csv\) and crc-jax init "
-         r"did not make it; choose a new or empty directory",
+         r"is not empty: it holds learning_curve\.png, predictions\.csv, which crc-jax init "
+         r"did not write; choose a new or empty directory",
          lambda w: ["init", w, "--images", images], existing=True,
          workdir=root / "init_users_folder", prepare=users_folder, check=names_kept)
 

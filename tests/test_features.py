@@ -469,8 +469,8 @@ def test_init_refuses_a_folder_holding_the_users_files(capsys, tmp_path, folder)
     before = {p.name: p.read_bytes() for p in mine.iterdir()}
     for extra in ([], ["--features", save_npz(tmp_path / "e.npz", paths, vectors)]):
         one_line_error(capsys, "init", mine, "--images", root, *extra,
-                       match="is not empty (it holds learning_curve.png, predictions.csv) and "
-                             "crc-jax init did not make it")
+                       match="is not empty: it holds learning_curve.png, predictions.csv, "
+                             "which crc-jax init did not write")
         assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
     (tmp_path / "empty").mkdir()           # an empty folder is a new project's
     code, out, err = run(capsys, "init", tmp_path / "empty", "--images", root)

@@ -69,8 +69,8 @@ def check_new_dir(directory: Path) -> None:
         present = sorted(p.name for p in directory.iterdir())
         if present:
             shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
-            raise ProjectError(f"{directory} is not empty (it holds {shown}) and crc-jax init "
-                               "did not make it; choose a new or empty directory")
+            raise ProjectError(f"{directory} is not empty: it holds {shown}, which crc-jax init "
+                               "did not write; choose a new or empty directory")
 
 
 def prepare_dir(directory: Path) -> None:
