@@ -112,11 +112,12 @@ def check_stored(scaled: np.ndarray, stored: np.ndarray, paths: list, dtype: str
     """Every vector must survive the cast to `dtype`: none overflows it (inf), and none loses
     its values to underflow (a vector far smaller than the others, scaled below the dtype's
     normal range, comes out zeroed or coarse). ProjectError naming the first such image."""
-    over, under = [], []
+    over: list[int] = []
+    under: list[int] = []
     for start in range(0, len(scaled), STORE_CHUNK):
         x = scaled[start:start + STORE_CHUNK].astype(np.float32)
         y = stored[start:start + STORE_CHUNK].astype(np.float32)
-        finite = np.isfinite(y).all(axis=1)
+        finite = np.asarray(np.isfinite(y).all(axis=1))
         over.extend(start + np.flatnonzero(~finite))
         norm = np.linalg.norm(x, axis=1)
         error = np.linalg.norm(np.where(finite[:, None], y - x, 0.0), axis=1)
