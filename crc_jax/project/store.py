@@ -35,8 +35,6 @@ from crc_jax.errors import DataError
 FORMAT_VERSION = 2      # 2: project.json names its input; a format-1 project holds images
 PROJECT_FILE = "project.json"
 INIT_MARKER = ".init-incomplete"
-OWNED = ("pool.npy", "index.csv", "labels.jsonl", "rounds.jsonl", "queue.csv",
-         "features.partial")
 INPUTS = ("images", "features")
 
 

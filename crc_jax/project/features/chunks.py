@@ -2,16 +2,15 @@
 
 The folder is listed and every file hashed first (exact duplicates kept out, empty or
 unreadable files and names that are not valid UTF-8 skipped, as crc_jax.project.scan
-does); the remaining images are cut
-into chunks of `chunk_images`. Each chunk is decoded at the encoder's input size (a
-few threads), encoded in batches of `batch_size`, and written whole to
-DIR/features.partial/chunk_NNNNNN.npz through crc_jax.durable.write_atomic, beside a
-manifest naming the encoder, the images and the chunk size. Rerunning the same `init`
-finds the manifest, keeps every chunk already written and computes the rest; a
-different backbone or folder starts over (the partial files are init's own). A vector
-that is not finite, or an encoder that returns vectors of length 0, stops the init with
-one line naming the image (ProjectError). The fault point "features_chunk" kills the
-process after a chunk is written (tests).
+does); the remaining images are cut into chunks of `chunk_images`. Each chunk is decoded
+at the encoder's input size (a few threads), encoded in batches of `batch_size`, and
+written whole to DIR/features.partial/chunk_NNNNNN.npz through
+crc_jax.durable.write_atomic, beside a manifest naming the encoder, the images and the
+chunk size. Rerunning the same `init` finds the manifest, keeps every chunk already
+written and computes the rest; a different backbone or folder starts over (the partial
+files are init's own). A vector that is not finite, or an encoder that returns vectors
+of length 0, stops the init with one line naming the image (ProjectError). The fault
+point "features_chunk" kills the process after a chunk is written (tests).
 """
 
 from __future__ import annotations
@@ -168,7 +167,6 @@ class ChunkedBackbone:
                  skipped=np.asarray(bad, np.int64),
                  reasons=np.asarray([decoded[i][1] for i in bad], dtype=str))
         durable.write_atomic(path, buffer.getvalue())
-
 
     def _check_vectors(self, features: np.ndarray, rels: list) -> None:
         """Vectors the pool can hold: of length >= 1, every value finite."""
