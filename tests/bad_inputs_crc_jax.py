@@ -234,9 +234,11 @@ def init_inputs(root: Path, images: Path, odd: Path, case, new_project) -> None:
     write_conv_net(meta_255, side=16, metadata={"mean": "123.7,116.3,103.5",
                                                 "std": "58.4,57.1,57.4"})
 
+    left = "none before; nothing left (no directory, marker or feature chunks)"
+
     def init(name, given, expect, *extra, **more):
         case(name, given, expect, lambda w: ["init", w, "--images", images, *extra],
-             existing=False, check=nothing_left, **more)
+             existing=False, check=nothing_left, kept=left, **more)
 
     init("init --features: a .npy file named .npz", "`crc-jax init DIR --images PHOTOS "
          "--features F.npz`, F.npz written by `np.save` (one array)",
@@ -280,7 +282,7 @@ def init_inputs(root: Path, images: Path, odd: Path, case, new_project) -> None:
          r"zero_rows\.npz: holds no vectors \(0 rows\)",
          ["init", root / "init_zero_rows", "--images", inputs / "empty_folder", "--features",
           inputs / "zero_rows.npz"], workdir=root / "init_zero_rows", existing=False,
-         check=nothing_left)
+         check=nothing_left, kept=left)
 
     def odd_name_skipped(result):
         from crc_jax.project import Project
