@@ -369,6 +369,18 @@ def test_crc_scores_of_20_vectors_of_d_100000_in_bounded_memory():
     assert abs(scores[4]) < 1e-6 * ref[:4].min() and abs(ref[4]) < 1e-6 * ref[:4].min()
 
 
+def test_the_device_backend_ranks_20_vectors_of_d_100000_through_the_20x20_gram():
+    """The float64 device path (what a GPU runs; here XLA on the CPU) forms its rank Gram
+    on the device: N² as well, with the host's scores."""
+    from crc_jax.acquisition import crc as crc_lib
+
+    x = np.random.default_rng(0).normal(size=(20, 100_000)).astype(np.float32)
+    ctx = linear_head_ctx(x, np.arange(5))
+    groups = np.arange(5, 20).reshape(5, 3)
+    np.testing.assert_allclose(crc_lib.score_groups(ctx, groups, backend="device"),
+                               crc_lib.score_groups(ctx, groups, backend="host"), rtol=1e-9)
+
+
 def test_crc_scores_are_identical_through_either_gram(monkeypatch):
     """At small d the (d+1)² path still exists: forcing it gives the same scores, bit for bit."""
     from crc_jax.acquisition import crc as crc_lib
