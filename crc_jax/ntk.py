@@ -240,27 +240,65 @@ def min_positive_eigenvalue(K, rank):
 
 
 def feature_rank(features, *, bias: bool = True, rtol: float | None = None,
-                 chunk: int = 65536) -> int:
-    """Numerical rank of [Φ, 1] (of Φ without bias): the rank of the last-layer trace NTK.
+                 chunk_bytes: int = 1 << 26) -> int:
+    """Numerical rank of Z = [Φ, 1] (Φ without bias): the rank of the last-layer trace NTK.
 
-    Computed in float64 from the (d+1)² Gram matrix accumulated over row chunks, so a
-    pool of any size costs O(N·d²) time and O(d²) memory. A singular value counts when
-    above rtol·σmax, rtol = (d+1)·ε_float32 by default: features come out of float32
-    arithmetic, and NumPy's float64 default tolerance would count their noise as rank.
+    A singular value of Z counts when above rtol·σmax, rtol = (d+1)·ε_float32 by default:
+    features come out of float32 arithmetic, and NumPy's float64 default tolerance would
+    count their noise as rank. The squared singular values are the eigenvalues of the
+    smaller Gram matrix, ZᵀZ ((d+1)², for N ≥ d+1) or ZZᵀ (N², for N < d+1): both hold
+    the same non-zero eigenvalues. Computed in float64, accumulated in blocks of about
+    `chunk_bytes` of Z, so the cost is O(N·d·min(N, d)) time and O(min(N, d)²) memory
+    beyond the features: 20 vectors of d = 100,000 take a 20×20 matrix.
     """
+    gram = smaller_gram(features, bias=bias, chunk_bytes=chunk_bytes)
+    rtol = (np.asarray(features).shape[1] + int(bias)) * FLOAT32_EPS if rtol is None else rtol
+    return rank_from_gram(gram, rtol)
+
+
+def smaller_gram(features, *, bias: bool = True, side: str | None = None,
+                 chunk_bytes: int = 1 << 26) -> np.ndarray:
+    """ZᵀZ or ZZᵀ of Z = [Φ, 1] in float64, whichever is smaller (`side` "features" or
+    "samples" forces one): the same non-zero eigenvalues. Φ is read in blocks (rows for
+    ZᵀZ, columns for ZZᵀ) of about `chunk_bytes` as float64, never copied whole."""
     phi = np.asarray(features)
-    d = phi.shape[1] + int(bias)
-    gram = np.zeros((d, d))
-    for start in range(0, phi.shape[0], chunk):
-        z = phi[start:start + chunk].astype(np.float64)
-        if bias:
-            z = np.concatenate([z, np.ones((z.shape[0], 1))], axis=1)
-        gram += z.T @ z
+    n, d = phi.shape[0], phi.shape[1] + int(bias)
+    side = side or ("features" if d <= n else "samples")
+    if side == "features":
+        gram = np.zeros((d, d))
+        step = max(1, chunk_bytes // (8 * max(d, 1)))
+        for start in range(0, n, step):
+            z = phi[start:start + step].astype(np.float64)
+            if bias:
+                z = np.concatenate([z, np.ones((z.shape[0], 1))], axis=1)
+            gram += z.T @ z
+        return gram
+    if side != "samples":
+        raise ValueError(f"side must be 'features' or 'samples', got {side!r}")
+    gram = np.full((n, n), float(bias))                     # the ones column: 1·1ᵀ
+    step = max(1, chunk_bytes // (8 * max(n, 1)))
+    for start in range(0, phi.shape[1], step):
+        block = phi[:, start:start + step].astype(np.float64)
+        gram += block @ block.T
+    return gram
+
+
+def rank_from_gram(gram, rtol: float) -> int:
+    """How many eigenvalues of a Gram matrix ZᵀZ (or ZZᵀ) exceed rtol²·λmax: the numerical
+    rank of Z at relative tolerance rtol on its singular values."""
+    if gram.shape[0] == 0:
+        return 0
     ev = np.linalg.eigvalsh(gram)
-    rtol = d * FLOAT32_EPS if rtol is None else rtol
     if ev[-1] <= 0:
         return 0
     return int(np.sum(ev > (rtol ** 2) * ev[-1]))
+
+
+def device_gram(z):
+    """ZᵀZ or ZZᵀ of a device array Z (N, w), whichever is smaller (ranks: as smaller_gram)."""
+    if z.shape[1] <= z.shape[0]:
+        return jnp.matmul(z.T, z, precision=HIGHEST)
+    return jnp.matmul(z, z.T, precision=HIGHEST)
 
 
 def kernel_rank(K, *, rtol: float | None = None) -> int:

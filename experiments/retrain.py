@@ -23,15 +23,20 @@ index, plus dataset_trial and training_seed), report.md/csv/png as experiments.r
 and variance.md: per strategy and labeled count, the std over all runs, the training
 std on a fixed data set (sqrt of the mean within-data-set variance) and the data-set std
 (std of the per-data-set means). Rerunning the same command resumes. OUT must be new,
-empty, or made by this command: a folder holding other files is refused, never overwritten.
+empty, or made by this command (its marker file, or a config.json this command wrote): a
+folder holding other files is refused, never overwritten, and a refused OUT is left as it
+was.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import logging
+import os
+import shutil
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -191,7 +196,6 @@ def retrain(run_dir, *, seeds: int, first_seed: int | None, out=None,
 
     from crc_jax import durable
     from crc_jax.run import config_check, loop
-    from crc_jax.run.rundir import RunDir
     from experiments import report
 
     run_dir = Path(run_dir)
@@ -217,11 +221,8 @@ def retrain(run_dir, *, seeds: int, first_seed: int | None, out=None,
     if not journals:
         raise UsageError(f"{run_dir}: no journals to retrain on")
     rows = []
-    durable.claim_dir(out, MARKER, command="experiments.retrain", accept=("config.json",),
-                      flag="--out")
-    with RunDir(out) as rundir:
-        rundir.bind_config(dict(config.to_dict(), retrain={
-            "source": str(run_dir.resolve()), "first_seed": first_seed}))
+    with claimed_out(out, dict(config.to_dict(), retrain={
+            "source": str(run_dir.resolve()), "first_seed": first_seed})):
         setup = loop.build_setup(config)
         for (spec, trial), entries in journals.items():
             check_labels(setup, entries, f"{run_dir}/{spec}/trial_{trial}")
@@ -240,6 +241,41 @@ def retrain(run_dir, *, seeds: int, first_seed: int | None, out=None,
             f"# Retrained on {run_dir}: variance over data sets and training seeds "
             "(Appendix B.1)\n\nAccuracies in %.\n\n" + variance_table(rows))
     return rows
+
+
+def made_by_retrain(config_json: Path) -> bool:
+    """Whether `config_json` is one this command wrote (it records its "retrain" source)."""
+    try:
+        recorded = json.loads(config_json.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(recorded, dict) and isinstance(recorded.get("retrain"), dict)
+
+
+@contextlib.contextmanager
+def claimed_out(out: Path, config_dict: dict):
+    """OUT claimed (crc_jax.durable.claim_dir), locked and bound to `config_dict`, for the
+    block. A refusal (someone else's folder, another retrain's config, a folder in use)
+    leaves OUT as it was: the folder, marker and lock file made here are removed."""
+    from crc_jax import durable
+    from crc_jax.run.rundir import RunDir
+
+    made = [p for p in (out, out / MARKER, out / ".lock") if not os.path.lexists(p)]
+    accept = ("config.json",) if made_by_retrain(out / "config.json") else ()
+    bound = False
+    try:
+        durable.claim_dir(out, MARKER, command="experiments.retrain", accept=accept,
+                          flag="--out")
+        with RunDir(out) as rundir:
+            rundir.bind_config(config_dict)
+            bound = True
+            yield rundir
+    finally:
+        if not bound and out in made:
+            shutil.rmtree(out, ignore_errors=True)
+        elif not bound:
+            for path in made:
+                path.unlink(missing_ok=True)
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:

@@ -86,6 +86,12 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+def names_kept(result: dict) -> list[str]:
+    """The folder holds the same names as before (lock and marker files included)."""
+    after = sorted(p.name for p in result["workdir"].iterdir())
+    return [] if after == sorted(result["before"]) else [f"now holds {after}"]
+
+
 def _journal_with_index(workdir: Path, index: int) -> None:
     """Step 0's line re-written, with a valid checksum, to acquire `index` first."""
     from crc_jax import durable
@@ -349,6 +355,36 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
              r"--out .*: not empty and not made by experiments\.retrain",
              module="experiments.retrain", prepare=users_folder, copy=False,
              args=lambda w: [str(base), "--out", str(w), "--seeds", "1"])
+    def users_folder_with_config(workdir):
+        users_folder(workdir)
+        (workdir / "config.json").write_text('{"my": "settings"}\n')
+
+    retrain_args = dict(module="experiments.retrain", prepare=users_folder_with_config,
+                        copy=False, args=lambda w: [str(base), "--out", str(w), "--seeds", "1"])
+    existing("retrain --out a folder of the user's with config.json", "`python -m "
+             "experiments.retrain RUN --out DIR`, DIR holding the user's own config.json, "
+             "report.md and summary.csv", r"^error: --out .*: not empty and not made by "
+             r"experiments\.retrain \(it holds config\.json, report\.md, summary\.csv\); give a new "
+             r"or empty folder$",
+             check=names_kept, **retrain_args)
+
+    def rerun_without_config(case):
+        run_module(case["module"], case["args"])
+        (case["workdir"] / "config.json").unlink()
+        return {"proc": run_module(case["module"], case["args"])}
+
+    def users_files_kept(result):
+        before, after = result["before"], result["after"]
+        names = sorted(p.name for p in result["workdir"].iterdir())
+        return ([f"{n} changed" for n in ("report.md", "summary.csv") if after.get(n) != before[n]]
+                + ([] if names == ["report.md", "summary.csv"] else [f"now holds {names}"]))
+
+    existing("retrain --out rerun after the user removes config.json", "the command above, "
+             "then the user's config.json removed and the command run again",
+             r"^error: --out .*: not empty and not made by experiments\.retrain",
+             runner=rerun_without_config, check=users_files_kept,
+             kept="the user's report.md and summary.csv byte-identical; no marker or lock file",
+             **retrain_args)
     existing("workdir holding the user's files", "`--workdir=DIR`, DIR holding the user's own "
              "report.md and summary.csv (no config.json)",
              r"^error: workdir .*: not empty and not made by experiments\.main",

@@ -29,7 +29,9 @@ import urllib.request
 from pathlib import Path
 
 import mounts
+from bad_inputs import names_kept
 from image_folder import write_digits
+from onnx_models import write_conv_net
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "crc_jax.cli"]
@@ -191,6 +193,128 @@ def cases(root: Path):
             mounts.unmount(path)
 
 
+def nothing_left(result: dict) -> list[str]:
+    """A refused `init` into a new directory leaves no directory (no marker, no chunks)."""
+    workdir = result["workdir"]
+    return [f"left behind: {sorted(p.name for p in workdir.iterdir())}"] if workdir.exists() else []
+
+
+def init_inputs(root: Path, images: Path, odd: Path, case, new_project) -> None:
+    """`crc-jax init` given a bad features file, model or option, or a folder of the user's."""
+    import numpy as np
+
+    from crc_jax.project.scan import list_images
+
+    paths = list_images(images)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(len(paths), 8)).astype(np.float32)
+    inputs = root / "init_inputs"
+    inputs.mkdir()
+    np.save(inputs / "array.npy", vectors)
+    (inputs / "array.npy").rename(inputs / "features.npz")
+    field = "x" * 140_000    # over csv's field limit (131072 characters)
+    (inputs / "labels_long.csv").write_text(f"path,label\n{paths[0]},{field}\n")
+    (inputs / "features_long.csv").write_text(f"path,f0\n{paths[0]},{'1' * 140_000}\n")
+    huge = vectors.copy()
+    huge[3] *= 1e9            # one vector 1e9 times the others
+    np.savez(inputs / "huge_row.npz", paths=np.array(paths), features=huge)
+    np.savez(inputs / "zero_width.npz", paths=np.array(paths),
+             features=np.zeros((len(paths), 0), np.float32))
+    np.savez(inputs / "zero_rows.npz", paths=np.array([], dtype=str),
+             features=np.zeros((0, 8), np.float32))
+    (inputs / "empty_folder").mkdir()
+    odd_paths = list_images(odd)
+    np.savez(inputs / "odd.npz", paths=np.array(odd_paths),
+             features=rng.normal(size=(len(odd_paths), 8)).astype(np.float32))
+    gray, nan_net, net = inputs / "gray.onnx", inputs / "nan.onnx", inputs / "net.onnx"
+    write_conv_net(gray, side=16, channels=1)
+    write_conv_net(nan_net, side=16, nan=True)
+    write_conv_net(net, side=16)
+    meta_255 = inputs / "meta_255.onnx"
+    write_conv_net(meta_255, side=16, metadata={"mean": "123.7,116.3,103.5",
+                                                "std": "58.4,57.1,57.4"})
+
+    left = "none before; nothing left (no directory, marker or feature chunks)"
+
+    def init(name, given, expect, *extra, **more):
+        case(name, given, expect, lambda w: ["init", w, "--images", images, *extra],
+             existing=False, check=nothing_left, kept=left, **more)
+
+    init("init --features: a .npy file named .npz", "`crc-jax init DIR --images PHOTOS "
+         "--features F.npz`, F.npz written by `np.save` (one array)",
+         r"features\.npz: holds one NumPy array \(\.npy data\), not an \.npz archive; write it "
+         r"with np\.savez", "--features", inputs / "features.npz")
+    init("init --features .npy named .npz, with --labels", "as above, with `--labels "
+         "labels.csv` (the labels file is fine)", r"--features .*features\.npz: holds one NumPy "
+         r"array", "--features", inputs / "features.npz", "--labels",
+         labels_file(inputs / "labels.csv", [(p, str(k % 2)) for k, p in enumerate(paths[:6])]))
+    init("init --labels with a field over 128 KB", "`crc-jax init DIR --images PHOTOS --labels "
+         "L.csv`, a label of 140,000 characters", r"labels_long\.csv: not a labels CSV \(field "
+         r"larger than field limit \(131072\)\)", "--labels", inputs / "labels_long.csv")
+    init("init --features CSV with a field over 128 KB", "`--features F.csv`, a value of "
+         "140,000 characters", r"features_long\.csv line 2: not a features CSV row \(field "
+         r"larger than field limit", "--features", inputs / "features_long.csv")
+    init("init --backbone single-channel ONNX", "`--backbone M.onnx`, M taking (N, 1, 16, 16) "
+         "images", r"input 'image' has shape \['N', 1, 16, 16\], 1 channel; crc-jax feeds RGB "
+         r"images \(3 channels\)", "--backbone", gray)
+    init("init --backbone whose output is NaN", "`--backbone M.onnx`, M computing NaN "
+         "(a NaN bias)", r"nan\.onnx: its vector for '[^']+' holds NaN or infinite values",
+         "--backbone", nan_net)
+    init("init --backbone --mean nan", "`--backbone M.onnx --mean nan`",
+         r"^error: --mean: values must be finite numbers, got 'nan'$", "--backbone", net,
+         "--mean", "nan")
+    init("init --backbone --std 1e-40", "`--backbone M.onnx --std 1e-40`",
+         r"^error: --std: values must be positive, at least 0\.001", "--backbone", net,
+         "--std", "1e-40")
+    init("init --backbone with 0-255 metadata", "`--backbone M.onnx` (no --mean), M's metadata "
+         "`mean` 123.7,116.3,103.5 (the 0-255 scale)", r"its metadata 'mean' is "
+         r"'123\.7,116\.3,103\.5', on the 0-255 pixel scale; .* give --mean "
+         r"0\.4851,0\.4561,0\.4059", "--backbone", meta_255)
+    init("init --features --feature-dtype float16 underflow", "`--features F.npz "
+         "--feature-dtype float16`, one vector 1e9 times the other 29",
+         r"--feature-dtype float16: the vector of '[^']+' underflows it \(29 such vectors",
+         "--features", inputs / "huge_row.npz", "--feature-dtype", "float16")
+    init("init --features of width 0", "`--features F.npz`, features of shape (30, 0)",
+         r"zero_width\.npz: its vectors have 0 values \(shape \(30, 0\)\)",
+         "--features", inputs / "zero_width.npz")
+    case("init --features with 0 rows, empty folder", "`crc-jax init DIR --images EMPTY "
+         "--features F.npz`, an empty folder and a file of 0 vectors",
+         r"zero_rows\.npz: holds no vectors \(0 rows\)",
+         ["init", root / "init_zero_rows", "--images", inputs / "empty_folder", "--features",
+          inputs / "zero_rows.npz"], workdir=root / "init_zero_rows", existing=False,
+         check=nothing_left, kept=left)
+
+    def odd_name_skipped(result):
+        from crc_jax.project import Project
+
+        try:
+            paths = Project.open(result["workdir"]).paths
+        except Exception as err:  # noqa: BLE001 (reported as the problem)
+            return [f"the project does not open: {err}"]
+        return [] if len(paths) == 30 and not any("caf" in p for p in paths) else [
+            f"{len(paths)} images indexed, expected 30"]
+
+    for option, source in (("--features", inputs / "odd.npz"), ("--backbone", net)):
+        case(f"non-UTF-8 file name with {option}", f"an image named `caf\\xe9.png` (Latin-1 "
+             f"bytes) in the folder, `crc-jax init DIR --images PHOTOS {option} "
+             f"{source.name}`", r"skipped caf\\xe9\.png: its file name is not valid UTF-8",
+             lambda w, o=option, f=source: ["init", w, "--images", odd, o, f], existing=False,
+             exit=0, check=odd_name_skipped,
+             kept="a project of the 30 other images; the file is listed as skipped")
+
+    def users_folder(w):
+        w.mkdir()
+        (w / "learning_curve.png").write_bytes(b"the user's plot")
+        (w / "predictions.csv").write_text("my,own\n1,2\n")
+
+    case("init into a folder of the user's", "`crc-jax init DIR --images PHOTOS`, DIR holding "
+         "the user's learning_curve.png and predictions.csv",
+         r"is not empty: it holds learning_curve\.png, predictions\.csv, which crc-jax init "
+         r"did not write; choose a new or empty directory",
+         lambda w: ["init", w, "--images", images], existing=True,
+         workdir=root / "init_users_folder", prepare=users_folder, check=names_kept)
+
+
 def build(root: Path, Project, RoundSettings, mounted: list) -> list[dict]:
     images = root / "images"
     truth = write_digits(images, 30, broken=False)
@@ -256,6 +380,8 @@ def build(root: Path, Project, RoundSettings, mounted: list) -> list[dict]:
          lambda w: ["init", w, "--images", odd, "--classes", CLASSES, "--image-size", 8],
          existing=False, exit=0, check=odd_name_skipped,
          kept="a project of the 30 other images; the file is listed as skipped")
+
+    init_inputs(root, images, odd, case, new_project)
 
     # --- project files damaged or edited
     case("index.csv missing", "the project's index.csv deleted, then `crc-jax status DIR`",
@@ -324,6 +450,29 @@ def build(root: Path, Project, RoundSettings, mounted: list) -> list[dict]:
              prepare=prepare)
 
     # --- import and export
+    def unlabeled_export(w):   # a project with labels and no round yet: no queue.csv
+        shutil.rmtree(w)
+        new_project(w)
+
+    case("export into the project's queue.csv", "`crc-jax export DIR --out DIR/queue.csv` "
+         "before any round (the name of the file `next` writes and `status` reads)",
+         r"--out .*queue\.csv: inside the project directory .*; choose a file outside it",
+         lambda w: ["export", w, "--out", w / "queue.csv"], prepare=unlabeled_export)
+    link = root / "links" / "labels.csv"
+
+    def dangling_link(_w):
+        link.parent.mkdir()
+        link.symlink_to(root / "links" / "nowhere" / "labels.csv")
+
+    def link_kept(_result):
+        return ([] if link.is_symlink() and os.readlink(link) == str(root / "links" / "nowhere" /
+                                                                     "labels.csv")
+                else ["the user's symbolic link was replaced"])
+
+    case("export onto a dangling symlink", "`crc-jax export DIR --out LINK`, LINK a symbolic "
+         "link of the user's pointing to a file that does not exist",
+         r"--out .*labels\.csv: already exists \(a symbolic link\); choose a new file",
+         lambda w: ["export", w, "--out", link], prepare=dangling_link, check=link_kept)
     shapes = root / "label_studio_wrong_shape.json"
     shapes.write_text(json.dumps([{"data": {"image": by_path[0]},
                                    "annotations": {"result": "3"}}]))

@@ -4,7 +4,9 @@
     -> Conv 3x3 (3 -> 4, pad 1, bias) -> Relu -> GlobalAveragePool -> Flatten
     -> Gemm (4 -> 6, bias) -> Relu = features (N, 6)
 
-The tests run it through the real onnxruntime and compare with `numpy_features`.
+The tests run it through the real onnxruntime and compare with `numpy_features`. Bad
+models for the refusals: `channels=1` (a grayscale input) and `nan=True` (a NaN conv bias:
+every output NaN).
 """
 
 from __future__ import annotations
@@ -16,23 +18,27 @@ import numpy as np
 CHANNELS, FEATURES = 4, 6
 
 
-def weights(seed: int = 0) -> dict:
+def weights(seed: int = 0, channels: int = 3) -> dict:
     rng = np.random.default_rng(seed)
-    return {"conv_w": rng.normal(size=(CHANNELS, 3, 3, 3)).astype(np.float32),
+    return {"conv_w": rng.normal(size=(CHANNELS, channels, 3, 3)).astype(np.float32),
             "conv_b": rng.normal(size=CHANNELS).astype(np.float32),
             "fc_w": rng.normal(size=(FEATURES, CHANNELS)).astype(np.float32),
             "fc_b": rng.normal(size=FEATURES).astype(np.float32) * 0.1}
 
 
 def write_conv_net(path: Path, *, side: int = 16, layout: str = "NCHW", seed: int = 0,
-                   metadata: dict | None = None, batch="N") -> dict:
+                   metadata: dict | None = None, batch="N", channels: int = 3,
+                   nan: bool = False) -> dict:
     """Write the net to `path` (input side `side`, a symbolic batch axis unless `batch` is
-    an int); returns its weights."""
+    an int, `channels` input channels, a NaN conv bias when `nan`); returns its weights."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    w = weights(seed)
-    shape = [batch, 3, side, side] if layout == "NCHW" else [batch, side, side, 3]
+    w = weights(seed, channels)
+    if nan:
+        w["conv_b"][0] = np.nan
+    shape = ([batch, channels, side, side] if layout == "NCHW"
+             else [batch, side, side, channels])
     nodes = []
     first = "image"
     if layout == "NHWC":

@@ -224,3 +224,67 @@ def test_the_labeling_page_serves_a_features_project(tmp_path, images, onnx_mode
     r = client.post("/api/answer", json={"id": item["id"], "label": str(truth[item["path"]])},
                     headers={**host, "Origin": "http://127.0.0.1:8765"})
     assert r.status_code == 200 and project.labels() == {item["id"]: str(truth[item["path"]])}
+
+
+def test_models_that_cannot_give_vectors_are_one_line_and_leave_nothing(capsys, tmp_path, images):
+    """A grayscale model (refused as it loads), one whose channel count is symbolic (refused
+    when onnxruntime rejects the batch), one computing NaN (refused naming the image): one
+    line each, and no directory, marker or feature chunks left behind."""
+    import onnx
+
+    root, _ = images
+    write_conv_net(tmp_path / "gray.onnx", side=SIDE, channels=1)
+    write_conv_net(tmp_path / "gray_nhwc.onnx", side=SIDE, channels=1, layout="NHWC")
+    model = onnx.load(str(tmp_path / "gray.onnx"))
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "C"
+    onnx.save(model, str(tmp_path / "any_channels.onnx"))
+    write_conv_net(tmp_path / "nan.onnx", side=SIDE, nan=True)
+    for name, match in (
+            ("gray.onnx", "input 'image' has shape ['N', 1, 16, 16], 1 channel; crc-jax feeds RGB"),
+            ("gray_nhwc.onnx", "input 'image' has shape ['N', 16, 16, 1], 1 channel"),
+            ("any_channels.onnx", "onnxruntime cannot run it on input 'image' of shape"),
+            ("nan.onnx", "its vector for 'batch_0/")):
+        code = cli.main([str(a) for a in ("init", tmp_path / "p", "--images", root, "--backbone",
+                                          tmp_path / name)])
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert code == 2 and len(err) == 1 and match in err[0], (name, err)
+        assert not (tmp_path / "p").exists(), sorted(os.listdir(tmp_path / "p"))
+    assert "holds NaN or infinite values" in err[0]
+
+
+def test_mean_and_std_errors_name_their_source(capsys, tmp_path, images):
+    root, _ = images
+    write_conv_net(tmp_path / "m255.onnx", side=SIDE,
+                   metadata={"mean": "123.7,116.3,103.5", "std": "0.229,0.224,0.225"})
+    write_conv_net(tmp_path / "net.onnx", side=SIDE)
+
+    def error(*args):
+        code = cli.main([str(a) for a in ("init", tmp_path / "p", "--images", root, *args)])
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert code == 2 and len(err) == 1, err
+        assert not (tmp_path / "p").exists()
+        return err[0]
+
+    line = error("--backbone", tmp_path / "m255.onnx")
+    assert "m255.onnx: its metadata 'mean' is '123.7,116.3,103.5', on the 0-255 pixel scale" in line
+    assert "give --mean 0.4851,0.4561,0.4059" in line and not line.startswith("error: --mean")
+    assert "must be finite" in error("--backbone", tmp_path / "net.onnx", "--mean", "nan")
+    assert "must be finite" in error("--backbone", tmp_path / "net.onnx", "--std", "inf")
+    assert "at least 0.001" in error("--backbone", tmp_path / "net.onnx", "--std", "1e-40")
+    assert "overflow" not in error("--backbone", tmp_path / "net.onnx", "--std", "1e-40")
+    # --mean given on the 0-1 scale overrides the metadata's
+    assert backbones.OnnxEncoder(tmp_path / "m255.onnx", mean="0.5").mean == [0.5] * 3
+
+
+def test_non_utf8_file_names_are_skipped_and_listed_with_a_backbone(capsys, tmp_path, onnx_model):
+    root = tmp_path / "images"
+    write_digits(root, 6, broken=False)
+    (root / "odd.png").write_bytes((root / "batch_0" / os.listdir(root / "batch_0")[0]).read_bytes()
+                                   + b" ")
+    os.rename(root / "odd.png", os.fsencode(root) + b"/caf\xe9.png")
+    code = cli.main([str(a) for a in ("init", tmp_path / "p", "--images", root, "--backbone",
+                                      onnx_model[0])])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "skipped caf\\xe9.png: its file name is not valid UTF-8" in out
+    assert len(Project.open(tmp_path / "p")) == 6

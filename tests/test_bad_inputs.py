@@ -69,6 +69,27 @@ def test_every_row_of_issue_23_is_a_case(outcomes):
     assert len(results) >= 37 + len(ISSUE_23)   # the 37 cases before issue 23, and these
 
 
+# The rows of init's inputs (features files, backbones, their options, the folder),
+# export's --out and retrain's --out: each one line, exit 2, nothing left behind.
+INIT_EXPORT_RETRAIN = (
+    "init --features: a .npy file named .npz", "init --features .npy named .npz, with --labels",
+    "init --labels with a field over 128 KB", "init --features CSV with a field over 128 KB",
+    "init --backbone single-channel ONNX", "init --backbone whose output is NaN",
+    "init --backbone --mean nan", "init --backbone --std 1e-40",
+    "init --backbone with 0-255 metadata", "init --features --feature-dtype float16 underflow",
+    "init --features of width 0", "init --features with 0 rows, empty folder",
+    "non-UTF-8 file name with --features", "non-UTF-8 file name with --backbone",
+    "init into a folder of the user's", "export into the project's queue.csv",
+    "export onto a dangling symlink", "retrain --out a folder of the user's with config.json",
+    "retrain --out rerun after the user removes config.json")
+
+
+def test_every_init_export_retrain_row_is_a_case(outcomes):
+    _, results = outcomes
+    names = {r["name"] for r in results}
+    assert not set(INIT_EXPORT_RETRAIN) - names, sorted(set(INIT_EXPORT_RETRAIN) - names)
+
+
 def test_reliability_doc_table_is_what_make_docs_writes(outcomes):
     root, results = outcomes
     committed = DOC.read_text()

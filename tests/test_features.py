@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from crc_jax import acquisition, cli
+from crc_jax import acquisition, cli, ntk
 from crc_jax.project import Project, ProjectError, RoundSettings, features, rounds, store
 from crc_jax.project.scan import list_images
 from image_folder import write_digits
@@ -288,3 +288,202 @@ def test_a_format_1_project_still_opens_as_images(tmp_path):
     (tmp_path / "p" / "project.json").write_text(json.dumps(dict(meta, format=2, input="audio")))
     with pytest.raises(ProjectError, match="input 'audio'"):
         Project.open(tmp_path / "p")
+
+
+# ------------------------------------------------------------------- features at any size
+
+def svd_rank(phi, *, bias=True):
+    """The definition: singular values of Z = [Φ, 1] above (d+1)·ε₃₂·σmax, from an SVD."""
+    z = np.asarray(phi, np.float64)
+    z = np.concatenate([z, np.ones((len(z), 1))], axis=1) if bias else z
+    sv = np.linalg.svd(z, compute_uv=False)
+    return int(np.sum(sv > z.shape[1] * ntk.FLOAT32_EPS * sv[0])) if sv[0] > 0 else 0
+
+
+@pytest.mark.parametrize("n, d", [(12, 40), (40, 12), (20, 19), (21, 20), (3, 500)])
+def test_rank_from_either_gram_is_the_rank_of_the_features(n, d):
+    """ZᵀZ ((d+1)²) and ZZᵀ (N²) give one rank, that of the SVD, deficient or not; the
+    smaller one is what feature_rank forms."""
+    rng = np.random.default_rng(n * d)
+    for deficient in (False, True):
+        phi = rng.normal(size=(n, d)).astype(np.float32)
+        if deficient:
+            phi[:, :2] = 0.0                      # dead units
+            phi[-1] = phi[0]                      # a repeated vector
+        for bias in (True, False):
+            ranks = {side: ntk.rank_from_gram(ntk.smaller_gram(phi, bias=bias, side=side),
+                                              (d + bias) * ntk.FLOAT32_EPS)
+                     for side in ("features", "samples")}
+            assert ranks["features"] == ranks["samples"] == svd_rank(phi, bias=bias), ranks
+            assert ntk.feature_rank(phi, bias=bias) == ranks["features"]
+            assert ntk.smaller_gram(phi, bias=bias).shape[0] == min(n, d + bias)
+
+
+def linear_head_ctx(x, labeled, num_classes=3, seed=0):
+    """A Context whose images are the vectors, under a dense head (CRC's last layer)."""
+    from crc_jax.acquisition import Context
+
+    rng = np.random.default_rng(seed)
+    params = {"head": {"kernel": rng.normal(size=(x.shape[1], num_classes)).astype(np.float32),
+                       "bias": np.zeros(num_classes, np.float32)}}
+    labeled = np.asarray(labeled)
+    return Context(apply_fn=lambda v, xb: xb @ v["params"]["head"]["kernel"]
+                   + v["params"]["head"]["bias"], variables={"params": params}, x=x,
+                   labeled=labeled, unlabeled=np.setdiff1d(np.arange(len(x)), labeled),
+                   num_classes=num_classes, features_fn=lambda v, xb: xb, batch_size=8)
+
+
+def brute_force_scores(x, labeled, groups, num_classes=3):
+    """λ⁺min of C·(ΦΦᵀ + 1) over L ∪ g in float64, r = min(|L ∪ g|, ρ), ρ from the SVD."""
+    phi, rho, out = np.asarray(x, np.float64), svd_rank(x), []
+    for g in groups:
+        s = np.concatenate([labeled, g])
+        ev = np.linalg.eigvalsh(num_classes * (phi[s] @ phi[s].T + 1.0))
+        out.append(ev[len(s) - min(len(s), rho)])
+    return np.array(out)
+
+
+def test_crc_scores_of_20_vectors_of_d_100000_in_bounded_memory():
+    """20 vectors of d = 100,000: the rank comes from a 20×20 Gram (a (d+1)² one is 74.5 GiB);
+    the scores equal the brute-force definition, a group repeating a vector scores 0."""
+    import tracemalloc
+
+    from crc_jax.acquisition import crc as crc_lib
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 100_000)).astype(np.float32)
+    x[19] = x[18]
+    labeled = np.arange(5)
+    groups = np.arange(5, 20).reshape(5, 3)            # the last group holds rows 18 and 19
+    ctx = linear_head_ctx(x, labeled)
+    tracemalloc.start()
+    try:
+        scores = crc_lib.score_groups(ctx, groups, subset="last")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * 2**20, f"{peak / 2**20:.0f} MiB of NumPy arrays at once"
+    ref = brute_force_scores(x, labeled, groups)
+    assert ntk.feature_rank(x) == svd_rank(x) == 19
+    np.testing.assert_allclose(scores[:4], ref[:4], rtol=1e-6)
+    assert abs(scores[4]) < 1e-6 * ref[:4].min() and abs(ref[4]) < 1e-6 * ref[:4].min()
+
+
+def test_the_device_backend_ranks_20_vectors_of_d_100000_through_the_20x20_gram():
+    """The float64 device path (what a GPU runs; here XLA on the CPU) forms its rank Gram
+    on the device: N² as well, with the host's scores."""
+    from crc_jax.acquisition import crc as crc_lib
+
+    x = np.random.default_rng(0).normal(size=(20, 100_000)).astype(np.float32)
+    ctx = linear_head_ctx(x, np.arange(5))
+    groups = np.arange(5, 20).reshape(5, 3)
+    np.testing.assert_allclose(crc_lib.score_groups(ctx, groups, backend="device"),
+                               crc_lib.score_groups(ctx, groups, backend="host"), rtol=1e-9)
+
+
+def test_crc_scores_are_identical_through_either_gram(monkeypatch):
+    """At small d the (d+1)² path still exists: forcing it gives the same scores, bit for bit."""
+    from crc_jax.acquisition import crc as crc_lib
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(30, 40)).astype(np.float32)
+    x[:, :3] = 0.0
+    x[29] = x[7]
+    ctx = linear_head_ctx(x, np.arange(6))
+    groups = np.arange(6, 30).reshape(6, 4)
+    smaller = ntk.smaller_gram(x).shape
+    default = crc_lib.score_groups(ctx, groups, subset="last")
+    original = ntk.smaller_gram
+    monkeypatch.setattr(ntk, "smaller_gram", lambda phi, **kw: original(
+        phi, **dict(kw, side="features")))
+    forced = crc_lib.score_groups(ctx, groups, subset="last")
+    assert smaller == (30, 30) and ntk.smaller_gram(x).shape == (41, 41)
+    np.testing.assert_array_equal(forced, default)
+    np.testing.assert_allclose(default, brute_force_scores(x, np.arange(6), groups),
+                               rtol=1e-6, atol=1e-9 * default.max())
+
+
+def test_float16_underflow_and_overflow_are_refused_naming_the_vector(capsys, tmp_path, folder):
+    root, _, paths, vectors = folder
+    huge = vectors.copy()
+    huge[3] *= 1e9                 # 1e9 times the rest: float16 would zero the other 59
+    npz = save_npz(tmp_path / "huge.npz", paths, huge)
+    line = one_line_error(capsys, "init", tmp_path / "p", "--images", root, "--features", npz,
+                          "--feature-dtype", "float16", match="--feature-dtype float16: the vector")
+    assert f"of {paths[0]!r} underflows it (59 such vectors" in line
+    assert "use --feature-dtype float32" in line and not (tmp_path / "p").exists()
+    code, out, _ = run(capsys, "init", tmp_path / "p", "--images", root, "--features", npz)
+    assert code == 0, out                       # float32 holds them
+    scaled = np.array([[1.0, 1.0], [7e4, 0.0], [2.0, 1.0]], np.float32)   # RMS units
+    with np.errstate(over="ignore"):
+        stored = scaled.astype(np.float16)
+    with pytest.raises(ProjectError, match=r"the vector of 'b' overflows it \(1 such"):
+        store.check_stored(scaled, stored, ["a", "b", "c"], "float16")
+
+
+def test_empty_files_and_folders_are_refused(capsys, tmp_path, folder):
+    root, _, paths, vectors = folder
+    np.savez(tmp_path / "wide0.npz", paths=np.array(paths), features=np.zeros((60, 0)))
+    one_line_error(capsys, "init", tmp_path / "p", "--images", root, "--features",
+                   tmp_path / "wide0.npz", match="its vectors have 0 values (shape (60, 0))")
+    (tmp_path / "empty").mkdir()
+    np.savez(tmp_path / "rows0.npz", paths=np.array([], dtype=str), features=np.zeros((0, 24)))
+    one_line_error(capsys, "init", tmp_path / "p", "--images", tmp_path / "empty", "--features",
+                   tmp_path / "rows0.npz", match="holds no vectors (0 rows)")
+    one_line_error(capsys, "init", tmp_path / "p", "--images", tmp_path / "empty", "--features",
+                   save_npz(tmp_path / "e.npz", paths, vectors), match="no images found")
+    assert not (tmp_path / "p").exists()
+
+
+def test_npy_data_named_npz_and_long_csv_fields_are_one_line(capsys, tmp_path, folder):
+    root, truth, paths, vectors = folder
+    np.save(tmp_path / "v.npy", vectors)
+    (tmp_path / "v.npy").rename(tmp_path / "v.npz")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n" + "".join(f"{p},{truth[p]}\n" for p in paths[:10]))
+    for extra in ([], ["--labels", labels]):     # the labels file is not blamed
+        one_line_error(capsys, "init", tmp_path / "p", "--images", root, "--features",
+                       tmp_path / "v.npz", *extra,
+                       match="v.npz: holds one NumPy array (.npy data), not an .npz archive")
+    (tmp_path / "long.csv").write_text(f"path,f0\n{paths[0]},{'1' * 140_000}\n")
+    one_line_error(capsys, "init", tmp_path / "p", "--images", root, "--features",
+                   tmp_path / "long.csv", match="long.csv line 2: not a features CSV row "
+                                                "(field larger than field limit (131072))")
+    (tmp_path / "long_labels.csv").write_text(f"path,label\n{paths[0]},{'x' * 140_000}\n")
+    one_line_error(capsys, "init", tmp_path / "p", "--images", root, "--labels",
+                   tmp_path / "long_labels.csv", match="long_labels.csv: not a labels CSV")
+    assert not (tmp_path / "p").exists()
+
+
+def test_non_utf8_file_names_are_skipped_and_listed_with_features(capsys, tmp_path):
+    root = tmp_path / "images"
+    write_digits(root, 6, broken=False)
+    (root / "odd.png").write_bytes((root / list_images(root)[0]).read_bytes() + b" ")
+    os.rename(root / "odd.png", os.fsencode(root) + b"/caf\xe9.png")
+    listed = list_images(root)
+    assert len(listed) == 7
+    vectors = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32)
+    for name, rows in (("with.npz", listed), ("without.npz", [p for p in listed if "caf" not in p])):
+        npz = save_npz(tmp_path / name, rows, vectors[:len(rows)])
+        code, out, err = run(capsys, "init", tmp_path / f"p_{name}", "--images", root,
+                             "--features", npz)
+        assert code == 0, err
+        assert "skipped caf\\xe9.png: its file name is not valid UTF-8" in out
+        assert len(Project.open(tmp_path / f"p_{name}")) == 6
+
+
+def test_init_refuses_a_folder_holding_the_users_files(capsys, tmp_path, folder):
+    root, _, paths, vectors = folder
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "learning_curve.png").write_bytes(b"my plot")
+    (mine / "predictions.csv").write_text("my,own\n")
+    before = {p.name: p.read_bytes() for p in mine.iterdir()}
+    for extra in ([], ["--features", save_npz(tmp_path / "e.npz", paths, vectors)]):
+        one_line_error(capsys, "init", mine, "--images", root, *extra,
+                       match="is not empty: it holds learning_curve.png, predictions.csv, "
+                             "which crc-jax init did not write")
+        assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
+    (tmp_path / "empty").mkdir()           # an empty folder is a new project's
+    code, out, err = run(capsys, "init", tmp_path / "empty", "--images", root)
+    assert code == 0, err

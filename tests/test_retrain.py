@@ -111,3 +111,49 @@ def test_bad_arguments_end_with_one_line_and_status_2(run_dir, tmp_path, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not out.exists()
+
+
+def users_folder(path, *, config=True):
+    path.mkdir()
+    files = {"report.md": "# my notes\n", "summary.csv": "my,own\n1,2\n"}
+    if config:
+        files["config.json"] = '{"my": "settings"}\n'
+    for name, text in files.items():
+        (path / name).write_text(text)
+    return files
+
+
+def listing(path):
+    return {p.name: p.read_text() for p in path.iterdir()}
+
+
+def test_out_holding_the_users_config_json_is_refused_and_left_as_it_was(run_dir, tmp_path, capsys):
+    """A config.json that retrain did not write does not make a folder retrain's: refused in
+    one line (no marker, no lock file left), and refused again once the user removes it."""
+    out = tmp_path / "mine"
+    files = users_folder(out)
+    for _ in range(2):
+        with pytest.raises(SystemExit) as exit_info:
+            retrain.main([str(run_dir), "--out", str(out), "--seeds", "1"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "not empty and not made by experiments.retrain" in err[0], err
+        assert len(err[0]) < 300
+        assert listing(out) == files
+        (out / "config.json").unlink(missing_ok=True)   # the user removes theirs: still refused
+        files.pop("config.json", None)
+
+
+def test_a_refused_bind_leaves_no_marker_or_lock(run_dir, tmp_path, capsys):
+    """OUT holding another retrain's config.json: accepted as retrain's folder, then refused
+    by the config check, and left holding that config.json alone."""
+    out = tmp_path / "other"
+    out.mkdir()
+    other = json.loads((run_dir / "config.json").read_text())
+    other["retrain"] = {"source": "/elsewhere", "first_seed": 99}
+    (out / "config.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit) as exit_info:
+        retrain.main([str(run_dir), "--out", str(out), "--seeds", "1"])
+    assert exit_info.value.code == 2
+    assert "retrain.first_seed: 99 -> 1" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]

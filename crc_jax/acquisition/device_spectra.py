@@ -169,14 +169,14 @@ def jacobian_side(k_bb, k_bc, k_gg, rows, idx):
 
 @partial(jax.jit, static_argnames=("bias",))
 def gram_of(phi, *, bias: bool):
-    """(Z, ZᵀZ) with Z = [Φ, 1] (Φ without bias), in the dtype of phi."""
+    """(Z, ZᵀZ or ZZᵀ, the smaller) with Z = [Φ, 1] (Φ without bias), in the dtype of phi."""
     z = jnp.concatenate([phi, jnp.ones((phi.shape[0], 1), phi.dtype)], axis=1) if bias else phi
-    return z, jnp.matmul(z.T, z, precision=HIGHEST)
+    return z, ntk.device_gram(z)
 
 
 @jax.jit
 def rank_from_gram(gram, rtol):
-    """ntk.feature_rank's count on the device: eigenvalues of ZᵀZ above rtol²·λmax."""
+    """ntk.feature_rank's count on the device: eigenvalues of ZᵀZ (or ZZᵀ) above rtol²·λmax."""
     ev = jnp.linalg.eigvalsh(gram)
     return jnp.where(ev[-1] > 0, jnp.sum(ev > rtol ** 2 * ev[-1]), 0)
 

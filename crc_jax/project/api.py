@@ -99,8 +99,7 @@ class Project:
             classes = store.check_class_names(classes) if classes else []
         except ProjectError as err:
             raise ProjectError(f"--classes: {err}") from None
-        if (directory / store.PROJECT_FILE).exists():
-            store.prepare_dir(directory)  # raises: already a project
+        store.check_new_dir(directory)   # before the scan: a project, or someone's folder
         labels_rows = None
         if labels_csv is not None:
             from crc_jax.project import exchange
@@ -140,8 +139,9 @@ class Project:
                 meta["kind"] = store.kind_of(meta)
                 result = computed
             store.finish_init(directory, meta)
-        except BaseException:   # a full disk, Ctrl-C: no half-made project stays behind
-            store.undo_init(directory, made_dir=made_dir)
+        except BaseException as err:   # a full disk, Ctrl-C: no half-made project stays behind
+            store.undo_init(directory, made_dir=made_dir,
+                            keep_chunks=not isinstance(err, ProjectError))
             raise
         if features is not None:
             from crc_jax.project.features import chunks

@@ -14,7 +14,10 @@ rows are listed; nothing is imported unless `skip_unmapped` asks to import the o
 Everything is checked before anything is saved.
 
 Export: `csv` (path,label of labeled images) or `label-studio` (every image as a task,
-crc_jax.project.label_studio, with its labeling config written beside it).
+crc_jax.project.label_studio, with its labeling config written beside it), each into a new
+file outside the project directory (whose files crc-jax itself writes: an export named
+like one of them would be read back as the project's); an existing file, or a symbolic
+link even when it points nowhere, is refused.
 """
 
 from __future__ import annotations
@@ -159,6 +162,14 @@ def read_labels_file(path: Path, *, names=None) -> list[tuple[str, str]]:
     if not path.is_file():
         raise ProjectError(f"{path}: no such file")
     text = path.read_text(encoding="utf-8-sig", errors="replace")
+    try:
+        return _read_labels_text(text, path, names)
+    except csv.Error as err:   # a field over csv's size limit, a NUL byte
+        raise ProjectError(f"{path}: not a labels CSV ({err}); give a CSV with header "
+                           "path,label or a Label Studio export") from None
+
+
+def _read_labels_text(text: str, path: Path, names) -> list[tuple[str, str]]:
     if text.lstrip().startswith(("[", "{")):
         return label_studio.read_export(text, path, names)
     first_line = text.split("\n", 1)[0]
@@ -251,6 +262,19 @@ def config_path_for(out: Path) -> Path:
     return out.with_name(out.stem + ".label_config.xml")
 
 
+def check_new_file(out: Path, project_dir: Path, flag: str) -> None:
+    """`out` must be a new file (not even a dangling symbolic link), in an existing folder
+    outside the project directory."""
+    if out.exists() or out.is_symlink():
+        link = " (a symbolic link)" if out.is_symlink() else ""
+        raise ProjectError(f"{flag} {out}: already exists{link}; choose a new file")
+    if not out.parent.is_dir():
+        raise ProjectError(f"{flag} {out}: the folder {out.parent} does not exist")
+    if Path(os.path.realpath(out.parent)).is_relative_to(os.path.realpath(project_dir)):
+        raise ProjectError(f"{flag} {out}: inside the project directory {project_dir}, whose "
+                           "files crc-jax writes; choose a file outside it")
+
+
 def export(project, out: Path, fmt: str, *, document_root: str | os.PathLike = "/",
            label_config: os.PathLike | None = None, ground_truth: bool = False) -> dict:
     """Write `out` (a new file); for label-studio also its labeling config (unless given).
@@ -260,10 +284,7 @@ def export(project, out: Path, fmt: str, *, document_root: str | os.PathLike = "
     """
     if fmt not in FORMATS:
         raise ProjectError(f"--format: unknown {fmt!r}; allowed: {', '.join(FORMATS)}")
-    if out.exists():
-        raise ProjectError(f"--out {out}: already exists; choose a new file")
-    if not out.parent.is_dir():
-        raise ProjectError(f"--out {out}: the folder {out.parent} does not exist")
+    check_new_file(out, project.dir, "--out")
     if fmt == "csv":
         labels = project.labels()
         ids = sorted(labels)
@@ -275,7 +296,7 @@ def export(project, out: Path, fmt: str, *, document_root: str | os.PathLike = "
     config_out = None
     if names is None:
         config_out = config_path_for(out)
-        if config_out.exists():
+        if config_out.exists() or config_out.is_symlink():
             raise ProjectError(f"{config_out}: already exists (the labeling config is written "
                                "beside --out); choose a new --out, or give --label-config")
         names = label_studio_config.DEFAULT_NAMES

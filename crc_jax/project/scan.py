@@ -74,6 +74,9 @@ def load_image(path: Path, size: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
+NOT_UTF8 = "its file name is not valid UTF-8; rename the file to include it"
+
+
 def printable(rel: str) -> str:
     """A path as text that can be printed and stored: bytes that are not UTF-8 (kept by
     the file system as surrogates) shown as \\xNN escapes."""
@@ -98,8 +101,7 @@ def scan(root: os.PathLike, size: int, *, progress: bool = True) -> ScanResult:
     for rel in tqdm(list_images(root), desc="scan", disable=None if progress else True, leave=False):
         path = root / rel
         if printable(rel) != rel:   # index.csv, the page and exports need a text name
-            skipped.append((printable(rel), "its file name is not valid UTF-8; rename the "
-                                            "file to include it"))
+            skipped.append((printable(rel), NOT_UTF8))
             continue
         try:
             data = path.read_bytes()

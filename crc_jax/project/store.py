@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,6 @@ FORMAT_VERSION = 2      # 2: project.json names its input; a format-1 project ho
 PROJECT_FILE = "project.json"
 INIT_MARKER = ".init-incomplete"
 OPTIONS_FILE = "options.json"
-OWNED = ("pool.npy", "index.csv", "labels.jsonl", "rounds.jsonl", "queue.csv",
-         "features.partial", OPTIONS_FILE)
 INPUTS = ("images", "features")
 KINDS = {"images": "images", "features": "features", "backbone": "features"}   # kind: its input
 
@@ -89,16 +88,25 @@ def fill_sha256(root: Path, paths: list, hashes: list) -> list[str]:
     return filled
 
 
-def prepare_dir(directory: Path) -> None:
-    """Refuse a directory that is already a project or holds files `init` did not write."""
+def check_new_dir(directory: Path) -> None:
+    """Refuse a directory that is already a project, or that is not empty and was not made
+    by an unfinished `init` (its marker): later rounds would overwrite the files it holds."""
     if (directory / PROJECT_FILE).exists():
         raise ProjectError(f"{directory} is already a crc-jax project; open it, or choose a "
                            "new directory")
-    if directory.exists() and not (directory / INIT_MARKER).exists():
-        present = [name for name in OWNED + ("models",) if (directory / name).exists()]
+    if directory.exists() and not directory.is_dir():
+        raise ProjectError(f"{directory}: exists and is not a directory; choose a new directory")
+    if directory.is_dir() and not (directory / INIT_MARKER).exists():
+        present = sorted(p.name for p in directory.iterdir())
         if present:
-            raise ProjectError(f"{directory} already holds {', '.join(present)}, which crc-jax "
-                               "init did not write; choose a new directory")
+            shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+            raise ProjectError(f"{directory} is not empty: it holds {shown}, which crc-jax init "
+                               "did not write; choose a new or empty directory")
+
+
+def prepare_dir(directory: Path) -> None:
+    """Claim `directory` for `init` (check_new_dir, then its marker)."""
+    check_new_dir(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / INIT_MARKER).touch()
 
@@ -119,11 +127,45 @@ def write_features(directory: Path, features: np.ndarray, paths: list, hashes: l
     the scale."""
     rms = float(np.sqrt(np.mean(np.square(features, dtype=np.float64))))
     scale = rms if rms > 0 else 1.0
-    stored = (features / np.float32(scale)).astype(dtype)
-    if not np.isfinite(stored).all():
-        raise ProjectError(f"--feature-dtype {dtype}: the scaled features overflow it; use float32")
+    scaled = features / np.float32(scale)
+    with np.errstate(over="ignore"):   # an overflow is refused below, naming the vector
+        stored = scaled.astype(dtype)
+    check_stored(scaled, stored, paths, dtype)
     write_pool(directory, stored, paths, hashes)
     return scale
+
+
+STORE_RTOL = 1e-2   # a vector stored with a larger relative error has lost its values
+STORE_CHUNK = 65536
+
+
+def check_stored(scaled: np.ndarray, stored: np.ndarray, paths: list, dtype: str) -> None:
+    """Every vector must survive the cast to `dtype`: none overflows it (inf), and none loses
+    its values to underflow (a vector far smaller than the others, scaled below the dtype's
+    normal range, comes out zeroed or coarse). ProjectError naming the first such image."""
+    over: list[int] = []
+    under: list[int] = []
+    for start in range(0, len(scaled), STORE_CHUNK):
+        x = scaled[start:start + STORE_CHUNK].astype(np.float32)
+        y = stored[start:start + STORE_CHUNK].astype(np.float32)
+        finite = np.asarray(np.isfinite(y).all(axis=1))
+        over.extend(start + np.flatnonzero(~finite))
+        norm = np.linalg.norm(x, axis=1)
+        error = np.linalg.norm(np.where(finite[:, None], y - x, 0.0), axis=1)
+        under.extend(start + np.flatnonzero(finite & (error > STORE_RTOL * norm)))
+    info = np.finfo(dtype)
+    if over:
+        row = int(over[0])
+        raise ProjectError(f"--feature-dtype {dtype}: the vector of {paths[row]!r} overflows it "
+                           f"({len(over)} such vectors: values over {float(info.max):g} times "
+                           "the features' RMS value); use --feature-dtype float32")
+    if under:
+        row = int(under[0])
+        size = float(np.sqrt(np.mean(np.square(scaled[row], dtype=np.float64))))
+        raise ProjectError(f"--feature-dtype {dtype}: the vector of {paths[row]!r} underflows it "
+                           f"({len(under)} such vectors: values about {size:.1g} of the features' "
+                           f"RMS value, where {dtype} keeps full precision down to "
+                           f"{float(info.tiny):.1g}); use --feature-dtype float32")
 
 
 def write_meta(directory: Path, meta: dict) -> None:
@@ -136,10 +178,14 @@ def finish_init(directory: Path, meta: dict) -> None:
     (directory / INIT_MARKER).unlink(missing_ok=True)
 
 
-def undo_init(directory: Path, *, made_dir: bool) -> None:
+def undo_init(directory: Path, *, made_dir: bool, keep_chunks: bool = True) -> None:
     """Remove what a failed `init` wrote (its pool, index and marker; the directory too when
     init made it and it is left empty): no half-made project stays behind. A backbone's
-    finished chunks (features.partial) stay, with the marker, so the same init resumes."""
+    finished chunks (features.partial) stay, with the marker, so the same init resumes after
+    an interruption; `keep_chunks=False` (an input refused: rerunning cannot succeed)
+    removes them too."""
+    if not keep_chunks:
+        shutil.rmtree(directory / "features.partial", ignore_errors=True)
     resumable = (directory / "features.partial").exists()
     for name in ("pool.npy", "index.csv") + (() if resumable else (INIT_MARKER,)):
         (directory / name).unlink(missing_ok=True)

@@ -6,7 +6,8 @@ compared when an interrupted init resumes).
 
   OnnxEncoder  an ONNX model run by onnxruntime (the `onnx` extra): the format most
                pretrained vision models are exported to (timm, torchvision, Hugging Face).
-               From the model: the input layout (NCHW or NHWC, from the axis of size 3),
+               From the model: the input layout (NCHW or NHWC, from the axis of size 3;
+               a model taking another number of channels, e.g. grayscale, is refused),
                its side (a fixed one; else --input-size), its element type (float, half, or
                uint8 taken as raw pixels), and `mean`/`std` from its metadata (keys "mean"
                and "std", comma-separated, on the 0-1 pixel scale) unless given as options;
@@ -44,26 +45,61 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def parse_triple(text, option: str) -> list | None:
-    """Three channel values from "a,b,c" (or one value for all three), on the 0-1 pixel scale."""
+STD_MIN = 1e-3   # no pixel statistic is smaller (std 1/255 feeds a model 0-255 values)
+
+
+def parse_triple(text, option: str, *, model: Path | None = None) -> list | None:
+    """Three channel values from "a,b,c" (or one value for all three), on the 0-1 pixel scale.
+
+    option: "--mean" or "--std"; model: the ONNX file when `text` comes from its metadata
+    (errors then name the metadata and say which option overrides it)."""
     if text is None:
         return None
+    where = option if model is None else f"--backbone {model}: its metadata {option[2:]!r}"
+    fix = "" if model is None else f"; give {option} on the 0-1 scale to override it"
     parts = text.split(",") if isinstance(text, str) else list(text)
     try:
         values = [float(v) for v in parts]
     except ValueError:
-        raise ProjectError(f"{option}: expected three numbers like 0.485,0.456,0.406, "
-                           f"got {text!r}") from None
+        raise ProjectError(f"{where}: expected three numbers like 0.485,0.456,0.406, "
+                           f"got {text!r}{fix}") from None
     if len(values) == 1:
         values *= 3
     if len(values) != 3:
-        raise ProjectError(f"{option}: expected 3 values (one per RGB channel), got {len(values)}")
-    if option == "--std" and min(values) <= 0:
-        raise ProjectError(f"--std: values must be positive, got {text!r}")
+        raise ProjectError(f"{where}: expected 3 values (one per RGB channel), got "
+                           f"{len(values)}{fix}")
+    if not all(np.isfinite(values)):
+        raise ProjectError(f"{where}: values must be finite numbers, got {text!r}{fix}")
     if max(abs(v) for v in values) > 1.0:
-        raise ProjectError(f"{option}: values are on the 0-1 pixel scale (ImageNet: "
-                           f"0.485,0.456,0.406 / 0.229,0.224,0.225), got {text!r}")
+        if model is not None and max(abs(v) for v in values) <= 255.0:
+            scaled = ",".join(f"{v / 255.0:.4g}" for v in values)
+            raise ProjectError(f"{where} is {text!r}, on the 0-255 pixel scale; crc-jax reads "
+                               f"it on the 0-1 scale: give {option} {scaled} (the metadata "
+                               "divided by 255)")
+        raise ProjectError(f"{where}: values are on the 0-1 pixel scale (ImageNet: "
+                           f"0.485,0.456,0.406 / 0.229,0.224,0.225), got {text!r}{fix}")
+    if option == "--std" and min(values) < STD_MIN:
+        raise ProjectError(f"{where}: values must be positive, at least {STD_MIN:g} (on the 0-1 "
+                           f"pixel scale; ImageNet: 0.229,0.224,0.225), got {text!r}{fix}")
     return values
+
+
+def channel_axis(path: Path, name: str, shape: list) -> int:
+    """1 (NCHW) or 3 (NHWC): the axis of size 3 of an image input; a fixed axis of fewer
+    than 8 entries (an image side is at least 8) that is not 3 is a channel count crc-jax
+    cannot feed (it feeds RGB), and is refused."""
+    if shape[1] == 3:
+        return 1
+    if shape[3] == 3:
+        return 3
+    for axis in (1, 3):
+        size = shape[axis]
+        if isinstance(size, int) and 0 < size < 8:
+            raise ProjectError(f"--backbone {path}: input {name!r} has shape {shape}, "
+                               f"{size} channel{'s' * (size != 1)}; crc-jax feeds RGB images "
+                               "(3 channels): export the model with a 3-channel input (for "
+                               "a grayscale model, average the 3 channels in the model first)")
+    return 1
 
 
 def check_input_size(size) -> int | None:
@@ -110,7 +146,7 @@ class OnnxEncoder:
         if len(shape) != 4:
             raise ProjectError(f"--backbone {path}: input {inp.name!r} has shape {shape}; expected "
                                "an image batch (N, 3, H, W) or (N, H, W, 3)")
-        self.channels_first = shape[1] == 3 or shape[3] != 3
+        self.channels_first = channel_axis(self.path, inp.name, shape) == 1
         self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
         spatial = shape[2:] if self.channels_first else shape[1:3]
         fixed = [s for s in spatial if isinstance(s, int) and s > 0]
@@ -124,8 +160,10 @@ class OnnxEncoder:
                                "--input-size")
         self.input_size = fixed[0] if fixed else given
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.mean = parse_triple(mean, "--mean") or parse_triple(meta.get("mean"), "--mean")
-        self.std = parse_triple(std, "--std") or parse_triple(meta.get("std"), "--std")
+        self.mean = (parse_triple(mean, "--mean")
+                     or parse_triple(meta.get("mean"), "--mean", model=self.path))
+        self.std = (parse_triple(std, "--std")
+                    or parse_triple(meta.get("std"), "--std", model=self.path))
         if self.input_type == np.uint8 and (self.mean or self.std):
             raise ProjectError(f"--backbone {path}: the model takes uint8 pixels; it normalizes "
                                "them itself, so --mean/--std do not apply")
@@ -148,14 +186,21 @@ class OnnxEncoder:
         """The first output for an input batch; a model exported with a fixed batch size
         gets slices of that size (the last one padded)."""
         if self.fixed_batch is None:
-            return np.asarray(self.session.run([self.output_name], {self.input_name: x})[0])
+            return self._session_run(x)
         b, outs = self.fixed_batch, []
         for s in range(0, len(x), b):
             part = x[s:s + b]
             padded = np.concatenate([part, np.repeat(part[:1], b - len(part), axis=0)])
-            outs.append(np.asarray(self.session.run([self.output_name],
-                                                    {self.input_name: padded})[0])[:len(part)])
+            outs.append(self._session_run(padded)[:len(part)])
         return np.concatenate(outs)
+
+    def _session_run(self, x: np.ndarray) -> np.ndarray:
+        try:
+            return np.asarray(self.session.run([self.output_name], {self.input_name: x})[0])
+        except Exception as err:  # noqa: BLE001 -- onnxruntime raises its own exception types
+            raise ProjectError(f"--backbone {self.path}: onnxruntime cannot run it on input "
+                               f"{self.input_name!r} of shape {list(x.shape)} "
+                               f"({str(err).splitlines()[0][:200]})") from None
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         out = self.run(self.preprocess(images))

@@ -1,14 +1,16 @@
 """Features of a folder computed by a backbone in chunks, so a killed `init` resumes.
 
 The folder is listed and every file hashed first (exact duplicates kept out, empty or
-unreadable files skipped, as crc_jax.project.scan does); the remaining images are cut
-into chunks of `chunk_images`. Each chunk is decoded at the encoder's input size (a
-few threads), encoded in batches of `batch_size`, and written whole to
-DIR/features.partial/chunk_NNNNNN.npz through crc_jax.durable.write_atomic, beside a
-manifest naming the encoder, the images and the chunk size. Rerunning the same `init`
-finds the manifest, keeps every chunk already written and computes the rest; a
-different backbone or folder starts over (the partial files are init's own). The
-fault point "features_chunk" kills the process after a chunk is written (tests).
+unreadable files and names that are not valid UTF-8 skipped, as crc_jax.project.scan
+does); the remaining images are cut into chunks of `chunk_images`. Each chunk is decoded
+at the encoder's input size (a few threads), encoded in batches of `batch_size`, and
+written whole to DIR/features.partial/chunk_NNNNNN.npz through
+crc_jax.durable.write_atomic, beside a manifest naming the encoder, the images and the
+chunk size. Rerunning the same `init` finds the manifest, keeps every chunk already
+written and computes the rest; a different backbone or folder starts over (the partial
+files are init's own). A vector that is not finite, or an encoder that returns vectors
+of length 0, stops the init with one line naming the image (ProjectError). The fault
+point "features_chunk" kills the process after a chunk is written (tests).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 
 from crc_jax import durable, faults
 from crc_jax.project.features import FeatureResult
-from crc_jax.project.scan import describe_error, list_images, load_image
+from crc_jax.project.scan import NOT_UTF8, describe_error, list_images, load_image, printable
 from crc_jax.project.store import ProjectError
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,9 @@ def index_folder(root: Path) -> tuple[list, list, list, list]:
     paths, hashes, duplicates, skipped = [], [], [], []
     first_of: dict[str, str] = {}
     for rel in list_images(root):
+        if printable(rel) != rel:   # index.csv and the page need a text name
+            skipped.append((printable(rel), NOT_UTF8))
+            continue
         try:
             data = (root / rel).read_bytes()
         except OSError as err:
@@ -155,11 +160,26 @@ class ChunkedBackbone:
             batch = np.stack([decoded[i][0] for i in kept[s:s + self.batch_size]])
             outs.append(self.encoder.encode(batch))
         features = np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+        if outs:
+            self._check_vectors(features, [rels[i] for i in kept])
         buffer = io.BytesIO()
         np.savez(buffer, features=features, kept=np.asarray(kept, np.int64),
                  skipped=np.asarray(bad, np.int64),
                  reasons=np.asarray([decoded[i][1] for i in bad], dtype=str))
         durable.write_atomic(path, buffer.getvalue())
+
+    def _check_vectors(self, features: np.ndarray, rels: list) -> None:
+        """Vectors the pool can hold: of length >= 1, every value finite."""
+        where = f"--backbone {getattr(self.encoder, 'path', '')}".rstrip()
+        if features.shape[1] == 0:
+            raise ProjectError(f"{where}: its output holds vectors of length 0 (shape "
+                               f"{features.shape}); export the model with its feature output first")
+        finite = np.isfinite(features).all(axis=1)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
+            raise ProjectError(f"{where}: its vector for {rels[row]!r} holds NaN or infinite "
+                               f"values ({int((~finite).sum())} of {len(rels)} images in this "
+                               "chunk); check the model, and --mean/--std or its metadata")
 
 
 def chunk_name(k: int) -> str:

@@ -13,9 +13,12 @@ inside that folder; Windows separators are accepted.
 Every image the folder holds (crc_jax.project.scan.list_images) must have exactly one
 vector and every vector an image; a missing, extra or repeated path, a value that is
 NaN or infinite, a vector of another length, a value that is not a number: each is
-refused with one line naming the path (ProjectError). The images are not opened (the
-vectors were computed from them already): the sha256 column of index.csv stays empty
-and exact duplicate files stay in the pool, each with its own vector.
+refused with one line naming the path (ProjectError), and so is a file without vectors
+or with vectors of length 0, and a folder without images. An image whose file name is
+not valid UTF-8 is skipped and listed, as `init` without features does (a vector naming
+it is left out with it). The images are not opened (the vectors were computed from them
+already): the sha256 column of index.csv stays empty and exact duplicate files stay in
+the pool, each with its own vector.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from crc_jax.project.features import FeatureResult
-from crc_jax.project.scan import list_images
+from crc_jax.project.scan import NOT_UTF8, list_images, printable
 from crc_jax.project.store import ProjectError
 
 FORMATS = (".npz", ".csv")
@@ -73,6 +76,9 @@ def read_npz(path: Path) -> tuple[list, np.ndarray]:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise ProjectError(f"--features {path}: not a NumPy .npz file ({err})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):   # np.load read one .npy array
+        raise ProjectError(f"--features {path}: holds one NumPy array (.npy data), not an .npz "
+                           "archive; write it with np.savez(FILE, paths=paths, features=vectors)")
     with archive:
         missing = [k for k in ("paths", "features") if k not in archive.files]
         if missing:
@@ -92,31 +98,51 @@ def read_npz(path: Path) -> tuple[list, np.ndarray]:
                            f"{vectors.dtype} of shape {vectors.shape}")
     if len(paths) != len(vectors):
         raise ProjectError(f"--features {path}: {len(paths)} paths but {len(vectors)} vectors")
+    check_shape(path, vectors)
     texts = [p.decode() if isinstance(p, bytes) else str(p) for p in paths.tolist()]
     return texts, vectors.astype(np.float32)
+
+
+def check_shape(path: Path, vectors: np.ndarray) -> None:
+    """At least one vector, each of at least one value."""
+    if vectors.shape[0] == 0:
+        raise ProjectError(f"--features {path}: holds no vectors (0 rows); write one vector "
+                           "per image of the --images folder")
+    if vectors.shape[1] == 0:
+        raise ProjectError(f"--features {path}: its vectors have 0 values (shape "
+                           f"{vectors.shape}); write one (N, d) array with d >= 1")
 
 
 def read_csv(path: Path) -> tuple[list, np.ndarray]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        header = next(reader, None)
-        if not header or header[0].strip() != "path" or len(header) < 2:
-            raise ProjectError(f"--features {path}: expected a header 'path,<one name per "
-                               f"value>', got {','.join(header or []) or 'an empty file'}")
-        d = len(header) - 1
-        paths, rows = [], []
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            where = f"--features {path} line {line} ({row[0]!r})"
-            if len(row) - 1 != d:
-                raise ProjectError(f"{where}: {len(row) - 1} values, expected {d} as in the header")
-            try:
-                rows.append(np.asarray(row[1:], dtype=np.float32))
-            except ValueError:
-                bad = next(v for v in row[1:] if not _is_number(v))
-                raise ProjectError(f"{where}: {bad!r} is not a number") from None
-            paths.append(row[0])
+        try:
+            return _read_csv_rows(path, reader)
+        except csv.Error as err:   # a field over csv's size limit, a NUL byte
+            raise ProjectError(f"--features {path} line {reader.line_num}: not a features CSV "
+                               f"row ({err}); expected path,<value>,<value>,... with one "
+                               "number per field") from None
+
+
+def _read_csv_rows(path: Path, reader) -> tuple[list, np.ndarray]:
+    header = next(reader, None)
+    if not header or header[0].strip() != "path" or len(header) < 2:
+        raise ProjectError(f"--features {path}: expected a header 'path,<one name per "
+                           f"value>', got {','.join(header or []) or 'an empty file'}")
+    d = len(header) - 1
+    paths, rows = [], []
+    for line, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        where = f"--features {path} line {line} ({row[0]!r})"
+        if len(row) - 1 != d:
+            raise ProjectError(f"{where}: {len(row) - 1} values, expected {d} as in the header")
+        try:
+            rows.append(np.asarray(row[1:], dtype=np.float32))
+        except ValueError:
+            bad = next(v for v in row[1:] if not _is_number(v))
+            raise ProjectError(f"{where}: {bad!r} is not a number") from None
+        paths.append(row[0])
     if not rows:
         raise ProjectError(f"--features {path}: no vectors after the header")
     return paths, np.stack(rows)
@@ -149,8 +175,13 @@ def match(source: Path, written: list, vectors: np.ndarray, root: Path) -> Featu
     naming the first path that breaks a rule (see the module docstring)."""
     if not root.is_dir():
         raise ProjectError(f"--images {root}: not a folder")
-    listed_paths = list_images(root)
-    listed = set(listed_paths)
+    every = list_images(root)
+    listed = set(every)
+    untext = {p for p in every if printable(p) != p}   # skipped: not valid UTF-8
+    listed_paths = [p for p in every if p not in untext]
+    if not listed_paths:
+        skipped = f" ({len(untext)} skipped: file names not valid UTF-8)" if untext else ""
+        raise ProjectError(f"--images {root}: no images found{skipped}")
     finite = np.isfinite(vectors).all(axis=1)
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
@@ -162,6 +193,8 @@ def match(source: Path, written: list, vectors: np.ndarray, root: Path) -> Featu
         rel = relative_path(text, root, listed)
         if rel not in listed:
             extra.append(text)
+        elif rel in untext:
+            continue
         elif rel in row_of:
             raise ProjectError(f"--features {source}: {text!r} has two vectors (rows "
                                f"{row_of[rel] + 1} and {row + 1})")
@@ -176,6 +209,7 @@ def match(source: Path, written: list, vectors: np.ndarray, root: Path) -> Featu
                            f"of the {len(listed_paths)} images of {root} have none)")
     order = np.fromiter((row_of[p] for p in listed_paths), np.int64, len(listed_paths))
     return FeatureResult(paths=listed_paths, hashes=[""] * len(listed_paths),
-                         features=np.ascontiguousarray(vectors[order]), duplicates=[], skipped=[],
+                         features=np.ascontiguousarray(vectors[order]), duplicates=[],
+                         skipped=[(printable(p), NOT_UTF8) for p in sorted(untext)],
                          source={"kind": "file", "file": str(source.resolve()),
                                  "format": source.suffix.lower().lstrip(".")})
