@@ -1,5 +1,6 @@
 """The command line: bad configs are one line and exit 2; a killed run resumes identically."""
 
+import contextlib
 import json
 import os
 import signal
@@ -157,6 +158,20 @@ def test_override_before_config_works_and_the_run_says_where_results_went(tmp_pa
     assert report.stdout.strip().splitlines()[-1].startswith(f"report:  {tmp_path / 'rep'}/")
 
 
+@contextlib.contextmanager
+def sigint_handled_in_children():
+    """Children started in the block handle SIGINT as Python does by default, even when
+    this process runs with SIGINT ignored (a background job of a non-interactive shell,
+    which its children would inherit, so that Ctrl-C never reached them)."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def wait_for_file(path: Path, proc: subprocess.Popen, *, limit: float = 600) -> bool:
     """Wait until `path` exists (True) or `proc` ended (False); `limit` seconds only guard
     against a hang, they are no measure of speed."""
@@ -181,9 +196,10 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_rerun_resumes(tmp_path):
     ready = tmp_path / "paused"
     env = dict(os.environ, CRC_JAX_FAULT="journal_append.written:1:pause",
                CRC_JAX_FAULT_READY=str(ready))
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.main", *args,
-                             f"--workdir={workdir}"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    with sigint_handled_in_children():
+        proc = subprocess.Popen([sys.executable, "-m", "experiments.main", *args,
+                                 f"--workdir={workdir}"], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert wait_for_file(ready, proc), proc.communicate()[1][-3000:]
         assert ready.read_text() == f"{proc.pid}\n"

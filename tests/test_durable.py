@@ -191,6 +191,7 @@ APPEND_THREE = """
 import json, os, signal, sys
 from crc_jax import durable
 
+signal.signal(signal.SIGINT, signal.default_int_handler)   # even if started with it ignored
 kind, path, how = sys.argv[1:4]
 if how == "fsync":
     real_fsync, calls = os.fsync, []
