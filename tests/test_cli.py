@@ -84,8 +84,8 @@ def test_sigkill_mid_trial_then_resume_gives_identical_journals(tmp_path):
 
     killed_dir = tmp_path / "killed"
     journal = killed_dir / "entropy" / "trial_0" / "journal.jsonl"
-    ready = tmp_path / "paused"    # the run pauses at step 1's acquisition, then SIGKILL
-    env = dict(os.environ, CRC_JAX_FAULT="acquisition:1:pause", CRC_JAX_FAULT_READY=str(ready))
+    ready = tmp_path / "paused"   # paused at the 2nd acquisition (step 1's), then SIGKILL
+    env = dict(os.environ, CRC_JAX_FAULT="acquisition:2:pause", CRC_JAX_FAULT_READY=str(ready))
     proc = subprocess.Popen([sys.executable, "-m", "experiments.main", *args,
                              f"--workdir={killed_dir}"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
