@@ -524,6 +524,14 @@ def main(argv=None) -> int:
     except OSError as err:  # a read-only or full file system, a folder that is gone
         print(f"error: {os_error(err)}", file=sys.stderr)
         return 2
+    except Exception as err:   # JAX's backend failed to start (JAX_PLATFORMS, a plugin)
+        from crc_jax import devices
+
+        line = devices.backend_failure(err)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -11,6 +11,12 @@ with JAX's own reason (the error it raises for that platform, and the error it r
 when the backend failed to start), whether the hardware is visible, and which plugin is
 installed beside which jaxlib.
 
+JAX can also fail to start at all: JAX_PLATFORMS (or jax_platforms) naming a platform
+that is unknown or cannot start (`JAX_PLATFORMS=cuda` on a machine without a visible GPU
+ends in a bare AssertionError inside JAX), a plugin that fails to load. `start_backend()`
+turns that into DeviceUnavailable, one line with JAX's reason; `backend_failure(err)`
+tells such an exception from any other for entry points where JAX starts later.
+
     python -m crc_jax.devices [--device auto|cpu|gpu|tpu] [--distributed]
 
 prints that line (exit status 0), or the reason (exit status 2): the one command that
@@ -23,6 +29,7 @@ import argparse
 import os
 import sys
 from importlib import metadata
+from pathlib import Path
 
 from crc_jax.errors import DeviceUnavailable
 
@@ -36,6 +43,7 @@ INSTALL_HINT = {"gpu": "pip install 'jax[cuda13]' (or 'jax[cuda12]'; crc_jax's e
 # The names under which JAX's backends for a platform register (jax.devices accepts these).
 BACKEND_NAMES = {"gpu": ("cuda", "rocm"), "tpu": ("tpu",), "cpu": ("cpu",)}
 SHOWN_DEVICES = 8    # the start-up line names at most this many devices
+JAX_START_ERROR = "Unable to initialize backend"   # how JAX's own start-up errors begin
 
 
 def installed_plugins(platform: str) -> dict[str, str]:
@@ -69,13 +77,121 @@ def _backends_started() -> bool:
     return bool(xla_bridge.backends_are_initialized())
 
 
+def start_backend() -> None:
+    """Start JAX's backends now; a failure to start them is DeviceUnavailable (one line,
+    JAX's reason). Any other exception passes."""
+    import jax
+
+    try:
+        jax.devices()
+    except Exception as err:
+        line = backend_failure(err)
+        if line is None:
+            raise
+        raise DeviceUnavailable(line) from None
+
+
+def backend_failure(err: BaseException) -> str | None:
+    """The one line for an exception raised while JAX started its backends (a platform in
+    JAX_PLATFORMS that is unknown or cannot start, a plugin that fails to load), JAX's
+    reason first; None for any other exception.
+
+    JAX's traceback filtering drops its own frames below a jitted call, so when `err` came
+    out of JAX without showing where, and JAX's backend is not up, the backend is started
+    again here: if that fails, it is what `err` was."""
+    if _raised_starting_backends(err) or str(err).startswith(JAX_START_ERROR):
+        return _failure_line(err)
+    import jax
+
+    if _backends_started() or not _came_from_jax(err, Path(jax.__file__).parent):
+        return None   # JAX is up, or `err` is not JAX's: it is about something else
+    try:
+        jax.devices()
+    except Exception as again:
+        return _failure_line(again) if _raised_starting_backends(again) else None
+    return None
+
+
+def _failure_line(err: BaseException) -> str:
+    said = " ".join(str(err).split())
+    platforms = _requested_platforms()
+    if not said:   # JAX skipped every platform asked for (e.g. "cuda" with no GPU visible)
+        said = (f"it started none of the platforms asked for ({', '.join(map(repr, platforms))})"
+                if platforms else "no platform started")
+    parts = [f"JAX could not start its backend: {said}"]
+    for family in dict.fromkeys(_family(name) for name in platforms):
+        if family in PLUGINS:
+            if _hardware_visible(family) is False:
+                parts.append("no NVIDIA GPU visible to this process (no /dev/nvidia*)"
+                             if family == "gpu" else "no TPU chip visible to this process")
+            plugins = installed_plugins(family)
+            parts.append(", ".join(f"{n} {v}" for n, v in plugins.items())
+                         + f" installed beside jaxlib {_version('jaxlib')}" if plugins
+                         else f"no {family.upper()} plugin installed: {INSTALL_HINT[family]}")
+    if os.environ.get("PJRT_NAMES_AND_LIBRARY_PATHS"):
+        parts.append(f"PJRT_NAMES_AND_LIBRARY_PATHS={os.environ['PJRT_NAMES_AND_LIBRARY_PATHS']} "
+                     "is set")
+    if platforms:
+        setting = (f"JAX_PLATFORMS={os.environ['JAX_PLATFORMS']}" if os.environ.get("JAX_PLATFORMS")
+                   else f"jax_platforms={','.join(platforms)}")
+        parts.append(f"{setting} is set: unset it to let JAX pick, or set JAX_PLATFORMS=cpu")
+    return "; ".join(" ".join(p.split()) for p in parts)
+
+
+def _raised_starting_backends(err: BaseException) -> bool:
+    """Whether `err` (or an exception it was raised from) came out of
+    jax._src.xla_bridge.backends, the one function that starts JAX's backends."""
+    seen = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        tb = current.__traceback__
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            if code.co_name == "backends" and Path(code.co_filename).name == "xla_bridge.py":
+                return True
+            tb = tb.tb_next
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _came_from_jax(err: BaseException, package: Path) -> bool:
+    """Whether `err` passed through JAX: a frame of its traceback in a file under `package`
+    (JAX's), or the note JAX adds where its traceback filtering removed its frames."""
+    if any("JAX has removed its internal frames" in note
+           for note in getattr(err, "__notes__", ())):
+        return True
+    tb = err.__traceback__
+    while tb is not None:
+        if Path(tb.tb_frame.f_code.co_filename).is_relative_to(package):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _requested_platforms() -> list[str]:
+    """The platforms JAX was told to start (jax_platforms, which JAX_PLATFORMS sets), as
+    given; [] when JAX picks."""
+    import jax
+
+    value = getattr(jax.config, "jax_platforms", None) or ""
+    return [p.strip() for p in str(value).split(",") if p.strip()]
+
+
+def _family(name: str) -> str:
+    """gpu, tpu or cpu for a JAX platform name or alias (cuda -> gpu); the name otherwise."""
+    return next((f for f, names in BACKEND_NAMES.items() if name == f or name in names), name)
+
+
 def check(require: str, *, option: str = "device.require") -> None:
     """Raise DeviceUnavailable unless JAX's default backend is the platform `require`
-    names ("auto" accepts any). The message is one line, starting with `option`."""
+    names ("auto" accepts any), or when JAX's backend cannot start at all. The message is
+    one line, starting with `option` (or, when JAX cannot start, with that)."""
     if require not in REQUIRE:
         raise DeviceUnavailable(f"{option}: {require!r} is not one of: {', '.join(REQUIRE)}")
     import jax
 
+    start_backend()
     backend = jax.default_backend()
     if require == "auto" or backend == require:
         return

@@ -55,10 +55,10 @@ def initialize(config) -> None:
     if timeout != DEFAULT_HEARTBEAT_TIMEOUT:
         kwargs["heartbeat_timeout_seconds"] = timeout
     jax.distributed.initialize(**kwargs)
-    # debug: a bad config value must stay the only line (main logs the devices after the check)
-    log.debug("jax.distributed: process %d of %d, %d local / %d global devices",
-             jax.process_index(), jax.process_count(), jax.local_device_count(),
-             jax.device_count())
+    # debug: a bad config value must stay the only line (main logs the devices after the
+    # check); no jax.process_index() here: it would start JAX's backend before the caller's
+    # devices.select and devices.check
+    log.debug("jax.distributed: initialized with %s", kwargs)
 
 
 def is_multiprocess() -> bool:

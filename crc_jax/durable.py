@@ -36,7 +36,7 @@ import zlib
 from pathlib import Path
 from collections.abc import Iterable, Iterator, Sequence
 
-from crc_jax import faults
+from crc_jax import faults, interrupt
 from crc_jax.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -208,32 +208,39 @@ def append_synced(path: os.PathLike, data: bytes, *, fault_point: str) -> None:
     A short write is continued until every byte is written; an error (a full disk, a
     read-only file system) cuts the file back to its size before this append and is
     raised, so the file never ends in a part of `data` that a caller believes saved.
+    Ctrl-C is held back until the append has ended (crc_jax.interrupt.deferred): an
+    interrupt at any instant neither cuts back what was written whole nor leaves a part.
     Fault injection at `fault_point` writes half of `data`, fsyncs and dies: the torn
-    line a crash leaves.
+    line a crash leaves; at `fault_point`.start, .written and .synced it acts at those
+    instants (crc_jax.faults).
     """
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        size = os.fstat(fd).st_size
+    with interrupt.deferred():
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            if faults.armed(fault_point):  # a crash halfway through the write
-                os.write(fd, data[:len(data) // 2])
+            size = os.fstat(fd).st_size
+            try:
+                faults.maybe_kill(f"{fault_point}.start")
+                if faults.armed(fault_point):  # a crash halfway through the write
+                    os.write(fd, data[:len(data) // 2])
+                    os.fsync(fd)
+                    faults.kill_now()
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    if written <= 0:
+                        raise OSError(f"{path}: the write made no progress")
+                    view = view[written:]
+                faults.maybe_kill(f"{fault_point}.written")
                 os.fsync(fd)
-                faults.kill_now()
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                if written <= 0:
-                    raise OSError(f"{path}: the write made no progress")
-                view = view[written:]
-            os.fsync(fd)
-        except BaseException as err:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)
-                os.fsync(fd)
-            _name(err, path)
-            raise
-    finally:
-        os.close(fd)
+                faults.maybe_kill(f"{fault_point}.synced")
+            except BaseException as err:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                    os.fsync(fd)
+                _name(err, path)
+                raise
+        finally:
+            os.close(fd)
 
 
 def _new_temporary(path: Path) -> Path:

@@ -8,11 +8,16 @@ Two things go wrong with a plain KeyboardInterrupt in a process that runs JAX:
     crash (SIGSEGV) on JAX's threads.
 
 `install(message)` makes Ctrl-C raise KeyboardInterrupt as usual, so code in progress
-cleans up (an append cut back, a half-made project removed), and makes sure the process
-then ends: `leave(message)` prints the line and calls os._exit once output is flushed;
-a lost interrupt ends it too, at once when it reaches sys.unraisablehook, else after
-`grace` seconds. The storage layer is safe against a kill at any moment, so ending
-without the interpreter's teardown loses nothing saved.
+cleans up (a half-made project removed), and makes sure the process then ends:
+`leave(message)` prints the line and calls os._exit once output is flushed; a lost
+interrupt ends it too, at once when it reaches sys.unraisablehook, else after `grace`
+seconds. The storage layer is safe against a kill at any moment, so ending without the
+interpreter's teardown loses nothing saved.
+
+`deferred()` holds Ctrl-C back across a write that must end whole (an append and its
+fsync, crc_jax.durable): a KeyboardInterrupt raised between the last byte and the return
+would make the writer cut back a line it had saved, so a completed step or label would be
+lost at that instant. The interrupt is handled as soon as the block ends.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 EXIT_INTERRUPTED = 130
@@ -60,3 +65,31 @@ def install(message: Callable[[], str], *, grace: float = 2.0) -> None:
 
     signal.signal(signal.SIGINT, on_sigint)
     sys.unraisablehook = unraisable
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT back for the block: one arriving meanwhile (or already caught by Python
+    but not yet handled) goes, when the block ends, to the handler that was installed
+    (KeyboardInterrupt by default). Python runs signal handlers in the main thread only,
+    so elsewhere this changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list = []
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending:
+            _deliver(previous, pending[0])
+
+
+def _deliver(handler, frame) -> None:
+    """Run `handler` (a value signal.getsignal returned) for a held-back SIGINT."""
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    elif handler != signal.SIG_IGN:   # SIG_DFL, or None (a handler set outside Python)
+        os.kill(os.getpid(), signal.SIGINT)

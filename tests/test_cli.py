@@ -1,5 +1,6 @@
 """The command line: bad configs are one line and exit 2; a killed run resumes identically."""
 
+import contextlib
 import json
 import os
 import signal
@@ -83,19 +84,18 @@ def test_sigkill_mid_trial_then_resume_gives_identical_journals(tmp_path):
 
     killed_dir = tmp_path / "killed"
     journal = killed_dir / "entropy" / "trial_0" / "journal.jsonl"
+    ready = tmp_path / "paused"   # paused at the 2nd acquisition (step 1's), then SIGKILL
+    env = dict(os.environ, CRC_JAX_FAULT="acquisition:2:pause", CRC_JAX_FAULT_READY=str(ready))
     proc = subprocess.Popen([sys.executable, "-m", "experiments.main", *args,
-                             f"--workdir={killed_dir}"], cwd=ROOT,
+                             f"--workdir={killed_dir}"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if journal.exists() and journal.read_text().count("\n") >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed mid-trial"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    lines_at_kill = journal.read_text().count("\n")
-    assert 1 <= lines_at_kill < 3
+    try:
+        assert wait_for_file(ready, proc), "the run ended before its step 1 acquisition"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=600)
+    finally:
+        proc.kill()
+    assert journal.read_text().count("\n") == 1
 
     resumed = run_main(args, killed_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -158,26 +158,65 @@ def test_override_before_config_works_and_the_run_says_where_results_went(tmp_pa
     assert report.stdout.strip().splitlines()[-1].startswith(f"report:  {tmp_path / 'rep'}/")
 
 
+@contextlib.contextmanager
+def sigint_handled_in_children():
+    """Children started in the block handle SIGINT as Python does by default, even when
+    this process runs with SIGINT ignored (a background job of a non-interactive shell,
+    which its children would inherit, so that Ctrl-C never reached them)."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, *, limit: float = 600) -> bool:
+    """Wait until `path` exists (True) or `proc` ended (False); `limit` seconds only guard
+    against a hang, they are no measure of speed."""
+    deadline = time.monotonic() + limit
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return path.exists()
+        time.sleep(0.05)
+    return True
+
+
 def test_ctrl_c_prints_one_line_exits_130_and_the_rerun_resumes(tmp_path):
+    """Ctrl-C sent from outside at a fixed instant, with no timing involved: the run
+    pauses inside the journal append of step 0, after writing its line and before the
+    fsync (CRC_JAX_FAULT=journal_append.written:1:pause) and says so in a file; then
+    SIGINT. That step is kept whole, and the rerun resumes after it (an interrupt there
+    used to cut the written line back). tests/test_durable.py covers every other instant
+    of an append."""
     args = TINY + ["--config.strategies=('random',)"]
     workdir = tmp_path / "run"
     journal = workdir / "random" / "trial_0" / "journal.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.main", *args,
-                             f"--workdir={workdir}"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if journal.exists() and journal.read_text().count("\n") >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    ready = tmp_path / "paused"
+    env = dict(os.environ, CRC_JAX_FAULT="journal_append.written:1:pause",
+               CRC_JAX_FAULT_READY=str(ready))
+    with sigint_handled_in_children():
+        proc = subprocess.Popen([sys.executable, "-m", "experiments.main", *args,
+                                 f"--workdir={workdir}"], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert wait_for_file(ready, proc), proc.communicate()[1][-3000:]
+        assert ready.read_text() == f"{proc.pid}\n"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
     assert proc.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
     assert last == (f"interrupted: completed steps are kept; rerun the same command on "
                     f"{workdir} to resume")
+    kept = journal.read_text()
+    assert kept.count("\n") == 1 and json.loads(kept)["step"] == 0      # whole, and synced
     resumed = run_main(args, workdir)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming after step" in resumed.stderr
+    assert "random trial 0: resuming after step 0" in resumed.stderr
+    lines = journal.read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [0, 1, 2]
+    assert lines[0] + "\n" == kept                                        # not redone

@@ -121,7 +121,7 @@ def swallowing_callback(phase, info):   # as JAX's _xla_gc_callback: an interrup
 def status(args):
     gc.callbacks.append(swallowing_callback)
     gc.collect()
-    time.sleep(20)
+    time.sleep(3600)   # only the interrupt's own ending stops this in time
     print("ran on after Ctrl-C")
 
 fired = []
@@ -137,13 +137,12 @@ def test_ctrl_c_swallowed_by_a_gc_callback_still_ends_the_command():
     the one line and exit status 130, not run on."""
     import subprocess
     import sys
-    import time
 
-    started = time.monotonic()
+    # the command sleeps an hour after the lost interrupt: the timeout only guards a hang
     proc = subprocess.run([sys.executable, "-c", LOST_INTERRUPT], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=600)
     assert proc.returncode == 130, (proc.returncode, proc.stdout, proc.stderr)
-    assert "ran on" not in proc.stdout and time.monotonic() - started < 19
+    assert "ran on" not in proc.stdout
     assert proc.stderr.strip().splitlines()[-1] == (
         "interrupted: what was saved is whole; run the command again"), proc.stderr
 
@@ -155,10 +154,10 @@ from crc_jax import cli
 def status(args):
     try:
         print("ready", flush=True)   # inside the try: the signal cannot land before it
-        time.sleep(30)
+        time.sleep(3600)   # the Ctrl-C lands here
     except BaseException:   # code that swallows the interrupt and runs on
         pass
-    time.sleep(30)
+    time.sleep(3600)   # only the grace period's ending stops this in time
     print("ran on after Ctrl-C")
 
 cli.COMMANDS["status"] = status
@@ -171,19 +170,16 @@ def test_ctrl_c_swallowed_by_code_ends_the_command_after_the_grace_period():
     import signal
     import subprocess
     import sys
-    import time
 
     proc = subprocess.Popen([sys.executable, "-c", SWALLOWED_BY_CODE], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "ready\n"
-        sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=25)
+        out, err = proc.communicate(timeout=600)   # a hang guard: the command sleeps an hour
     finally:
         proc.kill()
     assert proc.returncode == 130 and "ran on" not in out, (proc.returncode, out, err)
-    assert time.monotonic() - sent < 20
     assert err.strip().splitlines()[-1] == (
         "interrupted: what was saved is whole; run the command again"), err
 

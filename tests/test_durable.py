@@ -179,3 +179,121 @@ def test_an_atomic_write_leaves_a_users_file_of_any_temporary_looking_name_alone
     assert {p: p.read_bytes() for p in users} == users
     assert sorted(p.name for p in tmp_path.iterdir()) == [".report.md.tmp", "report.md",
                                                           "report.md.tmp"]
+
+
+# ------------------------------------------- Ctrl-C at any instant of an append keeps it
+
+# Three appends to a run journal or a labels log, in a fresh process with Python's own
+# SIGINT handling; Ctrl-C lands during the second one. `how`: "fsync" sends SIGINT from
+# inside the kernel's fsync of that append (the instant a line is written but not yet
+# synced); "STAGE:ACTION" sets CRC_JAX_FAULT=FAULT.STAGE:2:ACTION (crc_jax.faults).
+APPEND_THREE = """
+import json, os, signal, sys
+from crc_jax import durable
+
+signal.signal(signal.SIGINT, signal.default_int_handler)   # even if started with it ignored
+kind, path, how = sys.argv[1:4]
+if how == "fsync":
+    real_fsync, calls = os.fsync, []
+
+    def fsync_then_ctrl_c(fd):
+        real_fsync(fd)
+        calls.append(fd)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    os.fsync = fsync_then_ctrl_c
+if kind == "journal":
+    journal = durable.Journal(path)
+    write = lambda i: journal.append({"step": i, "acquired": [i]})
+else:
+    from crc_jax.project.labels_log import LabelsLog
+    log = LabelsLog(path)
+    write = lambda i: log.record([{"op": "label", "id": i, "label": "cat", "source": "page"}])
+done = []
+try:
+    for i in range(3):
+        write(i)
+        done.append(i)
+    print("RESULT " + json.dumps({"done": done, "interrupted": False}))
+except KeyboardInterrupt:
+    print("RESULT " + json.dumps({"done": done, "interrupted": True}))
+"""
+FAULT = {"journal": "journal_append", "labels": "labels_append"}
+
+
+def append_three(tmp_path, kind: str, how: str) -> tuple[dict, list]:
+    """(what the process said, the entries a rerun reads) after three appends."""
+    import subprocess
+    import sys
+
+    path = tmp_path / f"{kind}.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "CRC_JAX_FAULT"}
+    if how != "fsync":
+        stage, action = how.split(":")
+        env["CRC_JAX_FAULT"] = f"{FAULT[kind]}.{stage}:2:{action}"
+    proc = subprocess.run([sys.executable, "-c", APPEND_THREE, kind, str(path), how],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    if kind == "journal":
+        kept = [e["step"] for e in Journal(path).read()]
+    else:
+        from crc_jax.project.labels_log import LabelsLog
+        kept = sorted(LabelsLog(path).labels())
+    return said, kept
+
+
+@pytest.mark.parametrize("kind", ["journal", "labels"])
+@pytest.mark.parametrize("how", ["fsync", "start:sigint", "written:sigint", "synced:sigint"])
+def test_ctrl_c_during_an_append_keeps_that_line_whole(tmp_path, kind, how):
+    """Whenever Ctrl-C lands inside an append (before its first byte, after its last byte
+    before the fsync, during the fsync, after it), the append ends whole and stays: the
+    interrupt is raised when it returns, and a rerun reads every line written."""
+    said, kept = append_three(tmp_path, kind, how)
+    assert said == {"done": [0], "interrupted": True}, (how, said)
+    assert kept == [0, 1], (how, kept)          # the second append is whole and kept
+
+
+@pytest.mark.parametrize("kind", ["journal", "labels"])
+def test_a_crash_halfway_through_an_append_loses_only_that_line(tmp_path, kind):
+    import subprocess
+    import sys
+
+    path = tmp_path / f"{kind}.jsonl"
+    env = dict(os.environ, CRC_JAX_FAULT=f"{FAULT[kind]}:2")
+    proc = subprocess.run([sys.executable, "-c", APPEND_THREE, kind, str(path), "-"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]           # SIGKILL mid-write
+    assert path.read_bytes().count(b"\n") == 1                   # line 2 torn
+    if kind == "journal":
+        assert [e["step"] for e in Journal(path).read()] == [0]
+    else:
+        from crc_jax.project.labels_log import LabelsLog
+        assert sorted(LabelsLog(path).labels()) == [0]
+
+
+def test_a_held_back_ctrl_c_reaches_the_installed_handler_after_the_block():
+    import signal
+
+    from crc_jax import interrupt
+
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        with interrupt.deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):   # the handler would run here without the deferral
+                pass
+            assert seen == []
+        assert seen == [signal.SIGINT]
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with interrupt.deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert seen == [signal.SIGINT]                       # ignored stays ignored
+        with pytest.raises(KeyboardInterrupt):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            with interrupt.deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)

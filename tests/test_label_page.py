@@ -68,7 +68,7 @@ def served(tmp_path):
     server.server_close()
 
 
-def wait(predicate, timeout=30.0, what="condition"):
+def wait(predicate, timeout=300.0, what="condition"):   # a hang guard, not a speed limit
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def test_notebook_is_valid_and_has_no_stored_outputs():
 def notebook_install_functions() -> dict:
     nb = json.loads(NOTEBOOK.read_text())
     source = next(c for c in code_cells(nb) if "def install_plan" in c)
-    namespace = {"Path": Path, "subprocess": subprocess, "sys": sys}
+    namespace = {"Path": Path, "subprocess": subprocess, "sys": sys, "os": os}
     exec(source.split("\n\n\nif SKIP_INSTALL")[0], namespace)  # the functions only
     return namespace
 
@@ -63,12 +64,133 @@ def test_requirement_builds_a_pip_url_from_a_folder_or_a_url():
         "crc_jax[tfds] @ git+https://example.org/crc_jax.git"
 
 
-def test_checkout_of_a_folder_is_that_folder_and_the_placeholder_stops():
+def test_checkout_of_a_folder_is_that_folder_and_an_empty_source_stops():
     checkout = notebook_install_functions()["checkout"]
     assert checkout(str(ROOT)) == ROOT.resolve()
     assert (checkout(str(ROOT)) / "experiments" / "main.py").is_file()   # run from there
-    with pytest.raises(RuntimeError, match="set CRC_JAX_SOURCE"):
-        checkout("https://github.com/YOUR_ORG/crc_jax.git")
+    for empty in ("", "  "):
+        with pytest.raises(RuntimeError, match="set CRC_JAX_SOURCE .* or tick UPLOAD_WHEEL"):
+            checkout(empty)
+    assert "YOUR_ORG" not in NOTEBOOK.read_text()                     # no made-up address
+
+
+def test_the_form_fields_start_empty():
+    """The parameters cell is a Colab form: the source is empty and the upload unticked
+    until the user says; the environment (the tests' switches) fills them otherwise."""
+    cell = code_cells(json.loads(NOTEBOOK.read_text()))[0]
+    assert 'CRC_JAX_SOURCE = ""  # @param {type:"string"}' in cell
+    assert 'UPLOAD_WHEEL = False  # @param {type:"boolean"}' in cell
+
+
+# ---------------------------------------------- the install cell's two routes, run here
+
+def experiments_zip(path: Path) -> Path:
+    """What the notebook asks for beside a wheel: the checkout's experiments/ folder, as
+    `zip -r experiments.zip experiments` writes it in the checkout."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for file in sorted((ROOT / "experiments").rglob("*")):
+            if file.is_file() and "__pycache__" not in file.parts:
+                archive.write(file, file.relative_to(ROOT).as_posix())
+    return path
+
+
+def run_install_cell(monkeypatch, tmp_path, env: dict) -> tuple[dict, list]:
+    """The parameters and install cells, executed here as a kernel would, in tmp_path;
+    pip's install (into this test's environment) is recorded, not run: the slow test
+    below gives pip the requirement for real."""
+    for name in ("CRC_JAX_SOURCE", "CRC_JAX_UPLOAD_WHEEL", "CRC_JAX_UPLOAD"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"CRC_JAX_SKIP_INSTALL": "0", "CRC_JAX_ACCELERATOR": "cpu", **env}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    namespace: dict = {}
+    cells = code_cells(json.loads(NOTEBOOK.read_text()))
+    for source in cells[:2]:                        # the parameters, the install
+        exec(compile(source, str(NOTEBOOK), "exec"), namespace)
+    return namespace, calls
+
+
+def pip_requirement(calls: list) -> str:
+    (pip,) = [c for c in calls if c[1:4] == ["-m", "pip", "install"]]
+    assert pip[0] == sys.executable and pip[-2:] == ["-c", "keep_jax.txt"]
+    return pip[-3]
+
+
+def test_the_install_cell_stops_with_the_message_when_no_source_is_given(monkeypatch, tmp_path):
+    with pytest.raises(RuntimeError) as err:
+        run_install_cell(monkeypatch, tmp_path, {})
+    assert str(err.value).startswith("say where crc_jax comes from: set CRC_JAX_SOURCE")
+    assert "make dist" in str(err.value)
+    assert list(tmp_path.iterdir()) == []                           # nothing cloned or written
+
+
+def test_the_install_cell_installs_from_a_source_folder(monkeypatch, tmp_path):
+    ns, calls = run_install_cell(monkeypatch, tmp_path, {"CRC_JAX_SOURCE": str(ROOT)})
+    assert pip_requirement(calls) == f"crc_jax[tfds] @ {ROOT.resolve().as_uri()}"
+    assert ns["CHECKOUT"] == ROOT.resolve() and Path.cwd() == ROOT.resolve()
+
+
+def test_the_install_cell_installs_an_uploaded_wheel_and_runs_from_experiments_zip(
+        monkeypatch, tmp_path):
+    given = tmp_path / "given"
+    given.mkdir()
+    wheel = given / f"crc_jax-{metadata.version('crc_jax')}-py3-none-any.whl"
+    wheel.write_bytes(b"the wheel's bytes")
+    uploads = os.pathsep.join([str(wheel), str(experiments_zip(given / "experiments.zip"))])
+    work = tmp_path / "colab"
+    work.mkdir()
+    ns, calls = run_install_cell(monkeypatch, work, {"CRC_JAX_UPLOAD_WHEEL": "1",
+                                                     "CRC_JAX_UPLOAD": uploads})
+    folder = work / "crc_jax_upload"
+    assert pip_requirement(calls) == f"crc_jax[tfds] @ {(folder / wheel.name).as_uri()}"
+    assert (folder / wheel.name).read_bytes() == b"the wheel's bytes"
+    assert ns["CHECKOUT"] == folder and Path.cwd() == folder
+    assert (folder / "experiments" / "main.py").read_text() == \
+        (ROOT / "experiments" / "main.py").read_text()                 # the run's code
+    assert str(folder) == sys.path[0]
+
+
+def test_an_upload_without_experiments_zip_or_a_wheel_says_what_is_missing(tmp_path):
+    from_upload = notebook_install_functions()["from_upload"]
+    wheel = {"crc_jax-0.1.0-py3-none-any.whl": b"w"}
+    with pytest.raises(RuntimeError, match="upload experiments.zip with the wheel"):
+        from_upload(wheel, tmp_path / "a")
+    with pytest.raises(RuntimeError, match="upload one crc_jax wheel"):
+        from_upload({"experiments.zip": b""}, tmp_path / "b")
+    with pytest.raises(RuntimeError, match="holds no experiments/main.py"):
+        empty = tmp_path / "empty.zip"
+        zipfile.ZipFile(empty, "w").close()
+        from_upload({**wheel, "experiments.zip": empty.read_bytes()}, tmp_path / "c")
+
+
+@pytest.mark.slow
+def test_pip_takes_the_requirement_the_notebook_builds_for_a_real_wheel(tmp_path):
+    """`make dist`'s wheel ($CRC_JAX_DIST, or built here as tests/test_wheel.py does):
+    pip resolves the notebook's requirement for it to crc_jax of this version with the
+    tfds extra (a dry run without dependencies: nothing is installed)."""
+    dist = Path(os.environ["CRC_JAX_DIST"]) if os.environ.get("CRC_JAX_DIST") else tmp_path
+    if not os.environ.get("CRC_JAX_DIST"):
+        proc = subprocess.run([sys.executable, "-m", "build", "-q", "--wheel", "--outdir",
+                               str(dist), str(ROOT)], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = dist.glob("crc_jax-*-py3-none-any.whl")
+    funcs = notebook_install_functions()
+    uploaded = funcs["from_upload"]({wheel.name: wheel.read_bytes(), "experiments.zip":
+                                     experiments_zip(tmp_path / "experiments.zip").read_bytes()},
+                                    tmp_path / "upload")
+    req = funcs["requirement"](str(uploaded[0]), "cpu")
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps",
+                           "--quiet", "--report", "-", req], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (item,) = json.loads(proc.stdout)["install"]
+    assert item["metadata"]["name"] == "crc_jax"
+    assert item["metadata"]["version"] == metadata.version("crc_jax")
+    assert item["requested_extras"] == ["tfds"]
+    assert item["download_info"]["url"] == uploaded[0].as_uri()
 
 
 def test_install_plan_keeps_a_current_runtime_jax_and_upgrades_an_old_one_with_its_plugin():

@@ -17,7 +17,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
+import threading
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -27,6 +30,7 @@ from crc_jax.errors import DataError
 log = logging.getLogger(__name__)
 
 _BATCH = 4096
+PROBE_SECONDS = 10.0   # a host that answers at all answers far sooner
 
 
 def load(tfds_name: str, data_dir: str = ""):
@@ -70,15 +74,83 @@ def download_and_prepare(builder, tfds_name: str) -> None:
 
     Only network errors (OSError, which requests' and urllib's errors derive from) are
     turned into the message; anything else, such as a missing module, propagates.
+
+    TFDS retries each file 10 times with exponential back-off (about 200 s before it gives
+    up on a machine without a network), so the hosts of the set's files are probed first,
+    once, for at most PROBE_SECONDS each: when one cannot be reached, TFDS tries each file
+    once (files already in its download folder are still used) and fails within seconds.
     """
     log.debug("preparing %s in %s (TFDS downloads it on first use)", tfds_name, builder.data_dir)
+    failure = unreachable(list(builder.url_infos or {}))
+    if failure is not None:
+        log.info("%s: %s; TFDS tries each file once", tfds_name, failure)
     try:
-        builder.download_and_prepare()
+        with _one_attempt_per_file() if failure is not None else contextlib.nullcontext():
+            builder.download_and_prepare()
     except OSError as err:
         raise DataError(  # the error type only: parallel downloads fail in any order
             f"could not download {tfds_name!r} ({type(err).__name__}); on a "
             f"machine with internet run `tfds build {tfds_name} --data_dir=DIR`, copy DIR here "
             "and pass --config.dataset.data_dir=DIR") from None
+
+
+def unreachable(urls: list[str], timeout: float = PROBE_SECONDS) -> str | None:
+    """None when the host of every URL (or the proxy the environment names for it)
+    accepts a TCP connection within `timeout` seconds; else why the first one did not."""
+    import requests
+
+    tried = set()
+    for url in urls:
+        proxy = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
+        target = urlsplit(proxy or url)
+        if not target.hostname:
+            continue
+        address = (target.hostname, target.port or (443 if target.scheme == "https" else 80))
+        if address in tried:
+            continue
+        tried.add(address)
+        failure = _connect(address, timeout)
+        if failure is not None:
+            return f"no connection to {address[0]}:{address[1]}{' (proxy)' if proxy else ''}: {failure}"
+    return None
+
+
+def _connect(address: tuple[str, int], timeout: float) -> str | None:
+    """Open and close one TCP connection (name lookup included) in a thread waited on for
+    `timeout` seconds: a resolver that never answers cannot hold the caller longer."""
+    outcome: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            outcome.append(None)
+        except OSError as err:
+            outcome.append(err.strerror or str(err) or type(err).__name__)
+
+    thread = threading.Thread(target=attempt, daemon=True, name="crc_jax-probe")
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"no answer within {timeout:g} s"
+
+
+@contextlib.contextmanager
+def _one_attempt_per_file():
+    """TFDS's downloader with no retries (its MAX_RETRIES, read at each request) and no
+    progress bars (nothing will progress: the error line stays the only output)."""
+    from tensorflow_datasets.core.download import downloader
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    saved = getattr(downloader, "MAX_RETRIES", None), tqdm_utils._active
+    downloader.MAX_RETRIES = 0
+    tqdm_utils.display_progress_bar(False)
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            del downloader.MAX_RETRIES
+        else:
+            downloader.MAX_RETRIES = saved[0]
+        tqdm_utils.display_progress_bar(saved[1])
 
 
 def scale(images: np.ndarray) -> np.ndarray:

@@ -302,4 +302,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from experiments.benchmarks import command
+
+    command(main)

@@ -26,6 +26,7 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
+from experiments.benchmarks import start_in_child
 
 ROOT = Path(__file__).resolve().parents[2]
 M = [sys.executable, "-m"]
@@ -127,6 +128,7 @@ def main(argv=None) -> None:
         parser.error(f"--parts: unknown {unknown}; known: {', '.join(PARTS)}")
     if args.out and Path(args.out).exists():
         parser.error(f"--out: {args.out} already exists; name a new file")
+    start_in_child()   # JAX that cannot start: one line now, not one per part
 
     import crc_jax  # noqa: F401  (its XLA:CPU default, as the children apply it too)
     from crc_jax import xla_env
@@ -156,4 +158,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments.benchmarks import command
+
+    command(main)

@@ -77,4 +77,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments.benchmarks import command
+
+    command(main)

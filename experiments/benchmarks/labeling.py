@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from experiments.benchmarks import start_in_child
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -173,6 +174,7 @@ def main(argv=None):
                         help="MODEL:WIDTH,... one FixMatch round each on 40 random labels "
                              "('none': skip)")
     args = parser.parse_args(argv)
+    start_in_child()   # JAX that cannot start: one line, before any crc-jax child
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -220,4 +222,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from experiments.benchmarks import command
+
+    command(main)

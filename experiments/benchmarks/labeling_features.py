@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from experiments.benchmarks import start_in_child
+
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = 10
 
@@ -110,6 +112,7 @@ def main(argv=None):
     parser.add_argument("--backbone-images", type=int, default=1000)
     parser.add_argument("--side", type=int, default=64, help="the ONNX backbone's input side")
     args = parser.parse_args(argv)
+    start_in_child()   # JAX that cannot start: one line, before any crc-jax child
     classes = ",".join(str(c) for c in range(CLASSES))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -159,4 +162,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from experiments.benchmarks import command
+
+    command(main)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.benchmarks import scaling
+from experiments.benchmarks import scaling, start_in_child
 
 
 def parse_args(argv=None):
@@ -126,6 +126,7 @@ def main(argv=None) -> None:
     if args.worker_out:
         worker(args)
         return
+    start_in_child()   # JAX that cannot start: one line, before any worker
     with tempfile.TemporaryDirectory() as tmp:
         one = run_layout(args, 1, Path(tmp) / "one.json")
         two = run_layout(args, 2, Path(tmp) / "two.json")
@@ -137,4 +138,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments.benchmarks import command
+
+    command(main)

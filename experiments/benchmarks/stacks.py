@@ -19,6 +19,8 @@ import re
 import subprocess
 import time
 
+from experiments.benchmarks import start_in_child
+
 BENCHMARKS = {
     "train_step": ["-m", "experiments.benchmarks.train_step", "--batch_size", "16", "--steps", "2"],
     "acquisition_scoring": ["-m", "experiments.benchmarks.acquisition", "--part", "scoring"],
@@ -54,6 +56,7 @@ def main(argv=None) -> None:
     parser.add_argument("--new", required=True, help="PYTHON:CHECKOUT of the new stack")
     parser.add_argument("--only", default=",".join(BENCHMARKS))
     args = parser.parse_args(argv)
+    start_in_child()   # JAX that cannot start here will not start for either stack
     stacks = {"old": args.old.split(":", 1), "new": args.new.split(":", 1)}
     for name in args.only.split(","):
         outputs = {}
@@ -74,4 +77,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments.benchmarks import command
+
+    command(main)

@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from experiments.benchmarks import start_in_child
+
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"  # as in crc_jax.xla_env (not imported here)
 
 
@@ -163,6 +165,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.child:
         return child(args.batch, args.steps)
+    start_in_child()   # JAX that cannot start: one line, before any child
 
     base = without_ynn(os.environ.get("XLA_FLAGS", ""))
     if args.threads == "1":
@@ -200,4 +203,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments.benchmarks import command
+
+    command(main)
