@@ -90,3 +90,18 @@ def tiny_digits(**overrides):
     c.train.progress = False
     c.al.steps = 1
     return set_fields(c, overrides)
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """Each test starts with the root logger as the previous one found it: an entry point
+    called in-process (its logging set-up) must not change what a later test captures."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
