@@ -55,10 +55,10 @@ def stax_counterpart(model: nn.Module, *, drop_batch_norm: bool = False):
     """(init_fn, apply_fn, kernel_fn) of the stax network matching a Flax MLP or CNN.
 
     Same layers, ReLU activations, pooling and head, in NTK parameterization with
-    W_std = 1 and no bias (see module docstring). The CNN's `kernel_fn` convolves
-    covariances with `covariance_conv` (module docstring, "CNN covariances"). `kernel_fn` ignores the widths (it is
-    the infinite-width limit); `apply_fn` at the stax `init_fn`'s widths computes the
-    Flax model's function when the Flax kernels are q/√fan_in (tests check this).
+    W_std = 1 and no bias (see module docstring). `kernel_fn` ignores the widths (it is
+    the infinite-width limit); the CNN's convolves covariances with `covariance_conv`
+    (module docstring, "CNN covariances"). `apply_fn` at the stax `init_fn`'s widths
+    computes the Flax model's function when the Flax kernels are q/√fan_in (tests check this).
     A CNN with BatchNorm raises unless `drop_batch_norm`, which builds its BN-free twin.
     """
     from crc_jax._nt_compat import import_neural_tangents
