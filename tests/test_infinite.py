@@ -252,7 +252,9 @@ def context(x, labeled, model):
 
 @pytest.mark.parametrize("arch,n,n_lab,g", [
     ("mlp", 60, 12, 5),
-    pytest.param("cnn", 14, 4, 2, marks=pytest.mark.slow),   # ~10 s of CNN-kernel compiles
+    # ~10 s of CNN-kernel compiles; in make test, test_crash_matrix runs crc_infinite on the
+    # CNN and the kernel tests above compare the CNN kernel with neural-tangents' own
+    pytest.param("cnn", 14, 4, 2, marks=pytest.mark.slow),
 ])
 def test_crc_infinite_scores_equal_brute_force_eigenvalues(digits, arch, n, n_lab, g):
     x = digits[:n]
@@ -339,6 +341,7 @@ def test_crc_infinite_sequential_is_greedy_on_the_kernel(digits):
 # --------------------------------------------------------------------------- experiments.ntk_compare
 
 def tiny_compare_config():
+    """The MLP only: its CNN part runs in test_crash_matrix (a child process per run)."""
     from experiments.configs import ntk_compare as cfg
     c = cfg.get_config("smoke")
     c.models = ("mlp",)
