@@ -32,9 +32,8 @@ neural-tangents is imported lazily (through crc_jax._nt_compat), inside function
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-from functools import partial
+from functools import partial, wraps
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -172,7 +171,7 @@ def matmul_covariance_conv():
 
 def with_matmul_covariance_conv(kernel_fn: Callable) -> Callable:
     """`kernel_fn` traced (and run, when not jitted) inside `matmul_covariance_conv()`."""
-    @functools.wraps(kernel_fn)
+    @wraps(kernel_fn)
     def kernel(*args, **kwargs):
         with matmul_covariance_conv():
             return kernel_fn(*args, **kwargs)
