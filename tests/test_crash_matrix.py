@@ -11,15 +11,16 @@ child runs the cells after it. Children run with XLA's default backend optimizat
 levels LLVM does not vectorize the loops whose AVX-512 code segfaulted).
 
 Refusals by design are asserted to be the documented one-line errors: crc_infinite and the
-infinite kernel on a model with no infinite-width counterpart (one outside
-crc_infinite.ARCHS). A strategy that needs MC dropout gets a model with dropout, as a
-config must give it (run.config_check refuses it otherwise).
+infinite kernel on a model with no infinite-width counterpart (infinite.stax_counterpart
+refuses it); every architecture in crc_infinite.ARCHS must run. A strategy that needs MC
+dropout gets a model with dropout, as a config must give it (run.config_check refuses it
+otherwise).
 
 Cost: compiles at the default optimization level dominate. Children run two at a time,
 the largest model's first; a strategy option named in SMALL_OPTIONS (whatever strategy takes
 it) is set to its smallest useful value, which shrinks the program, not its kind.
 
-Run a child by hand: python tests/test_crash_matrix.py RESULTS.jsonl CELL [CELL ...]
+Run a child by hand: PYTHONPATH=. python tests/test_crash_matrix.py RESULTS.jsonl CELL ...
 """
 
 from __future__ import annotations
@@ -133,8 +134,8 @@ def ntk_compare_cell(arch: str, workdir: Path) -> str:
 
 def run_cells(results: Path, names: list[str]) -> None:
     """Run each cell, appending {"cell", "event": "start"} before and {"cell", "event":
-    "end", "status": "ok"|"error", "message"} after it (flushed and fsynced: the parent
-    reads them after this process is gone, however it went)."""
+    "end", "status": "ok"|"error", "message", "seconds", "cpu_seconds"} after it (flushed
+    and fsynced: the parent reads them after this process is gone, however it went)."""
     import tempfile
     import time
     import traceback
