@@ -19,6 +19,13 @@ which puts the work on the host CPU device when JAX's default backend is a TPU (
 no native float64: it is emulated there, slowly, and some float64 operations are not
 implemented) and leaves it on the default device otherwise (CPU, GPU).
 
+CNN covariances: neural-tangents propagates a CNN's full spatial covariance through each
+conv with `lax.conv_general_dilated`, which XLA:CPU compiles, in float64, with its own loop
+emitter; on AVX-512 CPUs (jaxlib 0.10.2) that code reads one element before its input
+buffer and segfaults when the buffer starts a memory mapping (docs/upstream_segfault.md).
+The CNN's `kernel_fn` here computes the same convolution as matrix products
+(`covariance_conv`), which compile to dots with no conditional loads.
+
 neural-tangents is imported lazily (through crc_jax._nt_compat), inside functions.
 """
 
@@ -26,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from functools import partial
+from functools import partial, wraps
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -48,8 +55,9 @@ def stax_counterpart(model: nn.Module, *, drop_batch_norm: bool = False):
 
     Same layers, ReLU activations, pooling and head, in NTK parameterization with
     W_std = 1 and no bias (see module docstring). `kernel_fn` ignores the widths (it is
-    the infinite-width limit); `apply_fn` at the stax `init_fn`'s widths computes the
-    Flax model's function when the Flax kernels are q/√fan_in (tests check this).
+    the infinite-width limit); the CNN's convolves covariances with `covariance_conv`
+    (module docstring, "CNN covariances"). `apply_fn` at the stax `init_fn`'s widths
+    computes the Flax model's function when the Flax kernels are q/√fan_in (tests check this).
     A CNN with BatchNorm raises unless `drop_batch_norm`, which builds its BN-free twin.
     """
     from crc_jax._nt_compat import import_neural_tangents
@@ -75,12 +83,99 @@ def stax_counterpart(model: nn.Module, *, drop_batch_norm: bool = False):
             return stax.Conv(channels, (3, 3), padding="SAME", W_std=1.0, b_std=None,
                              parameterization="ntk")
 
-        return stax.serial(
+        init_fn, apply_fn, kernel_fn = stax.serial(
             conv(model.width), stax.Relu(), conv(model.width), stax.Relu(),
             stax.AvgPool((2, 2), strides=(2, 2), padding="VALID"),
             conv(2 * model.width), stax.Relu(), stax.GlobalAvgPool(),
             dense(model.dense_width), stax.Relu(), dense(model.num_classes))
+        return init_fn, apply_fn, with_matmul_covariance_conv(kernel_fn)
     raise ValueError(f"no stax counterpart for {type(model).__name__}; known: MLP, CNN")
+
+
+# --------------------------------------------------------------------------- CNN covariance convolution
+
+PAIR_OPERATOR_MAX = 256   # most spatial pairs H·H' convolved by one (H·H', O·O') matrix
+
+
+def window_selection(size: int, filter_size: int, stride: int, pad_lo: int, out_size: int) -> np.ndarray:
+    """(filter_size, out_size, size) 0/1 array: [a, i, h] = 1 where h = stride·i + a − pad_lo.
+
+    Output position i of a window of `filter_size` taps reads input h through tap a; taps
+    that fall in the zero padding select nothing (their row is zero).
+    """
+    sel = np.zeros((filter_size, out_size, size))
+    a, i = np.meshgrid(np.arange(filter_size), np.arange(out_size), indexing="ij")
+    h = stride * i + a - pad_lo
+    inside = (h >= 0) & (h < size)
+    sel[a[inside], i[inside], h[inside]] = 1.0
+    return sel
+
+
+def covariance_conv(lhs, rhs, strides, padding: str):
+    """`lax.conv_general_dilated(lhs, rhs, strides, padding)` for one channel (NCHW, OIHW),
+    as matrix products: the convolution neural-tangents applies to covariances.
+
+    lhs (B, 1, H1, H2), rhs (1, 1, f1, f2), padding "SAME" or "VALID". With S1, S2 the
+    tap selections of each axis (`window_selection`), out_b = Σ_{a,a'} r[a,a'] S1_a L_b S2_a'ᵀ:
+    up to PAIR_OPERATOR_MAX spatial pairs as one product with the (H1·H2, O1·O2) operator,
+    beyond it as two products, one per axis. Dots only: XLA compiles no conditional load.
+    """
+    from jax import lax
+
+    b, c, h1, h2 = lhs.shape
+    o, i, f1, f2 = rhs.shape
+    if (c, o, i) != (1, 1, 1):
+        raise ValueError(f"covariance_conv takes one channel, got lhs {lhs.shape}, rhs {rhs.shape}")
+    (lo1, hi1), (lo2, hi2) = lax.padtype_to_pads((h1, h2), (f1, f2), strides, padding)
+    o1 = (h1 + lo1 + hi1 - f1) // strides[0] + 1
+    o2 = (h2 + lo2 + hi2 - f2) // strides[1] + 1
+    s1 = jnp.asarray(window_selection(h1, f1, strides[0], lo1, o1), lhs.dtype)
+    s2 = jnp.asarray(window_selection(h2, f2, strides[1], lo2, o2), lhs.dtype)
+    r = rhs[0, 0].astype(lhs.dtype)
+    exact = lax.Precision.HIGHEST
+    if h1 * h2 <= PAIR_OPERATOR_MAX:
+        op = jnp.einsum("aA,aih,Ajk->hkij", r, s1, s2, precision=exact).reshape(h1 * h2, o1 * o2)
+        out = jnp.matmul(lhs.reshape(b, h1 * h2), op, precision=exact)
+    else:
+        right = jnp.einsum("aA,Ajk->ajk", r, s2, precision=exact).reshape(f1 * o2, h2)
+        t = jnp.matmul(lhs.reshape(b * h1, h2), right.T, precision=exact).reshape(b, h1, f1, o2)
+        out = jnp.einsum("bhaj,aih->bij", t, s1, precision=exact)
+    return out.reshape(b, 1, o1, o2)
+
+
+@contextlib.contextmanager
+def matmul_covariance_conv():
+    """neural-tangents' full-spatial covariance convolution through `covariance_conv`
+    while the context is open (its kernel functions look the helper up when traced).
+
+    Circular padding keeps neural-tangents' own code (the project's CNN pads "SAME").
+    """
+    from crc_jax._nt_compat import import_neural_tangents
+    import_neural_tangents()
+    from neural_tangents._src.stax import linear
+
+    original = linear._conv_kernel_full_spatial_shared
+
+    def shared(lhs, filter_shape, strides, padding, batch_ndim):
+        if lhs is None or lhs.ndim == 0 or padding == linear.Padding.CIRCULAR:
+            return original(lhs, filter_shape, strides, padding, batch_ndim)
+        return linear._conv_kernel_full_spatial_loop(lhs, filter_shape, strides, padding,
+                                                     covariance_conv, lambda channels: 1)
+
+    linear._conv_kernel_full_spatial_shared = shared
+    try:
+        yield
+    finally:
+        linear._conv_kernel_full_spatial_shared = original
+
+
+def with_matmul_covariance_conv(kernel_fn: Callable) -> Callable:
+    """`kernel_fn` traced (and run, when not jitted) inside `matmul_covariance_conv()`."""
+    @wraps(kernel_fn)
+    def kernel(*args, **kwargs):
+        with matmul_covariance_conv():
+            return kernel_fn(*args, **kwargs)
+    return kernel
 
 
 def kernel_batch_size(model: nn.Module, image_shape, *, budget_bytes: int = KERNEL_BYTES) -> int:

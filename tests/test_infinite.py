@@ -113,6 +113,84 @@ def test_cnn_with_batch_norm_has_no_counterpart():
         infinite.stax_counterpart(models.get("wrn28_2", num_classes=C))
 
 
+# --------------------------------------------------------------------------- CNN covariance convolution
+
+def direct_convolution(lhs, rhs, strides, padding):
+    """The one-channel convolution of `infinite.covariance_conv`, written out in NumPy."""
+    from jax import lax
+    (b, _, h1, h2), (f1, f2) = lhs.shape, rhs.shape[-2:]
+    (lo1, hi1), (lo2, hi2) = lax.padtype_to_pads((h1, h2), (f1, f2), strides, padding)
+    padded = np.pad(lhs[:, 0], ((0, 0), (lo1, hi1), (lo2, hi2)))
+    o1 = (h1 + lo1 + hi1 - f1) // strides[0] + 1
+    o2 = (h2 + lo2 + hi2 - f2) // strides[1] + 1
+    out = np.zeros((b, o1, o2))
+    for a in range(f1):
+        for c in range(f2):
+            out += rhs[0, 0, a, c] * padded[:, a:a + strides[0] * o1:strides[0],
+                                            c:c + strides[1] * o2:strides[1]]
+    return out[:, None]
+
+
+@pytest.mark.parametrize("shape,window,strides,padding", [
+    ((8, 8), (3, 3), (1, 1), "SAME"),      # the digits CNN's convs: one (H·H', O·O') product
+    ((4, 4), (3, 3), (1, 1), "SAME"),      # after its pooling
+    ((5, 7), (2, 3), (2, 1), "VALID"),
+    ((20, 20), (3, 3), (1, 1), "SAME"),    # beyond PAIR_OPERATOR_MAX: one product per axis
+    ((17, 16), (3, 2), (2, 2), "SAME"),
+])
+def test_covariance_conv_is_the_convolution(shape, window, strides, padding, monkeypatch):
+    rng = np.random.default_rng(0)
+    lhs = rng.normal(size=(6, 1, *shape))
+    rhs = rng.normal(size=(1, 1, *window))
+    expected = direct_convolution(lhs, rhs, strides, padding)
+    with jax.enable_x64(True):
+        got = np.asarray(infinite.covariance_conv(jnp.asarray(lhs), jnp.asarray(rhs), strides, padding))
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+        monkeypatch.setattr(infinite, "PAIR_OPERATOR_MAX", 0)    # the per-axis products too
+        got = np.asarray(infinite.covariance_conv(jnp.asarray(lhs), jnp.asarray(rhs), strides, padding))
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def compiled(fn, *args, **options):
+    """fn (jitted) compiled for `args` with XLA debug options for this compilation only."""
+    return fn.lower(*args).compile(compiler_options=options)
+
+
+def test_cnn_kernel_equals_neural_tangents_own_convolution(digits):
+    """The CNN kernel with `covariance_conv` equals neural-tangents' (lax convolution), which
+    is compiled here at backend optimization level 0: there LLVM does not vectorize the
+    convolution's loop, so its AVX-512 out-of-bounds load (docs/upstream_segfault.md) is
+    not generated."""
+    _, _, kernel_fn = infinite.stax_counterpart(tiny_cnn())
+    ours = jax.jit(partial(kernel_fn, get="ntk"))
+    theirs = jax.jit(partial(kernel_fn.__wrapped__, get="ntk"))
+    with jax.enable_x64(True):
+        x1, x2 = jnp.asarray(digits[:5], jnp.float64), jnp.asarray(digits[5:8], jnp.float64)
+        for a, b in ((x1, x1), (x1, x2)):
+            expected = np.asarray(compiled(theirs, a, b, xla_backend_optimization_level=0)(a, b))
+            np.testing.assert_allclose(np.asarray(ours(a, b)), expected, rtol=0,
+                                       atol=1e-9 * np.abs(expected).max())
+
+
+def test_cnn_kernels_compile_without_conditional_loads(digits, tmp_path):
+    """XLA:CPU code of the CNN kernels (pairs, and crc_infinite's within-group blocks), at the
+    default optimization level, holds no masked load: the instruction pattern LLVM turned
+    into an unmasked out-of-bounds load on AVX-512 (docs/upstream_segfault.md)."""
+    model = tiny_cnn()
+    kernel_fn = infinite.infinite_kernel_fn(model)
+    with jax.enable_x64(True):
+        x = jnp.asarray(digits[:4], jnp.float64)
+        compiled(kernel_fn, x, x, xla_backend_optimization_level=3, xla_dump_to=str(tmp_path / "pairs"))
+        groups = x.reshape(2, 2, *x.shape[1:])
+        compiled(crc_infinite._within_groups, kernel_fn, groups,
+                 xla_backend_optimization_level=3, xla_dump_to=str(tmp_path / "groups"))
+    for part in ("pairs", "groups"):
+        ir = list((tmp_path / part).glob("*ir-with-opt.ll"))
+        assert ir, f"no LLVM IR dumped for the {part} kernel"
+        masked = [p.name for p in ir if "llvm.masked.load" in p.read_text()]
+        assert not masked, f"{part}: masked loads in {masked}"
+
+
 def test_infinite_trace_ntk_sums_classes_over_blocks(digits):
     model = tiny_mlp()
     _, _, kernel_fn = infinite.stax_counterpart(model)
@@ -174,7 +252,9 @@ def context(x, labeled, model):
 
 @pytest.mark.parametrize("arch,n,n_lab,g", [
     ("mlp", 60, 12, 5),
-    pytest.param("cnn", 14, 4, 2, marks=pytest.mark.slow),   # ~10 s of CNN-kernel compiles
+    # ~10 s of CNN-kernel compiles; in make test, test_crash_matrix runs crc_infinite on the
+    # CNN and the kernel tests above compare the CNN kernel with neural-tangents' own
+    pytest.param("cnn", 14, 4, 2, marks=pytest.mark.slow),
 ])
 def test_crc_infinite_scores_equal_brute_force_eigenvalues(digits, arch, n, n_lab, g):
     x = digits[:n]
@@ -261,6 +341,7 @@ def test_crc_infinite_sequential_is_greedy_on_the_kernel(digits):
 # --------------------------------------------------------------------------- experiments.ntk_compare
 
 def tiny_compare_config():
+    """The MLP only: its CNN part runs in test_crash_matrix (a child process per run)."""
     from experiments.configs import ntk_compare as cfg
     c = cfg.get_config("smoke")
     c.models = ("mlp",)
