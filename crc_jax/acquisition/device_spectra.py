@@ -6,12 +6,19 @@ assembled and decomposed on the device, a fixed-size chunk of groups per jitted 
 (one compile; the chunk bounded by the device's memory), and the scores stay on the device
 until the caller has chosen its groups: one transfer per acquisition.
 
+Each chunk returns, per group, what the rank rule needs (crc_jax.acquisition.spectra):
+the numerical rank ρ_g, λ⁺_g, the eigenvalue at one probed index, and the trace; the
+caller (backend_gram) takes r = max ρ_g and the scores on the device (`attained`).
+
 Precision. Where the device computes float64 (CPU, GPU) everything runs in float64 inside
 `jax.enable_x64`, as the host backend does. A TPU has no float64: its float32 scores are a
-prefilter. `finalists` keeps every group that float32 error could lift above the cut (the
-bound is `rel_error(side)·trace(M)`, a generous multiple of the eigenvalue perturbation
-bound n·ε₃₂·‖M‖₂) and at least the top 4·k, and the caller rescores those on the host in
-float64, so the chosen groups are those of the float64 reference.
+prefilter. Its ranks count only eigenvalues certainly above the float64 tolerance
+(`prefilter_slack`), so they are lower bounds; when one reaches the largest rank possible,
+r is known and the probed eigenvalue is each group's float32 score. `finalists` keeps every
+group that float32 error could lift above the cut (the bound is `rel_error(side)·trace(M)`,
+a generous multiple of the eigenvalue perturbation bound n·ε₃₂·‖M‖₂) and at least the top
+4·k, and the caller rescores those on the host in float64, so the chosen groups are those of
+the float64 reference.
 
 Backends: "host" (spectra), "device" (float64 where supported, else the float32 prefilter),
 "device_f32" (the prefilter forced: what a TPU runs, testable on any machine), "auto"
