@@ -17,7 +17,7 @@ from experiments.configs.base import apply_smoke
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 ALL = sorted(p.stem for p in CONFIG_DIR.glob("*.py")
-             if p.stem not in ("__init__", "base", "ntk_compare"))
+             if p.stem not in ("__init__", "base", "ntk_compare", "mechanism"))
 FAST = ("digits", "svhn_mt")
 TFDS_SETS = ("svhn", "cifar10", "cifar100")
 

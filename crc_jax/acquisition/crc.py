@@ -1,11 +1,12 @@
 """Convergence Rate Control (paper Algorithm 1): label the groups that best condition the NTK.
 
 A random partition of the unlabeled pool into groups of G (or `max_groups` of them);
-each group g scores s(g) = λ⁺min(K̃(L ∪ g, L ∪ g)), the rank-aware smallest eigenvalue
-of the trained model's class-trace NTK over `subset` ("last" dense layer by default,
-"all" as in Table 2); the top budget/G groups are labeled. Groups are disjoint, so the
-batch holds distinct indices; by Proposition 2 a group that repeats an image, or one
-already labeled, scores 0 while |L ∪ g| is below the kernel's rank.
+each group g scores s(g) = λ⁺min(K̃(L ∪ g, L ∪ g)), the smallest positive eigenvalue of
+the trained model's class-trace NTK over `subset` ("last" dense layer by default, "all" as
+in Table 2) at the largest numerical rank r any scored group reaches (groups short of r
+score 0); the top budget/G groups are labeled. Groups are disjoint, so the batch holds
+distinct indices; by Proposition 2 a group that repeats an image, or one already labeled,
+scores 0 whenever another group reaches |L ∪ g|, the full rank.
 
 Algorithm 1 scores groups independently, so two chosen groups may hold copies of one
 image. `sequential=True` picks the groups one at a time and rescores the rest against
@@ -107,45 +108,49 @@ def pick_sequentially(gram, rounds: int, *, desc: str) -> tuple[list[int], list[
     Returns (rows, their scores when picked, all first-round scores, the diagnostics:
     crc_jax.acquisition.diagnostics, with every round's decision).
     """
-    ceiling, rank_used = gram.ceiling(), gram.rank_used
     remaining = np.arange(len(gram.groups))
     rows, chosen, first, decisions = [], [], None, []
+    ceiling = first_ranks = None
     for _ in tqdm(range(rounds), desc=desc, disable=None if rounds > 1 else True, leave=False):
         best, score, scores = gram.top(remaining, 1)
-        if first is None:
-            first = scores
+        if first is None:     # against L alone: the ceiling, at the first round's rank
+            first, first_ranks, ceiling = scores, gram.group_ranks, gram.ceiling()
         decisions.append(diagnostics.decision(gram, remaining, scores, best))
         rows.append(int(best[0]))
         chosen.append(float(score[0]))
         gram.extend_base(best)
         remaining = remaining[remaining != best[0]]
-    diag = diagnostics.acquisition(decisions[0], ceiling=ceiling, rank_used=rank_used,
-                                   n_groups=len(gram.groups), later=decisions[1:])
+    diag = diagnostics.acquisition(decisions[0], ceiling=ceiling, n_groups=len(gram.groups),
+                                   later=decisions[1:])
     assert first is not None       # rounds ≥ 1 (the budget is positive)
+    gram.group_ranks = first_ranks
     return rows, chosen, first, diag
 
 
 def choose(gram, k: int, *, sequential: bool, desc: str) -> tuple[list[int], list[float], np.ndarray, dict]:
     """The k groups to label: the top k at once (Algorithm 1), or one at a time against the
     growing base (`sequential`). Returns (rows, their scores, the first-round scores of all
-    groups, the diagnostics of the choice)."""
+    groups, the diagnostics of the choice); `gram.group_ranks` then holds the first round's
+    rank of every group."""
     if sequential:
         return pick_sequentially(gram, k, desc=desc)
-    ceiling, rank_used = gram.ceiling(), gram.rank_used
     picked, chosen_scores, scores = gram.top(None, k)
     first = diagnostics.decision(gram, np.arange(len(gram.groups)), scores, picked)
-    diag = diagnostics.acquisition(first, ceiling=ceiling, rank_used=rank_used,
-                                   n_groups=len(gram.groups))
+    diag = diagnostics.acquisition(first, ceiling=gram.ceiling(), n_groups=len(gram.groups))
     return [int(r) for r in picked], [float(s) for s in chosen_scores], scores, diag
 
 
-def summarize(scores: np.ndarray) -> dict:
-    """JSON-friendly candidate scores: all of them, or their percentiles when many."""
+def summarize(scores: np.ndarray, ranks: np.ndarray | None = None) -> dict:
+    """JSON-friendly candidate scores and numerical ranks (the groups' ρ_g, row by row):
+    all of them, or the scores' percentiles when many (the ranks' counts are always in the
+    diagnostics)."""
     scores = np.asarray(scores, dtype=np.float64)
     out = {"n_groups": int(len(scores)),
            "score_quantiles": [float(q) for q in np.quantile(scores, QUANTILES)]}
     if len(scores) <= ALL_SCORES_MAX:
         out["all_scores"] = [float(s) for s in scores]
+        if ranks is not None:
+            out["all_ranks"] = [int(r) for r in ranks]
     return out
 
 
@@ -178,7 +183,8 @@ def make_crc(group_size: int | None = None, subset="last", max_groups: int | Non
         seconds = time.perf_counter() - start
         ctx.record["crc"] = {"group_size": g, "subset": subset if isinstance(subset, str) else "custom",
                              "sequential": bool(sequential), "rank": gram.rank, **gram.describe(),
-                             "chosen_scores": chosen, **summarize(scores), "diagnostics": diag}
+                             "chosen_scores": chosen, **summarize(scores, gram.group_ranks),
+                             "diagnostics": diag}
         log.info("crc: %d groups of %d scored in %.2fs, chosen scores %s", len(groups), g, seconds,
                  np.round(chosen, 6).tolist())
         return groups[np.asarray(rows)].ravel()

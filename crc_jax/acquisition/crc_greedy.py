@@ -1,7 +1,8 @@
 """Greedy CRC, the alternative paper §3.2 contrasts with Algorithm 1.
 
 `budget` rounds; each adds the single candidate x maximizing λ⁺min(K̃(S ∪ {x})) with
-S = L ∪ picked so far: O(U·Q) eigendecompositions instead of Algorithm 1's O(U/G).
+S = L ∪ picked so far (CRC's rank rule: the rank r the best candidates reach, a candidate
+short of it scores 0): O(U·Q) eigendecompositions instead of Algorithm 1's O(U/G).
 `max_candidates` limits the search to a random subset of the unlabeled pool; `backend`
 is CRC's (crc_jax.acquisition.device_spectra: "auto", "host", "device", "device_f32").
 """
@@ -43,7 +44,8 @@ def make_crc_greedy(subset="last", max_candidates: int | None = None, backend: s
         gram = gram_lib.build(ctx, cand[:, None], subset=subset, backend=backend)
         rows, chosen, first, diag = pick_sequentially(gram, budget, desc="greedy CRC")
         ctx.record["crc_greedy"] = {"chosen_scores": chosen, "rank": gram.rank, **gram.describe(),
-                                    **summarize(first), "diagnostics": diag}
+                                    **summarize(first, gram.group_ranks),
+                                    "diagnostics": diag}
         log.info("crc_greedy: %d picks from %d candidates in %.2fs", budget, len(cand),
                  time.perf_counter() - start)
         return cand[np.asarray(rows)]

@@ -8,12 +8,13 @@ images only, not on a trained model, so the labeled set it builds can be reused 
 models and seeds (the transferability question of Appendix B.2). It needs the `infinite`
 extra (neural-tangents): without it, building the strategy raises one `MissingExtra` line.
 
-Rank. The infinite ReLU NTK is full rank on distinct inputs that are not positive
-multiples of one another, so r = |L ∪ g| and s(g) = λmin. The kernel is computed in
-float64 (crc_jax.infinite.in_float64) from float32 images, on the host CPU when the
-default device is a TPU (crc_jax.infinite.float64_context); a λmin below the float32
-floor n·ε_float32·λmax (ntk.kernel_rank's tolerance) is numerically zero and scores 0,
-so a group repeating an image, or a labeled one, scores 0 (Proposition 2), as in crc.
+Rank. CRC's rank rule (crc_jax.acquisition.spectra): the groups are scored at the largest
+numerical rank r any of them reaches. The infinite ReLU NTK is full rank on distinct
+inputs that are not positive multiples of one another, so r = |L ∪ g| and s(g) = λmin.
+The kernel is computed in float64 (crc_jax.infinite.in_float64) from float32 images, on
+the host CPU when the default device is a TPU (crc_jax.infinite.float64_context); an
+eigenvalue below the float32 floor n·ε_float32·λmax (spectra.kernel_rtol) is numerically
+zero, so a group repeating an image, or a labeled one, scores 0 (Proposition 2), as in crc.
 
 Cost and memory. Each group needs K̃(L, L), K̃(L, g) and K̃(g, g). `KernelRows` keeps
 K̃(i, j) for pool indices i (labeled images and the candidates scored so far) against
@@ -38,7 +39,7 @@ from functools import partial
 import jax
 import numpy as np
 
-from crc_jax import extras, infinite, ntk
+from crc_jax import extras, infinite
 from crc_jax.acquisition import crc as crc_lib
 from crc_jax.acquisition import spectra
 from crc_jax.acquisition.backend_gram import BackendGram
@@ -157,20 +158,23 @@ class InfiniteGram(BackendGram):
     def _group_traces(self, rows: np.ndarray) -> np.ndarray:
         return np.trace(self.k_gg[rows], axis1=1, axis2=2)
 
-    def _host_scores(self, which: np.ndarray) -> np.ndarray:
-        """λmin(K̃(B ∪ g)) per group, 0 below the float32 floor n·ε_float32·λmax."""
+    def _side(self) -> tuple[int, int]:
+        n = len(self.base) + self.groups.shape[1]
+        return n, n
+
+    def _rtol(self) -> float:
+        return spectra.kernel_rtol(self._side()[0])
+
+    def _host_spectra(self, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rank, λ⁺) of K̃(B ∪ g) per group, eigenvalues below n·ε_float32·λmax read as 0."""
         g = self.groups.shape[1]
-        n = len(self.base) + g
 
         def matrices(r):
             pos = r[:, None] * g + np.arange(g)                        # (b, G)
             return spectra.bordered(self.k_bb, self.k_cb[pos], self.k_gg[r])
 
-        lam = spectra.score_rows(which, n, matrices, n, desc="CRC-infinite scores")
-        # λmax(K_BB) ≤ λmax(K(B ∪ g)) ≤ λmax(K_BB) + λmax(K_gg) for a PSD kernel.
-        top_bb = np.linalg.eigvalsh(self.k_bb)[-1] if len(self.base) else 0.0
-        bound = top_bb + np.linalg.eigvalsh(self.k_gg[which])[:, -1]
-        return np.where(lam > n * ntk.FLOAT32_EPS * bound, lam, 0.0)
+        return spectra.score_rows(which, self._side()[0], matrices, self._rtol(),
+                                  desc="CRC-infinite scores")
 
 
 def architecture(ctx: Context, arch: str | None, depth: int | None):

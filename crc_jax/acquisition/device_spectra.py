@@ -6,12 +6,19 @@ assembled and decomposed on the device, a fixed-size chunk of groups per jitted 
 (one compile; the chunk bounded by the device's memory), and the scores stay on the device
 until the caller has chosen its groups: one transfer per acquisition.
 
+Each chunk returns, per group, what the rank rule needs (crc_jax.acquisition.spectra):
+the numerical rank ρ_g, λ⁺_g, the eigenvalue at one probed index, and the trace; the
+caller (backend_gram) takes r = max ρ_g and the scores on the device (`attained`).
+
 Precision. Where the device computes float64 (CPU, GPU) everything runs in float64 inside
 `jax.enable_x64`, as the host backend does. A TPU has no float64: its float32 scores are a
-prefilter. `finalists` keeps every group that float32 error could lift above the cut (the
-bound is `rel_error(side)·trace(M)`, a generous multiple of the eigenvalue perturbation
-bound n·ε₃₂·‖M‖₂) and at least the top 4·k, and the caller rescores those on the host in
-float64, so the chosen groups are those of the float64 reference.
+prefilter. Its ranks count only eigenvalues certainly above the float64 tolerance
+(`prefilter_slack`), so they are lower bounds; when one reaches the largest rank possible,
+r is known and the probed eigenvalue is each group's float32 score. `finalists` keeps every
+group that float32 error could lift above the cut (the bound is `rel_error(side)·trace(M)`,
+a generous multiple of the eigenvalue perturbation bound n·ε₃₂·‖M‖₂) and at least the top
+4·k, and the caller rescores those on the host in float64, so the chosen groups are those of
+the float64 reference.
 
 Backends: "host" (spectra), "device" (float64 where supported, else the float32 prefilter),
 "device_f32" (the prefilter forced: what a TPU runs, testable on any machine), "auto"
@@ -114,6 +121,13 @@ def rows_per_chunk(side: int, n_rows: int, itemsize: int = 8) -> int:
     return int(max(1, min(want, 1 << int(np.floor(np.log2(fit))))))
 
 
+def prefilter_slack(side: int, group_size: int, rtol: float) -> float:
+    """Multiple of trace(M) an eigenvalue of the float32 prefilter must exceed to be
+    certainly above the float64 tolerance rtol·λmax: rel_error covers float32 error, and
+    λmax ≤ trace(M)."""
+    return rel_error(side, group_size) + 2.0 * rtol
+
+
 def rel_error(side: int, group_size: int) -> float:
     """Bound on |λ₃₂ − λ| / trace(M) for float32 assembly and eigvalsh of a PSD matrix."""
     return 4.0 * (side + group_size) * ntk.FLOAT32_EPS
@@ -121,10 +135,22 @@ def rel_error(side: int, group_size: int) -> float:
 
 # --------------------------------------------------------------------------- matrices
 
-def _rth(m, idx):
-    """idx-th smallest eigenvalue of each (b, n, n) symmetric matrix (idx = n − r)."""
-    ev = jnp.linalg.eigvalsh(m, symmetrize_input=False)
-    return jax.lax.dynamic_index_in_dim(ev, idx, axis=1, keepdims=False)
+def _summary(m, rtol, slack, u_idx):
+    """Per (b, n, n) symmetric matrix: (ρ, λ⁺, the u_idx-th smallest eigenvalue, trace).
+
+    ρ counts the eigenvalues above rtol·λmax + slack·|trace| (spectra.positive_spectrum's
+    rule for slack = 0; on the float32 prefilter slack covers float32 error, so ρ is a
+    lower bound on the float64 rank), λ⁺ is the smallest of them (0 when ρ = 0).
+    """
+    ev = jnp.linalg.eigvalsh(m, symmetrize_input=False)            # ascending
+    n = ev.shape[1]
+    tr = _trace(m)
+    top = ev[:, -1]
+    thr = rtol * jnp.maximum(top, 0) + slack * jnp.abs(tr)
+    rank = jnp.where(top > 0, jnp.sum(ev > thr[:, None], axis=1), 0)
+    lam = jnp.take_along_axis(ev, jnp.clip(n - rank, 0, n - 1)[:, None], axis=1)[:, 0]
+    at_u = jax.lax.dynamic_index_in_dim(ev, u_idx, axis=1, keepdims=False)
+    return rank, jnp.where(rank > 0, lam, 0), at_u, tr
 
 
 def _trace(m):
@@ -139,32 +165,30 @@ def _bordered(k_bb, k_gb, k_gg):
 
 
 @jax.jit
-def feature_side(z, gram_base, groups, idx):
-    """(scores, traces) of Z_BᵀZ_B + Z_gᵀZ_g for a chunk of groups (b, G) of rows of z."""
+def feature_side(z, gram_base, groups, rtol, slack, u_idx):
+    """_summary of Z_BᵀZ_B + Z_gᵀZ_g for a chunk of groups (b, G) of rows of z."""
     zg = z[groups]
     m = gram_base[None] + jnp.einsum("bgi,bgj->bij", zg, zg, precision=HIGHEST)
-    return _rth(m, idx), _trace(m)
+    return _summary(m, rtol, slack, u_idx)
 
 
 @jax.jit
-def kernel_side(z, z_b, k_bb, groups, idx):
-    """(scores, traces) of the bordered Z_S Z_Sᵀ, S = B ∪ g, for a chunk of groups (b, G)."""
+def kernel_side(z, z_b, k_bb, groups, rtol, slack, u_idx):
+    """_summary of the bordered Z_S Z_Sᵀ, S = B ∪ g, for a chunk of groups (b, G)."""
     zg = z[groups]
     k_gb = jnp.einsum("bgd,nd->bgn", zg, z_b, precision=HIGHEST)
     k_gg = jnp.einsum("bgd,bhd->bgh", zg, zg, precision=HIGHEST)
-    m = _bordered(k_bb, k_gb, k_gg)
-    return _rth(m, idx), _trace(m)
+    return _summary(_bordered(k_bb, k_gb, k_gg), rtol, slack, u_idx)
 
 
 @jax.jit
-def jacobian_side(k_bb, k_bc, k_gg, rows, idx):
-    """(scores, traces) of the bordered trace NTK for a chunk of group rows, from
-    K̃(B, B), K̃(B, candidates) (nB, n_groups·G) and within-group blocks (n_groups, G, G)."""
+def jacobian_side(k_bb, k_bc, k_gg, rows, rtol, slack, u_idx):
+    """_summary of the bordered trace NTK for a chunk of group rows, from K̃(B, B),
+    K̃(B, candidates) (nB, n_groups·G) and within-group blocks (n_groups, G, G)."""
     g = k_gg.shape[1]
     pos = rows[:, None] * g + jnp.arange(g)
     k_gb = jnp.moveaxis(k_bc[:, pos], 0, 2)
-    m = _bordered(k_bb, k_gb, k_gg[rows])
-    return _rth(m, idx), _trace(m)
+    return _summary(_bordered(k_bb, k_gb, k_gg[rows]), rtol, slack, u_idx)
 
 
 @partial(jax.jit, static_argnames=("bias",))
@@ -181,21 +205,47 @@ def rank_from_gram(gram, rtol):
     return jnp.where(ev[-1] > 0, jnp.sum(ev > rtol ** 2 * ev[-1]), 0)
 
 
-def score_chunks(kernel, args: tuple, rows: np.ndarray, per_chunk: int, idx):
-    """kernel(*args, chunk_rows, idx) over fixed-size chunks of `rows` (the last padded with
-    rows[0]): (scores, traces), device arrays padded to a whole number of chunks, the
-    padding's scores -inf. Padded lengths change rarely, so the sequential variants (one
-    row fewer each round) reuse compiled code. No host synchronization."""
+@dataclasses.dataclass(frozen=True)
+class Summaries:
+    """Per-group spectra summaries on the device, padded to a whole number of chunks
+    (the padding repeats row 0): rank ρ_g, λ⁺_g, the eigenvalue at the probed index, and
+    trace K̃(B ∪ g); `n` real rows."""
+
+    rank: jax.Array
+    lam: jax.Array
+    at_u: jax.Array
+    trace: jax.Array
+    n: int
+
+
+def score_chunks(kernel, args: tuple, rows: np.ndarray, per_chunk: int, *, rtol: float,
+                 slack: float, u_idx) -> Summaries:
+    """kernel(*args, chunk_rows, rtol, slack, u_idx) over fixed-size chunks of `rows` (the
+    last padded with rows[0]). Padded lengths change rarely, so the sequential variants
+    (one row fewer each round) reuse compiled code. No host synchronization."""
     rows = np.asarray(rows)
     n = len(rows)
     padded = np.concatenate([rows, np.repeat(rows[:1], -n % per_chunk, axis=0)])
     chunks = jnp.asarray(padded.reshape(-1, per_chunk, *rows.shape[1:]))
-    outs = [kernel(*args, chunks[i], idx) for i in range(chunks.shape[0])]
-    return _masked(jnp.concatenate([o[0] for o in outs]), n), jnp.concatenate([o[1] for o in outs])
+    outs = [kernel(*args, chunks[i], rtol, slack, u_idx) for i in range(chunks.shape[0])]
+    rank, lam, at_u, trace = (jnp.concatenate([o[i] for o in outs]) for i in range(4))
+    return Summaries(rank, lam, at_u, trace, n)
 
 
 @jax.jit
-def _masked(scores, n):
+def attained(rank, lam, n):
+    """(r, ranks, scores) of padded summaries: r the largest rank of the n real rows,
+    scores λ⁺ where the rank reaches r, 0 elsewhere, -inf on the padding (spectra.at_rank)."""
+    valid = jnp.arange(rank.shape[0]) < n
+    rank = jnp.where(valid, rank, 0)
+    r = jnp.max(rank)
+    scores = jnp.where(rank >= r, lam, jnp.zeros_like(lam))
+    return r, rank, jnp.where(valid, scores, -jnp.inf)
+
+
+@jax.jit
+def masked(scores, n):
+    """scores with the padding (positions ≥ n) set to -inf."""
     return jnp.where(jnp.arange(scores.shape[0]) < n, scores, -jnp.inf)
 
 

@@ -15,25 +15,33 @@ Every CRC journal step records, under record[strategy]["diagnostics"]:
   tie         true when some decision of the acquisition had chosen − runner_up within that
               resolution: float32 rounding (another machine, another XLA) could have picked
               the other group
-  rank_used   r = min(|L| + G, ρ), the eigenvalue index (from the largest) that scores a group
+  rank_used   r = min(|L| + G, max_g ρ_g), the largest numerical rank any scored group's
+              kernel K̃(L ∪ g) reaches: a group scores its r-th largest eigenvalue if its own
+              rank ρ_g reaches r, else 0 (docs/design.md "CRC, exactly")
+  rank_counts {ρ: number of groups of numerical rank ρ} (each group's rank, row by row, is in
+              the record's all_ranks when all_scores is). On the float32 prefilter the ranks
+              of groups not rescored in float64 are float32 lower bounds
   n_groups    the number of candidate groups scored (the first round's, for sequential picks)
-  rounds      sequential picks only: {chosen, runner_up, gap, resolution, tie} of each round,
-              the base grown by the groups picked before it (the top-level fields are round 1's)
+  rounds      sequential picks only: {chosen, runner_up, gap, resolution, tie, rank_used,
+              rank_counts} of each round, the base grown by the groups picked before it (the
+              top-level fields are round 1's)
 
 No timings: identical runs write identical journals.
 
-The ceiling. A group's score is s(g) = μ_r, the r-th largest eigenvalue of M = K̃(L ∪ g),
-r = min(|L| + G, ρ). K̃(L, L) is a principal submatrix of M, G rows and columns smaller, so
-Cauchy interlacing gives α_i ≥ μ_{i+G} for its eigenvalues α_1 ≥ … ≥ α_|L|. With i = r − G:
+The ceiling. A group's score is s(g) = μ_r, the r-th largest eigenvalue of M = K̃(L ∪ g)
+(or 0 ≤ μ_r when its rank falls short of r), r the rank_used above. K̃(L, L) is a principal
+submatrix of M, G rows and columns smaller, so Cauchy interlacing gives α_i ≥ μ_{i+G} for
+its eigenvalues α_1 ≥ … ≥ α_|L|. With i = r − G:
 
-    s(g) = μ_r ≤ α_{r−G}:  the (r − G)-th largest eigenvalue of K̃(L, L), for every group.
+    s(g) ≤ α_{r−G}:  the (r − G)-th largest eigenvalue of K̃(L, L), for every group.
 
-  * |L| + G ≤ ρ (the kernel over L ∪ g can be full rank): r − G = |L|, so the ceiling is
-    λmin(K̃(L, L)) = λ⁺min(K̃(L, L)): adding points can only lower the smallest eigenvalue.
-  * |L| + G > ρ (beyond the rank): r − G = ρ − G, a larger eigenvalue of K̃(L, L) than its
-    λ⁺min. Here λ⁺min(K̃(L, L)) is no ceiling: for the last-layer kernel C·ZZᵀ (the one
-    whose ρ can be below |L| + G), once |L| ≥ ρ the non-zero spectrum of K̃(L ∪ g) is C times
-    that of Z_LᵀZ_L + Z_gᵀZ_g ⪰ Z_LᵀZ_L, so every group scores at least λ⁺min(K̃(L, L)).
+  * r = |L| + G (some group's kernel over L ∪ g is full rank): r − G = |L|, so the ceiling
+    is λmin(K̃(L, L)): adding points can only lower the smallest eigenvalue.
+  * r < |L| + G (beyond the rank): r − G, a larger eigenvalue of K̃(L, L) than its λ⁺min.
+    Here λ⁺min(K̃(L, L)) is no ceiling: for the last-layer kernel C·ZZᵀ (the one whose rank
+    can be below |L| + G), once Z_L spans what the groups reach the non-zero spectrum of
+    K̃(L ∪ g) is C times that of Z_LᵀZ_L + Z_gᵀZ_g ⪰ Z_LᵀZ_L, so every group scores at least
+    λ⁺min(K̃(L, L)).
   * r ≤ G (fewer labeled points than the group adds, below the rank: a cold start): no
     bound from K̃(L, L); the ceiling is null.
 
@@ -68,14 +76,16 @@ def ceiling_index(group_size: int, rank_used: int) -> int | None:
 def decision(gram, rows: np.ndarray, scores: np.ndarray, chosen_rows: np.ndarray) -> dict:
     """The margin of one choice among `rows` (scored `scores`, the chosen ones `chosen_rows`,
     best first): {chosen, runner_up, gap, resolution, tie} as in the module docstring.
-    Traces come from `gram` against its current base."""
+    Traces come from `gram` against its current base; r and the groups' ranks from its
+    last scoring (of `rows`)."""
     rows = np.asarray(rows)
     scores = np.asarray(scores, dtype=np.float64)
     chosen_rows = np.asarray(chosen_rows)
     is_chosen = np.isin(rows, chosen_rows)
     cut_row = int(chosen_rows[-1])
     cut = float(scores[np.flatnonzero(rows == cut_row)[0]])
-    out: dict = {"chosen": cut, "runner_up": None, "gap": None, "resolution": None, "tie": False}
+    out: dict = {"chosen": cut, "runner_up": None, "gap": None, "resolution": None, "tie": False,
+                 "rank_used": int(gram.rank_used), "rank_counts": rank_counts(gram.group_ranks)}
     if is_chosen.all():
         return out
     others = np.flatnonzero(~is_chosen)
@@ -89,11 +99,17 @@ def decision(gram, rows: np.ndarray, scores: np.ndarray, chosen_rows: np.ndarray
     return out
 
 
-def acquisition(first: dict, *, ceiling: float | None, rank_used: int, n_groups: int,
+def rank_counts(ranks) -> dict:
+    """{str(ρ): number of groups of rank ρ}, ranks ascending (JSON keys are strings)."""
+    values, counts = np.unique(np.asarray(ranks, np.int64), return_counts=True)
+    return {str(int(v)): int(c) for v, c in zip(values, counts)}
+
+
+def acquisition(first: dict, *, ceiling: float | None, n_groups: int,
                 later: list | None = None) -> dict:
-    """The diagnostics of one acquisition: the first decision (against L), its ceiling,
-    rank and groups scored, and the later rounds of a sequential pick."""
-    out = {"ceiling": ceiling, **first, "rank_used": int(rank_used), "n_groups": int(n_groups)}
+    """The diagnostics of one acquisition: the first decision (against L, with its rank r),
+    its ceiling, the groups scored, and the later rounds of a sequential pick."""
+    out = {"ceiling": ceiling, **first, "n_groups": int(n_groups)}
     if later:
         rounds = [first, *later]
         out["rounds"] = rounds

@@ -3,22 +3,25 @@
 A `Gram` holds candidate groups (an (n_groups, G) array of pool indices) and a base set
 B (the labeled set, grown by the sequential variants), and scores groups by
 
-    s(g) = λ⁺min(K̃(B ∪ g, B ∪ g)),   r = min(|B| + G, ρ)   (ntk.min_positive_eigenvalue)
+    s(g) = λ⁺min(K̃(B ∪ g, B ∪ g)) at r = min(|B| + G, the largest rank any scored group reaches)
+
+(the rule: crc_jax.acquisition.spectra and backend_gram; docs/design.md "CRC, exactly").
 
 Two kinds of Gram return the same scores:
 
   FeatureGram   subset "last" on a final dense layer: K̃ = C·ZZᵀ with Z = [Φ, 1]. Φ comes
                 from `ctx.features_fn`, or is derived from the dense head itself
                 (crc_jax.acquisition.features), so a hand-built Context gets the fast
-                path too. Φ is computed once for the whole pool (whose [Φ, 1] gives the
-                rank ρ). The non-zero spectrum of K̃(S, S) is C times that of ZₛᵀZₛ, so
-                each group costs one eigvalsh of side min(|B| + G, d + 1): the (d+1)²
-                side is Z_BᵀZ_B (precomputed) + Z_gᵀZ_g, the kernel side borders Z_B Z_Bᵀ.
+                path too. Φ is computed once for the whole pool. The non-zero spectrum of
+                K̃(S, S) is C times that of ZₛᵀZₛ, so each group costs one eigvalsh of
+                side min(|B| + G, d + 1): the (d+1)² side is Z_BᵀZ_B (precomputed) +
+                Z_gᵀZ_g, the kernel side borders Z_B Z_Bᵀ. Ranks: float64 Grams of float32
+                features, tolerance (d+1)²·ε₃₂²·λmax (spectra.feature_rtol).
   JacobianGram  any subset: K̃(B, B), K̃(B, candidates) and the within-group blocks K̃(g, g)
                 from per-sample Jacobians, each candidate's Jacobian computed once (base
                 Jacobians too when they fit in memory); each group costs one eigvalsh of
-                side |B| + G. ρ: for "last", the rank of [Φ, 1] over the pool when the
-                head is dense, else |B| + G; for "all" or a predicate, |B| + G.
+                side |B| + G. Ranks: kernel entries contracted in float32, tolerance
+                (|B| + G)·ε₃₂·λmax (spectra.kernel_rtol).
 
 Each runs on one of two backends (`backend`, see device_spectra): "host" decomposes in
 float64 on the host CPU (`spectra`), groups in chunks of about 16 MiB of matrices;
@@ -95,7 +98,9 @@ class FeatureGram(BackendGram):
 
     z: Any        # host float64 Z (pool features, + a ones column with a head bias), or None
     z_dev: Any    # the same on the device (float64, or float32 for the prefilter), or None
-    _rank: Any    # rank of Z (an int, or a device scalar on the float64 device path)
+    _rank: Any    # rank of Z over the pool (an int, or a device scalar on the float64 device
+                  # path): reported in the journal, not used to score
+    _live: int | None   # columns of Z that are not all zero (bounds every group's rank)
 
     def __init__(self, ctx: Context, groups: np.ndarray, *, mesh=None, spectra: Spectra = HOST,
                  features_fn=None):
@@ -108,6 +113,7 @@ class FeatureGram(BackendGram):
             raise ValueError("FeatureGram needs a features_fn (the context has none)")
         self.base = np.asarray(ctx.labeled, dtype=np.int64)
         self.z_dev = None
+        self._live = None
         self._base_gram: tuple[int, Any] | None = None
         if spectra.device_float64:       # everything stays on the device
             phi = feat.pool_features_on_device(ctx, fn, mesh=mesh)      # the model in float32
@@ -121,6 +127,7 @@ class FeatureGram(BackendGram):
             self._rank = ntk.feature_rank(phi_host, bias=bias)
             z = phi_host.astype(np.float64)
             self.z = np.concatenate([z, np.ones((len(z), 1))], axis=1) if bias else z
+            self._live = int(np.count_nonzero(np.any(self.z != 0, axis=0)))
             if spectra.prefilter:
                 self.z_dev = jnp.asarray(self.z, dtype=jnp.float32)
         self.width = (self.z if self.z is not None else self.z_dev).shape[1]
@@ -146,10 +153,14 @@ class FeatureGram(BackendGram):
         n = len(self.base) + self.groups.shape[1]
         return min(n, self.width), n
 
-    def _rel_error(self) -> float:
-        return dev.rel_error(self._side()[0], self.groups.shape[1])
+    def _rtol(self) -> float:
+        return spectra.feature_rtol(self.width)
 
-    def _host_scores(self, rows: np.ndarray) -> np.ndarray:
+    def _rank_bound(self) -> int:
+        side = self._side()[0]
+        return side if self._live is None else min(side, self._live)
+
+    def _host_spectra(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         side, n = self._side()
         z_b = self.z[self.base]
         if n <= self.width:   # kernel side, n²: border Z_B Z_Bᵀ with the group's rows
@@ -163,7 +174,8 @@ class FeatureGram(BackendGram):
 
             def matrices(r):
                 return spectra.updated(gram_base, self.z[self.groups[r]])
-        return self.scale * spectra.score_rows(rows, side, matrices, self.rank_used)
+        ranks, lam = spectra.score_rows(rows, side, matrices, self._rtol())
+        return ranks, self.scale * lam
 
     def _base_matrix(self):
         """C·Z_B Z_Bᵀ (= K̃(B, B)) while |B| ≤ d + 1, else C·Z_BᵀZ_B (its non-zero spectrum)."""
@@ -190,10 +202,9 @@ class FeatureGram(BackendGram):
     def _group_traces(self, rows: np.ndarray) -> np.ndarray:
         return self.scale * self._sq_norms(self.groups[rows]).sum(axis=-1)
 
-    def _device_scores(self, rows: np.ndarray):
+    def _device_spectra(self, rows: np.ndarray, slack: float, u_idx: int) -> dev.Summaries:
         side, n = self._side()
         z = self.z_dev
-        idx = side - jnp.minimum(n, self._rank)
         args: tuple
         if n <= self.width:
             z_b = z[jnp.asarray(self.base)]
@@ -202,8 +213,10 @@ class FeatureGram(BackendGram):
         else:
             kernel, args = dev.feature_side, (z, self._device_base_gram())
         per = dev.rows_per_chunk(side, len(rows), z.dtype.itemsize)
-        s, t = dev.score_chunks(kernel, args, self.groups[rows], per, idx)
-        return self.scale * s, self.scale * t
+        summ = dev.score_chunks(kernel, args, self.groups[rows], per, rtol=self._rtol(),
+                                slack=slack, u_idx=u_idx)
+        return dataclasses.replace(summ, lam=self.scale * summ.lam, at_u=self.scale * summ.at_u,
+                                   trace=self.scale * summ.trace)
 
 
 class JacobianGram(BackendGram):
@@ -227,7 +240,7 @@ class JacobianGram(BackendGram):
         self.batch = ntk.jacobian_batch_size(self.f, self.params, x[:1], subset=self.subset,
                                              budget_bytes=budget_bytes)
         self.base = np.asarray(ctx.labeled, dtype=np.int64)
-        self._rank = self._head_rank() if subset == "last" else None   # None: |B| + G
+        self._rank = self._head_rank() if subset == "last" else None   # the journal's ρ
         with spectra.precision():
             self._build(x)
 
@@ -340,12 +353,12 @@ class JacobianGram(BackendGram):
             self.k_bc = xp.concatenate([self.k_bc, k_nc], axis=0)
         self.base = np.concatenate([self.base, new])
 
-    def _n_rank(self) -> tuple[int, int]:
+    def _side(self) -> tuple[int, int]:
         n = len(self.base) + self.groups.shape[1]
-        return n, (n if self._rank is None else min(n, self._rank))
+        return n, n
 
-    def _rel_error(self) -> float:
-        return dev.rel_error(self._n_rank()[0], self.groups.shape[1])
+    def _rtol(self) -> float:
+        return spectra.kernel_rtol(self._side()[0])
 
     def _base_matrix(self):
         return self.k_bb
@@ -356,9 +369,9 @@ class JacobianGram(BackendGram):
     def _group_traces(self, rows: np.ndarray) -> np.ndarray:
         return np.asarray(self._xp().trace(self.k_gg[rows], axis1=1, axis2=2), np.float64)
 
-    def _host_scores(self, rows: np.ndarray) -> np.ndarray:
+    def _host_spectra(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         g = self.groups.shape[1]
-        n, rank = self._n_rank()
+        n = self._side()[0]
         pos = rows[:, None] * g + np.arange(g)                               # (b, G)
         k_bb = np.asarray(self.k_bb, dtype=np.float64)                       # host copies of
         k_bg = np.asarray(self.k_bc[:, pos.ravel()], dtype=np.float64)       # what `rows` need
@@ -368,13 +381,13 @@ class JacobianGram(BackendGram):
         def matrices(r):
             return spectra.bordered(k_bb, np.moveaxis(k_bg[:, r], 0, 2), k_gg[r])
 
-        return spectra.score_rows(np.arange(len(rows)), n, matrices, rank)
+        return spectra.score_rows(np.arange(len(rows)), n, matrices, self._rtol())
 
-    def _device_scores(self, rows: np.ndarray):
-        n, rank = self._n_rank()
+    def _device_spectra(self, rows: np.ndarray, slack: float, u_idx: int) -> dev.Summaries:
+        n = self._side()[0]
         per = dev.rows_per_chunk(n, len(rows), self.k_gg.dtype.itemsize)
         return dev.score_chunks(dev.jacobian_side, (self.k_bb, self.k_bc, self.k_gg), rows, per,
-                                n - rank)
+                                rtol=self._rtol(), slack=slack, u_idx=u_idx)
 
 
 def _host(x) -> np.ndarray:
