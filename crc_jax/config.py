@@ -97,7 +97,7 @@ def defaults() -> ml_collections.ConfigDict:
 
     # The platform the run must use: auto (whatever JAX picks) | cpu (start JAX on the CPU
     # alone) | gpu | tpu (stop at start-up, with JAX's reason, when JAX has no such device
-    # and would fall back to the CPU). crc_jax.devices.
+    # and would fall back to the CPU). crc_jax.runtime.devices.
     c.device = ml_collections.ConfigDict()
     c.device.require = "auto"
 

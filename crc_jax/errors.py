@@ -34,4 +34,4 @@ class MissingExtra(ImportError):
 
 class DeviceUnavailable(RuntimeError):
     """The platform a run asked for (device.require, crc-jax --device) is not the one JAX
-    uses; the message is one line with JAX's reason (crc_jax.devices)."""
+    uses; the message is one line with JAX's reason (crc_jax.runtime.devices)."""

@@ -11,10 +11,10 @@ workdir resumes it; a workdir must be new, empty, or a run directory of this com
 bad data or an unusable workdir prints one line and exits with status 2; Ctrl-C prints
 one line and exits with status 130 (the run resumes from its last completed step).
 
-Devices: the run is data-parallel over every device JAX sees (crc_jax.sharding) and says
+Devices: the run is data-parallel over every device JAX sees (crc_jax.runtime.sharding) and says
 which at start, in one line; `--config.device.require=gpu` (or tpu) stops there, exit
 status 2, with JAX's reason, when JAX has no such device and would run on the CPU
-(crc_jax.devices); `=cpu` keeps JAX on the CPU. A train.batch_size that does not split
+(crc_jax.runtime.devices); `=cpu` keeps JAX on the CPU. A train.batch_size that does not split
 over the devices becomes the nearest multiple (logged, recorded in config.json).
 `--config.distributed.enabled=True` first calls jax.distributed.initialize (multi-host).
 `--mock_data=N` runs on tfds.testing.mock_data (N random examples per split; tests and
@@ -160,7 +160,8 @@ def load_config(name: str, overrides: dict | None = None):
 def run(config, workdir: str, *, mock_data: int | None = None) -> None:
     """Validate, run, write the report, and say where everything went. `mock_data`:
     examples per split of tfds.testing.mock_data (None: the --mock_data flag)."""
-    from crc_jax import devices, distributed, durable, sharding
+    from crc_jax import durable
+    from crc_jax.runtime import devices, distributed, sharding
     from crc_jax.run import config_check, loop
     from experiments import mock_data as mock
     from experiments import report
@@ -204,7 +205,7 @@ def main(argv: list[str]) -> None:
     _WORKDIR = workdir
     import jax
 
-    from crc_jax import distributed
+    from crc_jax.runtime import distributed
     from crc_jax.errors import ConfigError, DataError, DeviceUnavailable, MissingExtra, StorageError
     from crc_jax.train import TrainingDiverged
 

@@ -177,7 +177,8 @@ def project_run(setup, labeled: np.ndarray, key, eval_every: int) -> dict:
     draws batches and keys, every epoch run, with the labeled-set cross-entropy measured
     every `eval_every` steps. Returns {"steps", "ce", "test_acc" (fit's early-stopping
     pick), "test_acc_final", "best_epoch"}."""
-    from crc_jax import feeding, sharding
+    from crc_jax import feeding
+    from crc_jax.runtime import sharding
     from crc_jax import train as train_lib
 
     alg, tc = setup.algorithm, setup.config.train
@@ -240,8 +241,8 @@ def depth_name(fraction: float) -> str:
 def run_instance(setup, config, domain: str, domain_index: int, trial: int, size: int,
                  labeled: np.ndarray, group_size: int) -> list[dict]:
     """The four rows (one per pick) of one instance."""
-    from crc_jax.acquisition import crc as crc_lib
-    from crc_jax.acquisition import gram as gram_lib
+    from crc_jax.acquisition.crc import crc as crc_lib
+    from crc_jax.acquisition.crc import gram as gram_lib
     from scipy import stats
 
     train_key, retrain_key, group_key, pick_key = instance_keys(config.seed, domain_index,

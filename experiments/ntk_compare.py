@@ -118,7 +118,7 @@ def train(model, params, x, y_onehot, *, steps: int, lr: float):
 def crc_scores(k: np.ndarray, labeled: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """λ⁺min(K̃(L ∪ g)) for each group, r = min(|L ∪ g|, rank of K̃ over the sample)."""
     from crc_jax import ntk
-    from crc_jax.acquisition import spectra
+    from crc_jax.acquisition.crc import spectra
     rank = ntk.kernel_rank(k)
     sets = np.concatenate([np.broadcast_to(labeled, (len(groups), len(labeled))), groups], axis=1)
     mats = k[sets[:, :, None], sets[:, None, :]]
@@ -128,7 +128,7 @@ def crc_scores(k: np.ndarray, labeled: np.ndarray, groups: np.ndarray) -> np.nda
 def compare_selections(scores_emp, scores_inf, k: int) -> tuple[float, float]:
     """(fraction of the top-k groups both pick, Spearman correlation of the scores)."""
     from scipy.stats import spearmanr
-    from crc_jax.acquisition.crc import top_groups
+    from crc_jax.acquisition.crc.crc import top_groups
     a, b = set(top_groups(scores_emp, k).tolist()), set(top_groups(scores_inf, k).tolist())
     return len(a & b) / k, float(spearmanr(scores_emp, scores_inf).statistic)
 
@@ -165,7 +165,7 @@ def run(config, workdir) -> list[dict]:
     """Run every (data set, model, width, seed) comparison; write CSV, Markdown and plot."""
     from tqdm.auto import tqdm
 
-    from crc_jax.acquisition.crc import random_groups
+    from crc_jax.acquisition.crc.crc import random_groups
 
     check(config)
     workdir = Path(workdir)
@@ -221,7 +221,7 @@ def check(config) -> None:
     if config.seeds < 1:
         raise ConfigError("seeds", f"must be >= 1, got {config.seeds}")
     from crc_jax import data
-    from crc_jax.acquisition.crc_infinite import ARCHS
+    from crc_jax.acquisition.crc.infinite import ARCHS
     for name in config.datasets:
         if name not in data.names():
             raise ConfigError("datasets", f"unknown data set {name!r}; known: "

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crc_jax import durable, faults
+from crc_jax import durable
+from crc_jax.runtime import faults
 from crc_jax.errors import StorageError
 from experiments import stats
 
@@ -142,8 +143,8 @@ def markdown_table(rows: list[dict]) -> str:
 
 def crc_decisions(workdirs) -> list[dict]:
     """Per CRC journal step (strategy folder, trial, step, num_labeled): the diagnostics
-    summary of crc_jax.acquisition.diagnostics (gap, resolution, tie, reach)."""
-    from crc_jax.acquisition import diagnostics
+    summary of crc_jax.acquisition.crc.diagnostics (gap, resolution, tie, reach)."""
+    from crc_jax.acquisition.crc import diagnostics
 
     out = []
     for workdir in workdirs:

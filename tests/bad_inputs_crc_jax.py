@@ -34,7 +34,7 @@ from image_folder import write_digits
 from onnx_models import write_conv_net
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "crc_jax.cli"]
+CLI = [sys.executable, "-m", "crc_jax.project.cli"]
 CLASSES = ",".join(str(d) for d in range(10))
 # A round small enough for seconds on a CPU.
 FAST = ["--model", "mlp", "--width", "32", "--epochs", "1", "--steps-per-epoch", "3",
@@ -354,7 +354,7 @@ def build(root: Path, Project, RoundSettings, mounted: list) -> list[dict]:
         elif prepare is not None:
             prepare(workdir)
         args = args(workdir) if callable(args) else args
-        out.append(dict(name=name, given=given, module="crc_jax.cli", args=list(map(str, args)),
+        out.append(dict(name=name, given=given, module="crc_jax.project.cli", args=list(map(str, args)),
                         workdir=workdir, expect=expect, existing=existing, **extra))
 
     # --- init
@@ -559,7 +559,7 @@ def build(root: Path, Project, RoundSettings, mounted: list) -> list[dict]:
     def page_case(name, given, expect, status, method, path, payload=None):
         workdir = root / slug(name)
         shutil.copytree(page_project, workdir)
-        out.append(dict(name=name, given=given, module="crc_jax.cli",
+        out.append(dict(name=name, given=given, module="crc_jax.project.cli",
                         args=["label", str(workdir), "--port", "0"], workdir=workdir,
                         expect=expect, existing=True, exit=130, status=status,
                         request=(method, path, payload), runner=run_page))
@@ -587,7 +587,7 @@ def build(root: Path, Project, RoundSettings, mounted: list) -> list[dict]:
     shutil.copytree(base, restart)
     out.append(dict(name="restart right after a kill", given="`crc-jax label DIR --port P` "
                     "killed (SIGKILL) while a browser holds a connection, then started again "
-                    "at once on the same port", module="crc_jax.cli",
+                    "at once on the same port", module="crc_jax.project.cli",
                     args=["label", str(restart), "--port", str(port)], workdir=restart,
                     expect=r"^interrupted: the labeling page stopped", existing=True,
                     exit=130, port=port, runner=run_after_kill,

@@ -2,7 +2,7 @@
 
 import os
 
-import crc_jax  # noqa: F401  (first: its XLA:CPU default, YNNPACK fusion off; crc_jax.xla_env)
+import crc_jax  # noqa: F401  (first: its XLA:CPU default, YNNPACK fusion off; crc_jax.runtime.xla_env)
 
 # Both must be set before TensorFlow or JAX is imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

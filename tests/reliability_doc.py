@@ -75,7 +75,7 @@ with one line and exit status 2 before they can change anything already computed
   arrays are read: one from another config or model is refused. A state whose loss or
   parameters are NaN/inf is never saved: training stops first (`TrainingDiverged`, naming
   the step), so the last checkpoint on disk is the last good one.
-- **Fault points** (`crc_jax/faults.py`): `CRC_JAX_FAULT="point:n"` makes the process
+- **Fault points** (`crc_jax/runtime/faults.py`): `CRC_JAX_FAULT="point:n"` makes the process
   SIGKILL itself the n-th time it reaches `point`: `train_step` (before a training step),
   `checkpoint` (once orbax's temporary folder exists, i.e. mid-write), `acquisition` (after
   training, before the strategy picks), `journal_append` (after half of the line is written

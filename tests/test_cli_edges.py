@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crc_jax import cli, durable
+from crc_jax import durable
+from crc_jax.project import cli
 from crc_jax.errors import StorageError
 from crc_jax.project import Project
 from crc_jax.project.server import bind, create_app, make_server
@@ -109,7 +110,7 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, project_dir):
 
 LOST_INTERRUPT = """
 import gc, os, signal, sys, time
-from crc_jax import cli
+from crc_jax.project import cli
 
 def swallowing_callback(phase, info):   # as JAX's _xla_gc_callback: an interrupt that
     if phase == "start" and not fired:   # lands here is "ignored", not raised
@@ -149,7 +150,7 @@ def test_ctrl_c_swallowed_by_a_gc_callback_still_ends_the_command():
 
 SWALLOWED_BY_CODE = """
 import sys, time
-from crc_jax import cli
+from crc_jax.project import cli
 
 def status(args):
     try:

@@ -9,7 +9,7 @@ import pytest
 from conftest import TinyCNN  # the shared tiny model (tests/conftest.py)
 from crc_jax import ntk
 from crc_jax.acquisition import Context, from_spec
-from crc_jax.acquisition import crc as crc_lib
+from crc_jax.acquisition.crc import crc as crc_lib
 
 
 def get(spec, **options):

@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crc_jax.acquisition import Context, diagnostics, from_spec
-from crc_jax.acquisition import crc as crc_lib
+from crc_jax.acquisition import Context, from_spec
+from crc_jax.acquisition.crc import diagnostics
+from crc_jax.acquisition.crc import crc as crc_lib
 
 C = 3
 WIDTH = 8            # Φ has 8 columns: the last-layer kernel's rank is ρ = 9

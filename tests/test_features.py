@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from crc_jax import acquisition, cli, ntk
+from crc_jax import acquisition, ntk
+from crc_jax.project import cli
 from crc_jax.project import Project, ProjectError, RoundSettings, features, rounds, store
 from crc_jax.project.scan import list_images
 from image_folder import write_digits
@@ -348,7 +349,7 @@ def test_crc_scores_of_20_vectors_of_d_100000_in_bounded_memory():
     the scores equal the brute-force definition, a group repeating a vector scores 0."""
     import tracemalloc
 
-    from crc_jax.acquisition import crc as crc_lib
+    from crc_jax.acquisition.crc import crc as crc_lib
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20, 100_000)).astype(np.float32)
@@ -372,7 +373,7 @@ def test_crc_scores_of_20_vectors_of_d_100000_in_bounded_memory():
 def test_the_device_backend_ranks_20_vectors_of_d_100000_through_the_20x20_gram():
     """The float64 device path (what a GPU runs; here XLA on the CPU) forms its rank Gram
     on the device: N² as well, with the host's scores."""
-    from crc_jax.acquisition import crc as crc_lib
+    from crc_jax.acquisition.crc import crc as crc_lib
 
     x = np.random.default_rng(0).normal(size=(20, 100_000)).astype(np.float32)
     ctx = linear_head_ctx(x, np.arange(5))
@@ -383,7 +384,7 @@ def test_the_device_backend_ranks_20_vectors_of_d_100000_through_the_20x20_gram(
 
 def test_crc_scores_are_identical_through_either_gram(monkeypatch):
     """At small d the (d+1)² path still exists: forcing it gives the same scores, bit for bit."""
-    from crc_jax.acquisition import crc as crc_lib
+    from crc_jax.acquisition.crc import crc as crc_lib
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(30, 40)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Data parallelism (crc_jax.sharding) and mixed precision.
+"""Data parallelism (crc_jax.runtime.sharding) and mixed precision.
 
 The 4-device checks need XLA_FLAGS=--xla_force_host_platform_device_count=4 before JAX
 starts, so they run in a subprocess: SCRIPT computes one thing on a 1-device mesh and on
@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crc_jax import models, sharding
+from crc_jax import models
+from crc_jax.runtime import sharding
 from crc_jax.run import config_check
 from crc_jax.errors import ConfigError
 from experiments.configs.base import get_base_config
@@ -30,9 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = r'''
 import json, sys
 import jax, numpy as np
-from crc_jax import models, ntk, sharding, ssl
+from crc_jax import models, ntk, ssl
+from crc_jax.runtime import sharding
 from crc_jax.acquisition import Context
-from crc_jax.acquisition import gram as gram_lib
+from crc_jax.acquisition.crc import gram as gram_lib
 from crc_jax.train import fit
 from experiments.configs.base import get_base_config
 

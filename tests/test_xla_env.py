@@ -1,4 +1,4 @@
-"""crc_jax.xla_env: XLA:CPU runs with YNNPACK fusion off, unless the user says otherwise.
+"""crc_jax.runtime.xla_env: XLA:CPU runs with YNNPACK fusion off, unless the user says otherwise.
 
 What is checked is what XLA itself compiled: the optimized HLO (`__ynn_fusion` fusions)
 and, for the real entry points, the compile options XLA dumps with `--xla_dump_to`
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from crc_jax import xla_env
+from crc_jax.runtime import xla_env
 from image_folder import write_digits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ YNN_TYPES = "xla_cpu_experimental_ynn_fusion_type:"  # how a compile_options.tex
 # and reports XLA_FLAGS, whether the optimized HLO holds a YNN fusion, and the decision.
 PROBE = """
 import {first}, os, jax, jax.numpy as jnp
-from crc_jax import xla_env
+from crc_jax.runtime import xla_env
 hlo = jax.jit(lambda a, b: a @ b).lower(jnp.ones((64, 64)), jnp.ones((64, 64))).compile().as_text()
 print(repr(os.environ.get("XLA_FLAGS", "")), "__ynn_fusion" in hlo, xla_env.last_decision(), sep="|")
 """
@@ -154,7 +154,7 @@ def test_crc_jax_cli_compiles_with_ynn_fusion_off(tmp_path):
     """`crc-jax next` (a CRC cold start on a random MLP), with the user's own XLA flag kept."""
     write_digits(tmp_path / "images", 40, broken=False)
     env = clean_env(XLA_FLAGS=f"--xla_dump_to={tmp_path / 'dump'}")
-    cli = [sys.executable, "-m", "crc_jax.cli"]
+    cli = [sys.executable, "-m", "crc_jax.project.cli"]
     init = subprocess.run([*cli, "init", tmp_path / "p", "--images", tmp_path / "images",
                            "--classes", ",".join(map(str, range(10))), "--image-size", "8"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

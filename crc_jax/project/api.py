@@ -5,7 +5,7 @@
     project.add_labels({ids[0]: "cat", ...})     # appended to the labels log, fsynced
     project.status(); project.predict()
 
-The CLI (crc_jax.cli) and the labeling page (crc_jax.project.server) are thin layers
+The CLI (crc_jax.project.cli) and the labeling page (crc_jax.project.server) are thin layers
 over this class.
 """
 
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crc_jax import durable, faults
+from crc_jax import durable
+from crc_jax.runtime import faults
 from crc_jax.project import labels_log, settings as round_options, store
 from crc_jax.project.features import FeatureResult, FeatureSource
 from crc_jax.project.scan import ScanResult, scan
@@ -340,7 +341,7 @@ class Project:
         is refused). A crash anywhere leaves the labels untouched; rerunning redoes the
         round exactly.
         """
-        from crc_jax.acquisition import diagnostics
+        from crc_jax.acquisition.crc import diagnostics
         from crc_jax.project import rounds
 
         settings = self.round_settings() if settings is None else settings

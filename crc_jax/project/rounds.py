@@ -29,7 +29,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from crc_jax import acquisition, faults, models, ssl
+from crc_jax import acquisition, models, ssl
+from crc_jax.runtime import faults
 from crc_jax.project.settings import RoundSettings, library_config
 from crc_jax.train import fit
 

@@ -14,7 +14,8 @@ import logging
 
 import jax
 
-from crc_jax import acquisition, data, devices, models, ssl
+from crc_jax import acquisition, data, models, ssl
+from crc_jax.runtime import devices
 from crc_jax.errors import ConfigError, DataError
 from crc_jax.run import initial_set, strategies
 

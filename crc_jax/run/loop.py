@@ -24,7 +24,8 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from crc_jax import acquisition, data, distributed, durable, faults, models, ssl
+from crc_jax import acquisition, data, durable, models, ssl
+from crc_jax.runtime import distributed, faults
 from crc_jax.data.pool import Pool
 from crc_jax.errors import StorageError
 from crc_jax.run import config_check, environment, initial_model, initial_set, resume, strategies

@@ -13,7 +13,8 @@ import os
 import re
 from pathlib import Path
 
-from crc_jax import distributed, durable
+from crc_jax import durable
+from crc_jax.runtime import distributed
 from crc_jax.errors import RunDirError
 
 # Fields that do not change results: a resumed run may differ in these. How many
@@ -141,9 +142,9 @@ class RunDir:
 def run_dir(path: os.PathLike):
     """The run directory locked by process 0 for the block; yields `bind(fn)`.
 
-    `RunDir` on process 0 only (crc_jax.distributed.from_writer). `bind(fn)` runs `fn(rundir)` on process 0
-    (checks, then `rundir.bind_config(...)`); a RunDirError there (a directory in use,
-    another run's config or journals) is raised on every process.
+    `RunDir` on process 0 only (crc_jax.runtime.distributed.from_writer). `bind(fn)` runs
+    `fn(rundir)` on process 0 (checks, then `rundir.bind_config(...)`); a RunDirError there
+    (a directory in use, another run's config or journals) is raised on every process.
     """
     with contextlib.ExitStack() as stack:
         held = {}

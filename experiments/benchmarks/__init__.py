@@ -27,9 +27,9 @@ def command(main: Callable[[], int | None]) -> None:
 
 
 def _backend_line(err: Exception) -> str | None:
-    """The one line for a JAX that could not start (crc_jax.devices); None for any other
+    """The one line for a JAX that could not start (crc_jax.runtime.devices); None for any other
     exception. crc_jax is imported here only: a benchmark may set XLA_FLAGS before it."""
-    from crc_jax import devices
+    from crc_jax.runtime import devices
     from crc_jax.errors import DeviceUnavailable
 
     return str(err) if isinstance(err, DeviceUnavailable) else devices.backend_failure(err)
@@ -37,12 +37,12 @@ def _backend_line(err: Exception) -> str | None:
 
 def start_in_child() -> None:
     """For a benchmark that measures in child processes: start JAX's backend once in a
-    child of its own (`python -m crc_jax.devices`, which inherits this environment), so a
+    child of its own (`python -m crc_jax.runtime.devices`, which inherits this environment), so a
     failure is said once, up front, and this process never holds the accelerator. Raises
     DeviceUnavailable with the child's line."""
     from crc_jax.errors import DeviceUnavailable
 
-    proc = subprocess.run([sys.executable, "-m", "crc_jax.devices"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "crc_jax.runtime.devices"], capture_output=True,
                           text=True)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]

@@ -131,7 +131,7 @@ def main(argv=None) -> None:
     start_in_child()   # JAX that cannot start: one line now, not one per part
 
     import crc_jax  # noqa: F401  (its XLA:CPU default, as the children apply it too)
-    from crc_jax import xla_env
+    from crc_jax.runtime import xla_env
     from experiments.benchmarks.xla_cpu import cpu_model
 
     lines = [f"## CPU benchmarks, {time.strftime('%Y-%m-%d %H:%M %Z')}", "",

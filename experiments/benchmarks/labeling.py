@@ -72,7 +72,7 @@ def write_folder(root: Path, n: int) -> dict:
 def crc_jax(*args) -> float:
     """Run `crc-jax ARGS` in a fresh process; its wall time in seconds."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "crc_jax.cli", *map(str, args)], cwd=ROOT, check=True,
+    subprocess.run([sys.executable, "-m", "crc_jax.project.cli", *map(str, args)], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 

@@ -74,7 +74,7 @@ def write_features(path: Path, root: Path, labels: list, dim: int, seed: int = 0
 def crc_jax(*args) -> tuple[float, float]:
     """Run `crc-jax ARGS` in a fresh process: (wall seconds, peak resident GiB)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "crc_jax.cli", *map(str, args)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "crc_jax.project.cli", *map(str, args)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start

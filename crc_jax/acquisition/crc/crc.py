@@ -15,7 +15,7 @@ out of ctx.record so that identical runs write identical journals). `class_balan
 is the pseudo-AL setting of Table 3: every group holds budget/C samples of each class (read
 from the oracle) and G = budget.
 
-`backend` picks where the eigenvalues are computed (crc_jax.acquisition.device_spectra):
+`backend` picks where the eigenvalues are computed (crc_jax.acquisition.crc.device_spectra):
 "auto" (the host CPU on a CPU machine, the accelerator on a GPU/TPU), "host", "device",
 or "device_f32" (float32 prefilter + float64 finalists, what a TPU runs). The scores, and
 so the chosen groups, are the same; the journal records which one ran.
@@ -30,8 +30,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from crc_jax.acquisition import device_spectra, diagnostics
-from crc_jax.acquisition import gram as gram_lib
+from crc_jax.acquisition.crc import device_spectra, diagnostics
+from crc_jax.acquisition.crc import gram as gram_lib
 from crc_jax.acquisition.context import Context, check_budget
 from crc_jax.acquisition.registry import register
 
@@ -106,7 +106,7 @@ def pick_sequentially(gram, rounds: int, *, desc: str) -> tuple[list[int], list[
     """Pick `rounds` rows one at a time, each the best against base ∪ rows picked so far.
 
     Returns (rows, their scores when picked, all first-round scores, the diagnostics:
-    crc_jax.acquisition.diagnostics, with every round's decision).
+    crc_jax.acquisition.crc.diagnostics, with every round's decision).
     """
     remaining = np.arange(len(gram.groups))
     rows, chosen, first, decisions = [], [], None, []

@@ -8,7 +8,7 @@ images only, not on a trained model, so the labeled set it builds can be reused 
 models and seeds (the transferability question of Appendix B.2). It needs the `infinite`
 extra (neural-tangents): without it, building the strategy raises one `MissingExtra` line.
 
-Rank. CRC's rank rule (crc_jax.acquisition.spectra): the groups are scored at the largest
+Rank. CRC's rank rule (crc_jax.acquisition.crc.spectra): the groups are scored at the largest
 numerical rank r any of them reaches. The infinite ReLU NTK is full rank on distinct
 inputs that are not positive multiples of one another, so r = |L ∪ g| and s(g) = λmin.
 The kernel is computed in float64 (crc_jax.infinite.in_float64) from float32 images, on
@@ -39,10 +39,11 @@ from functools import partial
 import jax
 import numpy as np
 
-from crc_jax import extras, infinite
-from crc_jax.acquisition import crc as crc_lib
-from crc_jax.acquisition import spectra
-from crc_jax.acquisition.backend_gram import BackendGram
+from crc_jax import infinite
+from crc_jax.runtime import extras
+from crc_jax.acquisition.crc import crc as crc_lib
+from crc_jax.acquisition.crc import spectra
+from crc_jax.acquisition.crc.backend_gram import BackendGram
 from crc_jax.acquisition.context import Context, check_budget
 from crc_jax.acquisition.registry import register
 
@@ -116,7 +117,7 @@ def _within_groups(kernel_fn, xg):
 class InfiniteGram(BackendGram):
     """Scores of candidate groups against a base set B (the labeled set, grown by
     `extend_base` in the sequential variant), with the Gram interface of
-    crc_jax.acquisition.gram (score, top, extend_base, rank, describe), on the host."""
+    crc_jax.acquisition.crc.gram (score, top, extend_base, rank, describe), on the host."""
 
     def __init__(self, rows: KernelRows, groups: np.ndarray, base: np.ndarray):
         """K̃(B, B), K̃(candidates, B) from `rows`; the within-group blocks K̃(g, g) fresh,

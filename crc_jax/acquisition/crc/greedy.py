@@ -4,7 +4,7 @@
 S = L ∪ picked so far (CRC's rank rule: the rank r the best candidates reach, a candidate
 short of it scores 0): O(U·Q) eigendecompositions instead of Algorithm 1's O(U/G).
 `max_candidates` limits the search to a random subset of the unlabeled pool; `backend`
-is CRC's (crc_jax.acquisition.device_spectra: "auto", "host", "device", "device_f32").
+is CRC's (crc_jax.acquisition.crc.device_spectra: "auto", "host", "device", "device_f32").
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import time
 import jax
 import numpy as np
 
-from crc_jax.acquisition import device_spectra
-from crc_jax.acquisition import gram as gram_lib
+from crc_jax.acquisition.crc import device_spectra
+from crc_jax.acquisition.crc import gram as gram_lib
 from crc_jax.acquisition.context import Context, check_budget
-from crc_jax.acquisition.crc import check_subset, pick_sequentially, summarize
+from crc_jax.acquisition.crc.crc import check_subset, pick_sequentially, summarize
 from crc_jax.acquisition.registry import register
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ assembled and decomposed on the device, a fixed-size chunk of groups per jitted 
 (one compile; the chunk bounded by the device's memory), and the scores stay on the device
 until the caller has chosen its groups: one transfer per acquisition.
 
-Each chunk returns, per group, what the rank rule needs (crc_jax.acquisition.spectra):
+Each chunk returns, per group, what the rank rule needs (crc_jax.acquisition.crc.spectra):
 the numerical rank ρ_g, λ⁺_g, the eigenvalue at one probed index, and the trace; the
 caller (backend_gram) takes r = max ρ_g and the scores on the device (`attained`).
 
@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crc_jax import ntk, sharding
+from crc_jax import ntk
+from crc_jax.runtime import sharding
 
 BACKENDS = ("auto", "host", "device", "device_f32")
 CHUNK_BYTES_MAX = 1 << 30          # matrices of one chunk, before eigvalsh's workspace
@@ -67,9 +68,9 @@ def supports_float64(platform: str | None = None) -> bool:
 @dataclasses.dataclass(frozen=True)
 class Spectra:
     """Where CRC's eigenvalues are computed, and in which precision: the value the Grams
-    take (crc_jax.acquisition.gram), built from a backend name by `spectra_for`.
+    take (crc_jax.acquisition.crc.gram), built from a backend name by `spectra_for`.
 
-    on_device: False for NumPy/LAPACK in float64 on the host CPU (crc_jax.acquisition.spectra);
+    on_device: False for NumPy/LAPACK in float64 on the host CPU (crc_jax.acquisition.crc.spectra);
                True for jitted, batched eigvalsh on the accelerator.
     dtype:     "float64", or "float32" for the device prefilter (a TPU: float32 scores,
                the finalists rescored on the host in float64).

@@ -28,9 +28,10 @@ import os
 import sys
 from pathlib import Path
 
-from crc_jax import __version__, interrupt
+from crc_jax import __version__
+from crc_jax.runtime import interrupt
 
-log = logging.getLogger("crc_jax.cli")
+log = logging.getLogger("crc_jax.project.cli")
 
 
 PAGE_BUDGET = 20   # images per round started from the page or Label Studio, unless kept
@@ -66,7 +67,8 @@ def port_number(text: str) -> int:
 
 
 def build_parser() -> Parser:
-    from crc_jax import acquisition, devices, ssl
+    from crc_jax import acquisition, ssl
+    from crc_jax.runtime import devices
     from crc_jax.project.settings import RoundSettings, default_text
 
     d = RoundSettings()
@@ -476,7 +478,7 @@ def interrupted_message(command: str) -> str:
 
 def interrupted(command: str, *, own_process: bool) -> int:
     """Ctrl-C: one line, exit status 130. In a process of its own the CLI ends through
-    crc_jax.interrupt.leave (os._exit once its output is flushed): an interrupt inside XLA
+    crc_jax.runtime.interrupt.leave (os._exit once its output is flushed): an interrupt inside XLA
     (e.g. mid-compile) can leave JAX's threads in a state that crashes the interpreter's
     normal teardown (seen as a SIGSEGV after the KeyboardInterrupt)."""
     if own_process:
@@ -506,7 +508,7 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         command = args.command
         if hasattr(args, "device"):   # a command that trains: say on what, stop on a missing GPU/TPU
-            from crc_jax import devices
+            from crc_jax.runtime import devices
 
             log.info(devices.start(args.device, option="--device"))
         COMMANDS[command](args)
@@ -525,7 +527,7 @@ def main(argv=None) -> int:
         print(f"error: {os_error(err)}", file=sys.stderr)
         return 2
     except Exception as err:   # JAX's backend failed to start (JAX_PLATFORMS, a plugin)
-        from crc_jax import devices
+        from crc_jax.runtime import devices
 
         line = devices.backend_failure(err)
         if line is None:
