@@ -22,15 +22,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from crc_jax import feeding
+from crc_jax.errors import TrainingDiverged
 from crc_jax.runtime import sharding
 from crc_jax.ssl.base import Algorithm
 from crc_jax.state import TrainState
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the global step."""
 
 
 @dataclasses.dataclass
@@ -151,7 +148,6 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
     sharding.check_divisible(algorithm.labeled_batch, mesh, what="labeled batch size")
     sharding.check_divisible(mu_b, mesh, what="unlabeled batch size")
     eval_step = make_eval_step(eval_apply)
-    # .get: crc_jax.project.settings.library_config does not set the field yet (1 there).
     steps_per_dispatch = int(tc.steps_per_dispatch)
 
     state = algorithm.init_state(init_key, x_labeled[:1])

@@ -525,7 +525,7 @@ def report(out: Path, reps: int) -> str:
 
 
 def main(argv=None) -> int:
-    from experiments import cli_logging
+    from crc_jax.runtime import command
 
     parser = argparse.ArgumentParser(prog="python -m experiments.mechanism",
                                      description=(__doc__ or "").split("\n")[0])
@@ -533,7 +533,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default="mechanism", help="mechanism or mechanism:smoke")
     parser.add_argument("--report-only", action="store_true", help="rebuild table and figure from the CSV")
     args = parser.parse_args(argv)
-    cli_logging.setup()
+    command.setup_logging()
     from experiments.configs import mechanism as mechanism_config
 
     name, _, arg = args.config.partition(":")

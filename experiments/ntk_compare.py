@@ -38,8 +38,9 @@ import numpy as np
 from absl import app, flags
 
 from crc_jax import infinite
-from experiments import ntk_kernels
-from experiments.main import EXIT_USAGE, parse_flags
+from crc_jax.errors import UsageError
+from crc_jax.runtime import command
+from experiments import config_cli, ntk_kernels
 
 log = logging.getLogger("ntk_compare")
 
@@ -345,23 +346,20 @@ def plot(summary: dict, path: Path, title: str = "") -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    from crc_jax.errors import ConfigError, DataError
-
-    logging.getLogger().setLevel(logging.INFO)
-    for noisy in ("jax", "absl", "tensorflow", "etils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    command.setup_logging()   # after app.run, which installs absl's handler
     config = flags.FLAGS.config
     if config is None:
-        sys.stderr.write("error: --config is required (e.g. --config=ntk_compare)\n")
-        sys.exit(EXIT_USAGE)
+        raise UsageError("--config is required (e.g. --config=ntk_compare)")
     workdir = flags.FLAGS.workdir or "runs/ntk_compare"
-    try:
-        run(config, workdir)
-    except (ConfigError, DataError) as err:
-        sys.stderr.write(f"error: {err}\n")
-        sys.exit(EXIT_USAGE)
+    run(config, workdir)
     print((Path(workdir) / "ntk_compare.md").read_text())
 
 
+def run_main() -> int:
+    """The command: absl parses the flags, `main` runs, crc_jax.runtime.command ends it."""
+    return command.run(lambda: app.run(main, flags_parser=config_cli.parse_flags),
+                       log_format=None)
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    sys.exit(run_main())

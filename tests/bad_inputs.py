@@ -112,6 +112,7 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
     import jax
 
     from crc_jax.data import embedded
+    from crc_jax import config as config_lib
     from crc_jax.run import loop, resume
     from crc_jax.run.rundir import RunDir
     from experiments import report
@@ -129,7 +130,8 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
     crc_run = root / "crc_run"
     for workdir, changes in ((base, settings), (other_data, {"dataset.name": "digits"}),
                              (crc_run, {"dataset.name": "digits", "strategies": ("crc",)})):
-        loop.run(make_config(dict(SETTINGS, **changes)), workdir)
+        config = make_config(dict(SETTINGS, **changes))
+        loop.run(config, workdir, config_lib.validate(config))
         (workdir / report.RUN_MARKER).write_text("experiments.main\n")
 
     cases = []

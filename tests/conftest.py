@@ -92,6 +92,15 @@ def tiny_digits(**overrides):
     return set_fields(c, overrides)
 
 
+def run_loop(config, workdir):
+    """crc_jax.run.loop.run as experiments.main runs it: the config checked and its
+    strategies built first (crc_jax.config.validate)."""
+    from crc_jax import config as config_lib
+    from crc_jax.run import loop
+
+    return loop.run(config, workdir, config_lib.validate(config))
+
+
 @pytest.fixture(autouse=True)
 def _root_logging_restored():
     """Each test starts with the root logger as the previous one found it: an entry point

@@ -226,9 +226,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(DOC), help="the document to (re)write")
     args = parser.parse_args(argv)
-    from experiments import cli_logging
+    from crc_jax.runtime import command
 
-    cli_logging.setup(logging.WARNING)
+    command.setup_logging(logging.WARNING)
     logging.getLogger(__name__).setLevel(logging.INFO)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp).resolve()

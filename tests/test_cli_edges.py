@@ -19,7 +19,9 @@ from crc_jax import durable
 from crc_jax.project import cli
 from crc_jax.errors import StorageError
 from crc_jax.project import Project
-from crc_jax.project.server import bind, create_app, make_server
+from crc_jax.project.server import create_app, make_server
+from crc_jax.project.web import bind
+from crc_jax.runtime import command
 from crc_jax.project.store import ProjectError
 from image_folder import write_digits
 
@@ -62,7 +64,7 @@ def test_a_refused_atomic_write_names_the_file_asked_for_not_its_temporary(tmp_p
     monkeypatch.setattr(durable, "open", read_only, raising=False)
     with pytest.raises(OSError) as caught:
         durable.write_atomic(tmp_path / "labels.csv", b"path,label\n")
-    assert cli.os_error(caught.value) == f"{tmp_path / 'labels.csv'}: Read-only file system"
+    assert command.error_line(caught.value) == f"{tmp_path / 'labels.csv'}: Read-only file system"
 
 
 def test_an_answer_without_its_newline_survives_a_read_then_an_append(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 from crc_jax.run import loop
 from experiments import report
 from experiments.configs.base import apply_smoke
+from conftest import run_loop
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 ALL = sorted(p.stem for p in CONFIG_DIR.glob("*.py")
@@ -38,9 +39,9 @@ def test_config_runs_end_to_end_at_smoke_scale(name, tmp_path):
         import tensorflow_datasets as tfds
 
         with tfds.testing.mock_data(num_examples=1000):
-            rows = loop.run(config, workdir)
+            rows = run_loop(config, workdir)
     else:
-        rows = loop.run(config, workdir)
+        rows = run_loop(config, workdir)
     table = report.write_report([workdir], out_dir=workdir)
 
     al = config.al

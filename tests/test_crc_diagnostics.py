@@ -217,13 +217,12 @@ def test_device_backends_record_the_host_diagnostics(backend, subset):
 # ------------------------------------------------------------------ journal, report, figure
 
 def test_journal_report_and_figure_show_the_diagnostics(tmp_path):
-    from conftest import tiny_digits
+    from conftest import run_loop, tiny_digits
     from crc_jax import durable
-    from crc_jax.run import loop
     from experiments import figures, report
 
     run = tmp_path / "run"
-    loop.run(tiny_digits(strategies=("crc",), trials=1, **{"al.steps": 2}), run)
+    run_loop(tiny_digits(strategies=("crc",), trials=1, **{"al.steps": 2}), run)
     entries = durable.Journal(run / "crc" / "trial_0" / "journal.jsonl").entries()
     for e in entries[:2]:
         diag = e["record"]["crc"]["diagnostics"]

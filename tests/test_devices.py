@@ -1,5 +1,5 @@
 """No silent fallback to the CPU (crc_jax.runtime.devices), batch sizes on 1/2/4/8 devices
-(crc_jax.run.config_check), float64 kernels on the host when the default device is a TPU
+(crc_jax.config.validate), float64 kernels on the host when the default device is a TPU
 (crc_jax.infinite).
 
 This machine has no GPU or TPU: a run that asks for one must stop at start, exit status
@@ -23,7 +23,7 @@ import pytest
 from crc_jax import infinite
 from crc_jax.runtime import devices, xla_env
 from crc_jax.errors import DeviceUnavailable
-from crc_jax.run import config_check
+from crc_jax import config as config_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def test_an_unknown_requirement_is_refused():
     c = get_base_config()
     c.device.require = "cuda"
     with pytest.raises(ConfigError, match="config.device.require: 'cuda' is not one of"):
-        config_check.validate(c)
+        config_lib.validate(c)
 
 
 def run_seconds(cmd, **kw):
@@ -206,11 +206,11 @@ def test_require_cpu_starts_jax_on_the_cpu_alone():
 
 
 def test_jaxs_backend_warnings_pass_the_cli_logging(capsys):
-    from experiments import cli_logging
+    from crc_jax.runtime import command
     root = logging.getLogger()
     saved = list(root.handlers), root.level
     try:
-        cli_logging.setup()
+        command.setup_logging()
         logging.getLogger("jax._src.xla_bridge").warning(
             "An NVIDIA GPU may be present on this machine, but a CUDA-enabled jaxlib is not "
             "installed. Falling back to cpu.")
@@ -230,15 +230,15 @@ PAPER_CONFIGS = ("svhn_mt", "svhn_mt_pseudo_al", "cifar10_fixmatch", "cifar10_fi
 BATCH_SCRIPT = """
 import json, logging, sys
 import jax
-from crc_jax.run import config_check
-from experiments import main
+from crc_jax import config as config_lib
+from experiments.configs import load_config
 records = []
 logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
 out = {"devices": jax.device_count()}
 for name in sys.argv[1:]:
-    c = main.load_config(name)
+    c = load_config(name)
     reference = c.train.batch_size
-    config_check.validate(c)
+    config_lib.validate(c)
     out[name] = [reference, c.train.batch_size, c.train.requested_batch_size]
 print("JSON" + json.dumps(out))
 """
@@ -276,8 +276,8 @@ def test_svhn_mt_keeps_50_where_it_divides_and_records_the_move(batches):
 
 
 def test_nearest_multiple():
-    assert [config_check.nearest_multiple(v, 4) for v in (1, 4, 5, 6, 7, 50)] == [4, 4, 4, 8, 8, 52]
-    assert config_check.nearest_multiple(50, 8) == 48 and config_check.nearest_multiple(3, 8) == 8
+    assert [config_lib.nearest_multiple(v, 4) for v in (1, 4, 5, 6, 7, 50)] == [4, 4, 4, 8, 8, 52]
+    assert config_lib.nearest_multiple(50, 8) == 48 and config_lib.nearest_multiple(3, 8) == 8
 
 
 def test_a_moved_batch_is_in_config_json_and_the_report(tmp_path):

@@ -11,7 +11,7 @@ Command:  make bench-cpu                        (the default parts, about an hou
           python -m experiments.benchmarks.cpu_all --parts all --out bench_cpu.md
 Expect:   with jaxlib 0.10.2 and crc_jax's XLA:CPU default (fusion off), the FixMatch
           WRN-28-2 step at 0.9-1.2x the PyTorch peer's images/s (0.93x on the idle Intel
-          Xeon of RESULTS.md, 1.21x on issue 21's AMD EPYC) and the standalone conv step
+          Xeon of RESULTS.md, 1.21x on a 2-core AMD EPYC) and the standalone conv step
           1.5-5x faster than with YNNPACK fusion on; the rest as in RESULTS.md.
 """
 

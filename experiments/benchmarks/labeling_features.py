@@ -18,7 +18,7 @@ its wall time and peak resident memory (the child's ru_maxrss):
                      exported by experiments/onnx_export.py, at 64×64 input; images/s over
                      the whole command (file hashing and decoding included)
 
-Goals (issue 25): init < 60 s, next < 2 min, peak memory < 4 GB, on a 2-core CPU.
+Goals: init < 60 s, next < 2 min, peak memory < 4 GB, on a 2-core CPU.
 
 Command:  python -m experiments.benchmarks.labeling_features [--images 50000] [--dim 512]
           (`--images 2000 --backbone-images 200`: the same steps in about a minute)

@@ -16,7 +16,7 @@ Command:  python -m experiments.benchmarks.train_step            (WRN-28-2, B=64
 Expect:   on the 2-core CPU of RESULTS.md with jaxlib 0.10.2 and crc_jax's XLA:CPU default
           (crc_jax.runtime.xla_env), 14-20 s per FixMatch step at the reference shape and 0.9-1.2x
           the PyTorch peer's images/s (idle Intel Xeon, 2026-12-03: 14.1 vs 13.1 s a step;
-          issue 21's AMD EPYC: 20.4 vs 24.6 s); with CRC_JAX_XLA_DEFAULTS=0, 2.3-4x slower.
+          a 2-core AMD EPYC: 20.4 vs 24.6 s); with CRC_JAX_XLA_DEFAULTS=0, 2.3-4x slower.
           RESULTS.md ("Idle-machine rerun", "Train step").
 """
 

@@ -15,7 +15,7 @@ fusions in the compiled step.
 Command:  python -m experiments.benchmarks.xla_cpu                 (B=128, 3 timed steps, 2 runs each)
           python -m experiments.benchmarks.xla_cpu --batch 960     (FixMatch's 960 images)
           python -m experiments.benchmarks.xla_cpu --threads 1     (on a busy machine)
-Expect:   CPU-dependent. Issue 21 (a quiet 2-core machine, jaxlib 0.10.2): about 10.7 s a
+Expect:   CPU-dependent. On a quiet 2-core machine (jaxlib 0.10.2): about 10.7 s a
           step with XLA's default vs 2.2 s with fusion off at B=128 (ratio about 5x; compile
           14 vs 6.5 s). On a 2-core AVX-512/AMX Xeon under load the ratio was 0.45 (fusion
           off slower). A ratio at or below 1 on the machines that matter means the default

@@ -50,18 +50,16 @@ def check_backend(backend) -> None:
         raise ValueError(f"crc backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
 
 
-def resolve(backend: str, platform: str | None = None) -> str:
-    """"auto" -> "host" on a CPU, "device" on a GPU/TPU; other names unchanged."""
+def resolve(backend: str, platform: str) -> str:
+    """"auto" -> "host" on a CPU platform, "device" on a GPU/TPU; other names unchanged."""
     check_backend(backend)
     if backend != "auto":
         return backend
-    platform = jax.default_backend() if platform is None else platform
     return "host" if platform == "cpu" else "device"
 
 
-def supports_float64(platform: str | None = None) -> bool:
-    """Whether the device computes float64 natively (a TPU does not)."""
-    platform = jax.default_backend() if platform is None else platform
+def supports_float64(platform: str) -> bool:
+    """Whether the platform's devices compute float64 natively (a TPU's do not)."""
     return platform != "tpu"
 
 
@@ -100,13 +98,17 @@ class Spectra:
 HOST = Spectra(on_device=False, dtype="float64")
 
 
-def spectra_for(backend: str = "auto", platform: str | None = None) -> Spectra:
+def spectra_for(backend: str | Spectra = "auto", platform: str | None = None) -> Spectra:
     """The Spectra of a backend name (see the module docstring), on `platform` (default
-    JAX's default backend): "auto" is the host on a CPU, the device elsewhere."""
+    JAX's default backend, asked here once): "auto" is the host on a CPU, the device
+    elsewhere. CRC's strategies call it once, when they are built; a Spectra passes
+    through unchanged."""
+    if isinstance(backend, Spectra):
+        return backend
+    platform = jax.default_backend() if platform is None else platform
     resolved = resolve(backend, platform)
     if resolved == "host":
         return HOST
-    platform = jax.default_backend() if platform is None else platform
     f32 = resolved == "device_f32" or not supports_float64(platform)
     return Spectra(on_device=True, dtype="float32" if f32 else "float64")
 

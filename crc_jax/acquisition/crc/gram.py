@@ -415,11 +415,13 @@ class _JacobianFn:
         return ntk.jacobians(self.apply_fn, variables, x, subset=self.subset)
 
 
-def build(ctx: Context, groups: np.ndarray, *, subset="last", mesh=None, backend: str = "auto"):
+def build(ctx: Context, groups: np.ndarray, *, subset="last", mesh=None,
+          backend: str | Spectra = "auto"):
     """The Gram for `subset`: features for "last" on a dense head (from ctx.features_fn, or
     derived from the head), Jacobians otherwise; features and Jacobians are computed on
-    the devices of `mesh` (default every device), eigenvalues on `backend` ("auto": the
-    host on a CPU, the device on a GPU/TPU; see device_spectra.spectra_for)."""
+    the devices of `mesh` (default every device), eigenvalues where `backend` says: a
+    Spectra (what CRC's strategies resolve once, when built), or a backend name ("auto":
+    the host on a CPU, the device on a GPU/TPU; device_spectra.spectra_for)."""
     spectra = dev.spectra_for(backend)
     if subset == "last":
         fn = ctx.features_fn if ctx.features_fn is not None else feat.head_features_fn(ctx)

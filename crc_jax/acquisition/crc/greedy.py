@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 @register("crc_greedy")
 def make_crc_greedy(subset="last", max_candidates: int | None = None, backend: str = "auto"):
     check_subset(subset)
-    device_spectra.check_backend(backend)
+    spectra = device_spectra.spectra_for(backend)   # resolved once, when built
     if max_candidates is not None and max_candidates <= 0:
         raise ValueError(f"crc_greedy max_candidates must be positive, got {max_candidates!r}")
 
@@ -41,7 +41,7 @@ def make_crc_greedy(subset="last", max_candidates: int | None = None, backend: s
             keep = np.asarray(jax.random.permutation(key, len(unlabeled)))[:max_candidates]
             cand = unlabeled[np.sort(keep)]
         start = time.perf_counter()
-        gram = gram_lib.build(ctx, cand[:, None], subset=subset, backend=backend)
+        gram = gram_lib.build(ctx, cand[:, None], subset=subset, backend=spectra)
         rows, chosen, first, diag = pick_sequentially(gram, budget, desc="greedy CRC")
         ctx.record["crc_greedy"] = {"chosen_scores": chosen, "rank": gram.rank, **gram.describe(),
                                     **summarize(first, gram.group_ranks),

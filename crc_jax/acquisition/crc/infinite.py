@@ -44,7 +44,7 @@ from crc_jax.runtime import extras
 from crc_jax.acquisition.crc import crc as crc_lib
 from crc_jax.acquisition.crc import spectra
 from crc_jax.acquisition.crc.backend_gram import BackendGram
-from crc_jax.acquisition.context import Context, check_budget
+from crc_jax.acquisition.context import Context
 from crc_jax.acquisition.registry import register
 
 log = logging.getLogger(__name__)
@@ -205,11 +205,8 @@ def make_crc_infinite(group_size: int | None = None, max_groups: int | None = No
                       sequential: bool = False, kernel_batch: int | None = None):
     """CRC on the infinite-width NTK. group_size=None means G = budget; arch=None uses
     ctx.model's architecture ("mlp" or "cnn" pick one, `depth` for the MLP);
-    kernel_batch: rows per kernel call (None: infinite.kernel_batch_size)."""
-    if group_size is not None and (not isinstance(group_size, (int, np.integer)) or group_size <= 0):
-        raise ValueError(f"crc_infinite group_size must be a positive integer, got {group_size!r}")
-    if max_groups is not None and (not isinstance(max_groups, (int, np.integer)) or max_groups <= 0):
-        raise ValueError(f"crc_infinite max_groups must be a positive integer, got {max_groups!r}")
+    kernel_batch: rows per kernel call (None: infinite.kernel_batch_size). group_size and
+    max_groups are checked by acquisition.from_spec, a budget by Strategy.check_budget."""
     if arch is not None and arch not in ARCHS:
         raise ValueError(f"crc_infinite arch must be one of {ARCHS} or None, got {arch!r}")
     if kernel_batch is not None and (not isinstance(kernel_batch, (int, np.integer)) or kernel_batch < 1):
@@ -233,7 +230,6 @@ def make_crc_infinite(group_size: int | None = None, max_groups: int | None = No
 
     def crc_infinite(ctx: Context, budget: int, key) -> np.ndarray:
         g = budget if group_size is None else int(group_size)
-        check_budget(ctx, budget, g)
         need = budget // g
         start = time.perf_counter()
         groups = crc_lib.random_groups(key, ctx.unlabeled, g, max_groups)
