@@ -76,11 +76,13 @@ def batch_size_for(pool: np.ndarray) -> int:
 
 
 def model_options(settings: RoundSettings) -> dict:
-    """The settings the model's factory takes: width, dropout, and no BatchNorm (rounds
-    are a few hundred steps, too few for running statistics (momentum 0.99) to settle,
-    and evaluation mode would use them)."""
+    """The settings the model's factory takes: width (0: the model's own, as model.width
+    reads), dropout, and no BatchNorm (rounds are a few hundred steps, too few for running
+    statistics (momentum 0.99) to settle, and evaluation mode would use them)."""
     models.names()  # registers every model
     wanted = {"width": settings.width, "dropout": settings.dropout, "batch_norm": False}
+    if not settings.width:
+        del wanted["width"]
     taken = inspect.signature(models.MODELS.factory(settings.model)).parameters
     return {k: v for k, v in wanted.items() if k in taken}
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from crc_jax.acquisition.crc import device_spectra, diagnostics
 from crc_jax.acquisition.crc import gram as gram_lib
-from crc_jax.acquisition.context import Context
+from crc_jax.acquisition.context import Context, check_budget
 from crc_jax.acquisition.registry import register
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,7 @@ def make_crc(group_size: int | None = None, subset="last", max_groups: int | Non
     spectra = device_spectra.spectra_for(backend)
 
     def crc(ctx: Context, budget: int, key) -> np.ndarray:
+        check_budget(ctx, budget)
         g = budget if group_size is None else int(group_size)
         need = budget // g
         start = time.perf_counter()

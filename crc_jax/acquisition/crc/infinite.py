@@ -44,7 +44,7 @@ from crc_jax.runtime import extras
 from crc_jax.acquisition.crc import crc as crc_lib
 from crc_jax.acquisition.crc import spectra
 from crc_jax.acquisition.crc.backend_gram import BackendGram
-from crc_jax.acquisition.context import Context
+from crc_jax.acquisition.context import Context, check_budget
 from crc_jax.acquisition.registry import register
 
 log = logging.getLogger(__name__)
@@ -229,6 +229,7 @@ def make_crc_infinite(group_size: int | None = None, max_groups: int | None = No
         return rows
 
     def crc_infinite(ctx: Context, budget: int, key) -> np.ndarray:
+        check_budget(ctx, budget)
         g = budget if group_size is None else int(group_size)
         need = budget // g
         start = time.perf_counter()
