@@ -31,7 +31,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from crc_jax.errors import DeviceUnavailable
+from crc_jax.errors import EXIT_USAGE, DeviceUnavailable
 
 REQUIRE = ("auto", "cpu", "gpu", "tpu")
 # The distributions that give JAX an accelerator; pip names (docs/accelerators.md, "Installs").
@@ -314,7 +314,7 @@ def main(argv=None) -> int:
         print(start(args.device, option="--device"), flush=True)
     except DeviceUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     return 0
 
 
