@@ -135,7 +135,9 @@ def test_replication_paired_t_matches_scipy(tmp_path):
 
 
 def test_replication_table_recomputes_from_the_committed_csv():
-    path = ROOT / "docs" / "results" / "replication" / "trials.csv"
-    if not path.exists():
+    """summary.csv (accuracy per trial and step) -> trials.csv (AULC per trial) -> table.md."""
+    folder = ROOT / "docs" / "results" / "replication"
+    if not (folder / "trials.csv").exists():
         pytest.skip("no committed replication results")
-    assert replication.table_from_csv(path) == (path.parent / "table.md").read_text()
+    assert replication.trials_from_summary(folder) == replication.read_trials(folder / "trials.csv")
+    assert replication.table_from_csv(folder / "trials.csv") == (folder / "table.md").read_text()
