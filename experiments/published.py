@@ -287,6 +287,18 @@ def figure1_aulc(rows: list[dict]) -> str:
             f"{base:.2f}")
 
 
+def figure1_trial_deltas(rows: list[dict]) -> str:
+    """Last-layer CRC's per-trial AULC difference to random: the largest, and the range of
+    the other trials."""
+    got = stats.curves(rows)
+    deltas = {t: stats.aulc(*got["crc"][t]) - stats.aulc(*got["random"][t])
+              for t in sorted(got["crc"])}
+    top = max(deltas, key=lambda t: deltas[t])
+    rest = [d for t, d in deltas.items() if t != top]
+    return (f"{signed(deltas[top])} points in trial {top}, {signed(min(rest))} to "
+            f"{signed(max(rest))} in the other {len(rest)}")
+
+
 # --------------------------------------------------------------------------- transfer
 
 def retrain_variance(rows: list[dict]) -> str:
@@ -423,6 +435,7 @@ TABLES: dict[str, Table] = {
     "figure1_queries": Table((FIGURE1,), figure1_queries),
     "figure1_aulc": Table((FIGURE1,), aulc_table),
     "figure1_aulc_line": Table((FIGURE1,), figure1_aulc),
+    "figure1_trial_deltas": Table((FIGURE1,), figure1_trial_deltas),
     # Figure 2 and the retraining of its labeled sets (Appendix B)
     "transfer": Table((TRANSFER,), accuracy),
     "retrain_variance": Table((RETRAIN,), retrain_variance),

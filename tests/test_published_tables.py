@@ -3,6 +3,7 @@ committed per-trial files (experiments/published.py) and must equal what is prin
 check fails on a tampered number, a tampered per-trial file, an unmarked result table, an
 unknown table name and a table that no page shows."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -85,3 +86,21 @@ def test_an_unmarked_result_table_an_unknown_name_and_an_unshown_table_fail(copy
     (copy / published.RETRAIN_CNN).unlink()
     assert any("'retrain_cnn' cannot be recomputed: per-trial file" in p
                for p in tables.check(copy))
+
+
+def test_export_writes_a_runs_per_step_file_that_the_tables_read(tmp_path, capsys):
+    run = ROOT / "tests" / "fixtures" / "format_v1" / "run"
+    out = tmp_path / "steps.csv"
+    tables.main(["export", str(run), str(out)])
+    rows = published.load(out)
+    summary = published.load(run / "summary.csv")
+    assert [{k: r[k] for k in summary[0]} for r in rows] == summary
+    crc = next(r for r in rows if r["strategy"] == "crc" and r["step"] == 0)
+    assert crc["acquired_labels"] == "7 2 3 0 0 9 7 5 7 9" and crc["min_test_loss_epoch"] == 2
+    assert crc["crc_chosen_min"] == min(json.loads(
+        (run / "crc" / "trial_0" / "journal.jsonl").read_text().splitlines()[0])
+        ["record"]["crc"]["chosen_scores"])
+    assert all(r["crc_chosen_min"] is None for r in rows if r["strategy"] == "random")
+    with pytest.raises(SystemExit) as exit_:                  # never overwrites a file
+        tables.main(["export", str(run), str(out)])
+    assert exit_.value.code == 2 and "exists" in capsys.readouterr().err
