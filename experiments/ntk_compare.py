@@ -248,13 +248,16 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def summarize(rows: list[dict]) -> dict:
-    """{(dataset, model, stage): {width: {field: (mean, std)}}} over seeds."""
+    """{(dataset, model, stage): {width: {field: (mean, SD)}}} over seeds (SD: sample
+    standard deviation, ddof = 1)."""
+    from experiments import stats
+
     cells = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in rows:
         for f in MEAN_FIELDS:
             value = np.log(r["distance"]) if f == "log_distance" else r[f]
             cells[(r["dataset"], r["model"], r["stage"])][r["width"]][f].append(value)
-    return {key: {w: {f: (float(np.mean(v)), float(np.std(v))) for f, v in fields.items()}
+    return {key: {w: {f: (float(np.mean(v)), stats.sample_sd(v)) for f, v in fields.items()}
                   for w, fields in sorted(widths.items())}
             for key, widths in cells.items()}
 
@@ -265,28 +268,27 @@ def fit_slope(widths, log_distances) -> tuple[float, float]:
     return float(slope), float(intercept)
 
 
-def markdown(summary: dict, config) -> str:
-    def pm(cell, fmt):
-        mean, std = cell
-        return "–" if np.isnan(mean) else f"{mean:{fmt}} ± {std:{fmt}}"
+def pm(cell, fmt) -> str:
+    mean, sd = cell
+    return "–" if np.isnan(mean) else f"{mean:{fmt}} ± {sd:{fmt}}"
 
-    lines = [f"Command: `{COMMAND}`", "",
-             f"Sample: {config.sample_size} training images per data set; seeds 0–{config.seeds - 1} "
-             f"(mean ± std over seeds); {config.train.steps} full-batch GD steps on MSE for "
-             f"\"trained\"; CRC: |L| = {config.crc.labeled_size}, G = {config.crc.group_size}, "
-             f"top {config.crc.query_size // config.crc.group_size} groups. Kernels: class-trace "
-             "sums in NTK parameterization (K̃_inf = C·K_inf).", "",
-             "Fitted slope: least squares of the mean over seeds of log distance against log "
-             "width (theory at initialization: −0.5).", "",
-             "| data | model | stage | fitted slope | widths |", "|---|---|---|---|---|"]
+
+def slopes_table(summary: dict) -> str:
+    """Markdown: the fitted log-log slope of distance against width per (data, model, stage)."""
+    lines = ["| data | model | stage | fitted slope | widths |", "|---|---|---|---|---|"]
     for (name, arch, stage), widths in summary.items():
         ws = list(widths)
         slope = (fit_slope(ws, [widths[w]["log_distance"][0] for w in ws])[0] if len(ws) > 1
                  else float("nan"))
         lines.append(f"| {name} | {arch} | {stage} | {slope:.3f} | {ws[0]}–{ws[-1]} |")
-    lines += ["", "| data | model | width | stage | ‖K̃emp−K̃inf‖/‖K̃inf‖ | λmin emp | λ⁺min emp "
-              "| λmin inf | λ⁺min inf | CRC overlap | score Spearman | train loss |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    return "\n".join(lines) + "\n"
+
+
+def cells_table(summary: dict) -> str:
+    """Markdown: per (data, model, width, stage) the mean ± SD over seeds of each measure."""
+    lines = ["| data | model | width | stage | ‖K̃emp−K̃inf‖/‖K̃inf‖ | λmin emp | λ⁺min emp "
+             "| λmin inf | λ⁺min inf | CRC overlap | score Spearman | train loss |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (name, arch, stage), widths in summary.items():
         for w, c in widths.items():
             lines.append(
@@ -298,8 +300,26 @@ def markdown(summary: dict, config) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown(summary: dict, config) -> str:
+    """The study as markdown, its tables between experiments/tables.py's markers."""
+    from experiments import tables
+
+    lines = [f"Command: `{COMMAND}`", "",
+             f"Sample: {config.sample_size} training images per data set; seeds 0–{config.seeds - 1} "
+             f"(mean ± SD over the {config.seeds} seeds, SD the sample standard deviation); "
+             f"{config.train.steps} full-batch GD steps on MSE for "
+             f"\"trained\"; CRC: |L| = {config.crc.labeled_size}, G = {config.crc.group_size}, "
+             f"top {config.crc.query_size // config.crc.group_size} groups. Kernels: class-trace "
+             "sums in NTK parameterization (K̃_inf = C·K_inf).", "",
+             "Fitted slope: least squares of the mean over seeds of log distance against log "
+             "width (theory at initialization: −0.5).", "",
+             tables.marked("ntk_slopes", slopes_table(summary)), "",
+             tables.marked("ntk_cells", cells_table(summary))]
+    return "\n".join(lines) + "\n"
+
+
 def plot(summary: dict, path: Path, title: str = "") -> None:
-    """Log-log distance vs width: geometric mean over seeds with ×/÷ exp(std of log) bars,
+    """Log-log distance vs width: geometric mean over seeds with ×/÷ exp(SD of log) bars,
     the fitted line of each series (slope in the legend) and a width^-1/2 guide."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     import matplotlib.pyplot as plt
