@@ -18,8 +18,11 @@ parameterization, K̃_inf = C·K_inf):
                 all group scores
 
 Writes WORKDIR/ntk_compare.csv (one row per data set, model, width, seed and stage),
-WORKDIR/ntk_compare.md (mean ± std over seeds, and the fitted slope of log distance vs
-log width) and WORKDIR/distance_vs_width.png.
+WORKDIR/ntk_compare.md (mean ± SD over seeds, SD the sample standard deviation, and the
+fitted slope of log distance vs log width) and WORKDIR/distance_vs_width.png. With
+--from_csv it measures nothing and writes the last two again from WORKDIR/ntk_compare.csv:
+
+    python -m experiments.ntk_compare --config=ntk_compare --workdir=docs/ntk_compare --from_csv
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ FIELDS = ("dataset", "model", "width", "seed", "stage", "distance", "lambda_min_
 MEAN_FIELDS = ("distance", "log_distance", "lambda_min_emp", "lambda_plus_min_emp", "lambda_min_inf",
                "lambda_plus_min_inf", "crc_overlap", "crc_spearman", "train_loss")
 COMMAND = "python -m experiments.ntk_compare --config=ntk_compare --workdir=docs/ntk_compare"
+INT_FIELDS = ("width", "seed", "rank_emp", "rank_inf")
+TEXT_FIELDS = ("dataset", "model", "stage")
+
+flags.DEFINE_bool("from_csv", False, "Measure nothing: write ntk_compare.md and "
+                  "distance_vs_width.png again from WORKDIR/ntk_compare.csv.")
 
 
 # --------------------------------------------------------------------------- data and models
@@ -207,12 +215,19 @@ def run(config, workdir) -> list[dict]:
                     bar.update()
     bar.close()
     write_csv(workdir / "ntk_compare.csv", rows)
+    write_outputs(rows, config, workdir)
+    return rows
+
+
+def write_outputs(rows: list[dict], config, workdir) -> None:
+    """WORKDIR/ntk_compare.md and distance_vs_width.png from the per-seed rows."""
+    workdir = Path(workdir)
     summary = summarize(rows)
     (workdir / "ntk_compare.md").write_text(markdown(summary, config))
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     plot(summary, workdir / "distance_vs_width.png",
          title=f"Empirical vs infinite-width NTK: {', '.join(datasets)}, {config.sample_size} images, "
                f"{config.seeds} seeds")
-    return rows
 
 
 def check(config) -> None:
@@ -245,6 +260,15 @@ def check(config) -> None:
 def write_csv(path: Path, rows: list[dict]) -> None:
     from crc_jax import durable
     durable.write_csv(path, FIELDS, rows)
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The rows of an ntk_compare.csv, numbers parsed as `run` measured them."""
+    import csv
+
+    with open(path, newline="") as f:
+        return [{k: v if k in TEXT_FIELDS else int(v) if k in INT_FIELDS else float(v)
+                 for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -375,6 +399,14 @@ def main(argv: list[str]) -> None:
         sys.stderr.write("error: --config is required (e.g. --config=ntk_compare)\n")
         sys.exit(EXIT_USAGE)
     workdir = flags.FLAGS.workdir or "runs/ntk_compare"
+    if flags.FLAGS.from_csv:
+        path = Path(workdir) / "ntk_compare.csv"
+        if not path.is_file():
+            sys.stderr.write(f"error: --from_csv needs {path}: run without --from_csv first\n")
+            sys.exit(EXIT_USAGE)
+        write_outputs(read_csv(path), config, workdir)
+        print((Path(workdir) / "ntk_compare.md").read_text())
+        return
     try:
         run(config, workdir)
     except (ConfigError, DataError) as err:

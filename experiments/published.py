@@ -14,6 +14,8 @@ number of comparisons stated beside them.
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +38,10 @@ RETRAIN = R + "transfer_digits_retrain_summary.csv"
 RETRAIN_CNN = R + "transfer_digits_retrain_cnn_summary.csv"
 BACKBONE = R + "transfer_backbone.json"
 NTK = "docs/ntk_compare/ntk_compare.csv"
+MECHANISM = R + "mechanism/instances.csv"
+REPLICATION = R + "replication/summary.csv"
+REPLICATION_TRIALS = R + "replication/trials.csv"
+REPLICATION_STEPS = R + "replication/steps.csv"
 
 INTS = ("trial", "step", "num_labeled", "dataset_trial", "training_seed", "width", "seed",
         "min_test_loss_epoch")
@@ -52,7 +58,16 @@ class Table:
     compute: Callable[..., str]
 
     def render(self, root: Path) -> str:
-        return self.compute(*(load(root / s) for s in self.sources))
+        """The text from the files under `root`; kept per content of the files, so a second
+        check of unchanged files (another page, a test's copy) does not compute it again."""
+        key = (self.sources, self.compute,
+               tuple(hashlib.sha256((root / s).read_bytes()).hexdigest() for s in self.sources))
+        if key not in _RENDERED:
+            _RENDERED[key] = self.compute(*(load(root / s) for s in self.sources))
+        return _RENDERED[key]
+
+
+_RENDERED: dict = {}
 
 
 def load(path: Path):
@@ -110,6 +125,13 @@ def accuracy(rows: list[dict]) -> str:
     from experiments import report
 
     return report.accuracy_table(rows)
+
+
+def report_table(rows: list[dict]) -> str:
+    """experiments.report's accuracy table with its note (the median trials)."""
+    from experiments import report
+
+    return report.markdown_table(rows)
 
 
 def aulc_table(rows: list[dict]) -> str:
@@ -399,6 +421,218 @@ def slope_of(rows: list[dict], model: str, stage: str) -> str:
     return num(ntk_compare.fit_slope(ws, [widths[w]["log_distance"][0] for w in ws])[0])
 
 
+# --------------------------------------------------------------------------- the replication
+
+def replication_trials(summary: list[dict], trials: list[dict]) -> dict:
+    """{trial: {strategy: AULC}} of trials.csv, which must equal the AULCs of summary.csv
+    (experiments.replication.trials_from_summary) to its six decimals."""
+    from experiments import replication
+
+    held = {str(r["trial"]): {s: float(v) for s, v in r.items() if s != "trial"} for r in trials}
+    computed = {t: {s: round(a, 6) for s, a in v.items()}
+                for t, v in replication.per_trial_aulc(summary).items()}
+    if held != computed:
+        raise ValueError(f"{REPLICATION_TRIALS} differs from the AULCs of {REPLICATION}")
+    return held
+
+
+def replication_table(summary: list[dict], trials: list[dict]) -> str:
+    """The pre-registered table (experiments.replication.table): its rows, without the note."""
+    from experiments import replication
+
+    return replication.table(replication_trials(summary, trials)).split("\n\n")[0] + "\n"
+
+
+def replication_test(strategy: str, style: str) -> Callable[[list[dict], list[dict]], str]:
+    """One strategy's paired t test against random, as the replication's pages quote it:
+    "+0.58 [−0.24, +1.41] points, t = 1.48, p = 0.156" ("test"), or its p multiplied by
+    the number of tests against random ("bonferroni")."""
+    def text(summary: list[dict], trials: list[dict]) -> str:
+        from experiments import replication
+
+        per_trial = replication_trials(summary, trials)
+        r = replication.paired_test([v[strategy] - v[replication.BASELINE]
+                                     for v in per_trial.values()])
+        if style == "bonferroni":
+            tests = len(next(iter(per_trial.values()))) - 1
+            return f"p = {min(1.0, r['p'] * tests):.3g}"
+        return (f"{signed(r['mean'])} [{signed(r['lo'])}, {signed(r['hi'])}] points, "
+                f"t = {r['t']:.2f}, p = {r['p']:.3g}")
+    return text
+
+
+def interval(strategy: str) -> Callable[[list[dict]], str]:
+    """A strategy's paired Δ AULC to random with its 95 % interval, without p."""
+    def text(rows: list[dict]) -> str:
+        r = aulc(rows)[strategy]
+        return f"{signed(r['diff'])} [{num(r['diff_lo'])}, {num(r['diff_hi'])}]"
+    return text
+
+
+def crc_decisions(steps: list[dict]) -> list[dict]:
+    """The CRC decisions of a per-step file (`python -m experiments.tables export`), in the
+    order and shape experiments.report.crc_decisions reads them from the run's journals
+    (the runs in the file's order, each one's trial folders in name order)."""
+    from crc_jax.run.rundir import strategy_dirname
+
+    order = list(dict.fromkeys(r["strategy"] for r in steps))
+    found = [{"strategy": strategy_dirname(r["strategy"]), "trial": f"trial_{r['trial']}",
+              "step": r["step"], "num_labeled": r["num_labeled"], "gap": r["crc_gap"],
+              "resolution": r["crc_resolution"], "tie": r["crc_tie"], "reach": r["crc_reach"],
+              "order": order.index(r["strategy"])}
+             for r in steps if r["crc_tie"] is not None]
+    return sorted(found, key=lambda d: (d["order"], d["trial"]))
+
+
+def decisions_table(steps: list[dict]) -> str:
+    from experiments import report
+
+    return report.crc_markdown(crc_decisions(steps))
+
+
+def replication_ties(steps: list[dict]) -> str:
+    """How many decisions of each CRC variant were ties at float32 resolution."""
+    parts = []
+    for s, name in (("crc:group_size=5", "last-layer"),
+                    ("crc:subset=all,group_size=5", "all-parameter")):
+        ds = [r for r in steps if r["strategy"] == s and r["crc_tie"] is not None]
+        parts.append(f"{sum(r['crc_tie'] for r in ds)} of the {len(ds)} {name}")
+    return " and ".join(parts)
+
+
+# --------------------------------------------------------------------------- the mechanism
+
+def mechanism_reps() -> int:
+    """The bootstrap resamples of the run (experiments/configs/mechanism.py)."""
+    from experiments.configs import mechanism as config
+
+    return int(config.get_config().bootstrap)
+
+
+def mechanism_rows(rows: list[dict]) -> list[dict]:
+    """instances.csv's rows as experiments.mechanism.read_rows parses them."""
+    return [{k: v if k in ("domain", "pick", "group") else float(v) for k, v in r.items()}
+            for r in rows]
+
+
+def mechanism_table(rows: list[dict]) -> str:
+    from experiments import mechanism
+
+    return mechanism.markdown(mechanism_rows(rows), mechanism_reps())
+
+
+@functools.lru_cache(maxsize=4)
+def _mechanism_summary(frozen: tuple) -> tuple:
+    from experiments import mechanism
+
+    return tuple(mechanism.summarize([dict(r) for r in frozen], mechanism_reps()))
+
+
+def mechanism_summary(rows: list[dict]) -> tuple:
+    """experiments.mechanism.summarize over all instances (computed once per file)."""
+    return _mechanism_summary(tuple(tuple(r.items()) for r in mechanism_rows(rows)))
+
+
+def ci(row: dict, digits: int = 2) -> str:
+    """'+0.30 [+0.05, +0.53]': a mean and its interval as prose prints them."""
+    return (f"{signed(row['mean'], digits)} [{signed(row['lo'], digits)}, "
+            f"{signed(row['hi'], digits)}]")
+
+
+def mech_rho(predictor: str, outcome: str) -> Callable[[list[dict]], str]:
+    """The mean within-instance Spearman ρ of a score with an outcome, and its interval."""
+    def text(rows: list[dict]) -> str:
+        return ci(next(r for r in mechanism_summary(rows) if r["kind"] == "spearman"
+                       and (r["predictor"], r["outcome"]) == (predictor, outcome)))
+    return text
+
+
+def top_vs_bottom(rows: list[dict], outcome: str) -> dict:
+    return next(r for r in mechanism_summary(rows)
+                if r["kind"] == "top_vs_bottom" and r["outcome"] == outcome)
+
+
+def mech_pair(outcome: str, style: str) -> Callable[[list[dict]], str]:
+    """The paired top-vs-bottom comparison of an outcome, in one of the README's phrasings."""
+    def text(rows: list[dict]) -> str:
+        r = top_vs_bottom(rows, outcome)
+        if style == "ci":
+            return ci(r)
+        if style == "wins":            # "16 of 24 instances, mean +0.83 [+0.23, +1.59]"
+            return f"{r['wins']} of {r['n']} instances, mean {ci(r)}"
+        if style == "split":           # "top faster in 10, bottom in 14"
+            return f"top faster in {r['wins']}, bottom in {r['losses']}"
+        if style == "steps":           # bottom − top in steps, the sign turned
+            turned = {"mean": -r["mean"], "lo": -r["hi"], "hi": -r["lo"]}
+            return f"{num(turned['mean'], 1)} [{num(turned['lo'], 1)}, {num(turned['hi'], 1)}]"
+        if style == "losses":          # "15 of 24 instances and above it in 6 (3 ties), ..."
+            return (f"{r['losses']} of {r['n']} instances and above it in {r['wins']} "
+                    f"({r['ties']} ties), mean {ci(r)} points, sign test p = {r['sign_p']:.2g}")
+        return (f"{r['losses']} of {r['n']}, {ci(r)}, p = {r['sign_p']:.2g}")   # "short"
+    return text
+
+
+def mechanism_counts(rows: list[dict]) -> str:
+    summary = mechanism_summary(rows)
+    return (f"{sum(r['kind'] == 'spearman' for r in summary)} correlations and "
+            f"{sum(r['kind'] == 'top_vs_bottom' for r in summary)} paired comparisons")
+
+
+def mechanism_score_vs_lambda(rows: list[dict]) -> str:
+    """The within-instance Spearman ρ of CRC's trained-model score (last layer) with the
+    realised λ⁺min (the score under θ_0 on all parameters), mean and bootstrap interval."""
+    from experiments import mechanism
+
+    inst = mechanism.by_instance(mechanism_rows(rows))
+    rho = [mechanism.spearman4([v[p]["score_trained_last"] for p in mechanism.PICKS],
+                               [v[p]["score_init_all"] for p in mechanism.PICKS])
+           for v in inst.values()]
+    mean, lo, hi = mechanism.bootstrap_mean(rho, mechanism_reps())
+    return ci({"mean": mean, "lo": lo, "hi": hi})
+
+
+def mechanism_trained_vs_init(rows: list[dict]) -> str:
+    """Per domain, the mean over instances of the Spearman correlation of the trained and
+    the initial last-layer scores over all candidate groups."""
+    from experiments import mechanism
+
+    inst = mechanism.by_instance(mechanism_rows(rows))
+    means = {d: np.mean([v["top"]["trained_init_spearman"] for k, v in inst.items() if k[0] == d])
+             for d in sorted({k[0] for k in inst})}
+    return ", ".join(f"{m:.2f} on {d}" for d, m in means.items())
+
+
+def mechanism_project(rows: list[dict]) -> str:
+    """Of the correlations with the project's training outcomes, those whose interval
+    excludes 0."""
+    cells = [r for r in mechanism_summary(rows)
+             if r["kind"] == "spearman" and r["outcome"].startswith("proj_")]
+    hits = [r for r in cells if r["lo"] > 0 or r["hi"] < 0]
+    return (f"of the {len(cells)} intervals over all instances, {len(hits)} "
+            f"exclude{'s' if len(hits) == 1 else ''} 0"
+            + "".join(f": {ci(r)} ({r['predictor']} with {r['outcome']})" for r in hits))
+
+
+def mechanism_full_rank(rows: list[dict]) -> str:
+    """How many instances scored every pick at r = |L| + G (the rank rule's r and each
+    pick's rank, docs/design.md "CRC, exactly")."""
+    from experiments import mechanism
+
+    inst = mechanism.by_instance(mechanism_rows(rows))
+    full = sum(all(v[p]["rank_used"] == v[p]["group_rank"] == v[p]["new_size"]
+                   for p in mechanism.PICKS) for v in inst.values())
+    return f"All {full} instances" if full == len(inst) else f"{full} of {len(inst)} instances"
+
+
+def mechanism_zero_scores(rows: list[dict]) -> str:
+    """The picks that scored 0 on all parameters at θ_0, counted per domain and pick."""
+    zero: dict = {}
+    for r in mechanism_rows(rows):
+        if r["score_init_all"] == 0:
+            zero[(r["domain"], r["pick"])] = zero.get((r["domain"], r["pick"]), 0) + 1
+    return ", ".join(f"{n} {d} {p} groups" for (d, p), n in sorted(zero.items())) or "no group"
+
+
 # --------------------------------------------------------------------------- the registry
 
 TABLES: dict[str, Table] = {
@@ -452,4 +686,37 @@ TABLES: dict[str, Table] = {
     "ntk_cells": Table((NTK,), ntk_cells),
     "ntk_mlp_init_slope": Table((NTK,), lambda rows: slope_of(rows, "mlp", "init")),
     "ntk_widest": Table((NTK,), ntk_widest),
+    # the pre-registered replication
+    "replication": Table((REPLICATION, REPLICATION_TRIALS), replication_table),
+    "replication_primary": Table((REPLICATION, REPLICATION_TRIALS), replication_test(
+        "crc:subset=all,group_size=5", "test")),
+    "replication_secondary": Table((REPLICATION, REPLICATION_TRIALS), replication_test(
+        "crc:group_size=5", "test")),
+    "replication_secondary_bonferroni": Table((REPLICATION, REPLICATION_TRIALS),
+                                              replication_test("crc:group_size=5", "bonferroni")),
+    "replication_report": Table((REPLICATION,), lambda rows: report_table(rows)),
+    "replication_report_aulc": Table((REPLICATION,), aulc_table),
+    "replication_decisions": Table((REPLICATION_STEPS,), decisions_table),
+    "replication_ties": Table((REPLICATION_STEPS,), replication_ties),
+    "ablation_all_g5_interval": Table((ABLATION,), interval("crc:subset=all,group_size=5")),
+    "ablation_g5_interval": Table((ABLATION,), interval("crc:group_size=5")),
+    # the mechanism experiment
+    "mechanism": Table((MECHANISM,), mechanism_table),
+    "mechanism_primary": Table((MECHANISM,), mech_rho("score_trained_last", "gd_speed_1000")),
+    "mechanism_counts": Table((MECHANISM,), mechanism_counts),
+    "mechanism_score_vs_lambda": Table((MECHANISM,), mechanism_score_vs_lambda),
+    "mechanism_trained_vs_init": Table((MECHANISM,), mechanism_trained_vs_init),
+    "mechanism_gd_1000": Table((MECHANISM,), mech_pair("gd_speed_1000", "wins")),
+    "mechanism_gd_2000": Table((MECHANISM,), mech_pair("gd_speed_2000", "ci")),
+    "mechanism_gd_0p1pct": Table((MECHANISM,), mech_rho("score_trained_last", "gd_pace_0p1pct")),
+    "mechanism_gd_100": Table((MECHANISM,), mech_rho("score_trained_last", "gd_speed_100")),
+    "mechanism_gd_10pct": Table((MECHANISM,), mech_rho("score_trained_last", "gd_pace_10pct")),
+    "mechanism_gd_10pct_steps": Table((MECHANISM,), mech_pair("gd_pace_10pct", "steps")),
+    "mechanism_project": Table((MECHANISM,), mechanism_project),
+    "mechanism_project_end": Table((MECHANISM,), mech_pair("proj_speed_f1", "split")),
+    "mechanism_accuracy": Table((MECHANISM,), mech_rho("score_trained_last", "test_acc")),
+    "mechanism_accuracy_pairs": Table((MECHANISM,), mech_pair("test_acc", "losses")),
+    "mechanism_accuracy_final": Table((MECHANISM,), mech_pair("test_acc_final", "short")),
+    "mechanism_full_rank": Table((MECHANISM,), mechanism_full_rank),
+    "mechanism_zero_scores": Table((MECHANISM,), mechanism_zero_scores),
 }

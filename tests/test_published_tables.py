@@ -1,7 +1,8 @@
 """Every result table and number that README.md and docs/ print is recomputed from its
 committed per-trial files (experiments/published.py) and must equal what is printed; the
 check fails on a tampered number, a tampered per-trial file, an unmarked result table, an
-unknown table name and a table that no page shows."""
+unknown table name and a table that no page shows. The NTK comparison's page and figure
+are drawn from its committed per-seed file."""
 
 import json
 import shutil
@@ -104,3 +105,48 @@ def test_export_writes_a_runs_per_step_file_that_the_tables_read(tmp_path, capsy
     with pytest.raises(SystemExit) as exit_:                  # never overwrites a file
         tables.main(["export", str(run), str(out)])
     assert exit_.value.code == 2 and "exists" in capsys.readouterr().err
+
+
+def test_a_tampered_number_in_the_replication_table_fails_the_check(copy):
+    page = copy / "docs" / "results" / "replication" / "table.md"
+    block = next(b for b in tables.blocks(page) if b.name == "replication")
+    row = next(line for line in block.text.splitlines()
+               if line.startswith("| crc:subset=all,group_size=5 |"))
+    assert row.endswith("| 1.48 | 0.156 |")                         # the primary test's p
+    replace_once(page, row, row.replace("| 0.156 |", "| 0.056 |"))
+    problems = tables.check(copy)
+    assert len(problems) == 1
+    assert problems[0].startswith(f"docs/results/replication/table.md:{block.line}: "
+                                  "table 'replication' differs")
+    assert "-" + row.replace("| 0.156 |", "| 0.056 |") in problems[0] and "+" + row in problems[0]
+
+
+def test_a_replication_trials_file_that_disagrees_with_its_curves_fails_the_check(copy):
+    path = copy / published.REPLICATION_TRIALS
+    lines = path.read_text().splitlines()
+    fields = lines[1].split(",")
+    fields[1] = f"{float(fields[1]) + 0.5:.6f}"                     # trial 0's random AULC
+    lines[1] = ",".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+    problems = [p for p in tables.check(copy) if "cannot be recomputed" in p]
+    assert problems and all("trials.csv differs from the AULCs of" in p for p in problems)
+    assert any("table 'replication'" in p for p in problems)
+
+
+def test_the_ntk_page_and_figure_are_drawn_from_the_committed_per_seed_file(tmp_path):
+    """`python -m experiments.ntk_compare ... --from_csv` on a copy of docs/ntk_compare
+    writes the committed ntk_compare.md and distance_vs_width.png again."""
+    import matplotlib.image as image
+    import numpy as np
+
+    from experiments import ntk_compare
+    from experiments.configs import ntk_compare as config
+
+    committed = ROOT / "docs" / "ntk_compare"
+    rows = ntk_compare.read_csv(committed / "ntk_compare.csv")
+    ntk_compare.write_outputs(rows, config.get_config(), tmp_path)
+    assert (tmp_path / "ntk_compare.md").read_text() == (committed / "ntk_compare.md").read_text()
+    drawn = image.imread(tmp_path / "distance_vs_width.png")
+    assert np.array_equal(drawn, image.imread(committed / "distance_vs_width.png")), (
+        "docs/ntk_compare/distance_vs_width.png is not drawn from ntk_compare.csv: python -m "
+        "experiments.ntk_compare --config=ntk_compare --workdir=docs/ntk_compare --from_csv")
