@@ -18,7 +18,7 @@
     python -m experiments.figures transfer RUNDIR [--out DIR]
         Figure 2 (Appendix B.2) from a run of the `transfer` config (first query by an
         untrained model): (left) test accuracy against labeled count per strategy, mean ±
-        std over trials; (right) the accuracy gained by each acquisition, acc(step s) −
+        SD (sample, ddof = 1) over trials; (right) the accuracy gained by each acquisition, acc(step s) −
         acc(step s−1), mean over trials. --out defaults to RUNDIR.
 
 A bad argument prints one `error:` line and exits with status 2.
@@ -128,7 +128,7 @@ def figure1_moons(out: Path, workdir: Path, *, seed: int = 0, trials: int | None
         rows += loop.summary_rows(spec, trial, entries[spec, trial])
     durable.write_csv(workdir / "summary.csv", loop.SUMMARY_FIELDS, rows)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "figure1_moons.md").write_text(moons_table(config, entries, rows))
+    (out / "figure1_moons.md").write_text(moons_table(config, entries))
     return _draw_moons(config, setup, snapshots, entries, out / "figure1_moons.png")
 
 
@@ -142,37 +142,28 @@ def moons_curves(entries: dict) -> dict:
     return out
 
 
-def moons_table(config, entries: dict, rows: list[dict]) -> str:
-    """Figure 1's numbers: accuracy per step (mean, std, range, every trial), the class mix
-    of each strategy's queries, and the paired AULC differences to random, as markdown."""
-    from experiments import stats
+def moons_table(config, entries: dict) -> str:
+    """Figure 1's numbers as markdown: accuracy per step (mean, SD, range, every trial), the
+    class mix of each strategy's queries, and the paired AULC differences to random; each
+    table between the markers of experiments/tables.py, computed as experiments/published.py
+    computes it from the run's per-step CSV (`python -m experiments.tables export`)."""
+    from experiments import published, tables
 
-    curves = moons_curves(entries)
-    counts = next(iter(curves.values()))[0]
-    lines = [f"# Figure 1 run: moons_pi, seed {config.seed}, {config.trials} trials",
-             "", "Test accuracy (%) per labeled count: mean ± std [min, max] over the trials.",
-             "", "| strategy | " + " | ".join(str(n) for n in counts) + " |",
-             "|---|" + "---|" * len(counts)]
-    for spec, (_, acc) in curves.items():
-        cells = [f"{m:.1f} ± {s:.1f} [{lo:.1f}, {hi:.1f}]"
-                 for m, s, lo, hi in zip(acc.mean(0), acc.std(0), acc.min(0), acc.max(0))]
-        lines.append(f"| {spec} | " + " | ".join(cells) + " |")
-    lines += ["", "Every trial (accuracy % per labeled count; the initial set is shared by "
-              "the strategies of a trial):", "", "| strategy | trial | "
-              + " | ".join(str(n) for n in counts) + " |", "|---|---|" + "---|" * len(counts)]
-    for spec, (_, acc) in curves.items():
-        for t, row in enumerate(acc):
-            lines.append(f"| {spec} | {t} | " + " | ".join(f"{a:.1f}" for a in row) + " |")
-    lines += ["", "| strategy | queries in class 1 (red) | steps after step 0 below 90% |",
-              "|---|---|---|"]
-    for spec, (_, acc) in curves.items():
-        labels = [lab for k, es in entries.items() if k[0] == spec for e in es
-                  for lab in e.get("labels", [])]
-        red = f"{sum(labels)}/{len(labels)}" if labels else "–"
-        lines.append(f"| {spec} | {red} | {int((acc[:, 1:] < 90).sum())}/{acc[:, 1:].size} |")
-    lines += ["", "Area under the learning curve, paired to random by trial "
-              "(experiments/stats.py):", "", stats.markdown(stats.aulc_table(rows))]
-    return "\n".join(lines)
+    steps = [{"strategy": spec, "trial": trial, "step": e["step"],
+              "num_labeled": e["num_labeled"], "test_accuracy": e["test_accuracy"],
+              "acquired_labels": " ".join(str(x) for x in e.get("labels") or [])}
+             for (spec, trial), es in entries.items() for e in es]
+    lines = [f"# Figure 1 run: moons_pi, seed {config.seed}, {config.trials} trials", "",
+             "Test accuracy (%) per labeled count: mean ± SD [min, max] over the n trials "
+             "(SD: sample standard deviation, n − 1 in the denominator).", "",
+             tables.marked("figure1", published.figure1_spread(steps)), "",
+             "Every trial (accuracy % per labeled count; the initial set is shared by the "
+             "strategies of a trial):", "",
+             tables.marked("figure1_trials", published.figure1_trials(steps)), "",
+             tables.marked("figure1_queries", published.figure1_queries(steps)), "",
+             "Area under the learning curve, paired to random by trial (experiments/stats.py):",
+             "", tables.marked("figure1_aulc", published.aulc_table(steps))]
+    return "\n".join(lines) + "\n"
 
 
 def _draw_moons(config, setup, snapshots, entries, path: Path) -> Path:
@@ -348,6 +339,8 @@ def transfer_curves(workdir) -> dict:
 def figure2_transfer(workdir: Path, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
+    from experiments import stats
+
     path = Path(workdir) / "config.json"
     if not path.exists() or not (Path(workdir) / "summary.csv").exists():
         raise FigureError(f"{workdir}: no config.json and summary.csv (not a finished run "
@@ -360,15 +353,15 @@ def figure2_transfer(workdir: Path, out: Path) -> Path:
     fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     for spec, (counts, acc) in curves.items():
         style = dict(color="k", linestyle="--") if spec == "random" else {}
-        mean, std = acc.mean(0), acc.std(0)
+        mean, sd = acc.mean(0), stats.sample_sd(acc, axis=0)
         line, = ax_a.plot(counts, mean, marker="o", label=spec, **style)
-        ax_a.fill_between(counts, mean - std, mean + std, alpha=0.12, color=line.get_color())
+        ax_a.fill_between(counts, mean - sd, mean + sd, alpha=0.12, color=line.get_color())
         gains = np.diff(acc, axis=1).mean(0)
         ax_b.plot(counts[1:], gains, marker="o", label=spec, color=line.get_color(),
                   linestyle=style.get("linestyle", "-"))
     ax_a.set_xlabel("number of labeled images")
     ax_a.set_ylabel("test accuracy (%)")
-    ax_a.set_title("accuracy; first query by an untrained model")
+    ax_a.set_title("accuracy (mean ± SD); first query by an untrained model")
     ax_b.axhline(0, color="0.5", linewidth=0.8)
     ax_b.set_xlabel("number of labeled images after the acquisition")
     ax_b.set_ylabel("accuracy gained by the acquisition (points)")

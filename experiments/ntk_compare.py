@@ -18,8 +18,11 @@ parameterization, K̃_inf = C·K_inf):
                 all group scores
 
 Writes WORKDIR/ntk_compare.csv (one row per data set, model, width, seed and stage),
-WORKDIR/ntk_compare.md (mean ± std over seeds, and the fitted slope of log distance vs
-log width) and WORKDIR/distance_vs_width.png.
+WORKDIR/ntk_compare.md (mean ± SD over seeds, SD the sample standard deviation, and the
+fitted slope of log distance vs log width) and WORKDIR/distance_vs_width.png. With
+--from_csv it measures nothing and writes the last two again from WORKDIR/ntk_compare.csv:
+
+    python -m experiments.ntk_compare --config=ntk_compare --workdir=docs/ntk_compare --from_csv
 """
 
 from __future__ import annotations
@@ -50,6 +53,11 @@ FIELDS = ("dataset", "model", "width", "seed", "stage", "distance", "lambda_min_
 MEAN_FIELDS = ("distance", "log_distance", "lambda_min_emp", "lambda_plus_min_emp", "lambda_min_inf",
                "lambda_plus_min_inf", "crc_overlap", "crc_spearman", "train_loss")
 COMMAND = "python -m experiments.ntk_compare --config=ntk_compare --workdir=docs/ntk_compare"
+INT_FIELDS = ("width", "seed", "rank_emp", "rank_inf")
+TEXT_FIELDS = ("dataset", "model", "stage")
+
+flags.DEFINE_bool("from_csv", False, "Measure nothing: write ntk_compare.md and "
+                  "distance_vs_width.png again from WORKDIR/ntk_compare.csv.")
 
 
 # --------------------------------------------------------------------------- data and models
@@ -208,12 +216,19 @@ def run(config, workdir) -> list[dict]:
                     bar.update()
     bar.close()
     write_csv(workdir / "ntk_compare.csv", rows)
+    write_outputs(rows, config, workdir)
+    return rows
+
+
+def write_outputs(rows: list[dict], config, workdir) -> None:
+    """WORKDIR/ntk_compare.md and distance_vs_width.png from the per-seed rows."""
+    workdir = Path(workdir)
     summary = summarize(rows)
     (workdir / "ntk_compare.md").write_text(markdown(summary, config))
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     plot(summary, workdir / "distance_vs_width.png",
          title=f"Empirical vs infinite-width NTK: {', '.join(datasets)}, {config.sample_size} images, "
                f"{config.seeds} seeds")
-    return rows
 
 
 def check(config) -> None:
@@ -248,14 +263,26 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     durable.write_csv(path, FIELDS, rows)
 
 
+def read_csv(path: Path) -> list[dict]:
+    """The rows of an ntk_compare.csv, numbers parsed as `run` measured them."""
+    import csv
+
+    with open(path, newline="") as f:
+        return [{k: v if k in TEXT_FIELDS else int(v) if k in INT_FIELDS else float(v)
+                 for k, v in r.items()} for r in csv.DictReader(f)]
+
+
 def summarize(rows: list[dict]) -> dict:
-    """{(dataset, model, stage): {width: {field: (mean, std)}}} over seeds."""
+    """{(dataset, model, stage): {width: {field: (mean, SD)}}} over seeds (SD: sample
+    standard deviation, ddof = 1)."""
+    from experiments import stats
+
     cells = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in rows:
         for f in MEAN_FIELDS:
             value = np.log(r["distance"]) if f == "log_distance" else r[f]
             cells[(r["dataset"], r["model"], r["stage"])][r["width"]][f].append(value)
-    return {key: {w: {f: (float(np.mean(v)), float(np.std(v))) for f, v in fields.items()}
+    return {key: {w: {f: (float(np.mean(v)), stats.sample_sd(v)) for f, v in fields.items()}
                   for w, fields in sorted(widths.items())}
             for key, widths in cells.items()}
 
@@ -266,28 +293,27 @@ def fit_slope(widths, log_distances) -> tuple[float, float]:
     return float(slope), float(intercept)
 
 
-def markdown(summary: dict, config) -> str:
-    def pm(cell, fmt):
-        mean, std = cell
-        return "–" if np.isnan(mean) else f"{mean:{fmt}} ± {std:{fmt}}"
+def pm(cell, fmt) -> str:
+    mean, sd = cell
+    return "–" if np.isnan(mean) else f"{mean:{fmt}} ± {sd:{fmt}}"
 
-    lines = [f"Command: `{COMMAND}`", "",
-             f"Sample: {config.sample_size} training images per data set; seeds 0–{config.seeds - 1} "
-             f"(mean ± std over seeds); {config.train.steps} full-batch GD steps on MSE for "
-             f"\"trained\"; CRC: |L| = {config.crc.labeled_size}, G = {config.crc.group_size}, "
-             f"top {config.crc.query_size // config.crc.group_size} groups. Kernels: class-trace "
-             "sums in NTK parameterization (K̃_inf = C·K_inf).", "",
-             "Fitted slope: least squares of the mean over seeds of log distance against log "
-             "width (theory at initialization: −0.5).", "",
-             "| data | model | stage | fitted slope | widths |", "|---|---|---|---|---|"]
+
+def slopes_table(summary: dict) -> str:
+    """Markdown: the fitted log-log slope of distance against width per (data, model, stage)."""
+    lines = ["| data | model | stage | fitted slope | widths |", "|---|---|---|---|---|"]
     for (name, arch, stage), widths in summary.items():
         ws = list(widths)
         slope = (fit_slope(ws, [widths[w]["log_distance"][0] for w in ws])[0] if len(ws) > 1
                  else float("nan"))
         lines.append(f"| {name} | {arch} | {stage} | {slope:.3f} | {ws[0]}–{ws[-1]} |")
-    lines += ["", "| data | model | width | stage | ‖K̃emp−K̃inf‖/‖K̃inf‖ | λmin emp | λ⁺min emp "
-              "| λmin inf | λ⁺min inf | CRC overlap | score Spearman | train loss |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    return "\n".join(lines) + "\n"
+
+
+def cells_table(summary: dict) -> str:
+    """Markdown: per (data, model, width, stage) the mean ± SD over seeds of each measure."""
+    lines = ["| data | model | width | stage | ‖K̃emp−K̃inf‖/‖K̃inf‖ | λmin emp | λ⁺min emp "
+             "| λmin inf | λ⁺min inf | CRC overlap | score Spearman | train loss |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (name, arch, stage), widths in summary.items():
         for w, c in widths.items():
             lines.append(
@@ -299,8 +325,26 @@ def markdown(summary: dict, config) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown(summary: dict, config) -> str:
+    """The study as markdown, its tables between experiments/tables.py's markers."""
+    from experiments import tables
+
+    lines = [f"Command: `{COMMAND}`", "",
+             f"Sample: {config.sample_size} training images per data set; seeds 0–{config.seeds - 1} "
+             f"(mean ± SD over the {config.seeds} seeds, SD the sample standard deviation); "
+             f"{config.train.steps} full-batch GD steps on MSE for "
+             f"\"trained\"; CRC: |L| = {config.crc.labeled_size}, G = {config.crc.group_size}, "
+             f"top {config.crc.query_size // config.crc.group_size} groups. Kernels: class-trace "
+             "sums in NTK parameterization (K̃_inf = C·K_inf).", "",
+             "Fitted slope: least squares of the mean over seeds of log distance against log "
+             "width (theory at initialization: −0.5).", "",
+             tables.marked("ntk_slopes", slopes_table(summary)), "",
+             tables.marked("ntk_cells", cells_table(summary))]
+    return "\n".join(lines) + "\n"
+
+
 def plot(summary: dict, path: Path, title: str = "") -> None:
-    """Log-log distance vs width: geometric mean over seeds with ×/÷ exp(std of log) bars,
+    """Log-log distance vs width: geometric mean over seeds with ×/÷ exp(SD of log) bars,
     the fitted line of each series (slope in the legend) and a width^-1/2 guide."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     import matplotlib.pyplot as plt
@@ -351,6 +395,13 @@ def main(argv: list[str]) -> None:
     if config is None:
         raise UsageError("--config is required (e.g. --config=ntk_compare)")
     workdir = flags.FLAGS.workdir or "runs/ntk_compare"
+    if flags.FLAGS.from_csv:
+        path = Path(workdir) / "ntk_compare.csv"
+        if not path.is_file():
+            raise UsageError(f"--from_csv needs {path}: run without --from_csv first")
+        write_outputs(read_csv(path), config, workdir)
+        print((Path(workdir) / "ntk_compare.md").read_text())
+        return
     run(config, workdir)
     print((Path(workdir) / "ntk_compare.md").read_text())
 

@@ -3,10 +3,12 @@ per-trial AULC of every strategy, and each strategy's paired t test against rand
 
     python -m experiments.replication RUN_DIR... --out docs/results/replication
 
-Writes OUT/trials.csv (one row per trial: that trial's AULC of every strategy, from the
-runs' summary.csv via experiments.stats) and OUT/table.md (per strategy: trials, mean AULC,
+Writes OUT/summary.csv (every run's test accuracy per strategy, trial and step: the
+learning curves), OUT/trials.csv (one row per trial: that trial's AULC of every strategy,
+computed from them by experiments.stats) and OUT/table.md (per strategy: trials, mean AULC,
 mean paired Δ to random with its 95% paired t interval (sample SD, ddof = 1), t, two-sided
-p); `table_from_csv` recomputes the table from a committed trials.csv. The run's learning
+p); `table_from_csv` recomputes the table from a committed trials.csv, and
+`trials_from_summary` the trials from the committed summary.csv. The run's learning
 curves and full report come from `python -m experiments.report` (README of the results).
 """
 
@@ -34,8 +36,16 @@ def per_trial_aulc(rows: list[dict]) -> dict:
             if len(counts) == full:
                 out.setdefault(trial, {})[strategy] = stats.aulc(counts, acc)
     strategies = {s for v in out.values() for s in v}
-    return {t: v for t, v in sorted(out.items(), key=lambda kv: str(kv[0]))
+    return {str(t): v for t, v in sorted(out.items(), key=lambda kv: int(kv[0]))
             if set(v) == strategies}
+
+
+def trials_from_summary(folder) -> dict:
+    """per_trial_aulc of the summary.csv in `folder`, rounded as trials.csv holds it."""
+    from experiments import report
+
+    rows = report.load_rows([folder])
+    return {t: {s: round(a, 6) for s, a in v.items()} for t, v in per_trial_aulc(rows).items()}
 
 
 def write_trials(path: Path, per_trial: dict) -> None:
@@ -110,6 +120,11 @@ def main(argv=None) -> int:
     per_trial = per_trial_aulc(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    from crc_jax import durable
+    from crc_jax.run.loop import SUMMARY_FIELDS
+
+    durable.write_csv(out / "summary.csv", SUMMARY_FIELDS,
+                      [[r[f] for f in SUMMARY_FIELDS] for r in rows])
     write_trials(out / "trials.csv", per_trial)
     md = table(per_trial)
     (out / "table.md").write_text(md)

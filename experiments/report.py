@@ -2,9 +2,10 @@
 
     python -m experiments.report runs/digits [runs/other ...] [--out DIR]
 
-Writes report.md (a table: rows strategies, columns labeled counts, cells mean ± std of
-test accuracy over trials, like the paper's Tables 4-6), report.csv (the same numbers)
-and learning_curve.png (accuracy vs labeled count, one line per strategy, ± std shaded).
+Writes report.md (a table: rows strategies, columns labeled counts, cells mean ± SD of
+test accuracy over the n trials, SD the sample standard deviation (ddof = 1), like the
+paper's Tables 4-6), report.csv (the same numbers) and learning_curve.png (accuracy vs
+labeled count, one line per strategy, ± SD shaded).
 The trial with the median final accuracy of each strategy is named (a pointer to a
 typical trial; the paper's §4.1 median rule is another thing, the median initial model
 of al.initial_model = "median").
@@ -121,22 +122,31 @@ def median_trials(rows: list[dict]) -> dict:
 def _cell(values) -> str:
     if not values:
         return "–"
-    return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
+    if len(values) < 2:
+        return f"{np.mean(values):.2f}"
+    return f"{np.mean(values):.2f} ± {stats.sample_sd(values):.2f}"
+
+
+def accuracy_table(rows: list[dict]) -> str:
+    """The accuracy table's rows as markdown: mean ± SD (n = trials) per labeled count."""
+    strategies, counts, cells = aggregate(rows)
+    trials = {s: len({r["trial"] for r in rows if r["strategy"] == s}) for s in strategies}
+    head = ("| Accuracy (%), mean ± SD / # labeled | " + " | ".join(str(n) for n in counts)
+            + " |")
+    lines = [head, "|---|" + "---|" * len(counts)]
+    for s in strategies:
+        lines.append(f"| {s} (n = {trials[s]}) | "
+                     + " | ".join(_cell(cells[(s, n)]) for n in counts) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(rows: list[dict]) -> str:
-    strategies, counts, cells = aggregate(rows)
-    trials = {s: len({r["trial"] for r in rows if r["strategy"] == s}) for s in strategies}
-    head = "| Accuracy (%) / # labeled | " + " | ".join(str(n) for n in counts) + " |"
-    lines = [head, "|---|" + "---|" * len(counts)]
-    for s in strategies:
-        lines.append(f"| {s} (n={trials[s]}) | "
-                     + " | ".join(_cell(cells[(s, n)]) for n in counts) + " |")
     medians = median_trials(rows)
-    note = ("Cells: mean ± std of test accuracy over trials, columns: number of labeled "
-            "images. Trial with the median final accuracy: "
+    note = ("Cells: mean ± SD of test accuracy over the n trials (SD: sample standard "
+            "deviation, n − 1 in the denominator); columns: number of labeled images. Trial "
+            "with the median final accuracy: "
             + ", ".join(f"{s}: trial {t}" for s, t in medians.items()) + ".")
-    return "\n".join(lines) + "\n\n" + note + "\n"
+    return accuracy_table(rows) + "\n" + note + "\n"
 
 
 def crc_decisions(workdirs) -> list[dict]:
@@ -192,9 +202,10 @@ def crc_markdown(decisions: list[dict]) -> str:
 
 def write_csv(rows: list[dict], path: Path) -> None:
     strategies, counts, cells = aggregate(rows)
-    durable.write_csv(path, ["strategy", "num_labeled", "mean_accuracy", "std_accuracy", "trials"],
-                      [[s, n, f"{np.mean(cells[(s, n)]):.4f}", f"{np.std(cells[(s, n)]):.4f}",
-                        len(cells[(s, n)])] for s in strategies for n in counts if cells[(s, n)]])
+    durable.write_csv(path, ["strategy", "num_labeled", "mean_accuracy", "sd_accuracy", "trials"],
+                      [[s, n, f"{np.mean(cells[(s, n)]):.4f}",
+                        f"{stats.sample_sd(cells[(s, n)]):.4f}", len(cells[(s, n)])]
+                       for s in strategies for n in counts if cells[(s, n)]])
 
 
 def plot_learning_curves(rows: list[dict], path: Path, title: str = "") -> None:
@@ -206,12 +217,12 @@ def plot_learning_curves(rows: list[dict], path: Path, title: str = "") -> None:
     for s in strategies:
         ns = [n for n in counts if cells[(s, n)]]
         mean = np.array([np.mean(cells[(s, n)]) for n in ns])
-        std = np.array([np.std(cells[(s, n)]) for n in ns])
+        sd = np.array([stats.sample_sd(cells[(s, n)]) for n in ns])
         ax.plot(ns, mean, marker="o", label=s)
-        ax.fill_between(ns, mean - std, mean + std, alpha=0.2)
+        ax.fill_between(ns, mean - sd, mean + sd, alpha=0.2)
     ax.set_xlabel("number of labeled images")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "Learning curves (mean ± std over trials)")
+    ax.set_title(title or "Learning curves (mean ± SD over trials)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -20,12 +20,12 @@ Writes OUT (default RUN_DIR/retrain): config.json, one journal per (strategy, tr
 seed), summary.csv (of the strategies retrained so far; `--strategies` picks some) (columns
 of a main run's summary, trial = dataset trial * N + seed
 index, plus dataset_trial and training_seed), report.md/csv/png as experiments.report,
-and variance.md: per strategy and labeled count, the std over all runs, the training
-std on a fixed data set (sqrt of the mean within-data-set variance) and the data-set std
-(std of the per-data-set means). Rerunning the same command resumes. OUT must be new,
-empty, or made by this command (its marker file, or a config.json this command wrote): a
-folder holding other files is refused, never overwritten, and a refused OUT is left as it
-was.
+and variance.md: per strategy and labeled count, the SD over all runs, the training
+SD on a fixed data set (sqrt of the mean within-data-set variance) and the data-set SD
+(SD of the per-data-set means); every SD a sample standard deviation (ddof = 1).
+Rerunning the same command resumes. OUT must be new, empty, or made by this command (its
+marker file, or a config.json this command wrote): a folder holding other files is
+refused, never overwritten, and a refused OUT is left as it was.
 """
 
 from __future__ import annotations
@@ -154,22 +154,26 @@ def retrain_one(setup, sets, journal, *, trial: int, seed: int, desc: str) -> li
 
 
 def variance_table(rows: list[dict]) -> str:
-    """Markdown: per strategy and labeled count, total / training / data-set std (%);
-    the training std needs two seeds or more ("–" with one)."""
+    """Markdown: per strategy and labeled count, total / training / data-set SD (%), each a
+    sample standard deviation (ddof = 1): over all runs; within a data set, pooled over the
+    data sets (sqrt of the mean within-set variance; needs two seeds or more, "–" with one);
+    and of the per-data-set means."""
+    from experiments import stats
+
     cells = defaultdict(lambda: defaultdict(list))
     for r in rows:
         cells[(r["strategy"], r["num_labeled"])][r["dataset_trial"]].append(
             100.0 * r["test_accuracy"])
-    lines = ["| strategy | # labeled | mean | std (all runs) | training std (fixed set) "
-             "| data-set std | data sets x seeds |", "|---|---|---|---|---|---|---|"]
+    lines = ["| strategy | # labeled | mean | SD (all runs) | training SD (fixed set) "
+             "| data-set SD | data sets x seeds |", "|---|---|---|---|---|---|---|"]
     for (spec, n), by_set in cells.items():
         values = [v for vs in by_set.values() for v in vs]
-        within = [np.var(vs) for vs in by_set.values()]
+        within = [np.var(vs, ddof=1) if len(vs) > 1 else np.nan for vs in by_set.values()]
         means = [np.mean(vs) for vs in by_set.values()]
         seeds = max(len(vs) for vs in by_set.values())
         training = f"{np.sqrt(np.mean(within)):.2f}" if seeds > 1 else "–"  # one seed: unknown
-        lines.append(f"| {spec} | {n} | {np.mean(values):.2f} | {np.std(values):.2f} | "
-                     f"{training} | {np.std(means):.2f} | {len(by_set)} x {seeds} |")
+        lines.append(f"| {spec} | {n} | {np.mean(values):.2f} | {stats.sample_sd(values):.2f} | "
+                     f"{training} | {stats.sample_sd(means):.2f} | {len(by_set)} x {seeds} |")
     return "\n".join(lines) + "\n"
 
 

@@ -175,9 +175,10 @@ def run_arm(workdir: Path, images: Path, truth: dict, *, path: str, strategy: st
 
 
 def cell(values: list) -> str:
+    """Mean ± SD (sample standard deviation, n − 1) in %, then each seed's value."""
     mean = 100 * statistics.mean(values)
-    std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.1f} ± {std:.1f} ({', '.join(f'{100 * v:.1f}' for v in values)})"
+    sd = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
+    return f"{mean:.1f}{sd} ({', '.join(f'{100 * v:.1f}' for v in values)})"
 
 
 def main(argv=None):
@@ -217,6 +218,12 @@ def main(argv=None):
                           + f"  ({time.time() - t0:.0f} s)", flush=True)
     minutes = (time.time() - started) / 60
     load_end = os.getloadavg()
+    raw = {"pretrain_accuracy_a": a_acc, "backbone_own_accuracy_b": own_acc,
+           "export_max_rel_diff": export_error, "minutes": minutes,
+           "runs": {f"{p}/{s}": [{str(n): v for n, v in run.items()} for run in runs]
+                    for (p, s), runs in results.items()}}
+    from experiments import published, tables
+
     lines = [
         "# Transfer through `--backbone` (`python -m experiments.transfer_backbone`)", "",
         f"Measured {time.strftime('%Y-%m-%d')}: {minutes:.0f} min wall on a 2-core CPU shared "
@@ -227,22 +234,15 @@ def main(argv=None):
         f"**{100 * own_acc:.1f}%** (a reference: the backbone was trained on these ten classes). "
         f"ONNX export vs Flax features: max relative difference {export_error:.1e}.", "",
         f"Accuracy (%) on the unlabeled images of half B ({len(b_idx)} PNG files), of the model "
-        "trained on 30 and on 60 labels; mean ± std over seeds (each seed's value):", "",
-        "| path | strategy | 30 labels | 60 labels |", "| --- | --- | --- | --- |"]
-    describe = {"backbone": "`--backbone cnn.onnx`, linear head, Mean Teacher",
-                "pixels": "pixels 32×32, MLP 256, FixMatch (defaults)"}
-    for (path, strategy), runs in results.items():
-        lines.append(f"| {describe[path]} | {strategy} | " + " | ".join(
-            cell([r[n] for r in runs]) for n in CHECKPOINTS) + " |")
+        "trained on 30 and on 60 labels; mean ± SD over the n seeds (SD: sample standard "
+        "deviation, n − 1), then each seed's value (per seed: transfer_backbone.json):", "",
+        tables.marked("backbone", published.backbone(raw, "results"))]
     lines += ["", "Rounds of 10 labels from a cold start (CRC on the untrained model, or "
               "random), a simulated annotator, the project's default round length (8 epochs "
               "of 25 steps)."]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
-    raw = {f"{p}/{s}": runs for (p, s), runs in results.items()}
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {"pretrain_accuracy_a": a_acc, "backbone_own_accuracy_b": own_acc,
-         "export_max_rel_diff": export_error, "minutes": minutes, "runs": raw}, indent=2) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
     print("\n".join(lines))
 
 

@@ -46,5 +46,5 @@ def test_readme_smoke_pool_and_report_commands_work_as_written(tmp_path):
     for run in ("svhn_smoke", "my_pool"):
         assert (tmp_path / "runs" / run / "summary.csv").is_file()
     report = (tmp_path / "runs" / "report" / "report.md").read_text()
-    assert "| crc (n=1) |" in report and "| egl (n=1) |" in report  # svhn_mt's and digits'
+    assert "| crc (n = 1) |" in report and "| egl (n = 1) |" in report  # svhn_mt's and digits'
     assert proc.stdout.strip().splitlines()[-1].startswith("report:  runs/report/report.md")

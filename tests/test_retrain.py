@@ -51,14 +51,14 @@ def test_fresh_seeds_resume_and_separate_the_variances(run_dir, tmp_path, monkey
     num_labeled = {(r["strategy"], r["dataset_trial"], r["step"]): r["num_labeled"] for r in rows}
     assert set(num_labeled.values()) == {20, 30, 40}
     table = (out / "variance.md").read_text()
-    assert "training std" in table and "| entropy | 20 |" in table
+    assert "training SD" in table and "| entropy | 20 |" in table
     # Hand-computed decomposition for one cell.
     cell = [r for r in rows if r["strategy"] == "entropy" and r["num_labeled"] == 40]
     by_set = {}
     for r in cell:
         by_set.setdefault(r["dataset_trial"], []).append(100 * r["test_accuracy"])
-    training = np.sqrt(np.mean([np.var(v) for v in by_set.values()]))
-    datasets = np.std([np.mean(v) for v in by_set.values()])
+    training = np.sqrt(np.mean([np.var(v, ddof=1) for v in by_set.values()]))
+    datasets = np.std([np.mean(v) for v in by_set.values()], ddof=1)
     assert f"| entropy | 40 | {np.mean(sum(by_set.values(), [])):.2f} |" in table
     assert f"{training:.2f} | {datasets:.2f} | 2 x 2 |" in table
 
@@ -72,11 +72,12 @@ def test_fresh_seeds_resume_and_separate_the_variances(run_dir, tmp_path, monkey
 def test_variance_table_by_hand():
     rows = [{"strategy": "s", "num_labeled": 10, "dataset_trial": t, "test_accuracy": a}
             for t, a in [(0, 0.5), (0, 0.7), (1, 0.9), (1, 0.9)]]
-    # mean 75; within-set variances 100 and 0 -> training std sqrt(50); set means 60, 90.
+    # Sample SDs (n − 1): all runs sqrt((25² + 5² + 15² + 15²) / 3) = 19.15; within-set
+    # variances 200 and 0 -> training SD sqrt(100) = 10; set means 60, 90 -> 15·√2 = 21.21.
     table = retrain.variance_table(rows)
-    assert f"| s | 10 | 75.00 | {np.std([50, 70, 90, 90]):.2f} | {np.sqrt(50):.2f} | 15.00 | 2 x 2 |" in table
+    assert "| s | 10 | 75.00 | 19.15 | 10.00 | 21.21 | 2 x 2 |" in table
     one_seed = retrain.variance_table([r for r in rows if r["test_accuracy"] != 0.7][:2])
-    assert "| – | 20.00 | 2 x 1 |" in one_seed
+    assert "| – | 28.28 | 2 x 1 |" in one_seed      # means 50, 90: 20·√2
 
 
 def test_an_older_runs_config_gets_the_fields_added_since():

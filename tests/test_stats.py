@@ -81,3 +81,38 @@ def test_same_strategy_from_two_workdirs_is_told_apart(tmp_path):
     names = {r["strategy"] for r in rows}
     assert names == {"random", "A", "B", "random [supervised]", "A [supervised]",
                      "B [supervised]"}
+
+
+def test_spreads_are_sample_standard_deviations(tmp_path):
+    assert stats.sample_sd([50.0, 60.0, 70.0]) == pytest.approx(10.0)   # ddof = 0: 8.16
+    assert np.isnan(stats.sample_sd([1.0]))
+    assert stats.sample_sd(np.array([[1.0, 2.0], [3.0, 6.0]]), axis=0) == pytest.approx(
+        [np.sqrt(2), 2 * np.sqrt(2)])
+    assert np.isnan(stats.sample_sd(np.array([[1.0, 2.0]]), axis=0)).all()
+    write_summary(tmp_path / "summary.csv")
+    report.write_report([tmp_path], out_dir=tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    # random at 10 labels: 50, 40, 60 % -> mean 50, sample SD 10 (population SD 8.16)
+    assert "| random (n = 3) | 50.00 ± 10.00 |" in md
+    assert "mean ± SD" in md and "n − 1" in md
+    with open(tmp_path / "report.csv") as f:
+        first = next(csv.DictReader(f))
+    assert (first["strategy"], first["sd_accuracy"]) == ("random", "10.0000")
+
+
+def test_paired_p_values_equal_the_t_distribution_by_hand(tmp_path):
+    write_summary(tmp_path / "summary.csv")
+    table = {r["strategy"]: r for r in stats.aulc_table(report.load_rows([tmp_path]))}
+    # A: Δ = 12, 9, 6 -> t = 9 / (3/√3); with 2 degrees of freedom the two-sided p is
+    # 1 − t/√(t² + 2) (closed form of Student's t with ν = 2).
+    t = 9 / (3 / np.sqrt(3))
+    assert table["A"]["p"] == pytest.approx(1 - t / np.sqrt(t * t + 2))
+    t = 1 / (2 / np.sqrt(3))                              # B: Δ = 3, -1, 1
+    assert table["B"]["p"] == pytest.approx(1 - t / np.sqrt(t * t + 2))
+    assert np.isnan(table["random"]["p"])
+    assert stats.paired_p([2.0, 2.0, 2.0]) == 0.0 and stats.paired_p([0.0, 0.0, 0.0]) == 1.0
+    md = stats.markdown(list(table.values()))
+    assert "| +9.00 [1.55, 16.45] * | 0.035 |" in md
+    assert "uncorrected for the 2 comparisons to random" in md
+    assert (stats.p_text(0.0315), stats.p_text(0.3), stats.p_text(0.0004)) == ("0.032", "0.30",
+                                                                               "< 0.001")
