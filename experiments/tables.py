@@ -173,9 +173,9 @@ def export(workdir: Path) -> list[dict]:
     trials): the summary.csv columns, the epoch of minimal
     test loss, the acquired images' labels (space-separated) and, for CRC steps, the
     smallest chosen score under record["crc"] and the decision's reach, gap, resolution
-    and tie (crc_jax.acquisition.diagnostics.summary)."""
+    and tie (crc_jax.acquisition.crc.diagnostics.summary)."""
     from crc_jax import durable
-    from crc_jax.acquisition import diagnostics
+    from crc_jax.acquisition.crc import diagnostics
     from crc_jax.run.rundir import strategy_dirname
 
     from experiments import report
