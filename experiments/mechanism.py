@@ -43,7 +43,6 @@ from the CSV (`table_from_csv`).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib
 import logging
@@ -525,33 +524,37 @@ def report(out: Path, reps: int) -> str:
 
 
 def main(argv=None) -> int:
+    """The command (`python -m experiments.mechanism`): the exit status."""
+    from crc_jax.errors import UsageError
     from crc_jax.runtime import command
 
-    parser = argparse.ArgumentParser(prog="python -m experiments.mechanism",
-                                     description=(__doc__ or "").split("\n")[0])
+    parser = command.ArgumentParser(prog="python -m experiments.mechanism",
+                                    description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--out", required=True, help="directory of instances.csv, table.md, mechanism.png")
     parser.add_argument("--config", default="mechanism", help="mechanism or mechanism:smoke")
     parser.add_argument("--report-only", action="store_true", help="rebuild table and figure from the CSV")
-    args = parser.parse_args(argv)
-    command.setup_logging()
-    from experiments.configs import mechanism as mechanism_config
 
-    name, _, arg = args.config.partition(":")
-    if name != "mechanism":
-        parser.error(f"--config must be mechanism or mechanism:smoke, got {args.config!r}")
-    try:
-        config = mechanism_config.get_config(arg or None)
-    except ValueError as err:
-        parser.error(str(err))
-    out = Path(args.out)
-    if args.report_only and not (out / "instances.csv").exists():
-        parser.error(f"--report-only needs {out / 'instances.csv'}: run without it first")
-    if not args.report_only:
-        start = time.time()
-        run(config, out)
-        log.info("all instances: %.0f s", time.time() - start)
-    sys.stdout.write(report(out, int(config.bootstrap)))
-    return 0
+    def work() -> None:
+        args = parser.parse_args(argv)
+        from experiments.configs import mechanism as mechanism_config
+
+        name, _, arg = args.config.partition(":")
+        if name != "mechanism":
+            raise UsageError(f"--config must be mechanism or mechanism:smoke, got {args.config!r}")
+        try:
+            config = mechanism_config.get_config(arg or None)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        out = Path(args.out)
+        if args.report_only and not (out / "instances.csv").exists():
+            raise UsageError(f"--report-only needs {out / 'instances.csv'}: run without it first")
+        if not args.report_only:
+            start = time.time()
+            run(config, out)
+            log.info("all instances: %.0f s", time.time() - start)
+        sys.stdout.write(report(out, int(config.bootstrap)))
+
+    return command.run(work, own_process=argv is None)
 
 
 if __name__ == "__main__":

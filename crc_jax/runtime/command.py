@@ -2,8 +2,8 @@
 
     sys.exit(command.run(work, interrupted=lambda: "what was kept; what to do"))
 
-`experiments.main`, `experiments.report`, `experiments.retrain`, `experiments.figures`,
-`experiments.ntk_compare` and `crc-jax` all end through `run`:
+`experiments.main`, `report`, `retrain`, `figures`, `ntk_compare`, `tables`, `mechanism`,
+`replication` and `crc-jax` all end through `run`:
 
   * an error a user can act on (crc_jax.errors: a bad argument, config value or input
     file, a run directory or project that cannot be used, a missing device or extra, a
