@@ -145,9 +145,9 @@ def moons_curves(entries: dict) -> dict:
 def moons_table(config, entries: dict) -> str:
     """Figure 1's numbers as markdown: accuracy per step (mean, SD, range, every trial), the
     class mix of each strategy's queries, and the paired AULC differences to random; each
-    table between the markers of experiments/tables.py, computed as experiments/published.py
+    table between the markers of experiments/markers.py, computed as experiments/published.py
     computes it from the run's per-step CSV (`python -m experiments.tables export`)."""
-    from experiments import published, tables
+    from experiments import markers, published
 
     steps = [{"strategy": spec, "trial": trial, "step": e["step"],
               "num_labeled": e["num_labeled"], "test_accuracy": e["test_accuracy"],
@@ -156,13 +156,13 @@ def moons_table(config, entries: dict) -> str:
     lines = [f"# Figure 1 run: moons_pi, seed {config.seed}, {config.trials} trials", "",
              "Test accuracy (%) per labeled count: mean ± SD [min, max] over the n trials "
              "(SD: sample standard deviation, n − 1 in the denominator).", "",
-             tables.marked("figure1", published.figure1_spread(steps)), "",
+             markers.marked("figure1", published.figure1_spread(steps)), "",
              "Every trial (accuracy % per labeled count; the initial set is shared by the "
              "strategies of a trial):", "",
-             tables.marked("figure1_trials", published.figure1_trials(steps)), "",
-             tables.marked("figure1_queries", published.figure1_queries(steps)), "",
+             markers.marked("figure1_trials", published.figure1_trials(steps)), "",
+             markers.marked("figure1_queries", published.figure1_queries(steps)), "",
              "Area under the learning curve, paired to random by trial (experiments/stats.py):",
-             "", tables.marked("figure1_aulc", published.aulc_table(steps))]
+             "", markers.marked("figure1_aulc", published.aulc_table(steps))]
     return "\n".join(lines) + "\n"
 
 

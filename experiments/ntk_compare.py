@@ -327,7 +327,7 @@ def cells_table(summary: dict) -> str:
 
 def markdown(summary: dict, config) -> str:
     """The study as markdown, its tables between experiments/tables.py's markers."""
-    from experiments import tables
+    from experiments import markers
 
     lines = [f"Command: `{COMMAND}`", "",
              f"Sample: {config.sample_size} training images per data set; seeds 0–{config.seeds - 1} "
@@ -338,8 +338,8 @@ def markdown(summary: dict, config) -> str:
              "sums in NTK parameterization (K̃_inf = C·K_inf).", "",
              "Fitted slope: least squares of the mean over seeds of log distance against log "
              "width (theory at initialization: −0.5).", "",
-             tables.marked("ntk_slopes", slopes_table(summary)), "",
-             tables.marked("ntk_cells", cells_table(summary))]
+             markers.marked("ntk_slopes", slopes_table(summary)), "",
+             markers.marked("ntk_cells", cells_table(summary))]
     return "\n".join(lines) + "\n"
 
 

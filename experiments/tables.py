@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crc_jax.errors import UsageError
+from experiments.markers import BLOCK
 
 ROOT = Path(__file__).resolve().parent.parent
 EXIT_MISMATCH = 1
-BLOCK = re.compile(r"<!-- table:([A-Za-z0-9_.-]+) -->(.*?)<!-- /table -->", re.DOTALL)
 # A table row printing a spread or an interval: a result, which must come from a marker.
 RESULT_ROW = re.compile(r"^\|.*(±|\[[-−]?[0-9]+\.[0-9]+, [-−]?[0-9]+\.[0-9]+\])")
 
@@ -70,11 +70,6 @@ def unmarked_results(path: Path) -> list[tuple[int, str]]:
                 found.append((i, line))
             previous = i
     return found
-
-
-def marked(name: str, text: str) -> str:
-    """`text` as a block between the markers of table NAME."""
-    return f"<!-- table:{name} -->\n\n{text.strip()}\n\n<!-- /table -->"
 
 
 def same(shown: str, computed: str) -> bool:
