@@ -59,7 +59,7 @@ bench: $(STAMP)
 	$(PY) -m experiments.benchmarks.acquisition
 	$(PY) -m experiments.benchmarks.train_step
 
-# every CPU figure of README.md and RESULTS.md again, one markdown block (about an hour on 2 cores);
+# every CPU figure of docs/ and RESULTS.md again, one markdown block (about an hour on 2 cores);
 # a subset: make bench-cpu BENCH_CPU_ARGS="--parts xla_cpu,train_step"
 bench-cpu: $(STAMP)
 	$(PY) -m experiments.benchmarks.cpu_all $(BENCH_CPU_ARGS)

@@ -54,8 +54,9 @@ def test_a_tampered_number_in_the_readme_fails_the_check(copy):
 
 
 def test_a_tampered_inline_number_fails_the_check(copy):
-    block = next(b for b in tables.blocks(copy / "README.md") if b.name == "ablation_all_g5")
-    replace_once(copy / "README.md", block.text, block.text.replace("+1.43", "+1.53"))
+    page = copy / "docs" / "results.md"
+    block = next(b for b in tables.blocks(page) if b.name == "ablation_all_g5")
+    replace_once(page, block.text, block.text.replace("+1.43", "+1.53"))
     assert [p for p in tables.check(copy) if "'ablation_all_g5'" in p]
 
 
@@ -80,7 +81,7 @@ def test_an_unmarked_result_table_an_unknown_name_and_an_unshown_table_fail(copy
     problems = tables.check(copy)
     assert any(p.startswith("docs/results/transfer_digits.md:") and "outside every" in p
                for p in problems)
-    assert not any("'transfer' is published nowhere" in p for p in problems)  # README has it
+    assert not any("'transfer' is published nowhere" in p for p in problems)  # docs/results.md has it
     page.write_text(text.replace("table:transfer -->", "table:transfers -->"))
     assert any("unknown table 'transfers'" in p for p in tables.check(copy))
     (copy / published.RETRAIN_CNN).unlink()
