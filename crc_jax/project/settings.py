@@ -3,7 +3,7 @@
 Defaults are sized for a 2-core CPU: a 1,000-image folder at 32×32 trains and picks the
 next batch in a minute or two (an MLP of width 256, FixMatch, a fixed number of short
 epochs). At this training length the MLP beat the small CNN in accuracy and speed on
-1,000 digit images at 32×32 with 40 labels (see the README's "Label your own images");
+1,000 digit images at 32×32 with 40 labels (see docs/labeling.md, "Quick start");
 `model="cnn"` remains an option for longer rounds.
 There is no held-out labeled split to stop early on, so every round trains for
 `epochs` epochs and the final (EMA) model is used.

@@ -1,4 +1,4 @@
-"""Every CPU figure of README.md and RESULTS.md, measured again in one command.
+"""Every CPU figure of docs/results.md and RESULTS.md, measured again in one command.
 
 Runs each benchmark in its own fresh process, one after the other, and prints one markdown
 block: date, machine, load average, versions and the XLA_FLAGS in effect, then every
