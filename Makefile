@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml $(LOCK) requirements/install_locked.py
 demo: $(STAMP)
 	$(PY) -m experiments.main --config=digits_fixmatch --workdir=runs/digits_fixmatch
 
+# two workers, a test file each at a time (its module fixtures built once); the shared XLA
+# compilation cache (tests/conftest.py) starts empty, as on a fresh clone
 test: $(STAMP)
-	$(PY) -m pytest -q -x
+	rm -rf .xla_cache
+	$(PY) -m pytest -q -x -n 2 --dist loadfile
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
@@ -87,4 +90,4 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache .xla_cache

@@ -1,8 +1,21 @@
 """Shared test setup: quiet TensorFlow, fast XLA compiles on CPU, a seeded NumPy generator."""
 
 import os
+from pathlib import Path
 
-import crc_jax  # noqa: F401  (first: its XLA:CPU default, YNNPACK fusion off; crc_jax.runtime.xla_env)
+# One persistent XLA compilation cache for the run, which the commands the tests start
+# inherit: the suite compiles the same small programs in hundreds of tests and processes
+# (a third of its CPU time). The cache key holds XLA_FLAGS, jaxlib and the program, so a
+# hit is the executable a compile would give. `make test` starts it empty; a bare pytest
+# keeps it. An entry a killed process left half-written is read as a miss (JAX warns and
+# compiles; the warning is filtered here and in pyproject.toml).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(Path(__file__).resolve().parents[1] / ".xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("PYTHONWARNINGS", "ignore:Error reading persistent compilation cache entry")
+
+import crc_jax  # noqa: E402, F401  (first: its XLA:CPU default, YNNPACK fusion off; crc_jax.runtime.xla_env)
 
 # Both must be set before TensorFlow or JAX is imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

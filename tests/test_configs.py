@@ -19,7 +19,8 @@ from conftest import run_loop
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 ALL = sorted(p.stem for p in CONFIG_DIR.glob("*.py")
              if p.stem not in ("__init__", "base", "ntk_compare", "mechanism"))
-FAST = ("digits", "svhn_mt")
+# svhn_mt at smoke scale runs in the fast suite through the CLI: tests/test_readme_commands.py
+FAST = ("digits",)
 TFDS_SETS = ("svhn", "cifar10", "cifar100")
 
 

@@ -152,8 +152,19 @@ def test_covariance_conv_is_the_convolution(shape, window, strides, padding, mon
 
 
 def compiled(fn, *args, **options):
-    """fn (jitted) compiled for `args` with XLA debug options for this compilation only."""
-    return fn.lower(*args).compile(compiler_options=options)
+    """fn (jitted) compiled for `args` with XLA debug options for this compilation only,
+    never taken from the suite's compilation cache (tests/conftest.py): an `xla_dump_to`
+    must see XLA compile."""
+    from jax._src import compilation_cache   # JAX decides once whether to use the cache
+
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
+    try:
+        return fn.lower(*args).compile(compiler_options=options)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)
+        compilation_cache.reset_cache()
 
 
 def test_cnn_kernel_equals_neural_tangents_own_convolution(digits):
