@@ -31,7 +31,9 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
 
 import logging  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
@@ -64,14 +66,34 @@ def run(config, workdir: str, *, mock_data: int = 0) -> None:
     strategies = config_lib.validate(config)   # every field, once; the strategies built
     logging.info(devices.describe(config.device.require))   # the start-up line
     mock.check(config, mock_data)
+    made = [p for p in (Path(workdir), Path(workdir) / report.RUN_MARKER, Path(workdir) / ".lock")
+            if not os.path.lexists(p)]
     if distributed.is_writer():  # a run directory, or a folder that is new or empty
         durable.claim_dir(workdir, report.RUN_MARKER, command="experiments.main",
                           accept=("config.json",), flag="workdir")
-    with mock.context(mock_data):
-        loop.run(config, workdir, strategies)
+    try:
+        with mock.context(mock_data):
+            loop.run(config, workdir, strategies)
+    except BaseException:
+        if distributed.is_writer():
+            unclaim(Path(workdir), made, report.RUN_MARKER)
+        raise
     if distributed.is_writer():   # multi-process: process 0 writes and prints, alone
         print(report.write_report([workdir], out_dir=workdir))
         print(report.where(workdir, workdir))
+
+
+def unclaim(workdir: Path, made: list[Path], marker: str) -> None:
+    """A run that stopped before it bound its config.json (its data could not be loaded,
+    say) leaves no trace: the folder, marker and lock file this command made are removed."""
+    if (workdir / "config.json").exists():
+        return
+    if workdir in made:
+        if not any(p.name not in (marker, ".lock") for p in workdir.iterdir()):
+            shutil.rmtree(workdir, ignore_errors=True)
+        return
+    for path in made:
+        path.unlink(missing_ok=True)
 
 
 def main(argv: list[str]) -> None:

@@ -250,7 +250,7 @@ def claimed_out(out: Path, config_dict: dict):
     try:
         durable.claim_dir(out, MARKER, command="experiments.retrain", accept=accept,
                           flag="--out")
-        with RunDir(out) as rundir:
+        with RunDir(out, option="--out") as rundir:
             rundir.bind_config(config_dict)
             bound = True
             yield rundir

@@ -473,6 +473,22 @@ def build(root: Path, Project, RoundSettings, mounted: list) -> list[dict]:
          "link of the user's pointing to a file that does not exist",
          r"--out .*labels\.csv: already exists \(a symbolic link\); choose a new file",
          lambda w: ["export", w, "--out", link], prepare=dangling_link, check=link_kept)
+    predicted_link = root / "links_predict" / "predictions.csv"
+
+    def dangling_predict_link(_w):
+        predicted_link.parent.mkdir()
+        predicted_link.symlink_to(root / "links_predict" / "nowhere" / "predictions.csv")
+
+    def predict_link_kept(_result):
+        return ([] if predicted_link.is_symlink() and os.readlink(predicted_link) == str(
+            root / "links_predict" / "nowhere" / "predictions.csv")
+                else ["the user's symbolic link was replaced"])
+
+    case("predict onto a dangling symlink", "`crc-jax predict DIR --out LINK`, LINK a symbolic "
+         "link of the user's pointing to a file that does not exist",
+         r"--out .*predictions\.csv: already exists \(a symbolic link\); choose a new file",
+         lambda w: ["predict", w, "--out", predicted_link], prepare=dangling_predict_link,
+         check=predict_link_kept)
     shapes = root / "label_studio_wrong_shape.json"
     shapes.write_text(json.dumps([{"data": {"image": by_path[0]},
                                    "annotations": {"result": "3"}}]))

@@ -150,5 +150,7 @@ def test_a_refused_bind_leaves_no_marker_or_lock(run_dir, tmp_path, capsys):
     other["retrain"] = {"source": "/elsewhere", "first_seed": 99}
     (out / "config.json").write_text(json.dumps(other))
     assert retrain.main([str(run_dir), "--out", str(out), "--seeds", "1"]) == 2
-    assert "retrain.first_seed: 99 -> 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "retrain.first_seed: 99 -> 1" in err
+    assert err.startswith(f"error: --out {out} holds a run") and "use a new --out" in err, err
     assert sorted(p.name for p in out.iterdir()) == ["config.json"]

@@ -234,8 +234,9 @@ def named_option():
 
 def out_file(path: Path) -> Path:
     """--out: a new file in an existing folder."""
-    if path.exists():
-        raise UsageError(f"--out {path}: already exists; choose a new file")
+    if path.exists() or path.is_symlink():   # a dangling link too: never replaced
+        link = " (a symbolic link)" if path.is_symlink() else ""
+        raise UsageError(f"--out {path}: already exists{link}; choose a new file")
     if not path.parent.is_dir():
         raise UsageError(f"--out {path}: the folder {path.parent} does not exist")
     return path

@@ -100,8 +100,10 @@ def read_config_json(path: Path) -> dict:
 class RunDir:
     """Owns `path` for the lifetime of the object (use as a context manager)."""
 
-    def __init__(self, path: os.PathLike):
+    def __init__(self, path: os.PathLike, option: str = "--workdir"):
         self.path = Path(path)
+        self.option = option   # the command's option that named the directory, for messages
+        self.label = "workdir" if option == "--workdir" else option
         self._lock = contextlib.ExitStack()
 
     def __enter__(self) -> RunDir:
@@ -109,10 +111,10 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock.enter_context(durable.file_lock(self.path / ".lock", wait=False, pid=True))
         except BlockingIOError:
-            raise RunDirError(f"workdir {self.path} is in use by another process; "
-                              "wait for it or choose another --workdir") from None
+            raise RunDirError(f"{self.label} {self.path} is in use by another process; "
+                              f"wait for it or choose another {self.option}") from None
         except OSError as err:
-            raise RunDirError(f"workdir {self.path}: cannot be written ({err.strerror})") from None
+            raise RunDirError(f"{self.label} {self.path}: cannot be written ({err.strerror})") from None
         return self
 
     def __exit__(self, *exc):
@@ -131,8 +133,8 @@ class RunDir:
                             default=comparable_config(defaults().to_dict()))
             if changes:
                 raise RunDirError(
-                    f"workdir {self.path} holds a run with another config ({'; '.join(changes[:3])}"
-                    f"{'; ...' if len(changes) > 3 else ''}); use a new --workdir")
+                    f"{self.label} {self.path} holds a run with another config ({'; '.join(changes[:3])}"
+                    f"{'; ...' if len(changes) > 3 else ''}); use a new {self.option}")
             return old
         durable.write_atomic(path, json.dumps(config_dict, indent=2, sort_keys=True).encode())
         return config_dict
