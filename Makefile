@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml $(LOCK) requirements/install_locked.py
 demo: $(STAMP)
 	$(PY) -m experiments.main --config=digits_fixmatch --workdir=runs/digits_fixmatch
 
+# two workers, a test file each at a time (its module fixtures built once); the shared XLA
+# compilation cache (tests/conftest.py) starts empty, as on a fresh clone
 test: $(STAMP)
-	$(PY) -m pytest -q -x
+	rm -rf .xla_cache
+	$(PY) -m pytest -q -x -n 2 --dist loadfile
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
@@ -59,7 +62,7 @@ bench: $(STAMP)
 	$(PY) -m experiments.benchmarks.acquisition
 	$(PY) -m experiments.benchmarks.train_step
 
-# every CPU figure of README.md and RESULTS.md again, one markdown block (about an hour on 2 cores);
+# every CPU figure of docs/ and RESULTS.md again, one markdown block (about an hour on 2 cores);
 # a subset: make bench-cpu BENCH_CPU_ARGS="--parts xla_cpu,train_step"
 bench-cpu: $(STAMP)
 	$(PY) -m experiments.benchmarks.cpu_all $(BENCH_CPU_ARGS)
@@ -87,4 +90,4 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache .xla_cache

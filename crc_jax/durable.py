@@ -18,7 +18,7 @@ Both applications keep their records in the same few shapes, written here once:
   * `claim_dir`: an output folder a command may write into (new, empty, or its own);
   * `csv_bytes` / `write_csv`: CSV written through `write_atomic`.
 
-Fault injection for the crash tests lives beside this module (crc_jax.faults).
+Fault injection for the crash tests lives beside this module (crc_jax.runtime.faults).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import zlib
 from pathlib import Path
 from collections.abc import Iterable, Iterator, Sequence
 
-from crc_jax import faults, interrupt
+from crc_jax.runtime import faults, interrupt
 from crc_jax.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -208,11 +208,11 @@ def append_synced(path: os.PathLike, data: bytes, *, fault_point: str) -> None:
     A short write is continued until every byte is written; an error (a full disk, a
     read-only file system) cuts the file back to its size before this append and is
     raised, so the file never ends in a part of `data` that a caller believes saved.
-    Ctrl-C is held back until the append has ended (crc_jax.interrupt.deferred): an
+    Ctrl-C is held back until the append has ended (crc_jax.runtime.interrupt.deferred): an
     interrupt at any instant neither cuts back what was written whole nor leaves a part.
     Fault injection at `fault_point` writes half of `data`, fsyncs and dies: the torn
     line a crash leaves; at `fault_point`.start, .written and .synced it acts at those
-    instants (crc_jax.faults).
+    instants (crc_jax.runtime.faults).
     """
     with interrupt.deferred():
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

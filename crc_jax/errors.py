@@ -1,14 +1,24 @@
-"""Errors a user can act on: a bad config value or bad input data.
+"""Errors a user can act on, and the exit statuses commands end with.
 
-The CLI turns these into one line on stderr and exit status 2.
+Every command ends through crc_jax.runtime.command.run, which turns these errors into one
+line on stderr and exit status EXIT_USAGE.
 """
+
+EXIT_USAGE = 2          # a bad argument, config value, input or directory: one `error:` line
+EXIT_PEER_LOST = 3      # a process of a multi-process run was lost (experiments.supervisor)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT): one `interrupted:` line
+
+
+class UsageError(Exception):
+    """A bad command-line argument; the message is the one line, naming the argument."""
 
 
 class ConfigError(ValueError):
-    """A config field holds a value that is not allowed. The message names the dotted field."""
+    """A config field holds a value that is not allowed. The message names the dotted field;
+    `problem` is the message without it, `spec` the strategy spec at fault (if any)."""
 
-    def __init__(self, field: str, message: str):
-        self.field = field
+    def __init__(self, field: str, message: str, *, spec: str | None = None):
+        self.field, self.problem, self.spec = field, message, spec
         super().__init__(f"config.{field}: {message}" if field else message)
 
 
@@ -34,4 +44,8 @@ class MissingExtra(ImportError):
 
 class DeviceUnavailable(RuntimeError):
     """The platform a run asked for (device.require, crc-jax --device) is not the one JAX
-    uses; the message is one line with JAX's reason (crc_jax.devices)."""
+    uses; the message is one line with JAX's reason (crc_jax.runtime.devices)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the parameters became NaN or infinite; the message names the global step."""

@@ -24,7 +24,8 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from crc_jax import multistep, sharding
+from crc_jax import multistep
+from crc_jax.runtime import sharding
 
 FEEDS = ("auto", "host", "device")
 DEVICE_FEED_MAX_BYTES = 2 << 30

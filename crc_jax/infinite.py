@@ -26,7 +26,7 @@ buffer and segfaults when the buffer starts a memory mapping (docs/upstream_segf
 The CNN's `kernel_fn` here computes the same convolution as matrix products
 (`covariance_conv`), which compile to dots with no conditional loads.
 
-neural-tangents is imported lazily (through crc_jax._nt_compat), inside functions.
+neural-tangents is imported lazily (through crc_jax.runtime._nt_compat), inside functions.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def stax_counterpart(model: nn.Module, *, drop_batch_norm: bool = False):
     computes the Flax model's function when the Flax kernels are q/√fan_in (tests check this).
     A CNN with BatchNorm raises unless `drop_batch_norm`, which builds its BN-free twin.
     """
-    from crc_jax._nt_compat import import_neural_tangents
+    from crc_jax.runtime._nt_compat import import_neural_tangents
     stax = import_neural_tangents().stax
 
     from crc_jax.models.cnn import CNN
@@ -150,7 +150,7 @@ def matmul_covariance_conv():
 
     Circular padding keeps neural-tangents' own code (the project's CNN pads "SAME").
     """
-    from crc_jax._nt_compat import import_neural_tangents
+    from crc_jax.runtime._nt_compat import import_neural_tangents
     import_neural_tangents()
     from neural_tangents._src.stax import linear
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import jax
 
-from crc_jax import sharding
+from crc_jax.runtime import sharding
 
 log = logging.getLogger(__name__)
 

@@ -21,15 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from crc_jax import feeding, sharding
+from crc_jax import feeding
+from crc_jax.errors import TrainingDiverged
+from crc_jax.runtime import sharding
 from crc_jax.ssl.base import Algorithm
 from crc_jax.state import TrainState
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the global step."""
 
 
 @dataclasses.dataclass
@@ -74,7 +72,7 @@ def evaluate(eval_step, variables, x: np.ndarray, y: np.ndarray, *, batch_size: 
     """Accuracy and mean cross-entropy over (x, y); the last batch is padded (one compile).
 
     Batches are split over the devices of `mesh` (default: every device, see
-    crc_jax.sharding), the batch size rounded up to a multiple of the device count.
+    crc_jax.runtime.sharding), the batch size rounded up to a multiple of the device count.
     """
     n = len(x)
     if n == 0:
@@ -134,7 +132,7 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
     from `key`: init, data order and augmentation per epoch are folded from it.
     `checkpointer` (crc_jax.run.checkpoint.TrainCheckpointer) saves every few epochs and, when
     it holds a checkpoint, training continues from it.
-    `mesh` (crc_jax.sharding; default every device): batches are split over its devices,
+    `mesh` (crc_jax.runtime.sharding; default every device): batches are split over its devices,
     the state replicated; with one device nothing changes.
     `feed` (crc_jax.feeding): "device" keeps the pools on the device and gathers each batch
     there with a jitted gather, "host" gathers on the host; "auto": the device when they fit.
@@ -150,7 +148,6 @@ def fit(algorithm: Algorithm, *, x_labeled: np.ndarray, y_labeled: np.ndarray,
     sharding.check_divisible(algorithm.labeled_batch, mesh, what="labeled batch size")
     sharding.check_divisible(mu_b, mesh, what="unlabeled batch size")
     eval_step = make_eval_step(eval_apply)
-    # .get: crc_jax.project.settings.library_config does not set the field yet (1 there).
     steps_per_dispatch = int(tc.steps_per_dispatch)
 
     state = algorithm.init_state(init_key, x_labeled[:1])

@@ -26,7 +26,6 @@ A bad argument prints one `error:` line and exits with status 2.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -37,7 +36,9 @@ import numpy as np
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-EXIT_USAGE = 2
+from crc_jax.errors import UsageError  # noqa: E402 (after the environment above)
+from crc_jax.runtime import command  # noqa: E402
+
 MARKER = "figure1_moons.json"  # written into a workdir this command made
 JOURNAL = Path("crc") / "trial_0" / "journal.jsonl"
 
@@ -103,11 +104,12 @@ def figure1_moons(out: Path, workdir: Path, *, seed: int = 0, trials: int | None
     """Run moons_pi (every strategy, every trial) into `workdir` and draw Figure 1: each
     strategy's accuracy per step over the trials (mean, band: min to max), and trial 0's
     CRC decision boundary after every step. Writes figure1_moons.png and .md into `out`."""
+    from crc_jax import config as config_lib
     from crc_jax import durable
-    from crc_jax.run import config_check, environment, loop
+    from crc_jax.run import environment, loop
 
     config = moons_config(seed, trials, smoke)
-    config_check.validate(config)
+    strategies = config_lib.validate(config)
     trial_dirs = {(spec, t): Path(loop.strategy_dirname(spec)) / f"trial_{t}"
                   for spec in config.strategies for t in range(config.trials)}
     claim_workdir(workdir, seed, [d / "journal.jsonl" for d in trial_dirs.values()])
@@ -121,7 +123,8 @@ def figure1_moons(out: Path, workdir: Path, *, seed: int = 0, trials: int | None
     rows = []
     for (spec, trial), trial_dir in trial_dirs.items():
         hook = keep if (spec == "crc" and trial == 0) else None
-        entries[spec, trial] = loop.run_trial(setup, spec, trial, workdir / trial_dir, on_step=hook)
+        entries[spec, trial] = loop.run_trial(setup, strategies[spec], trial, workdir / trial_dir,
+                                              on_step=hook)
         rows += loop.summary_rows(spec, trial, entries[spec, trial])
     durable.write_csv(workdir / "summary.csv", loop.SUMMARY_FIELDS, rows)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,9 +145,9 @@ def moons_curves(entries: dict) -> dict:
 def moons_table(config, entries: dict) -> str:
     """Figure 1's numbers as markdown: accuracy per step (mean, SD, range, every trial), the
     class mix of each strategy's queries, and the paired AULC differences to random; each
-    table between the markers of experiments/tables.py, computed as experiments/published.py
+    table between the markers of experiments/markers.py, computed as experiments/published.py
     computes it from the run's per-step CSV (`python -m experiments.tables export`)."""
-    from experiments import published, tables
+    from experiments import markers, published
 
     steps = [{"strategy": spec, "trial": trial, "step": e["step"],
               "num_labeled": e["num_labeled"], "test_accuracy": e["test_accuracy"],
@@ -153,13 +156,13 @@ def moons_table(config, entries: dict) -> str:
     lines = [f"# Figure 1 run: moons_pi, seed {config.seed}, {config.trials} trials", "",
              "Test accuracy (%) per labeled count: mean ± SD [min, max] over the n trials "
              "(SD: sample standard deviation, n − 1 in the denominator).", "",
-             tables.marked("figure1", published.figure1_spread(steps)), "",
+             markers.marked("figure1", published.figure1_spread(steps)), "",
              "Every trial (accuracy % per labeled count; the initial set is shared by the "
              "strategies of a trial):", "",
-             tables.marked("figure1_trials", published.figure1_trials(steps)), "",
-             tables.marked("figure1_queries", published.figure1_queries(steps)), "",
+             markers.marked("figure1_trials", published.figure1_trials(steps)), "",
+             markers.marked("figure1_queries", published.figure1_queries(steps)), "",
              "Area under the learning curve, paired to random by trial (experiments/stats.py):",
-             "", tables.marked("figure1_aulc", published.aulc_table(steps))]
+             "", markers.marked("figure1_aulc", published.aulc_table(steps))]
     return "\n".join(lines) + "\n"
 
 
@@ -372,9 +375,11 @@ def figure2_transfer(workdir: Path, out: Path) -> Path:
     return save(fig, out / "figure2_transfer.png")
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="figure", required=True)
+def main(argv=None) -> int:
+    """The command (`python -m experiments.figures`): the exit status."""
+    parser = command.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="figure", required=True,
+                                parser_class=command.ArgumentParser)
     moons = sub.add_parser("moons", help="Figure 1")
     moons.add_argument("--out", default=None, help="folder of the PNG (default: the workdir)")
     moons.add_argument("--workdir", default="runs/figure1_moons")
@@ -386,28 +391,26 @@ def main(argv=None) -> None:
     transfer = sub.add_parser("transfer", help="Figure 2")
     transfer.add_argument("workdir")
     transfer.add_argument("--out", default=None, help="folder of the PNG (default: RUNDIR)")
-    args = parser.parse_args(argv)
-    from experiments import cli_logging
 
-    cli_logging.setup()
-    try:
-        if args.figure == "moons":
-            workdir = Path(args.workdir)
-            path = figure1_moons(out_folder(Path(args.out or workdir)), workdir, seed=args.seed,
-                                 trials=args.trials)
-        elif args.figure == "transfer":
-            path = figure2_transfer(Path(args.workdir), out_folder(Path(args.out or args.workdir)))
-        else:
-            path = figure3_eigen(args.workdirs, out_folder(Path(args.out or args.workdirs[0])))
-    except FigureError as err:
-        sys.stderr.write(f"error: {err}\n")
-        sys.exit(EXIT_USAGE)
-    except OSError as err:   # an --out that cannot be written (read-only, full)
-        sys.stderr.write(f"error: {err.filename or args.out}: cannot be written "
-                         f"({err.strerror})\n")
-        sys.exit(EXIT_USAGE)
-    print(f"figure: {path}")
+    def work() -> None:
+        args = parser.parse_args(argv)
+        try:
+            if args.figure == "moons":
+                workdir = Path(args.workdir)
+                path = figure1_moons(out_folder(Path(args.out or workdir)), workdir,
+                                     seed=args.seed, trials=args.trials)
+            elif args.figure == "transfer":
+                path = figure2_transfer(Path(args.workdir),
+                                        out_folder(Path(args.out or args.workdir)))
+            else:
+                path = figure3_eigen(args.workdirs, out_folder(Path(args.out or args.workdirs[0])))
+        except OSError as err:   # an --out that cannot be written (read-only, full)
+            raise UsageError(f"{err.filename or args.out}: cannot be written "
+                             f"({err.strerror})") from None
+        print(f"figure: {path}")
+
+    return command.run(work, errors=(FigureError,), own_process=argv is None)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -43,7 +43,6 @@ from the CSV (`table_from_csv`).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib
 import logging
@@ -177,7 +176,8 @@ def project_run(setup, labeled: np.ndarray, key, eval_every: int) -> dict:
     draws batches and keys, every epoch run, with the labeled-set cross-entropy measured
     every `eval_every` steps. Returns {"steps", "ce", "test_acc" (fit's early-stopping
     pick), "test_acc_final", "best_epoch"}."""
-    from crc_jax import feeding, sharding
+    from crc_jax import feeding
+    from crc_jax.runtime import sharding
     from crc_jax import train as train_lib
 
     alg, tc = setup.algorithm, setup.config.train
@@ -240,8 +240,8 @@ def depth_name(fraction: float) -> str:
 def run_instance(setup, config, domain: str, domain_index: int, trial: int, size: int,
                  labeled: np.ndarray, group_size: int) -> list[dict]:
     """The four rows (one per pick) of one instance."""
-    from crc_jax.acquisition import crc as crc_lib
-    from crc_jax.acquisition import gram as gram_lib
+    from crc_jax.acquisition.crc import crc as crc_lib
+    from crc_jax.acquisition.crc import gram as gram_lib
     from scipy import stats
 
     train_key, retrain_key, group_key, pick_key = instance_keys(config.seed, domain_index,
@@ -524,33 +524,37 @@ def report(out: Path, reps: int) -> str:
 
 
 def main(argv=None) -> int:
-    from experiments import cli_logging
+    """The command (`python -m experiments.mechanism`): the exit status."""
+    from crc_jax.errors import UsageError
+    from crc_jax.runtime import command
 
-    parser = argparse.ArgumentParser(prog="python -m experiments.mechanism",
-                                     description=(__doc__ or "").split("\n")[0])
+    parser = command.ArgumentParser(prog="python -m experiments.mechanism",
+                                    description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--out", required=True, help="directory of instances.csv, table.md, mechanism.png")
     parser.add_argument("--config", default="mechanism", help="mechanism or mechanism:smoke")
     parser.add_argument("--report-only", action="store_true", help="rebuild table and figure from the CSV")
-    args = parser.parse_args(argv)
-    cli_logging.setup()
-    from experiments.configs import mechanism as mechanism_config
 
-    name, _, arg = args.config.partition(":")
-    if name != "mechanism":
-        parser.error(f"--config must be mechanism or mechanism:smoke, got {args.config!r}")
-    try:
-        config = mechanism_config.get_config(arg or None)
-    except ValueError as err:
-        parser.error(str(err))
-    out = Path(args.out)
-    if args.report_only and not (out / "instances.csv").exists():
-        parser.error(f"--report-only needs {out / 'instances.csv'}: run without it first")
-    if not args.report_only:
-        start = time.time()
-        run(config, out)
-        log.info("all instances: %.0f s", time.time() - start)
-    sys.stdout.write(report(out, int(config.bootstrap)))
-    return 0
+    def work() -> None:
+        args = parser.parse_args(argv)
+        from experiments.configs import mechanism as mechanism_config
+
+        name, _, arg = args.config.partition(":")
+        if name != "mechanism":
+            raise UsageError(f"--config must be mechanism or mechanism:smoke, got {args.config!r}")
+        try:
+            config = mechanism_config.get_config(arg or None)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        out = Path(args.out)
+        if args.report_only and not (out / "instances.csv").exists():
+            raise UsageError(f"--report-only needs {out / 'instances.csv'}: run without it first")
+        if not args.report_only:
+            start = time.time()
+            run(config, out)
+            log.info("all instances: %.0f s", time.time() - start)
+        sys.stdout.write(report(out, int(config.bootstrap)))
+
+    return command.run(work, own_process=argv is None)
 
 
 if __name__ == "__main__":

@@ -41,8 +41,9 @@ import numpy as np
 from absl import app, flags
 
 from crc_jax import infinite
-from experiments import ntk_kernels
-from experiments.main import EXIT_USAGE, parse_flags
+from crc_jax.errors import UsageError
+from crc_jax.runtime import command
+from experiments import config_cli, ntk_kernels
 
 log = logging.getLogger("ntk_compare")
 
@@ -126,7 +127,7 @@ def train(model, params, x, y_onehot, *, steps: int, lr: float):
 def crc_scores(k: np.ndarray, labeled: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """λ⁺min(K̃(L ∪ g)) for each group, r = min(|L ∪ g|, rank of K̃ over the sample)."""
     from crc_jax import ntk
-    from crc_jax.acquisition import spectra
+    from crc_jax.acquisition.crc import spectra
     rank = ntk.kernel_rank(k)
     sets = np.concatenate([np.broadcast_to(labeled, (len(groups), len(labeled))), groups], axis=1)
     mats = k[sets[:, :, None], sets[:, None, :]]
@@ -136,7 +137,7 @@ def crc_scores(k: np.ndarray, labeled: np.ndarray, groups: np.ndarray) -> np.nda
 def compare_selections(scores_emp, scores_inf, k: int) -> tuple[float, float]:
     """(fraction of the top-k groups both pick, Spearman correlation of the scores)."""
     from scipy.stats import spearmanr
-    from crc_jax.acquisition.crc import top_groups
+    from crc_jax.acquisition.crc.crc import top_groups
     a, b = set(top_groups(scores_emp, k).tolist()), set(top_groups(scores_inf, k).tolist())
     return len(a & b) / k, float(spearmanr(scores_emp, scores_inf).statistic)
 
@@ -173,7 +174,7 @@ def run(config, workdir) -> list[dict]:
     """Run every (data set, model, width, seed) comparison; write CSV, Markdown and plot."""
     from tqdm.auto import tqdm
 
-    from crc_jax.acquisition.crc import random_groups
+    from crc_jax.acquisition.crc.crc import random_groups
 
     check(config)
     workdir = Path(workdir)
@@ -236,7 +237,7 @@ def check(config) -> None:
     if config.seeds < 1:
         raise ConfigError("seeds", f"must be >= 1, got {config.seeds}")
     from crc_jax import data
-    from crc_jax.acquisition.crc_infinite import ARCHS
+    from crc_jax.acquisition.crc.infinite import ARCHS
     for name in config.datasets:
         if name not in data.names():
             raise ConfigError("datasets", f"unknown data set {name!r}; known: "
@@ -326,7 +327,7 @@ def cells_table(summary: dict) -> str:
 
 def markdown(summary: dict, config) -> str:
     """The study as markdown, its tables between experiments/tables.py's markers."""
-    from experiments import tables
+    from experiments import markers
 
     lines = [f"Command: `{COMMAND}`", "",
              f"Sample: {config.sample_size} training images per data set; seeds 0–{config.seeds - 1} "
@@ -337,8 +338,8 @@ def markdown(summary: dict, config) -> str:
              "sums in NTK parameterization (K̃_inf = C·K_inf).", "",
              "Fitted slope: least squares of the mean over seeds of log distance against log "
              "width (theory at initialization: −0.5).", "",
-             tables.marked("ntk_slopes", slopes_table(summary)), "",
-             tables.marked("ntk_cells", cells_table(summary))]
+             markers.marked("ntk_slopes", slopes_table(summary)), "",
+             markers.marked("ntk_cells", cells_table(summary))]
     return "\n".join(lines) + "\n"
 
 
@@ -389,31 +390,27 @@ def plot(summary: dict, path: Path, title: str = "") -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    from crc_jax.errors import ConfigError, DataError
-
-    logging.getLogger().setLevel(logging.INFO)
-    for noisy in ("jax", "absl", "tensorflow", "etils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    command.setup_logging()   # after app.run, which installs absl's handler
     config = flags.FLAGS.config
     if config is None:
-        sys.stderr.write("error: --config is required (e.g. --config=ntk_compare)\n")
-        sys.exit(EXIT_USAGE)
+        raise UsageError("--config is required (e.g. --config=ntk_compare)")
     workdir = flags.FLAGS.workdir or "runs/ntk_compare"
     if flags.FLAGS.from_csv:
         path = Path(workdir) / "ntk_compare.csv"
         if not path.is_file():
-            sys.stderr.write(f"error: --from_csv needs {path}: run without --from_csv first\n")
-            sys.exit(EXIT_USAGE)
+            raise UsageError(f"--from_csv needs {path}: run without --from_csv first")
         write_outputs(read_csv(path), config, workdir)
         print((Path(workdir) / "ntk_compare.md").read_text())
         return
-    try:
-        run(config, workdir)
-    except (ConfigError, DataError) as err:
-        sys.stderr.write(f"error: {err}\n")
-        sys.exit(EXIT_USAGE)
+    run(config, workdir)
     print((Path(workdir) / "ntk_compare.md").read_text())
 
 
+def run_main() -> int:
+    """The command: absl parses the flags, `main` runs, crc_jax.runtime.command ends it."""
+    return command.run(lambda: app.run(main, flags_parser=config_cli.parse_flags),
+                       log_format=None)
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    sys.exit(run_main())

@@ -14,7 +14,6 @@ curves and full report come from `python -m experiments.report` (README of the r
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import sys
@@ -106,30 +105,33 @@ def table_from_csv(path) -> str:
 
 
 def main(argv=None) -> int:
+    """The command (`python -m experiments.replication`): the exit status."""
+    from crc_jax.runtime import command
+
     from experiments import report
 
-    parser = argparse.ArgumentParser(prog="python -m experiments.replication",
-                                     description=(__doc__ or "").split("\n")[0])
+    parser = command.ArgumentParser(prog="python -m experiments.replication",
+                                    description=(__doc__ or "").split("\n")[0])
     parser.add_argument("workdirs", nargs="+", help="the replication's run directories")
     parser.add_argument("--out", required=True, help="folder for trials.csv and table.md")
-    args = parser.parse_args(argv)
-    try:
-        rows = report.load_rows(args.workdirs)
-    except report.ReportError as err:
-        parser.error(str(err))
-    per_trial = per_trial_aulc(rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from crc_jax import durable
-    from crc_jax.run.loop import SUMMARY_FIELDS
 
-    durable.write_csv(out / "summary.csv", SUMMARY_FIELDS,
-                      [[r[f] for f in SUMMARY_FIELDS] for r in rows])
-    write_trials(out / "trials.csv", per_trial)
-    md = table(per_trial)
-    (out / "table.md").write_text(md)
-    sys.stdout.write(md)
-    return 0
+    def work() -> None:
+        args = parser.parse_args(argv)
+        rows = report.load_rows(args.workdirs)
+        per_trial = per_trial_aulc(rows)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        from crc_jax import durable
+        from crc_jax.run.loop import SUMMARY_FIELDS
+
+        durable.write_csv(out / "summary.csv", SUMMARY_FIELDS,
+                          [[r[f] for f in SUMMARY_FIELDS] for r in rows])
+        write_trials(out / "trials.csv", per_trial)
+        md = table(per_trial)
+        (out / "table.md").write_text(md)
+        sys.stdout.write(md)
+
+    return command.run(work, errors=(report.ReportError,), own_process=argv is None)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ other files (another run, your own report.md) is refused, never overwritten.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -34,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from crc_jax import durable, faults
-from crc_jax.errors import StorageError
+from crc_jax import durable
+from crc_jax.errors import StorageError, UsageError
+from crc_jax.runtime import command, faults
 from experiments import stats
 
-EXIT_USAGE = 2
 SUMMARY_COLUMNS = ("strategy", "trial", "step", "num_labeled", "test_accuracy")
 OUTPUTS = ("report.md", "report.csv", "learning_curve.png")
 # The marks of folders these commands made (crc_jax.durable.claim_dir): a run directory of
@@ -152,8 +151,8 @@ def markdown_table(rows: list[dict]) -> str:
 
 def crc_decisions(workdirs) -> list[dict]:
     """Per CRC journal step (strategy folder, trial, step, num_labeled): the diagnostics
-    summary of crc_jax.acquisition.diagnostics (gap, resolution, tie, reach)."""
-    from crc_jax.acquisition import diagnostics
+    summary of crc_jax.acquisition.crc.diagnostics (gap, resolution, tie, reach)."""
+    from crc_jax.acquisition.crc import diagnostics
 
     out = []
     for workdir in workdirs:
@@ -303,28 +302,27 @@ def claim_out(out_dir, workdirs) -> None:
                       accept=(RUN_MARKER, "config.json") if own_run else ())
 
 
-def main(argv=None) -> None:
-    from crc_jax.errors import StorageError
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> int:
+    """The command (`python -m experiments.report`): the exit status."""
+    parser = command.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdirs", nargs="+")
     parser.add_argument("--out", default=None, help="output folder (default: the first "
                         "workdir); new, empty, or one experiments.report wrote before")
-    args = parser.parse_args(argv)
-    out_dir = args.out or args.workdirs[0]
-    try:
-        load_rows(args.workdirs)   # the inputs first: nothing is created for a bad one
-        claim_out(out_dir, args.workdirs)
-        table = write_report(args.workdirs, out_dir=out_dir)
-    except (ReportError, StorageError) as err:
-        sys.stderr.write(f"error: {err}\n")
-        sys.exit(EXIT_USAGE)
-    except OSError as err:
-        sys.stderr.write(f"error: --out {out_dir}: cannot be written ({err.strerror})\n")
-        sys.exit(EXIT_USAGE)
-    print(table)
-    print(where(args.workdirs, out_dir))
+
+    def work() -> None:
+        args = parser.parse_args(argv)
+        out_dir = args.out or args.workdirs[0]
+        try:
+            load_rows(args.workdirs)   # the inputs first: nothing is created for a bad one
+            claim_out(out_dir, args.workdirs)
+            table = write_report(args.workdirs, out_dir=out_dir)
+        except OSError as err:
+            raise UsageError(f"--out {out_dir}: cannot be written ({err.strerror})") from None
+        print(table)
+        print(where(args.workdirs, out_dir))
+
+    return command.run(work, errors=(ReportError,), own_process=argv is None)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -30,8 +30,6 @@ refused, never overwritten, and a refused OUT is left as it was.
 
 from __future__ import annotations
 
-import argparse
-import ast
 import contextlib
 import json
 import logging
@@ -43,7 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-EXIT_USAGE = 2
+from crc_jax.errors import UsageError
+from crc_jax.runtime import command
+
 MARKER = ".crc_jax-retrain"  # in every OUT this command made (crc_jax.durable.claim_dir)
 # Fields that define the pool the journals index into: retraining may not change them.
 FIXED_FIELDS = ("seed", "dataset.name", "dataset.data_dir", "dataset.train_size",
@@ -54,46 +54,31 @@ FIELDS = ("strategy", "trial", "step", "num_labeled", "test_accuracy", "dataset_
 log = logging.getLogger(__name__)
 
 
-class UsageError(Exception):
-    """A bad argument: reported as one line, exit status 2."""
+def run_config(run_dir: Path, overrides: list[str]):
+    """The run's config (its config.json over today's defaults, locked) with `overrides`
+    (`--config.a.b=v`, experiments.configs.overrides) set; UsageError naming a bad one."""
+    import ml_collections
 
+    from experiments import configs
+    from experiments.configs.base import get_base_config, set_fields
 
-def parse_value(text: str, old):
-    """`text` as the type of the field's current value `old`."""
-    if isinstance(old, bool):
-        if text.lower() not in ("true", "false"):
-            raise ValueError(f"expected true or false, got {text!r}")
-        return text.lower() == "true"
-    if isinstance(old, (list, tuple)):
-        value = ast.literal_eval(text)
-        return list(value) if isinstance(value, (list, tuple)) else [value]
-    if isinstance(old, (int, float)):
-        return type(old)(ast.literal_eval(text))
-    return text
-
-
-def apply_overrides(config_dict: dict, overrides: list[str]) -> dict:
-    """Apply `--config.a.b=value` arguments to a config dict (as read from config.json)."""
-    for arg in overrides:
-        if not arg.startswith("--config.") or "=" not in arg:
-            raise UsageError(f"unrecognized argument {arg!r} (overrides read --config.FIELD=VALUE)")
-        dotted, text = arg[len("--config."):].split("=", 1)
+    config = ml_collections.ConfigDict(with_defaults(
+        json.loads(json.dumps(get_base_config().to_dict())),
+        json.loads((run_dir / "config.json").read_text())))
+    config.lock()   # an override cannot add a field
+    try:
+        given = configs.overrides(config, list(overrides))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    for dotted, value in given.items():
         if dotted in FIXED_FIELDS:
             raise UsageError(f"--config.{dotted}: cannot be changed, the journals index the "
                              "run's own pool")
-        node, *parents = config_dict, *dotted.split(".")[:-1]
-        for p in parents:
-            if not isinstance(node.get(p), dict):
-                raise UsageError(f"--config.{dotted}: no such config field")
-            node = node[p]
-        leaf = dotted.split(".")[-1]
-        if leaf not in node:
-            raise UsageError(f"--config.{dotted}: no such config field")
         try:
-            node[leaf] = parse_value(text, node[leaf])
-        except (ValueError, SyntaxError) as err:
-            raise UsageError(f"--config.{dotted}: bad value {text!r} ({err})") from None
-    return config_dict
+            set_fields(config, {dotted: value})
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"--config.{dotted}: bad value {value!r} ({err})") from None
+    return config
 
 
 def with_defaults(defaults: dict, recorded: dict) -> dict:
@@ -196,21 +181,16 @@ def retrain(run_dir, *, seeds: int, first_seed: int | None, out=None,
             overrides: list[str] = (), strategies=None) -> list[dict]:
     """Re-train every recorded step of `run_dir` with `seeds` training seeds into `out`
     (only the given `strategies` of the run, when given)."""
-    import ml_collections
-
+    from crc_jax import config as config_lib
     from crc_jax import durable
-    from crc_jax.run import config_check, loop
+    from crc_jax.run import loop
     from experiments import report
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise UsageError(f"{run_dir}: no config.json (not a run directory of experiments.main)")
-    from experiments.configs.base import get_base_config
-
-    source = with_defaults(json.loads(json.dumps(get_base_config().to_dict())),
-                           json.loads((run_dir / "config.json").read_text()))
-    config = ml_collections.ConfigDict(apply_overrides(source, list(overrides)))
-    config_check.validate(config)
+    config = run_config(run_dir, overrides)
+    config_lib.validate(config)
     first_seed = config.seed + 1 if first_seed is None else first_seed
     if seeds < 1 or first_seed < 0:
         raise UsageError("--seeds must be >= 1 and --first_seed >= 0")
@@ -270,7 +250,7 @@ def claimed_out(out: Path, config_dict: dict):
     try:
         durable.claim_dir(out, MARKER, command="experiments.retrain", accept=accept,
                           flag="--out")
-        with RunDir(out) as rundir:
+        with RunDir(out, option="--out") as rundir:
             rundir.bind_config(config_dict)
             bound = True
             yield rundir
@@ -288,14 +268,10 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     durable.write_csv(path, FIELDS, rows)
 
 
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
-
-
-def main(argv=None) -> None:
-    parser = OneLineParser(prog="python -m experiments.retrain",
-                           description=__doc__.splitlines()[0])
+def main(argv=None) -> int:
+    """The command (`python -m experiments.retrain`): the exit status."""
+    parser = command.ArgumentParser(prog="python -m experiments.retrain",
+                                    description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--seeds", type=int, default=2, help="training seeds per data set")
     parser.add_argument("--first_seed", type=int, default=None,
@@ -303,22 +279,17 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/retrain)")
     parser.add_argument("--strategies", default="",
                         help="comma-separated strategies of the run to retrain (default: all)")
-    from crc_jax.errors import ConfigError, DataError, StorageError
-    from crc_jax.train import TrainingDiverged
 
-    from experiments import cli_logging
-
-    cli_logging.setup()
-    try:
+    def work() -> None:
         args, overrides = parser.parse_known_args(argv)
         retrain(args.run_dir, seeds=args.seeds, first_seed=args.first_seed, out=args.out,
                 overrides=overrides,
                 strategies=[s for s in args.strategies.split(",") if s] or None)
-    except (UsageError, ConfigError, DataError, StorageError, TrainingDiverged) as err:
-        sys.stderr.write(f"error: {err}\n")
-        sys.exit(EXIT_USAGE)
-    print((Path(args.out or Path(args.run_dir) / "retrain") / "variance.md").read_text())
+        print((Path(args.out or Path(args.run_dir) / "retrain") / "variance.md").read_text())
+
+    return command.run(work, interrupted=lambda: "completed steps are kept; rerun the same "
+                                                 "command to resume", own_process=argv is None)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,8 +20,9 @@ import subprocess
 import sys
 import time
 
+from crc_jax.errors import EXIT_PEER_LOST
+
 WORKER_ENV = "CRC_JAX_WORKER"
-EXIT_PEER_LOST = 3
 # A glog/absl FATAL line: "F1130 16:09:01.082300   14428 client.h:80] ..."
 _FATAL = re.compile(rb"^F\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\] ")
 _TERMINATOR = re.compile(rb"[\r\n]")

@@ -23,17 +23,17 @@ every marker: a number nobody recomputes.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from crc_jax.errors import UsageError
+from experiments.markers import BLOCK
+
 ROOT = Path(__file__).resolve().parent.parent
 EXIT_MISMATCH = 1
-EXIT_USAGE = 2
-BLOCK = re.compile(r"<!-- table:([A-Za-z0-9_.-]+) -->(.*?)<!-- /table -->", re.DOTALL)
 # A table row printing a spread or an interval: a result, which must come from a marker.
 RESULT_ROW = re.compile(r"^\|.*(±|\[[-−]?[0-9]+\.[0-9]+, [-−]?[0-9]+\.[0-9]+\])")
 
@@ -70,11 +70,6 @@ def unmarked_results(path: Path) -> list[tuple[int, str]]:
                 found.append((i, line))
             previous = i
     return found
-
-
-def marked(name: str, text: str) -> str:
-    """`text` as a block between the markers of table NAME."""
-    return f"<!-- table:{name} -->\n\n{text.strip()}\n\n<!-- /table -->"
 
 
 def same(shown: str, computed: str) -> bool:
@@ -173,9 +168,9 @@ def export(workdir: Path) -> list[dict]:
     trials): the summary.csv columns, the epoch of minimal
     test loss, the acquired images' labels (space-separated) and, for CRC steps, the
     smallest chosen score under record["crc"] and the decision's reach, gap, resolution
-    and tie (crc_jax.acquisition.diagnostics.summary)."""
+    and tie (crc_jax.acquisition.crc.diagnostics.summary)."""
     from crc_jax import durable
-    from crc_jax.acquisition import diagnostics
+    from crc_jax.acquisition.crc import diagnostics
     from crc_jax.run.rundir import strategy_dirname
 
     from experiments import report
@@ -209,9 +204,14 @@ def write_csv(path: Path, fields, rows) -> None:
         w.writerows(rows)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m experiments.tables",
-                                     description=__doc__.splitlines()[0])
+def main(argv=None) -> int:
+    """The command (`python -m experiments.tables`): the exit status (1: a table differs)."""
+    from crc_jax.runtime import command
+
+    from experiments.report import ReportError
+
+    parser = command.ArgumentParser(prog="python -m experiments.tables",
+                                    description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check", help="recompute every marked table; exit 1 on a difference")
     sub.add_parser("write", help="rewrite every marked table from its per-trial files")
@@ -219,46 +219,44 @@ def main(argv=None) -> None:
     exp = sub.add_parser("export", help="a run directory's per-step CSV")
     exp.add_argument("workdir")
     exp.add_argument("out")
-    args = parser.parse_args(argv)
-    if args.command == "check":
-        problems = check()
-        for p in problems:
-            print(p)
-        n = sum(len(blocks(p)) for p in pages())
-        print(f"{n} marked blocks in {len(pages())} pages: "
-              + (f"{len(problems)} problem(s)" if problems else "all recomputed from their "
-                 "per-trial files"))
-        sys.exit(EXIT_MISMATCH if problems else 0)
-    if args.command == "write":
-        changed, skipped = write()
-        for path in changed:
-            print(f"rewrote {path.relative_to(ROOT)}")
-        for line in skipped:
-            print(line)
-        sys.exit(EXIT_MISMATCH if skipped else 0)
-    if args.command == "list":
-        from experiments import published
 
-        where = {}
-        for path in pages():
-            for b in blocks(path):
-                where.setdefault(b.name, []).append(str(path.relative_to(ROOT)))
-        for name, table in published.TABLES.items():
-            print(f"{name}: {', '.join(table.sources)} -> {', '.join(where.get(name, ['-']))}")
-        return
-    from experiments import report
+    def work() -> int:
+        args = parser.parse_args(argv)
+        if args.command == "check":
+            problems = check()
+            for p in problems:
+                print(p)
+            n = sum(len(blocks(p)) for p in pages())
+            print(f"{n} marked blocks in {len(pages())} pages: "
+                  + (f"{len(problems)} problem(s)" if problems else "all recomputed from their "
+                     "per-trial files"))
+            return EXIT_MISMATCH if problems else 0
+        if args.command == "write":
+            changed, skipped = write()
+            for path in changed:
+                print(f"rewrote {path.relative_to(ROOT)}")
+            for line in skipped:
+                print(line)
+            return EXIT_MISMATCH if skipped else 0
+        if args.command == "list":
+            from experiments import published
 
-    out = Path(args.out)
-    try:
+            where: dict[str, list[str]] = {}
+            for path in pages():
+                for b in blocks(path):
+                    where.setdefault(b.name, []).append(str(path.relative_to(ROOT)))
+            for name, table in published.TABLES.items():
+                print(f"{name}: {', '.join(table.sources)} -> {', '.join(where.get(name, ['-']))}")
+            return 0
+        out = Path(args.out)
         if out.exists():
-            raise report.ReportError(f"{out} exists: give a new file")
-        rows = export(Path(args.workdir))
-    except report.ReportError as err:
-        sys.stderr.write(f"error: {err}\n")
-        sys.exit(EXIT_USAGE)
-    write_csv(out, EXPORT_FIELDS, rows)
-    print(f"wrote {out}")
+            raise UsageError(f"{out} exists: give a new file")
+        write_csv(out, EXPORT_FIELDS, export(Path(args.workdir)))
+        print(f"wrote {out}")
+        return 0
+
+    return command.run(work, errors=(ReportError,), own_process=argv is None)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

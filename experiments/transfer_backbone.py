@@ -222,7 +222,7 @@ def main(argv=None):
            "export_max_rel_diff": export_error, "minutes": minutes,
            "runs": {f"{p}/{s}": [{str(n): v for n, v in run.items()} for run in runs]
                     for (p, s), runs in results.items()}}
-    from experiments import published, tables
+    from experiments import markers, published
 
     lines = [
         "# Transfer through `--backbone` (`python -m experiments.transfer_backbone`)", "",
@@ -236,7 +236,7 @@ def main(argv=None):
         f"Accuracy (%) on the unlabeled images of half B ({len(b_idx)} PNG files), of the model "
         "trained on 30 and on 60 labels; mean ± SD over the n seeds (SD: sample standard "
         "deviation, n − 1), then each seed's value (per seed: transfer_backbone.json):", "",
-        tables.marked("backbone", published.backbone(raw, "results"))]
+        markers.marked("backbone", published.backbone(raw, "results"))]
     lines += ["", "Rounds of 10 labels from a cold start (CRC on the untrained model, or "
               "random), a simulated annotator, the project's default round length (8 epochs "
               "of 25 steps)."]

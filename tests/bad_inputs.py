@@ -112,6 +112,7 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
     import jax
 
     from crc_jax.data import embedded
+    from crc_jax import config as config_lib
     from crc_jax.run import loop, resume
     from crc_jax.run.rundir import RunDir
     from experiments import report
@@ -129,7 +130,8 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
     crc_run = root / "crc_run"
     for workdir, changes in ((base, settings), (other_data, {"dataset.name": "digits"}),
                              (crc_run, {"dataset.name": "digits", "strategies": ("crc",)})):
-        loop.run(make_config(dict(SETTINGS, **changes)), workdir)
+        config = make_config(dict(SETTINGS, **changes))
+        loop.run(config, workdir, config_lib.validate(config))
         (workdir / report.RUN_MARKER).write_text("experiments.main\n")
 
     cases = []
@@ -166,6 +168,11 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
         cases.append(dict(name=name, given=given, module=module, args=args, workdir=workdir,
                           expect=expect, existing=False, **more))
 
+    def left_nothing(result):
+        """The run stopped after claiming its folder, before binding config.json: the
+        folder it made (marker, lock file) is gone."""
+        return [f"left behind: {result['workdir']}"] if result["workdir"].exists() else []
+
     def bad_npz(name, given, expect, **arrays):
         files = dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                      num_classes=10)
@@ -189,7 +196,7 @@ def build_cases(root: Path) -> tuple[list[dict], object]:
           "`--config=svhn_mt`, TFDS_DATA_DIR an empty folder, every network request failing",
           r"could not download 'svhn_cropped'.*tfds build svhn_cropped --data_dir=DIR.*"
           r"--config\.dataset\.data_dir=DIR", [], base_args=["--config=svhn_mt"],
-          env={"TFDS_DATA_DIR": str(tfds_home)}, prelude=OFFLINE)
+          env={"TFDS_DATA_DIR": str(tfds_home)}, prelude=OFFLINE, check=left_nothing)
     fresh("mock data too small for a smoke run", "`--config=svhn_mt --config.smoke=True "
           "--mock_data=8`", r"--mock_data=8 is too small.*config\.dataset\.test_size=64.*"
           r"use --mock_data=\d+ or more", [], base_args=["--config=svhn_mt",

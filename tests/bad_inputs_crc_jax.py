@@ -34,7 +34,7 @@ from image_folder import write_digits
 from onnx_models import write_conv_net
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "crc_jax.cli"]
+CLI = [sys.executable, "-m", "crc_jax.project.cli"]
 CLASSES = ",".join(str(d) for d in range(10))
 # A round small enough for seconds on a CPU.
 FAST = ["--model", "mlp", "--width", "32", "--epochs", "1", "--steps-per-epoch", "3",
@@ -354,7 +354,7 @@ def build(root: Path, Project, RoundSettings, mounted: list) -> list[dict]:
         elif prepare is not None:
             prepare(workdir)
         args = args(workdir) if callable(args) else args
-        out.append(dict(name=name, given=given, module="crc_jax.cli", args=list(map(str, args)),
+        out.append(dict(name=name, given=given, module="crc_jax.project.cli", args=list(map(str, args)),
                         workdir=workdir, expect=expect, existing=existing, **extra))
 
     # --- init
@@ -473,6 +473,22 @@ def build(root: Path, Project, RoundSettings, mounted: list) -> list[dict]:
          "link of the user's pointing to a file that does not exist",
          r"--out .*labels\.csv: already exists \(a symbolic link\); choose a new file",
          lambda w: ["export", w, "--out", link], prepare=dangling_link, check=link_kept)
+    predicted_link = root / "links_predict" / "predictions.csv"
+
+    def dangling_predict_link(_w):
+        predicted_link.parent.mkdir()
+        predicted_link.symlink_to(root / "links_predict" / "nowhere" / "predictions.csv")
+
+    def predict_link_kept(_result):
+        return ([] if predicted_link.is_symlink() and os.readlink(predicted_link) == str(
+            root / "links_predict" / "nowhere" / "predictions.csv")
+                else ["the user's symbolic link was replaced"])
+
+    case("predict onto a dangling symlink", "`crc-jax predict DIR --out LINK`, LINK a symbolic "
+         "link of the user's pointing to a file that does not exist",
+         r"--out .*predictions\.csv: already exists \(a symbolic link\); choose a new file",
+         lambda w: ["predict", w, "--out", predicted_link], prepare=dangling_predict_link,
+         check=predict_link_kept)
     shapes = root / "label_studio_wrong_shape.json"
     shapes.write_text(json.dumps([{"data": {"image": by_path[0]},
                                    "annotations": {"result": "3"}}]))
@@ -559,7 +575,7 @@ def build(root: Path, Project, RoundSettings, mounted: list) -> list[dict]:
     def page_case(name, given, expect, status, method, path, payload=None):
         workdir = root / slug(name)
         shutil.copytree(page_project, workdir)
-        out.append(dict(name=name, given=given, module="crc_jax.cli",
+        out.append(dict(name=name, given=given, module="crc_jax.project.cli",
                         args=["label", str(workdir), "--port", "0"], workdir=workdir,
                         expect=expect, existing=True, exit=130, status=status,
                         request=(method, path, payload), runner=run_page))
@@ -587,7 +603,7 @@ def build(root: Path, Project, RoundSettings, mounted: list) -> list[dict]:
     shutil.copytree(base, restart)
     out.append(dict(name="restart right after a kill", given="`crc-jax label DIR --port P` "
                     "killed (SIGKILL) while a browser holds a connection, then started again "
-                    "at once on the same port", module="crc_jax.cli",
+                    "at once on the same port", module="crc_jax.project.cli",
                     args=["label", str(restart), "--port", str(port)], workdir=restart,
                     expect=r"^interrupted: the labeling page stopped", existing=True,
                     exit=130, port=port, runner=run_after_kill,

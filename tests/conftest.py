@@ -1,8 +1,21 @@
 """Shared test setup: quiet TensorFlow, fast XLA compiles on CPU, a seeded NumPy generator."""
 
 import os
+from pathlib import Path
 
-import crc_jax  # noqa: F401  (first: its XLA:CPU default, YNNPACK fusion off; crc_jax.xla_env)
+# One persistent XLA compilation cache for the run, which the commands the tests start
+# inherit: the suite compiles the same small programs in hundreds of tests and processes
+# (a third of its CPU time). The cache key holds XLA_FLAGS, jaxlib and the program, so a
+# hit is the executable a compile would give. `make test` starts it empty; a bare pytest
+# keeps it. An entry a killed process left half-written is read as a miss (JAX warns and
+# compiles; the warning is filtered here and in pyproject.toml).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(Path(__file__).resolve().parents[1] / ".xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("PYTHONWARNINGS", "ignore:Error reading persistent compilation cache entry")
+
+import crc_jax  # noqa: E402, F401  (first: its XLA:CPU default, YNNPACK fusion off; crc_jax.runtime.xla_env)
 
 # Both must be set before TensorFlow or JAX is imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -90,6 +103,15 @@ def tiny_digits(**overrides):
     c.train.progress = False
     c.al.steps = 1
     return set_fields(c, overrides)
+
+
+def run_loop(config, workdir):
+    """crc_jax.run.loop.run as experiments.main runs it: the config checked and its
+    strategies built first (crc_jax.config.validate)."""
+    from crc_jax import config as config_lib
+    from crc_jax.run import loop
+
+    return loop.run(config, workdir, config_lib.validate(config))
 
 
 @pytest.fixture(autouse=True)

@@ -53,8 +53,12 @@ with one line and exit status 2 before they can change anything already computed
 - **Whole appends** (`append_synced`, under the run journals and `crc-jax`'s labels log):
   a short write is continued until every byte is written; an error (a full disk, a
   read-only file system) cuts the file back to its size before the append and is raised,
-  so what a command reports saved is what the file holds. Tested by injected short writes
-  (`tests/test_durable.py`) and on a real 256 KiB tmpfs filled to the last byte
+  so what a command reports saved is what the file holds. Ctrl-C is held back until the
+  append has ended (`crc_jax.runtime.interrupt.deferred`), so an interrupt at any instant
+  keeps every completed step and label whole. Tested by injected short writes, and by
+  Ctrl-C delivered before the first byte, after the last, during the fsync and after it,
+  for the journal and the labels log (`tests/test_durable.py`); and on a real 256 KiB
+  tmpfs filled to the last byte
   (`tests/test_full_disk.py`, where the machine allows mounting).
 - **Output folders** (`claim_dir`): a command writes only into a folder that is new,
   empty, or carries its own mark (`.crc_jax-run` for `experiments.main`'s run
@@ -75,11 +79,15 @@ with one line and exit status 2 before they can change anything already computed
   arrays are read: one from another config or model is refused. A state whose loss or
   parameters are NaN/inf is never saved: training stops first (`TrainingDiverged`, naming
   the step), so the last checkpoint on disk is the last good one.
-- **Fault points** (`crc_jax/faults.py`): `CRC_JAX_FAULT="point:n"` makes the process
+- **Fault points** (`crc_jax/runtime/faults.py`): `CRC_JAX_FAULT="point:n"` makes the process
   SIGKILL itself the n-th time it reaches `point`: `train_step` (before a training step),
   `checkpoint` (once orbax's temporary folder exists, i.e. mid-write), `acquisition` (after
   training, before the strategy picks), `journal_append` (after half of the line is written
-  and fsynced) and `report` (after report.md, before report.csv).
+  and fsynced) and `report` (after report.md, before report.csv); inside every append,
+  `journal_append.start`, `.written` and `.synced` (likewise `labels_append.*`).
+  `"point:n:sigint"` sends a Ctrl-C there instead, and `"point:n:pause"` stops there and
+  says so in the file `CRC_JAX_FAULT_READY` names, so a test sends its signal from outside
+  at that instant, with no timing involved (`tests/test_cli.py`).
 - **`crc-jax`**: the same storage (checksummed labels log and rounds journal, whole
   appends, atomic replacements); every command checks the project as it opens it
   (`index.csv`, `pool.npy`, the classes the labels and rounds use), and the page shows and
@@ -226,9 +234,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(DOC), help="the document to (re)write")
     args = parser.parse_args(argv)
-    from experiments import cli_logging
+    from crc_jax.runtime import command
 
-    cli_logging.setup(logging.WARNING)
+    command.setup_logging(logging.WARNING)
     logging.getLogger(__name__).setLevel(logging.INFO)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp).resolve()

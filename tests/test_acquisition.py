@@ -68,8 +68,9 @@ def test_budget_distinct_unlabeled_deterministic(ctx, name):
 
 
 def test_group_size_must_divide_budget(ctx):
-    with pytest.raises(ValueError, match="group size 4 must be positive and divide the budget 6"):
-        get("crc", group_size=4)(ctx, 6, jax.random.PRNGKey(0))
+    # refused where the strategy is built for its budget (crc_jax.config.validate)
+    with pytest.raises(ValueError, match="group_size 4 must divide the budget"):
+        get("crc", group_size=4).check_budget(6)
     with pytest.raises(ValueError, match="group_size"):
         get("crc", group_size=0)
     with pytest.raises(ValueError, match="subset"):

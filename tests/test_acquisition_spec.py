@@ -7,7 +7,7 @@ import pytest
 from crc_jax import acquisition
 from crc_jax.acquisition import SpecError, from_spec, select
 from crc_jax.errors import ConfigError
-from crc_jax.run import config_check, strategies
+from crc_jax.config import validate
 from experiments.configs.base import get_base_config
 
 
@@ -18,14 +18,20 @@ def test_an_option_in_the_spec_wins_over_the_defaults():
     assert from_spec("entropy", {"group_size": 5}).options == {}   # not an entropy option
 
 
+def built(config, spec):
+    """The strategy of `spec` as a run of `config` builds it (crc_jax.config.validate)."""
+    config.strategies = (spec,)
+    return validate(config)[spec]
+
+
 def test_a_group_size_set_twice_in_the_config_is_refused_not_overwritten():
     config = get_base_config()
     config.acquisition.crc.group_size = 10
     config.al.group_size, config.al.query_size = 5, 10
     with pytest.raises(ConfigError, match="acquisition.crc.group_size.*al.group_size"):
-        strategies.build(config, "crc")
+        built(config, "crc")
     config.acquisition.crc.group_size = 5                       # agreeing: fine
-    assert strategies.build(config, "crc").group_size == 5
+    assert built(config, "crc").group_size == 5
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -57,11 +63,11 @@ def test_config_check_names_the_field_that_set_the_group_size():
     config = get_base_config()
     config.al.query_size, config.al.group_size = 10, 3
     with pytest.raises(ConfigError, match=r"config.al.group_size: 3 must divide al.query_size"):
-        config_check.check_strategy(config, "crc")
+        built(config, "crc")
     with pytest.raises(ConfigError, match=r"config.strategies: 'crc:group_size=4'"):
-        config_check.check_strategy(config, "crc:group_size=4")
-    config_check.check_strategy(config, "crc:group_size=5")      # the spec's G divides Q
-    config_check.check_strategy(config, "entropy")                # takes no group size
+        built(config, "crc:group_size=4")
+    built(config, "crc:group_size=5")      # the spec's G divides Q
+    built(config, "entropy")                # takes no group size
 
 
 def _ctx(n=20, labeled=(0, 1)):

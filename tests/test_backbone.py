@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crc_jax import cli, extras
+from crc_jax.project import cli
+from crc_jax.runtime import extras
 from crc_jax.errors import MissingExtra
 from crc_jax.project import Project, ProjectError, features
 from crc_jax.project.features import backbones, chunks

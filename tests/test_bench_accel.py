@@ -15,7 +15,7 @@ FORBIDDEN = ("tensorflow", "tensorflow_datasets")
 
 def test_accel_benchmark_imports_no_tensorflow():
     code = ("import sys; import experiments.benchmarks.accel, experiments.benchmarks.accel_parts; "
-            "from crc_jax._nt_compat import import_neural_tangents; import_neural_tangents(); "
+            "from crc_jax.runtime._nt_compat import import_neural_tangents; import_neural_tangents(); "
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True)

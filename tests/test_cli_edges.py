@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crc_jax import cli, durable
+from crc_jax import durable
+from crc_jax.project import cli
 from crc_jax.errors import StorageError
 from crc_jax.project import Project
-from crc_jax.project.server import bind, create_app, make_server
+from crc_jax.project.server import create_app, make_server
+from crc_jax.project.web import bind
+from crc_jax.runtime import command
 from crc_jax.project.store import ProjectError
 from image_folder import write_digits
 
@@ -61,7 +64,7 @@ def test_a_refused_atomic_write_names_the_file_asked_for_not_its_temporary(tmp_p
     monkeypatch.setattr(durable, "open", read_only, raising=False)
     with pytest.raises(OSError) as caught:
         durable.write_atomic(tmp_path / "labels.csv", b"path,label\n")
-    assert cli.os_error(caught.value) == f"{tmp_path / 'labels.csv'}: Read-only file system"
+    assert command.error_line(caught.value) == f"{tmp_path / 'labels.csv'}: Read-only file system"
 
 
 def test_an_answer_without_its_newline_survives_a_read_then_an_append(tmp_path):
@@ -109,7 +112,7 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, project_dir):
 
 LOST_INTERRUPT = """
 import gc, os, signal, sys, time
-from crc_jax import cli
+from crc_jax.project import cli
 
 def swallowing_callback(phase, info):   # as JAX's _xla_gc_callback: an interrupt that
     if phase == "start" and not fired:   # lands here is "ignored", not raised
@@ -149,7 +152,7 @@ def test_ctrl_c_swallowed_by_a_gc_callback_still_ends_the_command():
 
 SWALLOWED_BY_CODE = """
 import sys, time
-from crc_jax import cli
+from crc_jax.project import cli
 
 def status(args):
     try:

@@ -8,14 +8,14 @@ import sys
 import pytest
 from tqdm.auto import tqdm
 
-from experiments import cli_logging
+from crc_jax.runtime import command
 
 
 @pytest.fixture
 def restore_logging():
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    quiet = {name: logging.getLogger(name).level for name in cli_logging.QUIET_LOGGERS}
+    quiet = {name: logging.getLogger(name).level for name in command.QUIET_LOGGERS}
     yield
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -27,7 +27,7 @@ def restore_logging():
 
 
 def test_log_line_never_shares_a_line_with_a_progress_bar(capsys, restore_logging):
-    cli_logging.setup()
+    command.setup_logging()
     bar = tqdm(total=10, desc="training", file=sys.stderr, ascii=True)
     bar.update(3)
     logging.getLogger("crc_jax.run.loop").info("step 0: 20 labels")

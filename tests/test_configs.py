@@ -14,11 +14,13 @@ import pytest
 from crc_jax.run import loop
 from experiments import report
 from experiments.configs.base import apply_smoke
+from conftest import run_loop
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 ALL = sorted(p.stem for p in CONFIG_DIR.glob("*.py")
              if p.stem not in ("__init__", "base", "ntk_compare", "mechanism"))
-FAST = ("digits", "svhn_mt")
+# svhn_mt at smoke scale runs in the fast suite through the CLI: tests/test_readme_commands.py
+FAST = ("digits",)
 TFDS_SETS = ("svhn", "cifar10", "cifar100")
 
 
@@ -38,9 +40,9 @@ def test_config_runs_end_to_end_at_smoke_scale(name, tmp_path):
         import tensorflow_datasets as tfds
 
         with tfds.testing.mock_data(num_examples=1000):
-            rows = loop.run(config, workdir)
+            rows = run_loop(config, workdir)
     else:
-        rows = loop.run(config, workdir)
+        rows = run_loop(config, workdir)
     table = report.write_report([workdir], out_dir=workdir)
 
     al = config.al

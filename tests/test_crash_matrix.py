@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 
 from crc_jax import acquisition, models
-from crc_jax.acquisition.crc_infinite import ARCHS
+from crc_jax.acquisition.crc.infinite import ARCHS
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL, LABELED, BUDGET, GROUP = 40, 10, 4, 2    # tiny pool; CNN kernel blocks still 32 x 16 images

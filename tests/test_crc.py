@@ -9,7 +9,7 @@ import pytest
 from conftest import TinyCNN  # the shared tiny model (tests/conftest.py)
 from crc_jax import ntk
 from crc_jax.acquisition import Context, from_spec
-from crc_jax.acquisition import crc as crc_lib
+from crc_jax.acquisition.crc import crc as crc_lib
 
 
 def get(spec, **options):
@@ -207,8 +207,9 @@ def test_class_balanced_groups(variables):
     assert len(set(picked)) == 8 and set(picked) <= set(ctx.unlabeled)
     # every candidate group was balanced: 56 unlabeled, 14 per class -> 7 groups
     assert ctx.record["crc"]["n_groups"] == 7
-    with pytest.raises(ValueError, match="group_size 4 must equal the budget 8"):
-        get("crc", group_size=4, class_balanced=True)(ctx, 8, jax.random.PRNGKey(0))
+    # a class-balanced group smaller than the budget is refused where the budget is checked
+    with pytest.raises(ValueError, match="class-balanced group is the whole budget"):
+        get("crc", group_size=4, class_balanced=True).check_budget(8)
     with pytest.raises(ValueError, match="oracle"):
         get("crc", class_balanced=True)(make_ctx(variables, x, np.arange(4)), 8, jax.random.PRNGKey(0))
 

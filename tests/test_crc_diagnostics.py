@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crc_jax.acquisition import Context, diagnostics, from_spec
-from crc_jax.acquisition import crc as crc_lib
+from crc_jax.acquisition import Context, from_spec
+from crc_jax.acquisition.crc import diagnostics
+from crc_jax.acquisition.crc import crc as crc_lib
 
 C = 3
 WIDTH = 8            # Φ has 8 columns: the last-layer kernel's rank is ρ = 9
@@ -216,13 +217,12 @@ def test_device_backends_record_the_host_diagnostics(backend, subset):
 # ------------------------------------------------------------------ journal, report, figure
 
 def test_journal_report_and_figure_show_the_diagnostics(tmp_path):
-    from conftest import tiny_digits
+    from conftest import run_loop, tiny_digits
     from crc_jax import durable
-    from crc_jax.run import loop
     from experiments import figures, report
 
     run = tmp_path / "run"
-    loop.run(tiny_digits(strategies=("crc",), trials=1, **{"al.steps": 2}), run)
+    run_loop(tiny_digits(strategies=("crc",), trials=1, **{"al.steps": 2}), run)
     entries = durable.Journal(run / "crc" / "trial_0" / "journal.jsonl").entries()
     for e in entries[:2]:
         diag = e["record"]["crc"]["diagnostics"]

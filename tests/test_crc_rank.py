@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from crc_jax.acquisition import Context, from_spec
-from crc_jax.acquisition import crc as crc_lib
-from crc_jax.acquisition import gram as gram_lib
+from crc_jax.acquisition.crc import crc as crc_lib
+from crc_jax.acquisition.crc import gram as gram_lib
 
 C = 3
 BACKENDS = ("host", "device", "device_f32")

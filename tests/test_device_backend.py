@@ -17,9 +17,10 @@ import optax
 import pytest
 
 from crc_jax import ntk
-from crc_jax.acquisition import Context, device_spectra, from_spec
-from crc_jax.acquisition import crc as crc_lib
-from crc_jax.acquisition import gram as gram_lib
+from crc_jax.acquisition import Context, from_spec
+from crc_jax.acquisition.crc import device_spectra
+from crc_jax.acquisition.crc import crc as crc_lib
+from crc_jax.acquisition.crc import gram as gram_lib
 
 
 def get(spec, **options):

@@ -1,5 +1,5 @@
-"""No silent fallback to the CPU (crc_jax.devices), batch sizes on 1/2/4/8 devices
-(crc_jax.run.config_check), float64 kernels on the host when the default device is a TPU
+"""No silent fallback to the CPU (crc_jax.runtime.devices), batch sizes on 1/2/4/8 devices
+(crc_jax.config.validate), float64 kernels on the host when the default device is a TPU
 (crc_jax.infinite).
 
 This machine has no GPU or TPU: a run that asks for one must stop at start, exit status
@@ -20,9 +20,10 @@ import jax
 import numpy as np
 import pytest
 
-from crc_jax import devices, infinite, xla_env
+from crc_jax import infinite
+from crc_jax.runtime import devices, xla_env
 from crc_jax.errors import DeviceUnavailable
-from crc_jax.run import config_check
+from crc_jax import config as config_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +79,7 @@ def test_an_unknown_requirement_is_refused():
     c = get_base_config()
     c.device.require = "cuda"
     with pytest.raises(ConfigError, match="config.device.require: 'cuda' is not one of"):
-        config_check.validate(c)
+        config_lib.validate(c)
 
 
 def run_seconds(cmd, **kw):
@@ -102,12 +103,12 @@ def test_a_run_that_asks_for_an_accelerator_stops_at_start_with_one_line(platfor
 
 
 def test_crc_jax_rounds_take_device_and_stop_on_a_missing_tpu(tmp_path):
-    proc, _ = run_seconds([sys.executable, "-m", "crc_jax.cli", "next", str(tmp_path / "p"),
+    proc, _ = run_seconds([sys.executable, "-m", "crc_jax.project.cli", "next", str(tmp_path / "p"),
                            "--budget", "2", "--device", "tpu"], env=env_with())
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("error: --device=tpu, but JAX runs on cpu (1 device): JAX: ")
-    proc, _ = run_seconds([sys.executable, "-m", "crc_jax.cli", "next", str(tmp_path / "p"),
+    proc, _ = run_seconds([sys.executable, "-m", "crc_jax.project.cli", "next", str(tmp_path / "p"),
                            "--budget", "2"], env=env_with(2))
     assert "devices: 2 cpu device(s) [cpu:0, cpu:1] (cpu)" in proc.stderr     # then its own error
     assert "--device=auto" in proc.stderr
@@ -138,7 +139,7 @@ def test_jax_platforms_cuda_on_a_cpu_machine_is_one_line_in_experiments_main(tmp
 
 
 def test_jax_platforms_cuda_on_a_cpu_machine_is_one_line_in_crc_jax_next(tmp_path):
-    proc, _ = run_seconds([sys.executable, "-m", "crc_jax.cli", "next", str(tmp_path / "p"),
+    proc, _ = run_seconds([sys.executable, "-m", "crc_jax.project.cli", "next", str(tmp_path / "p"),
                            "--budget", "2"], env=env_with(JAX_PLATFORMS="cuda"))
     assert_one_line_cannot_start(proc, says="JAX_PLATFORMS=cuda is set")
     assert not (tmp_path / "p").exists()
@@ -149,7 +150,7 @@ def test_jax_platforms_cuda_on_a_cpu_machine_is_one_line_in_crc_jax_next(tmp_pat
 CLI_FIRST_JAX_CALL_JITTED = """
 import sys
 import jax
-from crc_jax import cli
+from crc_jax.project import cli
 cli.COMMANDS["status"] = lambda args: jax.jit(lambda x: x + 1)(1)
 sys.exit(cli.main(["status", "anywhere"]))
 """
@@ -170,7 +171,7 @@ def test_a_jax_that_cannot_start_is_one_line_wherever_the_cli_first_calls_it(env
 @pytest.mark.parametrize("module", ["train_step", "xla_cpu", "accel"])
 def test_a_jax_that_cannot_start_is_one_line_in_the_benchmarks(module):
     """train_step starts JAX in its own process, xla_cpu measures in children (started
-    first in a child of its own), accel asks `python -m crc_jax.devices`."""
+    first in a child of its own), accel asks `python -m crc_jax.runtime.devices`."""
     proc, _ = run_seconds([sys.executable, "-m", f"experiments.benchmarks.{module}"],
                           env=env_with(JAX_PLATFORMS="cuda"))
     assert_one_line_cannot_start(proc, says="JAX_PLATFORMS=cuda is set")
@@ -196,7 +197,7 @@ def test_backend_failure_is_none_for_other_errors_and_a_started_jax():
 
 
 def test_require_cpu_starts_jax_on_the_cpu_alone():
-    code = ("from crc_jax import devices; devices.select('cpu'); import jax;"
+    code = ("from crc_jax.runtime import devices; devices.select('cpu'); import jax;"
             "from jax._src import xla_bridge as x;"
             "print(jax.config.jax_platforms, sorted(x.backends()), sorted(x._backend_errors))")
     proc, _ = run_seconds([sys.executable, "-c", code], env=env_with())
@@ -205,11 +206,11 @@ def test_require_cpu_starts_jax_on_the_cpu_alone():
 
 
 def test_jaxs_backend_warnings_pass_the_cli_logging(capsys):
-    from experiments import cli_logging
+    from crc_jax.runtime import command
     root = logging.getLogger()
     saved = list(root.handlers), root.level
     try:
-        cli_logging.setup()
+        command.setup_logging()
         logging.getLogger("jax._src.xla_bridge").warning(
             "An NVIDIA GPU may be present on this machine, but a CUDA-enabled jaxlib is not "
             "installed. Falling back to cpu.")
@@ -229,15 +230,15 @@ PAPER_CONFIGS = ("svhn_mt", "svhn_mt_pseudo_al", "cifar10_fixmatch", "cifar10_fi
 BATCH_SCRIPT = """
 import json, logging, sys
 import jax
-from crc_jax.run import config_check
-from experiments import main
+from crc_jax import config as config_lib
+from experiments.configs import load_config
 records = []
 logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
 out = {"devices": jax.device_count()}
 for name in sys.argv[1:]:
-    c = main.load_config(name)
+    c = load_config(name)
     reference = c.train.batch_size
-    config_check.validate(c)
+    config_lib.validate(c)
     out[name] = [reference, c.train.batch_size, c.train.requested_batch_size]
 print("JSON" + json.dumps(out))
 """
@@ -275,8 +276,8 @@ def test_svhn_mt_keeps_50_where_it_divides_and_records_the_move(batches):
 
 
 def test_nearest_multiple():
-    assert [config_check.nearest_multiple(v, 4) for v in (1, 4, 5, 6, 7, 50)] == [4, 4, 4, 8, 8, 52]
-    assert config_check.nearest_multiple(50, 8) == 48 and config_check.nearest_multiple(3, 8) == 8
+    assert [config_lib.nearest_multiple(v, 4) for v in (1, 4, 5, 6, 7, 50)] == [4, 4, 4, 8, 8, 52]
+    assert config_lib.nearest_multiple(50, 8) == 48 and config_lib.nearest_multiple(3, 8) == 8
 
 
 def test_a_moved_batch_is_in_config_json_and_the_report(tmp_path):
@@ -335,7 +336,8 @@ import json, sys
 import jax
 import numpy as np
 from crc_jax import data, infinite, models
-from crc_jax.acquisition import Context, crc_infinite
+from crc_jax.acquisition import Context
+from crc_jax.acquisition.crc import infinite as crc_infinite
 jax.config.update("jax_default_device", jax.devices()[1])   # stands for the accelerator
 if sys.argv[1] == "tpu":
     infinite.default_platform = lambda: "tpu"                # the decision, forced
@@ -399,10 +401,10 @@ def first_run_section() -> str:
 
 
 def test_first_run_cpu_transcript_is_what_the_commands_print():
-    """The `$ python -m crc_jax.devices ...` transcript tried on this CPU machine, rerun."""
+    """The `$ python -m crc_jax.runtime.devices ...` transcript tried on this CPU machine, rerun."""
     lines = first_run_section().splitlines()
     tried = [(lines[i][2:], lines[i + 1]) for i, line in enumerate(lines)
-             if line.startswith("$ python -m crc_jax.devices")]
+             if line.startswith("$ python -m crc_jax.runtime.devices")]
     assert [cmd.split()[-1] for cmd, _ in tried] == ["tpu", "gpu", "cpu"]
     for cmd, documented in tried:
         platform = cmd.split()[-1]
@@ -418,12 +420,12 @@ def test_first_run_cpu_transcript_is_what_the_commands_print():
 def test_first_run_16_device_line_and_pod_error_are_what_the_commands_print():
     section = first_run_section()
     documented = re.search(r"`(devices: 16 cpu device\(s\)[^`]*)`", section).group(1)
-    proc = subprocess.run([sys.executable, "-m", "crc_jax.devices", "--device", "cpu"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "crc_jax.runtime.devices", "--device", "cpu"], cwd=ROOT,
                           env=as_typed(16), capture_output=True, text=True, timeout=300)
     assert proc.stdout.strip() == documented.replace("jax 0.10.2", f"jax {jax.__version__}")
     documented = re.search(r"`(error: jax\.distributed\.initialize\(\) failed:[^`]*)`",
                            " ".join(section.split())).group(1)
-    proc = subprocess.run([sys.executable, "-m", "crc_jax.devices", "--device", "tpu",
+    proc = subprocess.run([sys.executable, "-m", "crc_jax.runtime.devices", "--device", "tpu",
                            "--distributed"], cwd=ROOT, env=as_typed(), capture_output=True,
                           text=True, timeout=300)
     assert (proc.returncode, proc.stderr.strip()) == (2, documented)

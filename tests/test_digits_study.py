@@ -9,6 +9,7 @@ from crc_jax.run import loop
 from experiments import report
 from experiments.configs import digits_study
 from experiments.configs.base import apply_smoke
+from conftest import run_loop
 
 
 @pytest.mark.slow  # kept out of `make test` (10-minute budget); `make test-slow` runs it
@@ -18,7 +19,7 @@ def test_digits_study_smoke_runs_every_strategy_paired(tmp_path):
     apply_smoke(config)
     config.trials = 2            # two trials, to see pairing within and difference across
     config.al.steps = 1
-    rows = loop.run(config, tmp_path)
+    rows = run_loop(config, tmp_path)
     assert {r["strategy"] for r in rows} == set(digits_study.STRATEGIES)
     assert len(rows) == len(digits_study.STRATEGIES) * 2 * 2
     for trial in range(2):

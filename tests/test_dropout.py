@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from crc_jax import models, ssl
-from crc_jax.run import config_check
+from crc_jax import config as config_lib
 from crc_jax.errors import ConfigError
 from experiments.configs.base import get_base_config
 
@@ -75,17 +75,17 @@ def test_config_checks_dropout_and_bald(monkeypatch):
     c = get_base_config()
     c.strategies = ("random", "bald")
     with pytest.raises(ConfigError, match="strategies.*bald.*model.dropout"):
-        config_check.validate(c)
+        config_lib.validate(c)
     c.model.dropout = 0.3
-    config_check.validate(c)
+    config_lib.validate(c)
     c.ssl.name = "mean_teacher"
-    config_check.validate(c)          # Mean Teacher trains with dropout too
+    config_lib.validate(c)          # Mean Teacher trains with dropout too
     # an algorithm registered without the dropout trait is refused with a dropout rate
     ssl.names()
     monkeypatch.setitem(ssl.ALGORITHMS._traits, "mean_teacher", {})
     with pytest.raises(ConfigError, match="model.dropout.*fixmatch, pi_model, supervised"):
-        config_check.validate(c)
+        config_lib.validate(c)
     c.ssl.name = "supervised"
     c.model.dropout = 1.5
     with pytest.raises(ConfigError, match=r"model.dropout.*\[0, 1\)"):
-        config_check.validate(c)
+        config_lib.validate(c)

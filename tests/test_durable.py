@@ -186,7 +186,7 @@ def test_an_atomic_write_leaves_a_users_file_of_any_temporary_looking_name_alone
 # Three appends to a run journal or a labels log, in a fresh process with Python's own
 # SIGINT handling; Ctrl-C lands during the second one. `how`: "fsync" sends SIGINT from
 # inside the kernel's fsync of that append (the instant a line is written but not yet
-# synced); "STAGE:ACTION" sets CRC_JAX_FAULT=FAULT.STAGE:2:ACTION (crc_jax.faults).
+# synced); "STAGE:ACTION" sets CRC_JAX_FAULT=FAULT.STAGE:2:ACTION (crc_jax.runtime.faults).
 APPEND_THREE = """
 import json, os, signal, sys
 from crc_jax import durable
@@ -276,7 +276,7 @@ def test_a_crash_halfway_through_an_append_loses_only_that_line(tmp_path, kind):
 def test_a_held_back_ctrl_c_reaches_the_installed_handler_after_the_block():
     import signal
 
-    from crc_jax import interrupt
+    from crc_jax.runtime import interrupt
 
     seen = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))

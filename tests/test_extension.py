@@ -45,10 +45,9 @@ TOY = textwrap.dedent('''
 RUNNER = textwrap.dedent('''
     import sys
     import toy_extension  # noqa: F401  (the registrations)
-    from absl import app
     from experiments import main
     sys.argv = ["experiments.main", *sys.argv[1:]]
-    app.run(main.main, flags_parser=main.parse_flags)
+    sys.exit(main.run_main())
 ''')
 
 

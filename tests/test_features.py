@@ -8,8 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from crc_jax import acquisition, cli, ntk
+from crc_jax import acquisition, ntk
+from crc_jax.project import cli
 from crc_jax.project import Project, ProjectError, RoundSettings, features, rounds, store
+from crc_jax.project import settings as round_settings
 from crc_jax.project.scan import list_images
 from image_folder import write_digits
 
@@ -239,12 +241,12 @@ def test_every_registered_strategy_picks_from_vectors(vector_project):
     for name in acquisition.names():
         settings = RoundSettings(ssl="pi_model", model="mlp", width=16, epochs=1,
                                  steps_per_epoch=3, dropout=0.2, strategy=name)
-        result = rounds.run_round(settings, pool=project.pool(),
-                                  labeled=np.array(sorted(labeled)),
+        result = rounds.run_round(round_settings.plan(settings, 5, vectors=True),
+                                  pool=project.pool(), labeled=np.array(sorted(labeled)),
                                   labels=np.array([int(project.labels()[i]) for i in sorted(labeled)]),
                                   candidates=np.array([i for i in range(len(project))
                                                        if i not in labeled]),
-                                  num_classes=10, budget=5, round_index=1)
+                                  num_classes=10, round_index=1)
         assert len(set(result.picked.tolist())) == 5, name
         assert not set(result.picked.tolist()) & labeled, name
         assert result.probs.shape == (60, 10), name
@@ -259,14 +261,15 @@ def test_cold_start_by_typiclust_with_no_labels_covers_the_clusters(tmp_path):
     blob = np.repeat(np.arange(6), 20)
     x = (centers[blob] + rng.normal(size=(120, 16))).astype(np.float32)
     settings = RoundSettings(ssl="mean_teacher", model="linear", cold_start="typiclust")
-    result = rounds.run_round(settings, pool=x, labeled=np.zeros(0, np.int64),
-                              labels=np.zeros(0, np.int32), candidates=np.arange(120),
-                              num_classes=6, budget=6, round_index=0)
+    result = rounds.run_round(round_settings.plan(settings, 6, vectors=True), pool=x,
+                              labeled=np.zeros(0, np.int64), labels=np.zeros(0, np.int32),
+                              candidates=np.arange(120), num_classes=6, round_index=0)
     assert result.cold_start and result.strategy == "typiclust"
     assert sorted(blob[result.picked].tolist()) == list(range(6))
-    crc = rounds.run_round(RoundSettings(ssl="mean_teacher", model="linear"), pool=x,
+    crc = rounds.run_round(round_settings.plan(RoundSettings(ssl="mean_teacher", model="linear"),
+                                               6, vectors=True), pool=x,
                            labeled=np.zeros(0, np.int64), labels=np.zeros(0, np.int32),
-                           candidates=np.arange(120), num_classes=6, budget=6, round_index=0)
+                           candidates=np.arange(120), num_classes=6, round_index=0)
     assert crc.cold_start and len(set(crc.picked.tolist())) == 6
 
 
@@ -348,7 +351,7 @@ def test_crc_scores_of_20_vectors_of_d_100000_in_bounded_memory():
     the scores equal the brute-force definition, a group repeating a vector scores 0."""
     import tracemalloc
 
-    from crc_jax.acquisition import crc as crc_lib
+    from crc_jax.acquisition.crc import crc as crc_lib
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20, 100_000)).astype(np.float32)
@@ -372,7 +375,7 @@ def test_crc_scores_of_20_vectors_of_d_100000_in_bounded_memory():
 def test_the_device_backend_ranks_20_vectors_of_d_100000_through_the_20x20_gram():
     """The float64 device path (what a GPU runs; here XLA on the CPU) forms its rank Gram
     on the device: N² as well, with the host's scores."""
-    from crc_jax.acquisition import crc as crc_lib
+    from crc_jax.acquisition.crc import crc as crc_lib
 
     x = np.random.default_rng(0).normal(size=(20, 100_000)).astype(np.float32)
     ctx = linear_head_ctx(x, np.arange(5))
@@ -383,7 +386,7 @@ def test_the_device_backend_ranks_20_vectors_of_d_100000_through_the_20x20_gram(
 
 def test_crc_scores_are_identical_through_either_gram(monkeypatch):
     """At small d the (d+1)² path still exists: forcing it gives the same scores, bit for bit."""
-    from crc_jax.acquisition import crc as crc_lib
+    from crc_jax.acquisition.crc import crc as crc_lib
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(30, 40)).astype(np.float32)

@@ -12,6 +12,7 @@ import pytest
 
 from crc_jax import durable
 from crc_jax.project import Project
+from conftest import run_loop
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "format_v1"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
@@ -56,7 +57,6 @@ def test_old_run_journals_read_as_they_did(strategy):
 def test_an_old_run_resumes_without_recomputing(tmp_path):
     """The same command on the old run directory: config.json and the journals' (legacy)
     fingerprints are accepted, every step is replayed, nothing is trained again."""
-    from crc_jax.run import loop
     from experiments.configs import digits_fixmatch
     from experiments.configs.base import apply_smoke, set_fields
 
@@ -67,7 +67,7 @@ def test_an_old_run_resumes_without_recomputing(tmp_path):
     config = set_fields(digits_fixmatch.get_config(), {
         "smoke": True, "strategies": ("random", "crc"), "trials": 1, "al.steps": 1})
     apply_smoke(config)
-    rows = loop.run(config, run)
+    rows = run_loop(config, run)
     assert [r["test_accuracy"] for r in rows] == [
         e["test_accuracy"] for s in ("random", "crc") for e in EXPECTED["journals"][s]]
     assert {s: (run / s / "trial_0" / "journal.jsonl").read_bytes() for s in journals} == journals

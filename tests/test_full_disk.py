@@ -36,7 +36,7 @@ def labels_csv(path: Path, rows) -> Path:
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "crc_jax.cli", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "crc_jax.project.cli", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crc_jax import cli
+from crc_jax.project import cli
 from crc_jax.project import Project
 
 

@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 
 from crc_jax import infinite, models, ntk
-from crc_jax.acquisition import crc_infinite
+from crc_jax.acquisition.crc import infinite as crc_infinite
 from crc_jax.acquisition.context import Context
-from crc_jax.acquisition.crc import random_groups, top_groups
+from crc_jax.acquisition.crc.crc import random_groups, top_groups
 from experiments import ntk_kernels
 
 C = 10
@@ -45,7 +45,7 @@ def stax_params(model, params, stax_init):
 
 def nt_trace_ntk(apply_fn, params, x):
     """C · neural-tangents' empirical NTK (its trace_axes average over classes)."""
-    from crc_jax._nt_compat import import_neural_tangents
+    from crc_jax.runtime._nt_compat import import_neural_tangents
     nt = import_neural_tangents()
     fn = nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), vmap_axes=0,
                              implementation=nt.NtkImplementation.JACOBIAN_CONTRACTION)
@@ -152,8 +152,19 @@ def test_covariance_conv_is_the_convolution(shape, window, strides, padding, mon
 
 
 def compiled(fn, *args, **options):
-    """fn (jitted) compiled for `args` with XLA debug options for this compilation only."""
-    return fn.lower(*args).compile(compiler_options=options)
+    """fn (jitted) compiled for `args` with XLA debug options for this compilation only,
+    never taken from the suite's compilation cache (tests/conftest.py): an `xla_dump_to`
+    must see XLA compile."""
+    from jax._src import compilation_cache   # JAX decides once whether to use the cache
+
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
+    try:
+        return fn.lower(*args).compile(compiler_options=options)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)
+        compilation_cache.reset_cache()
 
 
 def test_cnn_kernel_equals_neural_tangents_own_convolution(digits):

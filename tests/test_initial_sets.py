@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from conftest import tiny_digits  # tests/conftest.py
+from conftest import run_loop, tiny_digits  # tests/conftest.py
 from crc_jax.data import embedded, initial_sets
 from crc_jax.data.pool import Pool
 from crc_jax.errors import ConfigError
-from crc_jax.run import config_check, initial_set, loop
+from crc_jax import config as config_lib
+from crc_jax.run import initial_set
 from crc_jax.run.rundir import RunDir, essential_config
 from experiments.configs import moons_pi
 
@@ -116,16 +117,16 @@ def test_a_run_dir_written_before_the_fields_existed_still_resumes(tmp_path):
 ])
 def test_bad_initial_set_fields_name_their_field(overrides, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        config_check.validate(tiny_digits(**overrides))
+        config_lib.validate(tiny_digits(**overrides))
 
 
 def test_an_index_outside_the_pool_is_refused_before_the_directory_is_bound(tmp_path):
     x, y, _, _ = embedded.digits()
     config = tiny_digits(**{"al.initial_rule": "indices",
                             "al.initial_indices": tuple(range(19)) + (len(x),)})
-    config_check.validate(config)   # the pool size is known only once the data are loaded
+    config_lib.validate(config)   # the pool size is known only once the data are loaded
     with pytest.raises(ConfigError, match=r"al\.initial_indices.*\[0, 1347\)"):
-        loop.run(config, tmp_path)
+        run_loop(config, tmp_path)
     assert not (tmp_path / "config.json").exists()
     with pytest.raises(ConfigError, match=r"al\.initial_indices.*\[0, 1347\)"):
         initial_set.choose(config, x, y, 10, np.random.default_rng(0))
@@ -137,7 +138,7 @@ def test_a_run_starts_every_strategy_of_a_trial_from_the_rules_set(tmp_path, rul
     given = tuple(int(i) for i in np.concatenate([np.flatnonzero(y == k)[:2] for k in range(10)]))
     config = tiny_digits(**{"al.initial_rule": rule, "al.steps": 0,
                             "al.initial_indices": given if rule == "indices" else ()})
-    loop.run(config, tmp_path)
+    run_loop(config, tmp_path)
     for trial in (0, 1):
         expected = (list(given) if rule == "indices" else initial_set.choose(
             config, x, y, 10, np.random.default_rng([config.seed, trial])).tolist())

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crc_jax import cli
+from crc_jax.project import cli
 from crc_jax.project import Project
 from crc_jax.project.scan import list_images
 from crc_jax.project.settings import KIND_DEFAULTS
@@ -213,7 +213,7 @@ def serve_ml(journey, tmp_path):
     shutil.copytree(journey["work"] / "trained", directory)
     log = tmp_path / "serve_ml.log"
     with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "crc_jax.cli", "serve-ml", str(directory),
+        proc = subprocess.Popen([sys.executable, "-m", "crc_jax.project.cli", "serve-ml", str(directory),
                                  "--port", "0", "--document-root", str(journey["root"])],
                                 stdout=subprocess.PIPE, stderr=err, text=True)
     try:

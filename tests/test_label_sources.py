@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from crc_jax import cli, durable
+from crc_jax import durable
+from crc_jax.project import cli
 from crc_jax.project import Project, label_sources
 from crc_jax.project.api import QUEUE_FIELDS
 from crc_jax.project.labels_log import LabelsLog

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from crc_jax import cli
+from crc_jax.project import cli
 from crc_jax.project import Project
 from image_folder import write_digits
 

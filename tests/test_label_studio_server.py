@@ -44,7 +44,7 @@ import requests
 from PIL import Image
 
 import label_studio_server
-from crc_jax import cli
+from crc_jax.project import cli
 from crc_jax.project import Project
 from crc_jax.project.exchange import PathIndex
 from crc_jax.project.settings import RoundSettings
@@ -180,7 +180,7 @@ def import_each_export(ls, world, pid: int, tmp_path: Path, config: Path, expect
                 "--label-config", str(config)]
         assert cli.main(args) == 2  # the stray rows are unmapped: nothing without the option
         assert labels_by_path(fresh) == {}
-        proc = subprocess.run([sys.executable, "-m", "crc_jax.cli", *args, "--skip-unmapped"],
+        proc = subprocess.run([sys.executable, "-m", "crc_jax.project.cli", *args, "--skip-unmapped"],
                               capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         assert proc.returncode == 0, (export_type, proc.stderr)
         for url in strays.values():
@@ -272,7 +272,7 @@ def start_backend(ls, project, root: Path, port: int, token: str, log: Path):
     """`crc-jax serve-ml` for `project` on `port`, once it answers /health."""
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "crc_jax.cli", "serve-ml", str(project.dir), "--port", str(port),
+            [sys.executable, "-m", "crc_jax.project.cli", "serve-ml", str(project.dir), "--port", str(port),
              "--document-root", str(root), "--budget", "4", *FAST_ARGS,
              "--label-studio-url", ls.url],
             stdout=out, stderr=subprocess.STDOUT,

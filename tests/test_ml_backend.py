@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from crc_jax import cli
+from crc_jax.project import cli
 from crc_jax.project import Project
 from crc_jax.project.ml_backend import create_app
 from crc_jax.project.settings import RoundSettings

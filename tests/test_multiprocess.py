@@ -171,7 +171,7 @@ def test_two_processes_give_the_one_process_run_on_as_many_devices(reference_on_
 def pick_flags(entry: dict) -> dict:
     """{strategy: tie} of a journal step: CRC's diagnostics, entropy's (and confidence's,
     margin's) decision record: whether float32 rounding could have changed the pick."""
-    from crc_jax.acquisition import diagnostics
+    from crc_jax.acquisition.crc import diagnostics
 
     record = entry.get("record") or {}
     flags = {where: bool(d["tie"]) for where, d in diagnostics.collect(record)}
@@ -239,7 +239,7 @@ import json, sys
 import jax, jax.numpy as jnp, numpy as np
 pid, address, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 jax.distributed.initialize(address, num_processes=2, process_id=pid)
-from crc_jax import distributed, sharding
+from crc_jax.runtime import distributed, sharding
 from crc_jax.run.checkpoint import TrainCheckpointer
 from crc_jax.run.rundir import run_dir
 from crc_jax.errors import RunDirError
@@ -364,7 +364,7 @@ def test_the_relay_copies_output_and_keeps_the_fatal_message():
 
 
 def test_single_process_helpers_are_plain_calls(tmp_path):
-    from crc_jax import distributed
+    from crc_jax.runtime import distributed
     from crc_jax.errors import RunDirError
     from crc_jax.run.rundir import run_dir
 

@@ -13,7 +13,7 @@ import pytest
 
 from crc_jax import data, models, ssl
 from crc_jax.errors import ConfigError
-from crc_jax.run import config_check
+from crc_jax import config as config_lib
 from crc_jax.train import fit
 from experiments.configs.base import get_base_config
 
@@ -92,7 +92,7 @@ def test_config_check_rejects_a_bad_steps_per_dispatch(value):
     c = get_base_config()
     c.train.steps_per_dispatch = value
     with pytest.raises(ConfigError, match="train.steps_per_dispatch"):
-        config_check.validate(c)
+        config_lib.validate(c)
 
 
 def test_a_run_dir_made_before_the_field_still_matches_the_config():

@@ -232,8 +232,8 @@ def test_notebook_cells_run_the_experiment_in_this_process(tmp_path, monkeypatch
     nbclient test below trains it)."""
     import jax
 
-    from crc_jax.run import config_check
-    from experiments import cli_logging
+    from crc_jax import config as config_lib
+    from crc_jax.runtime import command
     from experiments import main as experiment
 
     workdir = tmp_path / "run"
@@ -244,10 +244,10 @@ def test_notebook_cells_run_the_experiment_in_this_process(tmp_path, monkeypatch
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "path", list(sys.path))          # the install cell adds the checkout
     calls = []
-    monkeypatch.setattr(experiment, "run", lambda config, workdir, *, mock_data=None:
+    monkeypatch.setattr(experiment, "run", lambda config, workdir, *, mock_data=0:
                         calls.append((os.getpid(), config, workdir, mock_data)))
-    loggers = [logging.getLogger(n) for n in ("", *cli_logging.QUIET_LOGGERS,
-                                              *cli_logging.KEPT_LOGGERS)]
+    loggers = [logging.getLogger(n) for n in ("", *command.QUIET_LOGGERS,
+                                              *command.KEPT_LOGGERS)]
     saved = [(lg, list(lg.handlers), lg.level) for lg in loggers]
     try:
         namespace: dict = {}
@@ -268,7 +268,7 @@ def test_notebook_cells_run_the_experiment_in_this_process(tmp_path, monkeypatch
     assert pid == os.getpid() and run_dir == str(workdir) and mock_data == 400
     assert config.device.require == "cpu" and config.smoke and config.dataset.name == "svhn"
     assert list(config.strategies) == ["random", "crc"] and config.al.steps == 2
-    config_check.validate(config)                               # what run() checks first
+    config_lib.validate(config)                               # what run() checks first
 
 
 def outputs_text(cell) -> str:
@@ -299,7 +299,7 @@ def test_notebook_runs_end_to_end_on_cpu_in_the_kernels_process(tmp_path, monkey
     text = "\n".join(outputs_text(c) for c in code)
     assert "skipping the install" in text
     devices_cell = next(c for c in code if "crc_devices.start(DEVICE)" in c.source)
-    run_cell = next(c for c in code if "experiment.load_config(" in c.source)
+    run_cell = next(c for c in code if "load_config(" in c.source)
     printed = DEVICE_LIST.findall(outputs_text(devices_cell))
     assert printed == ["2 cpu device(s) [cpu:0, cpu:1]"], outputs_text(devices_cell)
     assert "device.require=cpu" in outputs_text(devices_cell)

@@ -1,4 +1,4 @@
-"""neural-tangents through crc_jax._nt_compat: the maths, not just the import.
+"""neural-tangents through crc_jax.runtime._nt_compat: the maths, not just the import.
 
 The compatibility module restores JAX internals that neural-tangents 0.6.5 imports. If a
 restored name ever means something else in a later JAX, the import may still succeed
@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from crc_jax import _nt_compat
+from crc_jax.runtime import _nt_compat
 
 
 def arccos_kernels(x1, x2, *, depth, w_std, b_std):
@@ -87,7 +87,7 @@ def test_patch_keeps_public_jax_names_that_still_exist():
 
 def test_import_crc_jax_does_not_import_neural_tangents_and_nt_does_not_import_tensorflow():
     code = ("import sys, crc_jax; assert 'neural_tangents' not in sys.modules; "
-            "from crc_jax._nt_compat import import_neural_tangents; import_neural_tangents(); "
+            "from crc_jax.runtime._nt_compat import import_neural_tangents; import_neural_tangents(); "
             "assert 'tensorflow' not in sys.modules, 'neural_tangents.experimental ran'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

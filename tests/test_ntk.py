@@ -28,7 +28,7 @@ def model(tiny_cnn):
 
 
 def nt_kernel(f, params, x1, x2, *, trace_axes, implementation):
-    from crc_jax._nt_compat import import_neural_tangents
+    from crc_jax.runtime._nt_compat import import_neural_tangents
     nt = import_neural_tangents()
     fn = nt.empirical_ntk_fn(f, trace_axes=trace_axes, vmap_axes=0,
                              implementation=getattr(nt.NtkImplementation, implementation))

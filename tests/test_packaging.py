@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 import crc_jax
-from crc_jax import acquisition, data, extras
+from crc_jax import acquisition, data
+from crc_jax.runtime import extras
 from crc_jax.data import tfds_sets
 from crc_jax.errors import MissingExtra
 
@@ -120,7 +121,7 @@ def test_experiments_main_without_an_extra_is_one_line_and_exit_2(tmp_path, hidd
 
 
 def test_both_command_lines_print_the_version(capsys):
-    from crc_jax import cli
+    from crc_jax.project import cli
 
     with pytest.raises(SystemExit) as stop:
         cli.main(["--version"])

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from crc_jax import cli
+from crc_jax.project import cli
 from crc_jax.project import Project
 from image_folder import write_digits
 

@@ -1,6 +1,6 @@
 """Kill tests: SIGKILL during `crc-jax next` and during label saving, rerun: nothing lost or doubled.
 
-The processes kill themselves with SIGKILL at named points (crc_jax.faults): in a train
+The processes kill themselves with SIGKILL at named points (crc_jax.runtime.faults): in a train
 step, after training before the model/queue are saved, halfway through the rounds-log
 line, and halfway through a labels-log append (from `import` and from the page's server).
 """
@@ -31,7 +31,7 @@ def cli(*args, fault=None, **kwargs):
     env.pop("CRC_JAX_FAULT", None)
     if fault:
         env["CRC_JAX_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "crc_jax.cli", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "crc_jax.project.cli", *map(str, args)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600, **kwargs)
 
 
@@ -95,7 +95,7 @@ def start_server(directory, fault=None):
     env.pop("CRC_JAX_FAULT", None)
     if fault:
         env["CRC_JAX_FAULT"] = fault
-    proc = subprocess.Popen([sys.executable, "-m", "crc_jax.cli", "label", str(directory),
+    proc = subprocess.Popen([sys.executable, "-m", "crc_jax.project.cli", "label", str(directory),
                              "--port", "0"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()

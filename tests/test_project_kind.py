@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crc_jax import cli
+from crc_jax.project import cli
 from crc_jax.project import Project, features, settings
 from crc_jax.project.server import create_app
 
@@ -135,7 +135,7 @@ def test_a_budget_is_asked_for_once(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("content, match", [
-    ('{"ssl": "nope"}', "ssl: unknown 'nope'"),
+    ('{"ssl": "nope"}', "ssl: 'nope' is not one of"),
     ('{"epochs": "many"}', "epochs: 'many' is not a int"),
     ('{"colour": 3}', "colour: not a round option"),
     ('{"ssl": "fixmatch"}', "fixmatch is defined by image augmentation"),
@@ -171,7 +171,7 @@ def test_every_kind_the_store_knows_has_defaults():
 
     assert set(settings.KIND_DEFAULTS) == set(store.KINDS)
     for kind in store.KINDS:
-        settings.for_kind(kind).check(vectors=store.KINDS[kind] == "features")
+        settings.check(settings.for_kind(kind), vectors=store.KINDS[kind] == "features")
 
 
 def test_help_texts_read_the_kind_table(capsys):

@@ -14,10 +14,11 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import tiny_digits  # tests/conftest.py
+from conftest import run_loop, tiny_digits  # tests/conftest.py
 from crc_jax import models, optim, ssl
 from crc_jax.run import initial_model
-from crc_jax.run import config_check, loop
+from crc_jax import config as config_lib
+from crc_jax.run import loop
 from crc_jax.data import augment
 from crc_jax.errors import ConfigError
 from crc_jax.state import create_train_state
@@ -105,7 +106,7 @@ def test_median_resumes_after_a_crash_between_candidates(tmp_path):
 
 def test_median_initial_model_is_step_0_of_every_strategy_and_trial(tmp_path):
     config = tiny_digits(**{"al.initial_model": "median", "al.initial_candidates": 3})
-    loop.run(config, tmp_path)
+    run_loop(config, tmp_path)
     candidates = [json.loads(line) for line in
                   (tmp_path / "initial_model" / "candidates.jsonl").read_text().splitlines()]
     accuracies = [c["test_accuracy"] for c in candidates]
@@ -140,13 +141,13 @@ def record_init_keys(setup, keys):
 
 def test_transfer_first_query_comes_from_the_strategy_with_another_model(tmp_path, monkeypatch):
     config = tiny_digits(**{"al.first_query": "random_init", "al.steps": 1})
-    config_check.validate(config)
+    strategies = config_lib.validate(config)
     setup = loop.build_setup(config)
     initial = {}
     for spec in ("random", "entropy"):
         keys = []
         recording = record_init_keys(setup, keys)
-        entries = loop.run_trial(recording, spec, 0, tmp_path / spec)
+        entries = loop.run_trial(recording, strategies[spec], 0, tmp_path / spec)
         initial[spec] = entries[0]["initial"]
         assert entries[0]["num_labeled"] == config.al.initial_size
         assert len(set(initial[spec])) == config.al.initial_size
@@ -172,14 +173,14 @@ def test_transfer_first_query_comes_from_the_strategy_with_another_model(tmp_pat
         raise AssertionError("the first query was asked again on resume")
 
     monkeypatch.setattr(initial_model, "first_query", no_query)
-    entries = loop.run_trial(setup, "entropy", 0, tmp_path / "entropy")
+    entries = loop.run_trial(setup, strategies["entropy"], 0, tmp_path / "entropy")
     assert entries[0]["initial"] == initial["entropy"]
 
 
 def test_transfer_config_runs_several_steps():
     for arg in (None, "digits"):
         c = transfer.get_config(arg)
-        config_check.validate(c)
+        config_lib.validate(c)
         assert c.al.first_query == "random_init" and c.al.steps >= 3
         assert "random" in c.strategies
 
@@ -339,8 +340,8 @@ def test_svhn_mt_follows_the_reference():
 def test_paper_config_has_a_val_variant_and_documents_its_protocol(name):
     module = importlib.import_module(f"experiments.configs.{name}")
     plain, val = module.get_config(), module.get_config("val")
-    config_check.validate(plain)
-    config_check.validate(val)
+    config_lib.validate(plain)
+    config_lib.validate(val)
     assert plain.train.watch == "test"
     assert val.train.watch == "val" and val.train.val_size > 0
     doc = module.__doc__
@@ -362,13 +363,13 @@ def test_paper_config_has_a_val_variant_and_documents_its_protocol(name):
 def test_bad_protocol_values_name_their_field(field, value):
     config = tiny_digits(**{field: value})
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        config_check.validate(config)
+        config_lib.validate(config)
 
 
 def test_median_with_a_strategy_picked_first_query_is_refused():
     config = tiny_digits(**{"al.initial_model": "median", "al.first_query": "random_init"})
     with pytest.raises(ConfigError, match=r"al\.initial_model"):
-        config_check.validate(config)
+        config_lib.validate(config)
 
 
 def test_figure2_reads_a_transfer_run(tmp_path):

@@ -1,4 +1,4 @@
-"""The README's "Try it" commands, run exactly as written (from a scratch directory, with
+"""The README's commands for the paper's experiments, run exactly as written (from a scratch directory, with
 .venv/bin/python standing for this interpreter): the mock-data smoke run, the own-pool
 (.npz) run and the report over both. Also checks a run's output is crc_jax's own: no
 TensorFlow/CUDA start-up lines or TFDS deprecation warnings, every log line timestamped."""

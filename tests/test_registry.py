@@ -4,7 +4,7 @@ import pytest
 
 from crc_jax import acquisition, data, models, ssl
 from crc_jax.registry import Registry
-from crc_jax.run import strategies
+from crc_jax.config import validate
 from experiments.configs.base import get_base_config
 
 
@@ -35,11 +35,13 @@ def test_the_loop_passes_group_size_and_balancing_only_where_declared():
     config = get_base_config()
     config.al.pseudo_al, config.al.group_size, config.al.query_size = True, 10, 10
     # entropy is wrapped to run once per class; crc balances its own groups
-    assert strategies.build(config, "entropy").fn.__name__ == "class_balanced_strategy"
-    crc = strategies.build(config, "crc")
+    config.strategies = ("entropy", "crc")
+    built = validate(config)
+    assert built["entropy"].fn.__name__ == "class_balanced_strategy"
+    crc = built["crc"]
     assert crc.fn.__name__ != "class_balanced_strategy"
     assert crc.options["class_balanced"] is True and crc.group_size == 10
-    assert "group_size" not in strategies.build(config, "entropy").options
+    assert "group_size" not in built["entropy"].options
 
 
 def test_trait_lists_come_from_registrations():

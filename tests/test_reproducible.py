@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_digits  # tests/conftest.py
+from conftest import run_loop, tiny_digits  # tests/conftest.py
 from crc_jax.errors import RunDirError
-from crc_jax.run import environment, loop
+from crc_jax.run import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_FIELDS = ["--config=digits", "--config.trials=2", "--config.strategies=('random','crc')",
@@ -39,7 +39,7 @@ def test_same_config_same_journals_in_one_process_and_in_two(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name in ("process_a", "process_b")]
     for name in ("in_process_a", "in_process_b"):
-        loop.run(tiny_config(), tmp_path / name)
+        run_loop(tiny_config(), tmp_path / name)
     for proc in procs:
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-2000:]
@@ -81,16 +81,16 @@ def test_the_environment_is_not_part_of_the_fingerprint(tmp_path):
     """A run resumed in another environment continues: environment.json is not compared."""
     config = tiny_config()
     config.al.steps = 0
-    loop.run(config, tmp_path)
+    run_loop(config, tmp_path)
     path = tmp_path / "environment.json"
     recorded = json.loads(path.read_text())
     recorded["environments"][0]["cpu_model"] = "the machine it started on"
     path.write_text(json.dumps(recorded))
     config.al.steps = 1
     with pytest.raises(RunDirError, match='another config'):   # another config is refused
-        loop.run(config, tmp_path)
+        run_loop(config, tmp_path)
     config.al.steps = 0
-    loop.run(config, tmp_path)        # ... the same config in another environment is not
+    run_loop(config, tmp_path)        # ... the same config in another environment is not
     envs = json.loads(path.read_text())["environments"]
     assert [e["cpu_model"] for e in envs] == ["the machine it started on",
                                              environment.cpu_model()]

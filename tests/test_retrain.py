@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import tiny_digits  # tests/conftest.py
+from conftest import run_loop, tiny_digits  # tests/conftest.py
 from crc_jax.run import loop
 from experiments import retrain
 
@@ -15,7 +15,7 @@ from experiments import retrain
 def run_dir(tmp_path_factory):
     c = tiny_digits(**{"strategies": ("entropy",), "al.steps": 2})
     workdir = tmp_path_factory.mktemp("run")
-    loop.run(c, workdir)
+    run_loop(c, workdir)
     return workdir
 
 
@@ -106,9 +106,7 @@ def test_retrain_on_another_model(run_dir, tmp_path):
 ])
 def test_bad_arguments_end_with_one_line_and_status_2(run_dir, tmp_path, capsys, argv, message):
     out = tmp_path / "bad"
-    with pytest.raises(SystemExit) as exit_info:
-        retrain.main([str(run_dir), "--out", str(out)] + argv)
-    assert exit_info.value.code == 2
+    assert retrain.main([str(run_dir), "--out", str(out)] + argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not out.exists()
@@ -134,9 +132,7 @@ def test_out_holding_the_users_config_json_is_refused_and_left_as_it_was(run_dir
     out = tmp_path / "mine"
     files = users_folder(out)
     for _ in range(2):
-        with pytest.raises(SystemExit) as exit_info:
-            retrain.main([str(run_dir), "--out", str(out), "--seeds", "1"])
-        assert exit_info.value.code == 2
+        assert retrain.main([str(run_dir), "--out", str(out), "--seeds", "1"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "not empty and not made by experiments.retrain" in err[0], err
         assert len(err[0]) < 300
@@ -153,8 +149,8 @@ def test_a_refused_bind_leaves_no_marker_or_lock(run_dir, tmp_path, capsys):
     other = json.loads((run_dir / "config.json").read_text())
     other["retrain"] = {"source": "/elsewhere", "first_seed": 99}
     (out / "config.json").write_text(json.dumps(other))
-    with pytest.raises(SystemExit) as exit_info:
-        retrain.main([str(run_dir), "--out", str(out), "--seeds", "1"])
-    assert exit_info.value.code == 2
-    assert "retrain.first_seed: 99 -> 1" in capsys.readouterr().err
+    assert retrain.main([str(run_dir), "--out", str(out), "--seeds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "retrain.first_seed: 99 -> 1" in err
+    assert err.startswith(f"error: --out {out} holds a run") and "use a new --out" in err, err
     assert sorted(p.name for p in out.iterdir()) == ["config.json"]

@@ -1,4 +1,4 @@
-"""Data parallelism (crc_jax.sharding) and mixed precision.
+"""Data parallelism (crc_jax.runtime.sharding) and mixed precision.
 
 The 4-device checks need XLA_FLAGS=--xla_force_host_platform_device_count=4 before JAX
 starts, so they run in a subprocess: SCRIPT computes one thing on a 1-device mesh and on
@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crc_jax import models, sharding
-from crc_jax.run import config_check
+from crc_jax import models
+from crc_jax.runtime import sharding
+from crc_jax import config as config_lib
 from crc_jax.errors import ConfigError
 from experiments.configs.base import get_base_config
 
@@ -30,9 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = r'''
 import json, sys
 import jax, numpy as np
-from crc_jax import models, ntk, sharding, ssl
+from crc_jax import models, ntk, ssl
+from crc_jax.runtime import sharding
 from crc_jax.acquisition import Context
-from crc_jax.acquisition import gram as gram_lib
+from crc_jax.acquisition.crc import gram as gram_lib
 from crc_jax.train import fit
 from experiments.configs.base import get_base_config
 
@@ -215,13 +217,13 @@ if "wrn_crc" in which:     # WRN-28 (width 1): Jacobians one row per device, the
                       "brute": brute, "kmax": kmax}
 
 if "config" in which:
-    from crc_jax.run import config_check
+    from crc_jax import config as config_lib
     from crc_jax.errors import ConfigError
 
     c = get_base_config()
     c.train.batch_size = 30
     try:
-        config_check.validate(c)
+        config_lib.validate(c)
         out["config_batch"] = [c.train.batch_size, c.train.requested_batch_size]
     except ConfigError as err:
         out["config_error"] = str(err)
@@ -415,14 +417,14 @@ def test_unknown_activation_dtype_is_rejected():
 
 def test_config_validation_of_dtype_and_distributed_fields():
     c = get_base_config()
-    config_check.validate(c)
+    config_lib.validate(c)
     for field, value in [("train.dtype", "float16"), ("distributed.num_processes", -1),
                          ("distributed.process_id", -2)]:
         bad = get_base_config()
         parent, leaf = field.split(".")
         bad[parent][leaf] = value
         with pytest.raises(ConfigError, match=field):
-            config_check.validate(bad)
+            config_lib.validate(bad)
 
 
 def test_distributed_initialize_passes_only_the_given_fields(monkeypatch):

@@ -1,4 +1,4 @@
-"""crc_jax.xla_env: XLA:CPU runs with YNNPACK fusion off, unless the user says otherwise.
+"""crc_jax.runtime.xla_env: XLA:CPU runs with YNNPACK fusion off, unless the user says otherwise.
 
 What is checked is what XLA itself compiled: the optimized HLO (`__ynn_fusion` fusions)
 and, for the real entry points, the compile options XLA dumps with `--xla_dump_to`
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from crc_jax import xla_env
+from crc_jax.runtime import xla_env
 from image_folder import write_digits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,14 +22,19 @@ YNN_TYPES = "xla_cpu_experimental_ynn_fusion_type:"  # how a compile_options.tex
 # and reports XLA_FLAGS, whether the optimized HLO holds a YNN fusion, and the decision.
 PROBE = """
 import {first}, os, jax, jax.numpy as jnp
-from crc_jax import xla_env
+from crc_jax.runtime import xla_env
+def decision(line):
+    return line.split("YNNPACK default: ")[1].split(";")[0]
 hlo = jax.jit(lambda a, b: a @ b).lower(jnp.ones((64, 64)), jnp.ones((64, 64))).compile().as_text()
-print(repr(os.environ.get("XLA_FLAGS", "")), "__ynn_fusion" in hlo, xla_env.last_decision(), sep="|")
+print(repr(os.environ.get("XLA_FLAGS", "")), "__ynn_fusion" in hlo, decision(xla_env.describe()), sep="|")
 """
 
 
 def clean_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_env.SWITCH)}
+    # without the suite's compilation cache (tests/conftest.py): these tests read what XLA
+    # dumps while it compiles, and a cache hit compiles nothing
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("XLA_FLAGS", xla_env.SWITCH, "JAX_COMPILATION_CACHE_DIR")}
     env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", **extra)
     return env
 
@@ -118,8 +123,9 @@ def test_backend_started_before_import_warns_once_and_changes_nothing():
 
 def test_this_pytest_process_compiles_without_ynn_fusion():
     """Run in a fresh pytest by the test below; in the full suite it checks this process."""
-    if xla_env.last_decision() != xla_env.APPLIED:
-        pytest.skip(f"crc_jax's default is not in effect here: {xla_env.last_decision()}")
+    said = xla_env.describe()   # "...; crc_jax YNNPACK default: DECISION; XLA_FLAGS=..."
+    if f"YNNPACK default: {xla_env.APPLIED};" not in said:
+        pytest.skip(f"crc_jax's default is not in effect here: {said}")
     import jax
     import jax.numpy as jnp
 
@@ -154,7 +160,7 @@ def test_crc_jax_cli_compiles_with_ynn_fusion_off(tmp_path):
     """`crc-jax next` (a CRC cold start on a random MLP), with the user's own XLA flag kept."""
     write_digits(tmp_path / "images", 40, broken=False)
     env = clean_env(XLA_FLAGS=f"--xla_dump_to={tmp_path / 'dump'}")
-    cli = [sys.executable, "-m", "crc_jax.cli"]
+    cli = [sys.executable, "-m", "crc_jax.project.cli"]
     init = subprocess.run([*cli, "init", tmp_path / "p", "--images", tmp_path / "images",
                            "--classes", ",".join(map(str, range(10))), "--image-size", "8"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -15,9 +15,10 @@ from crc_jax.acquisition.context import Context, check_budget, model_context
 from crc_jax.acquisition.registry import STRATEGIES
 from crc_jax.acquisition.spec import SpecError, Strategy, from_spec, parse_spec, select
 
-# Importing the modules registers their strategies: one line per strategy module.
+# Importing the modules registers their strategies: one line per strategy module (CRC's
+# three register in crc_jax.acquisition.crc).
 from crc_jax.acquisition import (  # noqa: F401,E402
-    badge, bald, baseline, coreset, crc, crc_greedy, crc_infinite, egl, probcover, typiclust)
+    badge, bald, baseline, coreset, crc, egl, probcover, typiclust)
 
 __all__ = ["Context", "STRATEGIES", "SpecError", "Strategy", "check_budget", "from_spec",
            "model_context", "names", "parse_spec", "select"]

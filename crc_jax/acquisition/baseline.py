@@ -6,7 +6,7 @@ margin:      min_x p(y₁|x) − p(y₂|x), the gap between the two most probabl
 Ties go to the lower pool index.
 
 Each of the three records how decisive its pick was, under record[name]["decision"]
-(the fields of CRC's diagnostics, crc_jax.acquisition.diagnostics):
+(the fields of CRC's diagnostics, crc_jax.acquisition.crc.diagnostics):
 
   chosen      the score at the cut: the lowest score among the images chosen
   runner_up   the best score among the images not chosen (null when every one is chosen)

@@ -55,14 +55,14 @@ class Context:
         return self.variables["params"]
 
 
-def check_budget(ctx: Context, budget: int, group_size: int = 1) -> None:
-    """Reject a budget the pool cannot satisfy, or a group size that does not divide it."""
+def check_budget(ctx: Context, budget: int) -> None:
+    """Reject a budget the pool cannot satisfy (every strategy's contract with its Context;
+    a budget a strategy's own options cannot fill is refused where it is built:
+    Strategy.check_budget)."""
     if budget <= 0:
         raise ValueError(f"budget must be positive, got {budget}")
     if budget > len(ctx.unlabeled):
         raise ValueError(f"budget {budget} exceeds the {len(ctx.unlabeled)} unlabeled samples")
-    if group_size <= 0 or budget % group_size:
-        raise ValueError(f"group size {group_size} must be positive and divide the budget {budget}")
 
 
 def model_context(model, variables, *, x: np.ndarray, labeled, unlabeled, num_classes: int,

@@ -16,7 +16,7 @@ import numpy as np
 from crc_jax import ntk
 from crc_jax.acquisition.baseline import predict_probs, top_k
 from crc_jax.acquisition.context import Context, check_budget
-from crc_jax.acquisition.gram import variables_subset
+from crc_jax.acquisition.crc.gram import variables_subset
 from crc_jax.acquisition.registry import register
 
 

@@ -7,7 +7,7 @@ per image (reverse mode stops at the head). `head_features_fn` checks the deriva
 few images (their logits must equal ΦW + b), so a head that is not a plain dense layer
 falls back to per-sample Jacobians instead of returning wrong scores.
 
-Both maps run data-parallel over the devices of a mesh (crc_jax.sharding); `pool_features`
+Both maps run data-parallel over the devices of a mesh (crc_jax.runtime.sharding); `pool_features`
 brings Φ to the host, `pool_features_on_device` keeps it on the device for the device
 backend of group scores.
 """
@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crc_jax import ntk, sharding
+from crc_jax import ntk
+from crc_jax.runtime import sharding
 from crc_jax.acquisition.context import Context
 
 log = logging.getLogger(__name__)

@@ -4,8 +4,9 @@
     strategy.check_budget(10)                                   # a budget it can fill
     picked = select(strategy, ctx, 10, key)                     # validated pool indices
 
-The experiment loop, the median initial model, `experiments.retrain` and `crc-jax next`
-all call these two, so an option means the same everywhere and is validated in one place.
+crc_jax.config.validate builds every strategy of a run (and of each `crc-jax` round) with
+`from_spec` and checks its budgets once, where the config enters; the built Strategy is
+passed down to `select`, so an option means the same everywhere and is checked once.
 
 A spec is "name" or "name:key=value,key=value" (values read as Python literals, else kept
 as strings), so sweeps are plain lists of strings.
@@ -21,7 +22,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from crc_jax.acquisition.context import Context, check_budget
+from crc_jax.acquisition.context import Context
 from crc_jax.acquisition.per_class import per_class
 from crc_jax.acquisition.registry import STRATEGIES
 
@@ -97,6 +98,9 @@ def from_spec(spec: str, defaults: Mapping[str, Any] | None = None, *,
               class_balanced: bool = False) -> Strategy:
     """Parse `spec`, validate every option, and build the strategy.
 
+    The options every group-size strategy takes (group_size, max_groups: positive
+    integers) are checked here; a factory checks its own and raises ValueError.
+
     Precedence, the one rule: an option written in the spec wins over `defaults`, which
     win over the factory's own defaults. `defaults` may hold options of many strategies
     (a config's shared settings, e.g. group_size); only those this strategy takes are used.
@@ -119,6 +123,12 @@ def from_spec(spec: str, defaults: Mapping[str, Any] | None = None, *,
         if isinstance(params[key].default, bool) and not isinstance(value, bool):
             raise SpecError(f"{spec!r}: {key} must be True or False, got {value!r}")
     traits = STRATEGIES.traits(name)
+    if traits.get("group_size"):
+        for key in ("group_size", "max_groups"):
+            value = written.get(key, (defaults or {}).get(key))
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value <= 0):
+                raise SpecError(f"{spec!r}: {name} {key} must be a positive integer, got {value!r}")
     options = {k: v for k, v in (defaults or {}).items() if k in params}
     balances_itself = bool(traits.get("class_balanced"))
     if class_balanced and balances_itself:
@@ -136,12 +146,10 @@ def from_spec(spec: str, defaults: Mapping[str, Any] | None = None, *,
 def select(strategy: Strategy, ctx: Context, budget: int, key) -> np.ndarray:
     """Run `strategy` for `budget` images of `ctx.unlabeled`; the indices, checked.
 
-    The budget is checked first (SpecError for one the strategy cannot fill, ValueError for
-    one the pool cannot); a strategy that returns anything but `budget` distinct unlabeled
+    The strategy and its budget were checked where they entered (crc_jax.config.validate),
+    so this trusts them; a strategy that returns anything but `budget` distinct unlabeled
     indices is a bug, raised as RuntimeError naming it.
     """
-    strategy.check_budget(budget)
-    check_budget(ctx, budget)
     picked = np.asarray(strategy(ctx, budget, key))
     if picked.ndim != 1 or len(picked) != budget or not np.issubdtype(picked.dtype, np.integer):
         raise RuntimeError(f"strategy {strategy.spec!r} returned {picked.shape} "

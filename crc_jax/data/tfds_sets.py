@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from crc_jax import extras
+from crc_jax.runtime import extras
 from crc_jax.errors import DataError
 
 log = logging.getLogger(__name__)

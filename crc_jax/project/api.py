@@ -5,7 +5,7 @@
     project.add_labels({ids[0]: "cat", ...})     # appended to the labels log, fsynced
     project.status(); project.predict()
 
-The CLI (crc_jax.cli) and the labeling page (crc_jax.project.server) are thin layers
+The CLI (crc_jax.project.cli) and the labeling page (crc_jax.project.server) are thin layers
 over this class.
 """
 
@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from crc_jax import durable, faults
+from crc_jax import durable
+from crc_jax.runtime import faults
 from crc_jax.project import labels_log, settings as round_options, store
 from crc_jax.project.features import FeatureResult, FeatureSource
 from crc_jax.project.scan import ScanResult, scan
-from crc_jax.project.settings import RoundSettings
+from crc_jax.project.settings import RoundPlan, RoundSettings
 from crc_jax.project.store import ProjectError
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,8 @@ class Project:
         where = self.dir / store.OPTIONS_FILE
         try:
             kept = round_options.check_options(store.read_options(self.dir))
-            round_options.for_kind(self.kind, kept).check(vectors=self.holds_vectors)
+            round_options.check(round_options.for_kind(self.kind, kept),
+                                vectors=self.holds_vectors)
         except ValueError as err:
             raise ProjectError(f"{where}: {err}; fix it or delete it (the defaults of a "
                                f"{self.kind} project apply then)") from None
@@ -215,7 +217,7 @@ class Project:
         kept = self.kept_options()
         chosen = round_options.check_options(dict(given or {}))
         settings = round_options.for_kind(self.kind, {**kept, **chosen})
-        settings.check(vectors=self.holds_vectors)
+        round_options.check(settings, vectors=self.holds_vectors)
         return settings
 
     def budget(self, given: int | None = None, default: int | None = None) -> int | None:
@@ -332,19 +334,27 @@ class Project:
         answered = self.answers()
         return [i for i in self.queue_ids() if i not in answered]
 
-    def next_batch(self, n: int, settings: RoundSettings | None = None) -> list[int]:
-        """Train on the labels so far plus the unlabeled pool, pick `n` ids, write queue.csv.
+    def plan(self, n: int, settings: RoundSettings | None = None) -> RoundPlan:
+        """The next round of `n` images, checked where it enters: `settings` (by default
+        the project's, `round_settings()`) for this project's pool, and its two strategies
+        built once (crc_jax.project.settings.plan). ValueError naming the round option."""
+        settings = self.round_settings() if settings is None else settings
+        return round_options.plan(settings, int(n), vectors=self.holds_vectors)
 
-        settings: by default the project's (`round_settings()`: its kind's defaults and
-        the kept options). Labels nothing. One round runs at a time per project (another
-        is refused). A crash anywhere leaves the labels untouched; rerunning redoes the
-        round exactly.
-        """
-        from crc_jax.acquisition import diagnostics
+    def next_batch(self, n: int, settings: RoundSettings | None = None) -> list[int]:
+        """Train on the labels so far plus the unlabeled pool, pick `n` ids, write queue.csv
+        (`run_round(plan(n, settings))`)."""
+        return self.run_round(self.plan(n, settings))
+
+    def run_round(self, plan: RoundPlan) -> list[int]:
+        """Run the round `plan` (`plan(n, settings)`): train, pick its budget of ids, write
+        queue.csv. Labels nothing. One round runs at a time per project (another is
+        refused). A crash anywhere leaves the labels untouched; rerunning redoes the round
+        exactly."""
+        from crc_jax.acquisition.crc import diagnostics
         from crc_jax.project import rounds
 
-        settings = self.round_settings() if settings is None else settings
-        settings.check(vectors=self.holds_vectors)
+        settings = plan.settings
         with store.round_lock(self.dir):
             started = time.time()
             answers = self.answers()
@@ -353,9 +363,9 @@ class Project:
             y = np.array([self.classes.index(labels[i]) for i in labeled], dtype=np.int32)
             candidates = np.array([i for i in range(len(self)) if i not in answers], np.int64)
             index = len(self.rounds_journal.read())  # the one writer: cuts a torn line
-            result = rounds.run_round(settings, pool=self.pool(), labeled=labeled, labels=y,
+            result = rounds.run_round(plan, pool=self.pool(), labeled=labeled, labels=y,
                                       candidates=candidates, num_classes=len(self.classes),
-                                      budget=int(n), round_index=index)
+                                      round_index=index)
             faults.maybe_kill("project_save")
             model_file = self._save_model(index, result.variables)
             self._write_queue(result)

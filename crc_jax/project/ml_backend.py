@@ -48,9 +48,9 @@ from crc_jax.project.label_studio_answers import (
     BadPayload, check_annotation, check_task, is_int, shown)
 from crc_jax.project.label_studio_client import LabelStudioClient, LabelStudioError
 from crc_jax.project.label_studio_sync import LabelStudioSync, ignored_count
-from crc_jax.project.server import RoundRunner, bind, host_refused, json_object
 from crc_jax.project.settings import RoundSettings
 from crc_jax.project.store import ProjectError
+from crc_jax.project.web import RoundRunner, bind, host_refused, json_object, serve
 
 log = logging.getLogger(__name__)
 
@@ -308,13 +308,8 @@ def make_server(project: Project, *, host: str = "127.0.0.1", port: int = 9090,
                 settings: RoundSettings | None = None, budget: int = 20,
                 document_root: str | os.PathLike = "/", client: LabelStudioClient | None = None):
     """A threaded Werkzeug server for the ML backend (call .serve_forever(); .port)."""
-    from werkzeug.serving import make_server as werkzeug_server
-
     sock = bind(host, port)
     app = create_app(project, settings=settings, budget=budget, document_root=Path(document_root),
                      client=client)
-    app.config["BOUND_HOST"] = host
     app.extensions["crc_jax_ml"].sync.start()   # catch up with the projects known from before
-    server = werkzeug_server(host, sock.getsockname()[1], app, threaded=True, fd=sock.fileno())
-    server.listening_socket = sock  # type: ignore[attr-defined]
-    return server
+    return serve(app, host, sock)

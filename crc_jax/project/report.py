@@ -1,5 +1,5 @@
 """`status`: labels per class, rounds, an accuracy estimate, a learning-curve PNG, and how
-decisive each CRC round's choice was (crc_jax.acquisition.diagnostics).
+decisive each CRC round's choice was (crc_jax.acquisition.crc.diagnostics).
 
 The accuracy estimate needs no held-out labels: each trained round predicted a class for
 every image it queued, before anyone labeled them; once they are labeled, the share of
@@ -56,7 +56,7 @@ def round_accuracies(project) -> list[dict]:
 
 def crc_decisions(project) -> list[dict]:
     """Per round that CRC picked: round, num_labeled and the diagnostics summary written
-    into the rounds log (crc_jax.acquisition.diagnostics.summary, without its records)."""
+    into the rounds log (crc_jax.acquisition.crc.diagnostics.summary, without its records)."""
     rows = []
     for entry in project.rounds():
         diag = entry.get("crc_diagnostics")

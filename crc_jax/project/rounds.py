@@ -29,8 +29,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from crc_jax import acquisition, faults, models, ssl
-from crc_jax.project.settings import RoundSettings, library_config
+from crc_jax import acquisition, models, ssl
+from crc_jax.runtime import faults
+from crc_jax.project.settings import RoundPlan, RoundSettings, training_config
 from crc_jax.train import fit
 
 log = logging.getLogger(__name__)
@@ -54,20 +55,6 @@ def round_key(seed: int, round_index: int) -> jax.Array:
     return jax.random.fold_in(jax.random.PRNGKey(seed), round_index)
 
 
-def default_group_size(budget: int) -> int:
-    """CRC's group size G: 5 (the paper's FixMatch setting) when it divides the budget,
-    else the largest divisor of the budget up to 5."""
-    return max(g for g in range(1, 6) if budget % g == 0)
-
-
-def make_strategy(spec: str, budget: int) -> acquisition.Strategy:
-    """The strategy of `spec` for a round of `budget` images (G = default_group_size(budget)
-    unless the spec sets it), checked against the budget: SpecError otherwise."""
-    strategy = acquisition.from_spec(spec, {"group_size": default_group_size(budget)})
-    strategy.check_budget(budget)
-    return strategy
-
-
 def images_as_float(pool_uint8: np.ndarray) -> np.ndarray:
     return np.asarray(pool_uint8, dtype=np.float32) / 255.0
 
@@ -88,20 +75,14 @@ def batch_size_for(pool: np.ndarray) -> int:
     return 4096 if holds_vectors(pool) else 256
 
 
-def check_inputs(settings: RoundSettings, pool: np.ndarray) -> None:
-    """ValueError naming the field when the settings cannot train on this pool: over
-    feature vectors, an SSL algorithm defined by image augmentation, or a model that
-    takes images (RoundSettings.check)."""
-    if holds_vectors(pool):
-        settings.check(vectors=True)
-
-
 def model_options(settings: RoundSettings) -> dict:
-    """The settings the model's factory takes: width, dropout, and no BatchNorm (rounds
-    are a few hundred steps, too few for running statistics (momentum 0.99) to settle,
-    and evaluation mode would use them)."""
+    """The settings the model's factory takes: width (0: the model's own, as model.width
+    reads), dropout, and no BatchNorm (rounds are a few hundred steps, too few for running
+    statistics (momentum 0.99) to settle, and evaluation mode would use them)."""
     models.names()  # registers every model
     wanted = {"width": settings.width, "dropout": settings.dropout, "batch_norm": False}
+    if not settings.width:
+        del wanted["width"]
     taken = inspect.signature(models.MODELS.factory(settings.model)).parameters
     return {k: v for k, v in wanted.items() if k in taken}
 
@@ -117,7 +98,7 @@ class Trainer:
         self.settings = settings
         self.model = models.get(settings.model, num_classes=max(num_classes, 2),
                                 **model_options(settings))
-        self.config = library_config(settings, ssl_name)
+        self.config = training_config(settings, ssl_name)
         self.algorithm = ssl.create(self.config, self.model,
                                     num_train_steps=settings.epochs * settings.steps_per_epoch,
                                     flip=settings.flip)
@@ -170,34 +151,34 @@ def is_cold(labels: np.ndarray, num_classes: int) -> bool:
     return num_classes < 1 or len(labels) < num_classes
 
 
-def run_round(settings: RoundSettings, *, pool: np.ndarray, labeled: np.ndarray,
-              labels: np.ndarray, candidates: np.ndarray, num_classes: int, budget: int,
-              round_index: int) -> RoundResult:
-    """Train (unless cold) and pick `budget` ids among `candidates`.
+def run_round(plan: RoundPlan, *, pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray,
+              candidates: np.ndarray, num_classes: int, round_index: int) -> RoundResult:
+    """Train (unless cold) and pick `plan.budget` ids among `candidates`.
 
-    pool: (N, S, S, 3) uint8 images or (N, d) feature vectors (see the module docstring);
-    labeled / labels: ids and class indices; candidates: the unlabeled ids a strategy may
-    pick (skipped images already removed).
+    plan: the round checked where it entered (crc_jax.project.settings.plan), for this kind
+    of pool; pool: (N, S, S, 3) uint8 images or (N, d) feature vectors (see the module
+    docstring); labeled / labels: ids and class indices; candidates: the unlabeled ids a
+    strategy may pick (skipped images already removed).
     """
-    if budget <= 0:
-        raise ValueError(f"budget must be a positive integer, got {budget}")
+    settings, budget = plan.settings, plan.budget
+    assert plan.vectors == holds_vectors(pool), "a plan checked for another kind of pool"
     if budget > len(candidates):
         raise ValueError(f"budget {budget} exceeds the {len(candidates)} images left to label")
-    check_inputs(settings, pool)
     cold = is_cold(labels, num_classes)
-    spec = settings.cold_start if cold else settings.strategy
-    strategy = make_strategy(spec, budget)   # a bad option fails before any training
+    strategy = plan.cold_start if cold else plan.strategy
     x = model_inputs(pool)
     batch = batch_size_for(pool)
     key = round_key(settings.seed, round_index)
     train_key, init_key, pick_key = jax.random.split(key, 3)
     unlabeled = np.setdiff1d(np.arange(len(x)), labeled)
-    t = trainer(settings, num_classes, settings.ssl if len(unlabeled) else "supervised")
+    # the batch the checked config trains with (moved to split over the devices, if need be)
+    trained = dataclasses.replace(settings, batch_size=plan.config.train.batch_size)
+    t = trainer(trained, num_classes, settings.ssl if len(unlabeled) else "supervised")
     probs = None
     if cold:
         variables = t.init_variables(x, init_key)
         log.info("cold start (%d labels, %d classes): %s on a randomly initialized model",
-                 len(labeled), num_classes, spec)
+                 len(labeled), num_classes, strategy.spec)
     else:
         x_unlabeled = x if holds_vectors(pool) else x[unlabeled]
         variables = t.fit(x, labeled, labels, x_unlabeled, train_key)
@@ -207,4 +188,4 @@ def run_round(settings: RoundSettings, *, pool: np.ndarray, labeled: np.ndarray,
                                     batch_size=batch)
     picked = acquisition.select(strategy, ctx, budget, pick_key)
     return RoundResult(picked=picked, variables=None if cold else variables, probs=probs,
-                       cold_start=cold, strategy=spec, record=ctx.record)
+                       cold_start=cold, strategy=strategy.spec, record=ctx.record)

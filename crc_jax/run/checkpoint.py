@@ -21,8 +21,8 @@ import jax
 import numpy as np
 from flax import serialization
 
-from crc_jax import distributed
-from crc_jax import faults
+from crc_jax.runtime import distributed
+from crc_jax.runtime import faults
 from crc_jax.errors import RunDirError
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,8 @@ import jax
 import numpy as np
 from flax import serialization
 
-from crc_jax import acquisition, distributed, durable
+from crc_jax import acquisition, durable
+from crc_jax.runtime import distributed
 from crc_jax.data.pool import Pool
 from crc_jax.errors import RunDirError, StorageError
 from crc_jax.train import FitResult, fit

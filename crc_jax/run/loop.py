@@ -24,10 +24,12 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from crc_jax import acquisition, data, distributed, durable, faults, models, ssl
+from crc_jax import acquisition, data, durable, models, ssl
+from crc_jax import config as config_lib
+from crc_jax.runtime import distributed, faults
 from crc_jax.data.pool import Pool
 from crc_jax.errors import StorageError
-from crc_jax.run import config_check, environment, initial_model, initial_set, resume, strategies
+from crc_jax.run import environment, initial_model, initial_set, resume
 from crc_jax.run.rundir import run_dir, strategy_dirname  # noqa: F401 (strategy_dirname: callers' name for it)
 from crc_jax.train import fit
 
@@ -68,8 +70,7 @@ def build_setup(config) -> Setup:
         val, rest = order[:config.train.val_size], np.sort(order[config.train.val_size:])
         watch = (pool_x[val], pool_y[val])
         pool_x, pool_y = pool_x[rest], pool_y[rest]
-    config_check.check_pool_budget(config, len(pool_x))
-    config_check.check_class_counts(config, pool_y, ds.num_classes)
+    config_lib.check_pool(config, pool_y, ds.num_classes)
 
     options = {"width": config.model.width} if config.model.width else {}
     if config.model.dropout:
@@ -102,23 +103,23 @@ def step_keys(seed: int, trial: int, step: int) -> tuple[jax.Array, jax.Array]:
     return train_key, acquire_key
 
 
-def run_trial(setup: Setup, spec: str, trial: int, trial_dir: Path,
+def run_trial(setup: Setup, strategy: acquisition.Strategy, trial: int, trial_dir: Path,
               on_step: Callable | None = None,
               start: initial_model.InitialModel | None = None,
               bound: dict | None = None) -> list[dict]:
-    """Run (or resume) one trial of one strategy; returns its journal entries.
+    """Run (or resume) one trial of one strategy (built by crc_jax.config.validate);
+    returns its journal entries.
 
     on_step(entry, labeled, result), if given, is called after each step that runs here
     (not for steps replayed from the journal): figures use it to see the trained model.
     start: the run's median initial model (crc_jax.run.initial_model), used as step 0.
-    bound: the config.json a resumed directory was bound to (its journals may carry the
-    fingerprint older versions computed from it).
+    bound: the config.json a resumed directory was bound to (journals of the first storage
+    format carry a fingerprint computed from it: resume.legacy_run_fingerprint).
     """
-    config = setup.config
+    config, spec = setup.config, strategy.spec
     journal = durable.Journal(trial_dir / "journal.jsonl")
     entries = distributed.from_writer(journal.read, errors=(StorageError,))
     pool = Pool(setup.pool_y, setup.dataset.num_classes)
-    strategy = strategies.build(config, spec)
     trial_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), trial)
     fingerprint = resume.run_fingerprint(config, spec, trial)
     accepted = resume.accepted_fingerprints(config, spec, trial, bound)
@@ -230,12 +231,12 @@ def summary_rows(spec: str, trial: int, entries: list) -> list[dict]:
             for e in entries]
 
 
-def run(config, workdir) -> list[dict]:
-    """Validate, then run every strategy x trial into `workdir`; returns the summary rows.
+def run(config, workdir, strategies: dict[str, acquisition.Strategy]) -> list[dict]:
+    """Run every strategy x trial into `workdir`; returns the summary rows. `config` is
+    checked and `strategies` ({spec: Strategy}) built by crc_jax.config.validate.
 
     The data are loaded and the journals checked before config.json binds the directory,
     so bad data or another run's journals leave a new directory unbound."""
-    config_check.validate(config)
     workdir = Path(workdir)
     with run_dir(workdir) as bind:  # process 0 locks and writes, alone
         setup = build_setup(config)
@@ -244,10 +245,10 @@ def run(config, workdir) -> list[dict]:
             environment.record(workdir)   # cosmetic: where the numbers came from
         start = initial_model.prepare(setup, workdir)  # None unless al.initial_model="median"
         rows = []
-        for spec in config.strategies:
+        for spec, strategy in strategies.items():
             for trial in range(config.trials):
                 rows += summary_rows(spec, trial, run_trial(
-                    setup, spec, trial, resume.trial_dir(workdir, spec, trial), start=start,
+                    setup, strategy, trial, resume.trial_dir(workdir, spec, trial), start=start,
                     bound=bound))
         if distributed.is_writer():
             durable.write_csv(workdir / "summary.csv", SUMMARY_FIELDS, rows)

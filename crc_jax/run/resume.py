@@ -38,14 +38,15 @@ def run_fingerprint(config, spec: str, trial: int) -> str:
 
 
 def legacy_run_fingerprint(config_dict: dict, spec: str, trial: int) -> str:
-    """The fingerprint journals written before crc_jax 0.2 carry: over every field of the
-    config as bound in config.json (cosmetic fields aside)."""
+    """The fingerprint the first storage format's journals carry (tests/fixtures/format_v1):
+    over every field of the config as bound in config.json (cosmetic fields aside)."""
     return fingerprint(comparable_config(config_dict), spec, trial)
 
 
 def accepted_fingerprints(config, spec: str, trial: int, bound: dict | None) -> set[str]:
-    """The fingerprints a journal of this trial may carry: this config's, and the legacy one
-    of the config.json the directory is bound to (checked equal to this config)."""
+    """The fingerprints a journal of this trial may carry: this config's, and the first
+    format's one of the config.json the directory is bound to (checked equal to this
+    config)."""
     accepted = {run_fingerprint(config, spec, trial)}
     if bound is not None:
         accepted.add(legacy_run_fingerprint(bound, spec, trial))

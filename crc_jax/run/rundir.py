@@ -13,7 +13,8 @@ import os
 import re
 from pathlib import Path
 
-from crc_jax import distributed, durable
+from crc_jax import durable
+from crc_jax.runtime import distributed
 from crc_jax.errors import RunDirError
 
 # Fields that do not change results: a resumed run may differ in these. How many
@@ -99,8 +100,10 @@ def read_config_json(path: Path) -> dict:
 class RunDir:
     """Owns `path` for the lifetime of the object (use as a context manager)."""
 
-    def __init__(self, path: os.PathLike):
+    def __init__(self, path: os.PathLike, option: str = "--workdir"):
         self.path = Path(path)
+        self.option = option   # the command's option that named the directory, for messages
+        self.label = "workdir" if option == "--workdir" else option
         self._lock = contextlib.ExitStack()
 
     def __enter__(self) -> RunDir:
@@ -108,10 +111,10 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock.enter_context(durable.file_lock(self.path / ".lock", wait=False, pid=True))
         except BlockingIOError:
-            raise RunDirError(f"workdir {self.path} is in use by another process; "
-                              "wait for it or choose another --workdir") from None
+            raise RunDirError(f"{self.label} {self.path} is in use by another process; "
+                              f"wait for it or choose another {self.option}") from None
         except OSError as err:
-            raise RunDirError(f"workdir {self.path}: cannot be written ({err.strerror})") from None
+            raise RunDirError(f"{self.label} {self.path}: cannot be written ({err.strerror})") from None
         return self
 
     def __exit__(self, *exc):
@@ -130,8 +133,8 @@ class RunDir:
                             default=comparable_config(defaults().to_dict()))
             if changes:
                 raise RunDirError(
-                    f"workdir {self.path} holds a run with another config ({'; '.join(changes[:3])}"
-                    f"{'; ...' if len(changes) > 3 else ''}); use a new --workdir")
+                    f"{self.label} {self.path} holds a run with another config ({'; '.join(changes[:3])}"
+                    f"{'; ...' if len(changes) > 3 else ''}); use a new {self.option}")
             return old
         durable.write_atomic(path, json.dumps(config_dict, indent=2, sort_keys=True).encode())
         return config_dict
@@ -141,9 +144,9 @@ class RunDir:
 def run_dir(path: os.PathLike):
     """The run directory locked by process 0 for the block; yields `bind(fn)`.
 
-    `RunDir` on process 0 only (crc_jax.distributed.from_writer). `bind(fn)` runs `fn(rundir)` on process 0
-    (checks, then `rundir.bind_config(...)`); a RunDirError there (a directory in use,
-    another run's config or journals) is raised on every process.
+    `RunDir` on process 0 only (crc_jax.runtime.distributed.from_writer). `bind(fn)` runs
+    `fn(rundir)` on process 0 (checks, then `rundir.bind_config(...)`); a RunDirError there
+    (a directory in use, another run's config or journals) is raised on every process.
     """
     with contextlib.ExitStack() as stack:
         held = {}

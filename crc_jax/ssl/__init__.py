@@ -1,8 +1,9 @@
 """Semi-supervised algorithms by name (config.ssl.name).
 
 An algorithm is a loss plus a jitted train step over a `TrainState`; it knows nothing
-of acquisition. `create(config, model, num_train_steps=..., dataset=...)` returns an
-`Algorithm` (see `crc_jax.ssl.base`).
+of acquisition. `create(config, model, num_train_steps=..., flip=...)` returns an
+`Algorithm` (see `crc_jax.ssl.base`); `flip`: horizontal flips in the image views (off for
+digits and text, the data set's `flip`).
 """
 
 from crc_jax.ssl.base import ALGORITHMS, Algorithm

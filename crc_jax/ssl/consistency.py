@@ -61,16 +61,11 @@ def build_algorithm(name: str, *, config, model, num_train_steps: int, train_ste
         labeled_batch=batch,
         unlabeled_batch=int(config.ssl.unlabeled_ratio) * batch if unlabeled else 0,
         init_state=init_state_fn(model, tx, ema_decay=ema_decay,
-                                 ema_batch_stats=ema_batch_stats_rule(config),
+                                 ema_batch_stats=str(config.ssl.ema_batch_stats),
                                  ema_warmup=ema_warmup),
         train_step=train_step,
         eval_variables=lambda state: state.variables(ema=evaluate_ema),
     )
-
-
-def ema_batch_stats_rule(config) -> str:
-    """config.ssl.ema_batch_stats ("average" when a config predates the field)."""
-    return str(config.ssl.ema_batch_stats)
 
 
 def forward(apply_fn, params, batch_stats, x, dropout_key=None):

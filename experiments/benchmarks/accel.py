@@ -15,7 +15,7 @@ Parts (each in its own process, so each one's peak memory is its own):
          whether they choose the same groups.
   ntk    empirical NTK over all parameters of WRN-28-2 on 64 images against every
          neural-tangents implementation that works.
-Starts with one line naming the backend and devices JAX uses (crc_jax.devices, in a
+Starts with one line naming the backend and devices JAX uses (crc_jax.runtime.devices, in a
 child process, so this parent never holds the accelerator); `--device gpu|tpu` ends the
 run there, exit status 2, with JAX's reason, when JAX would fall back to the CPU.
 Prints one table and writes the figures to a new JSON file (--json; default
@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from crc_jax.devices import REQUIRE
+from crc_jax.runtime.devices import REQUIRE
 
 FORBIDDEN = ("tensorflow", "tensorflow_datasets")
 
@@ -98,8 +98,8 @@ def machine() -> str:
 
 
 def device_line(require: str) -> tuple[int, str]:
-    """(exit status, the start-up line or the reason) from `python -m crc_jax.devices`."""
-    proc = subprocess.run([sys.executable, "-m", "crc_jax.devices", "--device", require],
+    """(exit status, the start-up line or the reason) from `python -m crc_jax.runtime.devices`."""
+    proc = subprocess.run([sys.executable, "-m", "crc_jax.runtime.devices", "--device", require],
                           capture_output=True, text=True)
     return proc.returncode, (proc.stdout if proc.returncode == 0 else proc.stderr).strip()
 

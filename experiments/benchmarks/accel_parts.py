@@ -19,7 +19,7 @@ import numpy as np
 
 from crc_jax import models, ntk, ssl
 from crc_jax.acquisition import Context
-from crc_jax.acquisition import gram as gram_lib
+from crc_jax.acquisition.crc import gram as gram_lib
 from crc_jax.train import evaluate, fit, make_eval_step
 from experiments.benchmarks.train_step import reference_config, time_step
 from experiments.configs.base import get_base_config
@@ -182,7 +182,7 @@ def part_crc(s: Sizes, rows: list) -> list:
 
 def part_ntk(s: Sizes, rows: list) -> list:
     """Empirical NTK over all parameters vs neural-tangents' implementations (×C)."""
-    from crc_jax._nt_compat import import_neural_tangents
+    from crc_jax.runtime._nt_compat import import_neural_tangents
 
     nt = import_neural_tangents()
     model = _model(s)

@@ -39,7 +39,7 @@ from threadpoolctl import threadpool_limits
 
 from crc_jax import ntk
 from crc_jax.acquisition import Context, from_spec, select
-from crc_jax.acquisition import crc as crc_lib
+from crc_jax.acquisition.crc import crc as crc_lib
 
 
 class BenchCNN(nn.Module):
@@ -184,7 +184,7 @@ class SmallCNN(nn.Module):
 
 
 def bench_ntk(n=64, repeats=5):
-    from crc_jax._nt_compat import import_neural_tangents
+    from crc_jax.runtime._nt_compat import import_neural_tangents
     nt = import_neural_tangents()
     model = SmallCNN()
     x = jax.random.normal(jax.random.PRNGKey(0), (n, 16, 16, 3))

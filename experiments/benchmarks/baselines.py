@@ -10,7 +10,7 @@ MC dropout (rate 0.25) on those features before the head. Each strategy runs onc
 5,000-image pool first (compiles), then once on the full pool, timed, while a thread
 samples the process RSS every 5 ms. Reference rows measured in the same run: `random`
 (no model) and `entropy` (one forward pass over the pool); the ratio column is the time
-over entropy's. Goals (issue 15): peak increase under 2 GB and one acquisition under
+over entropy's. Goals: peak increase under 2 GB and one acquisition under
 2 minutes on a 2-core CPU. Figures go to RESULTS.md ("## Baseline strategies").
 """
 

@@ -1,4 +1,4 @@
-"""Every CPU figure of README.md and RESULTS.md, measured again in one command.
+"""Every CPU figure of docs/results.md and RESULTS.md, measured again in one command.
 
 Runs each benchmark in its own fresh process, one after the other, and prints one markdown
 block: date, machine, load average, versions and the XLA_FLAGS in effect, then every
@@ -11,7 +11,7 @@ Command:  make bench-cpu                        (the default parts, about an hou
           python -m experiments.benchmarks.cpu_all --parts all --out bench_cpu.md
 Expect:   with jaxlib 0.10.2 and crc_jax's XLA:CPU default (fusion off), the FixMatch
           WRN-28-2 step at 0.9-1.2x the PyTorch peer's images/s (0.93x on the idle Intel
-          Xeon of RESULTS.md, 1.21x on issue 21's AMD EPYC) and the standalone conv step
+          Xeon of RESULTS.md, 1.21x on a 2-core AMD EPYC) and the standalone conv step
           1.5-5x faster than with YNNPACK fusion on; the rest as in RESULTS.md.
 """
 
@@ -131,7 +131,7 @@ def main(argv=None) -> None:
     start_in_child()   # JAX that cannot start: one line now, not one per part
 
     import crc_jax  # noqa: F401  (its XLA:CPU default, as the children apply it too)
-    from crc_jax import xla_env
+    from crc_jax.runtime import xla_env
     from experiments.benchmarks.xla_cpu import cpu_model
 
     lines = [f"## CPU benchmarks, {time.strftime('%Y-%m-%d %H:%M %Z')}", "",

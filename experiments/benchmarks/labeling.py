@@ -13,7 +13,7 @@ process, Python and JAX start-up included):
              answer is saved (fsynced) and the next image shown (the page's own
              performance.now() clock); baseline: a GET /api/state round trip from the page
 
-Goals (issue 16): init < 30 s, next < 5 min on a 2-core CPU, click < 100 ms.
+Goals: init < 30 s, next < 5 min on a 2-core CPU, click < 100 ms.
 
 Then the choice of `crc-jax`'s default model (`--model_rounds`): one training round per
 model in this process, on the same project (1,000 images at 32×32), 40 random labels
@@ -72,7 +72,7 @@ def write_folder(root: Path, n: int) -> dict:
 def crc_jax(*args) -> float:
     """Run `crc-jax ARGS` in a fresh process; its wall time in seconds."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "crc_jax.cli", *map(str, args)], cwd=ROOT, check=True,
+    subprocess.run([sys.executable, "-m", "crc_jax.project.cli", *map(str, args)], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 

@@ -18,7 +18,7 @@ its wall time and peak resident memory (the child's ru_maxrss):
                      exported by experiments/onnx_export.py, at 64×64 input; images/s over
                      the whole command (file hashing and decoding included)
 
-Goals (issue 25): init < 60 s, next < 2 min, peak memory < 4 GB, on a 2-core CPU.
+Goals: init < 60 s, next < 2 min, peak memory < 4 GB, on a 2-core CPU.
 
 Command:  python -m experiments.benchmarks.labeling_features [--images 50000] [--dim 512]
           (`--images 2000 --backbone-images 200`: the same steps in about a minute)
@@ -74,7 +74,7 @@ def write_features(path: Path, root: Path, labels: list, dim: int, seed: int = 0
 def crc_jax(*args) -> tuple[float, float]:
     """Run `crc-jax ARGS` in a fresh process: (wall seconds, peak resident GiB)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "crc_jax.cli", *map(str, args)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "crc_jax.project.cli", *map(str, args)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start

@@ -65,7 +65,7 @@ def worker(args) -> None:
     if args.coordinator:
         jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=2,
                                    process_id=args.process_id)
-    from crc_jax import sharding
+    from crc_jax.runtime import sharding
 
     mesh = sharding.make_mesh()
     rows = [scaling.time_train_step(name, args, mesh)

@@ -2,7 +2,7 @@
 
 Both measurements run in one process, on a 1-device mesh (jax.devices()[:1]) and on a
 mesh over all N devices, with the same model, data and compiled code paths that
-`experiments.main` uses (crc_jax.sharding: batches split over "data", state replicated):
+`experiments.main` uses (crc_jax.runtime.sharding: batches split over "data", state replicated):
 
   train step   `sharding.data_parallel(algorithm.train_step)` on batches placed by
                `shard_batch`; images/s counts the B + μB images of a batch.
@@ -52,7 +52,8 @@ def time_train_step(name: str, args, mesh) -> dict:
     import jax
     import numpy as np
 
-    from crc_jax import models, sharding, ssl
+    from crc_jax import models, ssl
+    from crc_jax.runtime import sharding
     from experiments.configs.base import get_base_config
 
     c = get_base_config()
@@ -90,9 +91,10 @@ def time_crc(subset: str, args, mesh) -> dict:
     import jax
     import numpy as np
 
-    from crc_jax import models, sharding
+    from crc_jax import models
+    from crc_jax.runtime import sharding
     from crc_jax.acquisition import Context
-    from crc_jax.acquisition import gram as gram_lib
+    from crc_jax.acquisition.crc import gram as gram_lib
 
     n = args.pool if subset == "last" else args.pool_all
     model = models.get(args.model, num_classes=args.num_classes, dtype="float32")
@@ -132,7 +134,7 @@ def main(argv=None) -> None:
     import jax
     import numpy as np
 
-    from crc_jax import sharding
+    from crc_jax.runtime import sharding
 
     meshes = [sharding.make_mesh(jax.devices()[:1])]
     if jax.device_count() > 1:

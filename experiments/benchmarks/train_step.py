@@ -14,9 +14,9 @@ Command:  python -m experiments.benchmarks.train_step            (WRN-28-2, B=64
           python -m experiments.benchmarks.train_step --algorithms fixmatch --steps 2
           python -m experiments.benchmarks.train_step --steps 3 --batch_size 8 --steps_per_dispatch 3
 Expect:   on the 2-core CPU of RESULTS.md with jaxlib 0.10.2 and crc_jax's XLA:CPU default
-          (crc_jax.xla_env), 14-20 s per FixMatch step at the reference shape and 0.9-1.2x
+          (crc_jax.runtime.xla_env), 14-20 s per FixMatch step at the reference shape and 0.9-1.2x
           the PyTorch peer's images/s (idle Intel Xeon, 2026-12-03: 14.1 vs 13.1 s a step;
-          issue 21's AMD EPYC: 20.4 vs 24.6 s); with CRC_JAX_XLA_DEFAULTS=0, 2.3-4x slower.
+          a 2-core AMD EPYC: 20.4 vs 24.6 s); with CRC_JAX_XLA_DEFAULTS=0, 2.3-4x slower.
           RESULTS.md ("Idle-machine rerun", "Train step").
 """
 
@@ -30,7 +30,8 @@ import time
 import jax
 import numpy as np
 
-from crc_jax import models, multistep, ssl, xla_env
+from crc_jax import models, multistep, ssl
+from crc_jax.runtime import xla_env
 from experiments.configs.base import get_base_config
 
 

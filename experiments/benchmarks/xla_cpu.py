@@ -3,7 +3,7 @@
 jaxlib 0.10 fuses dots, convolutions and reductions into YNNPACK calls on CPU by default,
 and a WRN-28-2 train step got about 4x slower than on jax 0.5.3. crc_jax therefore sets
 `--xla_cpu_experimental_ynn_fusion_type=` (empty: no YNNPACK fusion) in XLA_FLAGS at
-import (crc_jax.xla_env). This benchmark decides whether that default is still needed:
+import (crc_jax.runtime.xla_env). This benchmark decides whether that default is still needed:
 the same step (a pre-activation WRN-28-2 in Flax, leaky ReLU 0.1, BatchNorm, SGD Nesterov
 with weight decay, 32x32x3 images, 10 classes) runs in two fresh processes, one with
 XLA's default fusion and one with the flag (XLA reads XLA_FLAGS once, when its backend
@@ -15,11 +15,11 @@ fusions in the compiled step.
 Command:  python -m experiments.benchmarks.xla_cpu                 (B=128, 3 timed steps, 2 runs each)
           python -m experiments.benchmarks.xla_cpu --batch 960     (FixMatch's 960 images)
           python -m experiments.benchmarks.xla_cpu --threads 1     (on a busy machine)
-Expect:   CPU-dependent. Issue 21 (a quiet 2-core machine, jaxlib 0.10.2): about 10.7 s a
+Expect:   CPU-dependent. On a quiet 2-core machine (jaxlib 0.10.2): about 10.7 s a
           step with XLA's default vs 2.2 s with fusion off at B=128 (ratio about 5x; compile
           14 vs 6.5 s). On a 2-core AVX-512/AMX Xeon under load the ratio was 0.45 (fusion
           off slower). A ratio at or below 1 on the machines that matter means the default
-          in crc_jax.xla_env should go; RESULTS.md ("XLA:CPU") records the runs.
+          in crc_jax.runtime.xla_env should go; RESULTS.md ("XLA:CPU") records the runs.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from experiments.benchmarks import start_in_child
 
-YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"  # as in crc_jax.xla_env (not imported here)
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"  # as in crc_jax.runtime.xla_env (not imported here)
 
 
 def build_step(batch: int, *, depth: int = 28, widen: int = 2, classes: int = 10):

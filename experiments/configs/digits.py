@@ -7,7 +7,7 @@ transfers); Q0=20 (2 per class), Q=10, 4 acquisitions, 3 trials.
 
 Command:  python -m experiments.main --config=digits --workdir=runs/digits
 Expect:   a few minutes on a 2-core CPU; accuracy rises from about 60-70% at 20 labels to
-          about 85% at 60 labels (see README for the measured table).
+          about 85% at 60 labels (see docs/results.md for the measured table).
 """
 
 from experiments.configs.base import get_base_config, parse_variant

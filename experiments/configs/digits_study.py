@@ -18,9 +18,9 @@ Command:  python -m experiments.main --config=digits_study --workdir=runs/digits
           python -m experiments.main --config=digits_study:supervised --workdir=runs/digits_study_supervised
           python -m experiments.report runs/digits_study runs/digits_study_supervised --out runs/digits_study
           or experiments/run_digits_study.sh: one workdir per strategy, each with its own
-          summary.csv as soon as it finishes (how the README's figures were made).
+          summary.csv as soon as it finishes (how docs/results.md's figures were made).
 Expect:   about an hour on a shared 2-core CPU (measured: 64 min, load average 13-24); margin,
-          confidence, TypiClust and BADGE above random in AULC (README, docs/results/digits_study).
+          confidence, TypiClust and BADGE above random in AULC (docs/results.md, docs/results/digits_study).
 """
 
 from experiments.configs import digits_fixmatch

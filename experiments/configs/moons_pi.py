@@ -13,7 +13,7 @@ random, CRC on the last-layer NTK and CRC on all parameters.
 Command:  python -m experiments.figures moons   (the run and the panel: accuracy per step,
           mean and band over the 5 trials, and one trial's CRC decision boundaries)
           or python -m experiments.main --config=moons_pi --workdir=runs/moons_pi
-Expect:   about 15 minutes on a 2-core CPU; README "Figure 1" gives what this machine gave.
+Expect:   about 15 minutes on a 2-core CPU; docs/results.md "Figure 1" gives what this machine gave.
 """
 
 from experiments.configs.base import get_base_config, parse_variant

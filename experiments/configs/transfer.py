@@ -14,13 +14,13 @@ ssl.ema_batch_stats="average", footnote 2;
 with each strategy) instead of §4.1's median model. `:val` selects the best epoch on a
 validation split. `--config=transfer:digits` is the same protocol on scikit-learn's
 digits with the CPU-sized FixMatch/MLP of digits_fixmatch (Q0 = 20, Q = 10): the run
-behind README's Figure 2 (`python -m experiments.figures transfer RUN_DIR`).
+behind Figure 2 of docs/results.md (`python -m experiments.figures transfer RUN_DIR`).
 
 Command:  python -m experiments.main --config=transfer --workdir=runs/transfer
           python -m experiments.main --config=transfer:digits --workdir=runs/transfer_digits
 Expect:   paper Figure 2: every strategy starts below random sampling; entropy and CRC
           catch up after a few acquisitions, the other baselines stay below random.
-          transfer:digits: 18 minutes on a 2-core CPU shared with other jobs (README has
+          transfer:digits: 18 minutes on a 2-core CPU shared with other jobs (docs/results.md has
           the measured table and Figure 2).
 """
 

@@ -115,7 +115,7 @@ class OnnxEncoder:
 
     def __init__(self, path: Path, *, input_size=None, mean=None, std=None,
                  provider: str = "auto"):
-        from crc_jax import extras
+        from crc_jax.runtime import extras
 
         extras.require("onnx", "--backbone with an ONNX model")
         import onnxruntime as ort

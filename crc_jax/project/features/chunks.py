@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crc_jax import durable, faults
+from crc_jax import durable
+from crc_jax.runtime import faults
 from crc_jax.project.features import FeatureResult
 from crc_jax.project.scan import NOT_UTF8, describe_error, list_images, load_image, printable
 from crc_jax.project.store import ProjectError

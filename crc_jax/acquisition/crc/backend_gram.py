@@ -2,7 +2,7 @@
 choice, and the diagnostics of that choice (the ceiling on every score, the traces behind
 the tie check).
 
-Scoring a batch of groups (crc_jax.acquisition.spectra, docs/design.md "CRC, exactly"):
+Scoring a batch of groups (crc_jax.acquisition.crc.spectra, docs/design.md "CRC, exactly"):
 every group g gets its numerical rank ρ_g and λ⁺_g (its smallest eigenvalue above the
 Gram's float-resolution tolerance); the batch is scored at r = the largest ρ_g, and
 s(g) = λ⁺_g where ρ_g = r, else 0. After each scoring the Gram holds `rank_used` (r) and
@@ -13,7 +13,7 @@ device backend. On the float32 device path (TPU, or backend="device_f32") the fl
 ranks are lower bounds: when one of them reaches `_rank_bound()` (no group's rank can
 exceed it) r is certain, the float32 scores at r pick the finalists that float32 error
 could promote, and the host rescores them in float64, so the chosen groups are those of
-the float64 reference (crc_jax.acquisition.device_spectra); otherwise every group is
+the float64 reference (crc_jax.acquisition.crc.device_spectra); otherwise every group is
 scored on the host in float64.
 """
 
@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crc_jax.acquisition import device_spectra as dev
-from crc_jax.acquisition import diagnostics, spectra
-from crc_jax.acquisition.device_spectra import Spectra
+from crc_jax.acquisition.crc import device_spectra as dev
+from crc_jax.acquisition.crc import diagnostics, spectra
+from crc_jax.acquisition.crc.device_spectra import Spectra
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 class BackendGram:
     """Backend bookkeeping, the rank rule and the choice of the top groups, shared by the Grams.
 
-    Subclasses set `spectra` (crc_jax.acquisition.device_spectra.Spectra), `groups`, `base`
+    Subclasses set `spectra` (crc_jax.acquisition.crc.device_spectra.Spectra), `groups`, `base`
     and `_rank` (the pool's rank, reported only), and provide `_side()` (matrix side,
     |B| + G), `_rtol()` (the rank tolerance), `_host_spectra(rows)` -> (ρ_g, λ⁺_g) in
     float64 NumPy and, on a device spectra, `_device_spectra(rows, slack, u_idx)` ->
@@ -71,7 +71,7 @@ class BackendGram:
         """An upper bound on every group's score against the current base B: the (r − G)-th
         largest eigenvalue of K̃(B, B) (Cauchy interlacing), r the rank of the last scoring
         (λ⁺min(K̃(B, B)) while r = |B| + G, a larger eigenvalue beyond the rank), or None
-        when r ≤ G. See crc_jax.acquisition.diagnostics. One eigendecomposition of
+        when r ≤ G. See crc_jax.acquisition.crc.diagnostics. One eigendecomposition of
         K̃(B, B) (or of the (d+1)² feature Gram when smaller), on the device on a float64
         device, else on the host in float64."""
         if self.rank_used is None:

@@ -17,7 +17,7 @@ ends in a bare AssertionError inside JAX), a plugin that fails to load. `start_b
 turns that into DeviceUnavailable, one line with JAX's reason; `backend_failure(err)`
 tells such an exception from any other for entry points where JAX starts later.
 
-    python -m crc_jax.devices [--device auto|cpu|gpu|tpu] [--distributed]
+    python -m crc_jax.runtime.devices [--device auto|cpu|gpu|tpu] [--distributed]
 
 prints that line (exit status 0), or the reason (exit status 2): the one command that
 shows whether JAX uses the accelerator (docs/accelerators.md, "First run").
@@ -31,7 +31,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from crc_jax.errors import DeviceUnavailable
+from crc_jax.errors import EXIT_USAGE, DeviceUnavailable
 
 REQUIRE = ("auto", "cpu", "gpu", "tpu")
 # The distributions that give JAX an accelerator; pip names (docs/accelerators.md, "Installs").
@@ -294,7 +294,7 @@ def start(require: str, *, option: str = "device.require") -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m crc_jax.devices",
+    p = argparse.ArgumentParser(prog="python -m crc_jax.runtime.devices",
                                 description="Say which devices JAX uses; exit 2 when the "
                                             "platform --device names is missing, with JAX's reason.")
     p.add_argument("--device", default="auto", choices=REQUIRE)
@@ -314,7 +314,7 @@ def main(argv=None) -> int:
         print(start(args.device, option="--device"), flush=True)
     except DeviceUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     return 0
 
 

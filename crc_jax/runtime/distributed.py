@@ -11,7 +11,7 @@ TCP). A run stays in lock-step this way:
   through `from_writer`, so every process takes the same decision and only process 0 needs
   the run directory. Checkpoints are the exception: orbax writes them collectively and
   every process restores them, so their directory must be one that every process sees.
-- Each process contributes its devices' slices of every batch (`crc_jax.sharding`), and
+- Each process contributes its devices' slices of every batch (`crc_jax.runtime.sharding`), and
   outputs spread over processes are gathered once with `process_allgather`.
 - Acquisitions are computed by every process, then process 0's are taken (`agree`): float
   differences between hosts can never make the processes label different images.

@@ -4,7 +4,7 @@
 S = L ∪ picked so far (CRC's rank rule: the rank r the best candidates reach, a candidate
 short of it scores 0): O(U·Q) eigendecompositions instead of Algorithm 1's O(U/G).
 `max_candidates` limits the search to a random subset of the unlabeled pool; `backend`
-is CRC's (crc_jax.acquisition.device_spectra: "auto", "host", "device", "device_f32").
+is CRC's (crc_jax.acquisition.crc.device_spectra: "auto", "host", "device", "device_f32").
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import time
 import jax
 import numpy as np
 
-from crc_jax.acquisition import device_spectra
-from crc_jax.acquisition import gram as gram_lib
+from crc_jax.acquisition.crc import device_spectra
+from crc_jax.acquisition.crc import gram as gram_lib
 from crc_jax.acquisition.context import Context, check_budget
-from crc_jax.acquisition.crc import check_subset, pick_sequentially, summarize
+from crc_jax.acquisition.crc.crc import check_subset, pick_sequentially, summarize
 from crc_jax.acquisition.registry import register
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 @register("crc_greedy")
 def make_crc_greedy(subset="last", max_candidates: int | None = None, backend: str = "auto"):
     check_subset(subset)
-    device_spectra.check_backend(backend)
+    spectra = device_spectra.spectra_for(backend)   # resolved once, when built
     if max_candidates is not None and max_candidates <= 0:
         raise ValueError(f"crc_greedy max_candidates must be positive, got {max_candidates!r}")
 
@@ -41,7 +41,7 @@ def make_crc_greedy(subset="last", max_candidates: int | None = None, backend: s
             keep = np.asarray(jax.random.permutation(key, len(unlabeled)))[:max_candidates]
             cand = unlabeled[np.sort(keep)]
         start = time.perf_counter()
-        gram = gram_lib.build(ctx, cand[:, None], subset=subset, backend=backend)
+        gram = gram_lib.build(ctx, cand[:, None], subset=subset, backend=spectra)
         rows, chosen, first, diag = pick_sequentially(gram, budget, desc="greedy CRC")
         ctx.record["crc_greedy"] = {"chosen_scores": chosen, "rank": gram.rank, **gram.describe(),
                                     **summarize(first, gram.group_ranks),

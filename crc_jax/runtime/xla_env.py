@@ -1,13 +1,12 @@
 """XLA:CPU defaults crc_jax sets before JAX starts: YNNPACK fusion off.
 
 jaxlib 0.10 turned on XLA:CPU's YNNPACK library fusions, and they make convolutional train
-steps slower on the CPUs measured: on the 2-core AMD EPYC VM of issue 21 a WRN-28-2 step ran
-about 4x slower with them than on jax 0.5.3 (the same net without them ran at jax 0.5.3's
-speed); on an idle 2-core Intel Xeon (AVX-512, AMX) the standalone step was 1.5-1.6x slower
-with them (B = 64 and 128, two alternated processes each; an earlier reading the other way
-round was taken at load average 8-20 and did not hold on the idle machine).
-experiments/benchmarks/xla_cpu.py measures a CPU; RESULTS.md, "XLA:CPU". `apply_cpu_defaults()`
-adds
+steps slower on the CPUs measured: on a 2-core AMD EPYC VM a WRN-28-2 step ran about 4x
+slower with them than on jax 0.5.3 (the same net without them ran at jax 0.5.3's speed); on
+an idle 2-core Intel Xeon (AVX-512, AMX) the standalone step was 1.5-1.6x slower with them
+(B = 64 and 128, two alternated processes each; readings taken at load average 8-20 do not
+hold). experiments/benchmarks/xla_cpu.py measures a CPU; RESULTS.md, "XLA:CPU".
+`apply_cpu_defaults()` adds
 
     --xla_cpu_experimental_ynn_fusion_type=        (an empty list: no YNNPACK fusion)
 
@@ -120,11 +119,6 @@ def apply_cpu_defaults(environ: MutableMapping[str, str] | None = None) -> str:
         _last_decision = decision
     log.debug("crc_jax XLA:CPU default: %s", decision)
     return decision
-
-
-def last_decision() -> str | None:
-    """What `apply_cpu_defaults` decided for this process (None before it ran)."""
-    return _last_decision
 
 
 def describe() -> str:

@@ -8,7 +8,7 @@ images only, not on a trained model, so the labeled set it builds can be reused 
 models and seeds (the transferability question of Appendix B.2). It needs the `infinite`
 extra (neural-tangents): without it, building the strategy raises one `MissingExtra` line.
 
-Rank. CRC's rank rule (crc_jax.acquisition.spectra): the groups are scored at the largest
+Rank. CRC's rank rule (crc_jax.acquisition.crc.spectra): the groups are scored at the largest
 numerical rank r any of them reaches. The infinite ReLU NTK is full rank on distinct
 inputs that are not positive multiples of one another, so r = |L ∪ g| and s(g) = λmin.
 The kernel is computed in float64 (crc_jax.infinite.in_float64) from float32 images, on
@@ -39,10 +39,11 @@ from functools import partial
 import jax
 import numpy as np
 
-from crc_jax import extras, infinite
-from crc_jax.acquisition import crc as crc_lib
-from crc_jax.acquisition import spectra
-from crc_jax.acquisition.backend_gram import BackendGram
+from crc_jax import infinite
+from crc_jax.runtime import extras
+from crc_jax.acquisition.crc import crc as crc_lib
+from crc_jax.acquisition.crc import spectra
+from crc_jax.acquisition.crc.backend_gram import BackendGram
 from crc_jax.acquisition.context import Context, check_budget
 from crc_jax.acquisition.registry import register
 
@@ -116,7 +117,7 @@ def _within_groups(kernel_fn, xg):
 class InfiniteGram(BackendGram):
     """Scores of candidate groups against a base set B (the labeled set, grown by
     `extend_base` in the sequential variant), with the Gram interface of
-    crc_jax.acquisition.gram (score, top, extend_base, rank, describe), on the host."""
+    crc_jax.acquisition.crc.gram (score, top, extend_base, rank, describe), on the host."""
 
     def __init__(self, rows: KernelRows, groups: np.ndarray, base: np.ndarray):
         """K̃(B, B), K̃(candidates, B) from `rows`; the within-group blocks K̃(g, g) fresh,
@@ -204,11 +205,8 @@ def make_crc_infinite(group_size: int | None = None, max_groups: int | None = No
                       sequential: bool = False, kernel_batch: int | None = None):
     """CRC on the infinite-width NTK. group_size=None means G = budget; arch=None uses
     ctx.model's architecture ("mlp" or "cnn" pick one, `depth` for the MLP);
-    kernel_batch: rows per kernel call (None: infinite.kernel_batch_size)."""
-    if group_size is not None and (not isinstance(group_size, (int, np.integer)) or group_size <= 0):
-        raise ValueError(f"crc_infinite group_size must be a positive integer, got {group_size!r}")
-    if max_groups is not None and (not isinstance(max_groups, (int, np.integer)) or max_groups <= 0):
-        raise ValueError(f"crc_infinite max_groups must be a positive integer, got {max_groups!r}")
+    kernel_batch: rows per kernel call (None: infinite.kernel_batch_size). group_size and
+    max_groups are checked by acquisition.from_spec, a budget by Strategy.check_budget."""
     if arch is not None and arch not in ARCHS:
         raise ValueError(f"crc_infinite arch must be one of {ARCHS} or None, got {arch!r}")
     if kernel_batch is not None and (not isinstance(kernel_batch, (int, np.integer)) or kernel_batch < 1):
@@ -231,8 +229,8 @@ def make_crc_infinite(group_size: int | None = None, max_groups: int | None = No
         return rows
 
     def crc_infinite(ctx: Context, budget: int, key) -> np.ndarray:
+        check_budget(ctx, budget)
         g = budget if group_size is None else int(group_size)
-        check_budget(ctx, budget, g)
         need = budget // g
         start = time.perf_counter()
         groups = crc_lib.random_groups(key, ctx.unlabeled, g, max_groups)

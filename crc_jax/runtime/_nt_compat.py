@@ -66,7 +66,8 @@ def _skip_experimental() -> None:
     name = "neural_tangents.experimental"
     if name not in sys.modules:
         stub = types.ModuleType(name)
-        stub.__doc__ = "Not loaded by crc_jax: it imports TensorFlow's jax2tf (see crc_jax._nt_compat)."
+        stub.__doc__ = ("Not loaded by crc_jax: it imports TensorFlow's jax2tf "
+                        "(see crc_jax.runtime._nt_compat).")
         stub.__path__ = []  # a package, so `import neural_tangents.experimental.x` fails cleanly
         sys.modules[name] = stub
 
@@ -75,7 +76,7 @@ def import_neural_tangents():
     """`import neural_tangents`, with the moved JAX names restored first. Idempotent.
     Without the `infinite` extra: one `MissingExtra` line naming it."""
     global _done
-    from crc_jax import extras
+    from crc_jax.runtime import extras
 
     extras.require("infinite", "the infinite-width NTK (neural-tangents)")
     if not _done:

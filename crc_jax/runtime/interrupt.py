@@ -30,7 +30,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import NoReturn
 
-EXIT_INTERRUPTED = 130
+from crc_jax.errors import EXIT_INTERRUPTED
+
 _leaving = threading.Lock()
 
 

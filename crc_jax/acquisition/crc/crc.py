@@ -15,7 +15,7 @@ out of ctx.record so that identical runs write identical journals). `class_balan
 is the pseudo-AL setting of Table 3: every group holds budget/C samples of each class (read
 from the oracle) and G = budget.
 
-`backend` picks where the eigenvalues are computed (crc_jax.acquisition.device_spectra):
+`backend` picks where the eigenvalues are computed (crc_jax.acquisition.crc.device_spectra):
 "auto" (the host CPU on a CPU machine, the accelerator on a GPU/TPU), "host", "device",
 or "device_f32" (float32 prefilter + float64 finalists, what a TPU runs). The scores, and
 so the chosen groups, are the same; the journal records which one ran.
@@ -30,8 +30,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from crc_jax.acquisition import device_spectra, diagnostics
-from crc_jax.acquisition import gram as gram_lib
+from crc_jax.acquisition.crc import device_spectra, diagnostics
+from crc_jax.acquisition.crc import gram as gram_lib
 from crc_jax.acquisition.context import Context, check_budget
 from crc_jax.acquisition.registry import register
 
@@ -87,10 +87,10 @@ def class_balanced_groups(ctx: Context, key, budget: int,
     return groups
 
 
-def score_groups(ctx: Context, groups, *, subset="last", backend: str = "auto") -> np.ndarray:
+def score_groups(ctx: Context, groups, *, subset="last",
+                 backend: str | device_spectra.Spectra = "auto") -> np.ndarray:
     """s(g) = λ⁺min(K̃(L ∪ g, L ∪ g)) for each row g of an (n_groups, G) array of pool indices."""
     check_subset(subset)
-    device_spectra.check_backend(backend)
     groups = np.asarray(groups, dtype=np.int64)
     if groups.ndim != 2:
         raise ValueError(f"groups must be an (n_groups, G) index array, got shape {groups.shape}")
@@ -106,7 +106,7 @@ def pick_sequentially(gram, rounds: int, *, desc: str) -> tuple[list[int], list[
     """Pick `rounds` rows one at a time, each the best against base ∪ rows picked so far.
 
     Returns (rows, their scores when picked, all first-round scores, the diagnostics:
-    crc_jax.acquisition.diagnostics, with every round's decision).
+    crc_jax.acquisition.crc.diagnostics, with every round's decision).
     """
     remaining = np.arange(len(gram.groups))
     rows, chosen, first, decisions = [], [], None, []
@@ -157,20 +157,16 @@ def summarize(scores: np.ndarray, ranks: np.ndarray | None = None) -> dict:
 @register("crc", group_size=True, class_balanced=True, cold_start=True)
 def make_crc(group_size: int | None = None, subset="last", max_groups: int | None = None,
              class_balanced: bool = False, sequential: bool = False, backend: str = "auto"):
-    """CRC (Algorithm 1). group_size=None means G = budget (one group is the whole batch)."""
+    """CRC (Algorithm 1). group_size=None means G = budget (one group is the whole batch).
+    The options are checked by acquisition.from_spec (group_size, max_groups) and here;
+    a budget reaches the strategy checked against them (Strategy.check_budget), and the
+    eigenvalue backend is resolved once, now."""
     check_subset(subset)
-    device_spectra.check_backend(backend)
-    if group_size is not None and (not isinstance(group_size, (int, np.integer)) or group_size <= 0):
-        raise ValueError(f"crc group_size must be a positive integer, got {group_size!r}")
-    if max_groups is not None and (not isinstance(max_groups, (int, np.integer)) or max_groups <= 0):
-        raise ValueError(f"crc max_groups must be a positive integer, got {max_groups!r}")
+    spectra = device_spectra.spectra_for(backend)
 
     def crc(ctx: Context, budget: int, key) -> np.ndarray:
+        check_budget(ctx, budget)
         g = budget if group_size is None else int(group_size)
-        if class_balanced and g != budget:
-            raise ValueError(f"class_balanced CRC groups hold the whole budget: group_size {g} "
-                             f"must equal the budget {budget}")
-        check_budget(ctx, budget, g)
         need = budget // g
         start = time.perf_counter()
         groups = (class_balanced_groups(ctx, key, budget, max_groups) if class_balanced
@@ -178,7 +174,7 @@ def make_crc(group_size: int | None = None, subset="last", max_groups: int | Non
         if len(groups) < need:
             raise ValueError(f"crc needs {need} groups of {g} but max_groups={max_groups} "
                              f"leaves {len(groups)}")
-        gram = gram_lib.build(ctx, groups, subset=subset, backend=backend)
+        gram = gram_lib.build(ctx, groups, subset=subset, backend=spectra)
         rows, chosen, scores, diag = choose(gram, need, sequential=sequential, desc="CRC rounds")
         seconds = time.perf_counter() - start
         ctx.record["crc"] = {"group_size": g, "subset": subset if isinstance(subset, str) else "custom",
@@ -190,5 +186,5 @@ def make_crc(group_size: int | None = None, subset="last", max_groups: int | Non
         return groups[np.asarray(rows)].ravel()
 
     crc.score_groups = (  # type: ignore[attr-defined]
-        lambda ctx, groups: score_groups(ctx, groups, subset=subset, backend=backend))
+        lambda ctx, groups: score_groups(ctx, groups, subset=subset, backend=spectra))
     return crc

@@ -6,7 +6,7 @@ assembled and decomposed on the device, a fixed-size chunk of groups per jitted 
 (one compile; the chunk bounded by the device's memory), and the scores stay on the device
 until the caller has chosen its groups: one transfer per acquisition.
 
-Each chunk returns, per group, what the rank rule needs (crc_jax.acquisition.spectra):
+Each chunk returns, per group, what the rank rule needs (crc_jax.acquisition.crc.spectra):
 the numerical rank ρ_g, λ⁺_g, the eigenvalue at one probed index, and the trace; the
 caller (backend_gram) takes r = max ρ_g and the scores on the device (`attained`).
 
@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crc_jax import ntk, sharding
+from crc_jax import ntk
+from crc_jax.runtime import sharding
 
 BACKENDS = ("auto", "host", "device", "device_f32")
 CHUNK_BYTES_MAX = 1 << 30          # matrices of one chunk, before eigvalsh's workspace
@@ -49,27 +50,25 @@ def check_backend(backend) -> None:
         raise ValueError(f"crc backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
 
 
-def resolve(backend: str, platform: str | None = None) -> str:
-    """"auto" -> "host" on a CPU, "device" on a GPU/TPU; other names unchanged."""
+def resolve(backend: str, platform: str) -> str:
+    """"auto" -> "host" on a CPU platform, "device" on a GPU/TPU; other names unchanged."""
     check_backend(backend)
     if backend != "auto":
         return backend
-    platform = jax.default_backend() if platform is None else platform
     return "host" if platform == "cpu" else "device"
 
 
-def supports_float64(platform: str | None = None) -> bool:
-    """Whether the device computes float64 natively (a TPU does not)."""
-    platform = jax.default_backend() if platform is None else platform
+def supports_float64(platform: str) -> bool:
+    """Whether the platform's devices compute float64 natively (a TPU's do not)."""
     return platform != "tpu"
 
 
 @dataclasses.dataclass(frozen=True)
 class Spectra:
     """Where CRC's eigenvalues are computed, and in which precision: the value the Grams
-    take (crc_jax.acquisition.gram), built from a backend name by `spectra_for`.
+    take (crc_jax.acquisition.crc.gram), built from a backend name by `spectra_for`.
 
-    on_device: False for NumPy/LAPACK in float64 on the host CPU (crc_jax.acquisition.spectra);
+    on_device: False for NumPy/LAPACK in float64 on the host CPU (crc_jax.acquisition.crc.spectra);
                True for jitted, batched eigvalsh on the accelerator.
     dtype:     "float64", or "float32" for the device prefilter (a TPU: float32 scores,
                the finalists rescored on the host in float64).
@@ -99,13 +98,17 @@ class Spectra:
 HOST = Spectra(on_device=False, dtype="float64")
 
 
-def spectra_for(backend: str = "auto", platform: str | None = None) -> Spectra:
+def spectra_for(backend: str | Spectra = "auto", platform: str | None = None) -> Spectra:
     """The Spectra of a backend name (see the module docstring), on `platform` (default
-    JAX's default backend): "auto" is the host on a CPU, the device elsewhere."""
+    JAX's default backend, asked here once): "auto" is the host on a CPU, the device
+    elsewhere. CRC's strategies call it once, when they are built; a Spectra passes
+    through unchanged."""
+    if isinstance(backend, Spectra):
+        return backend
+    platform = jax.default_backend() if platform is None else platform
     resolved = resolve(backend, platform)
     if resolved == "host":
         return HOST
-    platform = jax.default_backend() if platform is None else platform
     f32 = resolved == "device_f32" or not supports_float64(platform)
     return Spectra(on_device=True, dtype="float32" if f32 else "float64")
 

@@ -17,7 +17,7 @@ every host's devices and the mesh spans them all. Each host computes the same ba
 the same seeded index arrays; `shard_batch` hands every device the slice it owns
 (`jax.make_array_from_callback`: each process supplies only its own devices' rows), and
 `to_host` gathers outputs that are spread over hosts. Who writes, and how the processes
-agree, is crc_jax.distributed's job.
+agree, is crc_jax.runtime.distributed's job.
 """
 
 from __future__ import annotations
@@ -202,8 +202,8 @@ def map_batches(fn: Callable, variables, x: np.ndarray, *, batch_size: int,
 
 
 def initialize_distributed(config) -> None:
-    """jax.distributed.initialize from config.distributed, when enabled (crc_jax.distributed)."""
-    from crc_jax import distributed
+    """jax.distributed.initialize from config.distributed, when enabled (crc_jax.runtime.distributed)."""
+    from crc_jax.runtime import distributed
 
     distributed.initialize(config)
 

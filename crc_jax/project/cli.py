@@ -22,27 +22,22 @@ with one line, `interrupted: ...`, and exit status 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from crc_jax import __version__, interrupt
+from crc_jax import __version__
+from crc_jax.errors import UsageError
+from crc_jax.runtime import command
 
-log = logging.getLogger("crc_jax.cli")
+log = logging.getLogger(__name__)
 
 
 PAGE_BUDGET = 20   # images per round started from the page or Label Studio, unless kept
-
-
-class UsageError(Exception):
-    pass
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2 (argparse would print the usage first)
-        raise UsageError(message)
 
 
 def positive_int(text: str) -> int:
@@ -65,15 +60,16 @@ def port_number(text: str) -> int:
     return value
 
 
-def build_parser() -> Parser:
-    from crc_jax import acquisition, devices, ssl
+def build_parser() -> command.ArgumentParser:
+    from crc_jax import acquisition, ssl
+    from crc_jax.runtime import devices
     from crc_jax.project.settings import RoundSettings, default_text
 
     d = RoundSettings()
-    p = Parser(prog="crc-jax", description="Label your own images with active semi-supervised "
-                                           "learning (CRC).")
+    p = command.ArgumentParser(prog="crc-jax", description="Label your own images with active "
+                                                            "semi-supervised learning (CRC).")
     p.add_argument("--version", action="version", version=f"crc-jax {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=command.ArgumentParser)
 
     s = sub.add_parser("init", help="scan a folder of images into a new project directory")
     s.add_argument("dir", type=Path)
@@ -210,29 +206,37 @@ def given_options(args) -> dict:
 def settings_from(project, args):
     """The settings of the project's next round with the options given now (a bad one is
     a UsageError naming the option)."""
-    try:
+    with named_option():
         return project.round_settings(given_options(args))
+
+
+def plan_from(project, settings, budget: int):
+    """The round of `budget` images checked before any training, its two strategies built
+    (the cold-start one too: it picks the first batch), or a UsageError naming the option."""
+    with named_option():
+        return project.plan(budget, settings)
+
+
+@contextlib.contextmanager
+def named_option():
+    """A round option's ValueError ("cold_start: ...") as a UsageError naming the option
+    as it is typed ("--cold-start: ..."); a damaged project passes as it is."""
+    from crc_jax.project.store import ProjectError
+
+    try:
+        yield
+    except ProjectError:
+        raise
     except ValueError as err:
-        field, _, problem = str(err).partition(": ")   # "cold_start: ..." -> "--cold-start: ..."
+        field, _, problem = str(err).partition(": ")
         raise UsageError(f"--{field.replace('_', '-')}: {problem}") from None
-
-
-def check_budget(settings, budget: int) -> None:
-    """Both strategies must fill `budget` (e.g. a group size dividing it), the one for
-    later rounds too when this round is a cold start: refused now, not after training."""
-    from crc_jax.project import rounds
-
-    for field, spec in (("strategy", settings.strategy), ("cold_start", settings.cold_start)):
-        try:
-            rounds.make_strategy(spec, budget)
-        except ValueError as err:
-            raise UsageError(f"--{field.replace('_', '-')}: {err}") from None
 
 
 def out_file(path: Path) -> Path:
     """--out: a new file in an existing folder."""
-    if path.exists():
-        raise UsageError(f"--out {path}: already exists; choose a new file")
+    if path.exists() or path.is_symlink():   # a dangling link too: never replaced
+        link = " (a symbolic link)" if path.is_symlink() else ""
+        raise UsageError(f"--out {path}: already exists{link}; choose a new file")
     if not path.parent.is_dir():
         raise UsageError(f"--out {path}: the folder {path.parent} does not exist")
     return path
@@ -307,8 +311,7 @@ def cmd_next(args):
     if budget is None:
         raise UsageError("--budget: give the number of images to pick (it is kept for later "
                          "rounds)")
-    check_budget(settings, budget)
-    ids = project.next_batch(budget, settings)
+    ids = project.run_round(plan_from(project, settings, budget))
     project.keep_options(given_options(args))
     rows = project.queue()
     print(f"{len(ids)} images queued in {args.dir / 'queue.csv'}"
@@ -321,25 +324,37 @@ def cmd_next(args):
 
 
 def cmd_label(args):
-    from crc_jax.project import Project
     from crc_jax.project.server import make_server
+
+    project, settings, budget = serving_rounds(args)
+    serve(project, args, make_server(project, host=args.host, port=args.port, settings=settings,
+                                     budget=budget), what="labeling page", path="/")
+
+
+def serving_rounds(args):
+    """(project, settings, budget) of a server that starts rounds (the page, the ML
+    backend), checked now, not when its first round starts."""
+    from crc_jax.project import Project
 
     project = Project.open(args.dir)
     settings = settings_from(project, args)
     budget = project.budget(args.budget, PAGE_BUDGET)
-    check_budget(settings, budget)
+    plan_from(project, settings, budget)
     if not project.classes:
         raise UsageError(f"{args.dir} has no classes yet: give --classes to init, or import labels")
-    server = make_server(project, host=args.host, port=args.port, settings=settings,
-                         budget=budget)
+    return project, settings, budget
+
+
+def serve(project, args, server, *, what: str, path: str = "") -> NoReturn:
+    """Keep the options given, say where `server` listens, serve until Ctrl-C."""
     project.keep_options(given_options(args))
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"labeling page: http://{host}:{server.port}/  (Ctrl-C to stop)", flush=True)
+    print(f"{what}: http://{host}:{server.port}{path}  (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()   # Werkzeug's returns after catching Ctrl-C itself
     finally:
         server.server_close()
-    raise KeyboardInterrupt   # so main prints the one line and exits 130
+    raise KeyboardInterrupt   # so the command prints the one line and exits 130
 
 
 def cmd_status(args):
@@ -432,32 +447,19 @@ def cmd_import(args):
 
 
 def cmd_serve_ml(args):
-    from crc_jax.project import Project
     from crc_jax.project.label_studio_client import LabelStudioClient
     from crc_jax.project.ml_backend import make_server
 
-    project = Project.open(args.dir)
-    settings = settings_from(project, args)
-    budget = project.budget(args.budget, PAGE_BUDGET)
-    check_budget(settings, budget)
-    if not project.classes:
-        raise UsageError(f"{args.dir} has no classes yet: give --classes to init, or import labels")
+    project, settings, budget = serving_rounds(args)
     client = None
     if args.label_studio_url:
         token = os.environ.get("LABEL_STUDIO_API_KEY", "")
         if not token:
             raise UsageError("--label-studio-url needs the token in LABEL_STUDIO_API_KEY")
         client = LabelStudioClient(args.label_studio_url, token)
-    server = make_server(project, host=args.host, port=args.port, settings=settings,
-                         budget=budget, document_root=args.document_root, client=client)
-    project.keep_options(given_options(args))
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"Label Studio ML backend: http://{host}:{server.port}  (Ctrl-C to stop)", flush=True)
-    try:
-        server.serve_forever()   # Werkzeug's returns after catching Ctrl-C itself
-    finally:
-        server.server_close()
-    raise KeyboardInterrupt   # so main prints the one line and exits 130
+    serve(project, args, make_server(project, host=args.host, port=args.port, settings=settings,
+                                     budget=budget, document_root=args.document_root,
+                                     client=client), what="Label Studio ML backend")
 
 
 COMMANDS = {"init": cmd_init, "next": cmd_next, "label": cmd_label, "status": cmd_status,
@@ -470,69 +472,30 @@ INTERRUPTED = {"next": "the round was not saved (labels untouched); run crc-jax 
                "init": "the project was not made; run crc-jax init again"}
 
 
-def interrupted_message(command: str) -> str:
-    return INTERRUPTED.get(command, "what was saved is whole; run the command again")
-
-
-def interrupted(command: str, *, own_process: bool) -> int:
-    """Ctrl-C: one line, exit status 130. In a process of its own the CLI ends through
-    crc_jax.interrupt.leave (os._exit once its output is flushed): an interrupt inside XLA
-    (e.g. mid-compile) can leave JAX's threads in a state that crashes the interpreter's
-    normal teardown (seen as a SIGSEGV after the KeyboardInterrupt)."""
-    if own_process:
-        interrupt.leave(interrupted_message(command))
-    print(f"\ninterrupted: {interrupted_message(command)}", file=sys.stderr)
-    return interrupt.EXIT_INTERRUPTED
-
-
-def os_error(err: OSError) -> str:
-    """One line for a write or read the file system refused (read-only, full, missing)."""
-    where = f"{err.filename}: " if err.filename else ""
-    return f"{where}{err.strerror or err}"
+def interrupted_message(name: str) -> str:
+    return INTERRUPTED.get(name, command.SAVED)
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    for noisy in ("jax", "absl", "werkzeug", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    """crc-jax's entry point (a console script): the exit status."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from crc_jax.errors import DataError, DeviceUnavailable, MissingExtra, StorageError
     from crc_jax.project.labels_log import LabelConflict
 
-    command = ""
-    if argv is None:   # a process of its own: a Ctrl-C that JAX swallows still ends it
-        interrupt.install(lambda: interrupted_message(command))
-    try:
+    parsed: dict = {}
+
+    def work() -> None:
         args = build_parser().parse_args(argv)
-        command = args.command
+        parsed["command"] = args.command
         if hasattr(args, "device"):   # a command that trains: say on what, stop on a missing GPU/TPU
-            from crc_jax import devices
+            from crc_jax.runtime import devices
 
             log.info(devices.start(args.device, option="--device"))
-        COMMANDS[command](args)
-    except KeyboardInterrupt:
-        return interrupted(command, own_process=argv is None)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (DataError, DeviceUnavailable, LabelConflict, MissingExtra, StorageError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:  # a budget the pool cannot meet, a bad strategy option
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a read-only or full file system, a folder that is gone
-        print(f"error: {os_error(err)}", file=sys.stderr)
-        return 2
-    except Exception as err:   # JAX's backend failed to start (JAX_PLATFORMS, a plugin)
-        from crc_jax import devices
+        COMMANDS[args.command](args)
 
-        line = devices.backend_failure(err)
-        if line is None:
-            raise
-        print(f"error: {line}", file=sys.stderr)
-        return 2
-    return 0
+    # ValueError: a budget the pool cannot meet, a bad strategy option
+    return command.run(work, interrupted=lambda: interrupted_message(parsed.get("command", "")),
+                       errors=(LabelConflict, ValueError), own_process=argv is None,
+                       log_format="%(levelname)s %(message)s")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ B (the labeled set, grown by the sequential variants), and scores groups by
 
     s(g) = λ⁺min(K̃(B ∪ g, B ∪ g)) at r = min(|B| + G, the largest rank any scored group reaches)
 
-(the rule: crc_jax.acquisition.spectra and backend_gram; docs/design.md "CRC, exactly").
+(the rule: crc_jax.acquisition.crc.spectra and backend_gram; docs/design.md "CRC, exactly").
 
 Two kinds of Gram return the same scores:
 
@@ -31,7 +31,7 @@ finalists rescored on the host in float64), and `top` hands back only the chosen
 and the score vector. Nothing pool-by-pool is ever formed.
 
 Features and Jacobians are computed data-parallel over the devices of `mesh`
-(crc_jax.sharding; default every device): each batch of images is split over the
+(crc_jax.runtime.sharding; default every device): each batch of images is split over the
 devices, the variables replicated. Per-sample quantities do not mix samples, so the
 scores equal the single-device ones.
 """
@@ -48,12 +48,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from crc_jax import ntk, sharding
-from crc_jax.acquisition import device_spectra as dev
+from crc_jax import ntk
+from crc_jax.runtime import sharding
+from crc_jax.acquisition.crc import device_spectra as dev
 from crc_jax.acquisition import features as feat
-from crc_jax.acquisition import spectra
-from crc_jax.acquisition.backend_gram import BackendGram
-from crc_jax.acquisition.device_spectra import HOST, Spectra
+from crc_jax.acquisition.crc import spectra
+from crc_jax.acquisition.crc.backend_gram import BackendGram
+from crc_jax.acquisition.crc.device_spectra import HOST, Spectra
 from crc_jax.acquisition.context import Context
 
 log = logging.getLogger(__name__)
@@ -414,11 +415,13 @@ class _JacobianFn:
         return ntk.jacobians(self.apply_fn, variables, x, subset=self.subset)
 
 
-def build(ctx: Context, groups: np.ndarray, *, subset="last", mesh=None, backend: str = "auto"):
+def build(ctx: Context, groups: np.ndarray, *, subset="last", mesh=None,
+          backend: str | Spectra = "auto"):
     """The Gram for `subset`: features for "last" on a dense head (from ctx.features_fn, or
     derived from the head), Jacobians otherwise; features and Jacobians are computed on
-    the devices of `mesh` (default every device), eigenvalues on `backend` ("auto": the
-    host on a CPU, the device on a GPU/TPU; see device_spectra.spectra_for)."""
+    the devices of `mesh` (default every device), eigenvalues where `backend` says: a
+    Spectra (what CRC's strategies resolve once, when built), or a backend name ("auto":
+    the host on a CPU, the device on a GPU/TPU; device_spectra.spectra_for)."""
     spectra = dev.spectra_for(backend)
     if subset == "last":
         fn = ctx.features_fn if ctx.features_fn is not None else feat.head_features_fn(ctx)
