@@ -76,8 +76,13 @@ def test_offline_download_runs_the_real_build_path_once_then_says_how_to_prepare
         # one probe, then TFDS's own request for each of its files at most once (in
         # parallel: the first failure may cancel the rest): the builder got as far as
         # asking the network, without its 10 retries per file and their back-off
-        assert set(result[name]["looked_up"]) == {host}, (name, result[name])
-        assert 2 <= result[name]["looked_up"][host] <= 1 + files, (name, result[name])
+        seen = result[name]["looked_up"]
+        # besides its own host, only hosts of sets tried before it: TFDS leaves the other
+        # download threads of a failed set running, and on a busy machine one of them may
+        # ask for its host while the next set is being tried
+        earlier = {SETS[n][0] for n in list(SETS)[:list(SETS).index(name)]}
+        assert host in seen and set(seen) - {host} <= earlier, (name, result[name])
+        assert 2 <= seen[host] <= 1 + files, (name, result[name])
     assert "Dl Size" not in proc.stderr and "Dl Completed" not in proc.stderr   # no bars
 
 
