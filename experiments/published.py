@@ -17,6 +17,7 @@ import csv
 import functools
 import hashlib
 import json
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -354,12 +355,20 @@ def retrain_ranges(rows: list[dict]) -> str:
             f"{max(datasets):.1f} points between the acquired sets")
 
 
+BACKBONE_CHECKPOINTS = (30, 60)   # labels at which the --backbone study reads accuracy
+
+
+def backbone_cell(values: list) -> str:
+    """Mean ± SD (sample standard deviation, n − 1) in %, then each seed's value."""
+    mean = 100 * statistics.mean(values)
+    sd = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
+    return f"{mean:.1f}{sd} ({', '.join(f'{100 * v:.1f}' for v in values)})"
+
+
 def backbone(doc: dict, style: str) -> str:
     """The --backbone transfer study from its per-seed JSON: mean ± SD over seeds, in the
     layout of docs/results/transfer_backbone.md ("results") or docs/labeling.md."""
-    from experiments import transfer_backbone
-
-    checkpoints = transfer_backbone.CHECKPOINTS
+    checkpoints = BACKBONE_CHECKPOINTS
     results = {tuple(k.split("/")): [{int(n): v for n, v in run.items()} for run in runs]
                for k, runs in doc["runs"].items()}
     if style == "results":
@@ -369,7 +378,7 @@ def backbone(doc: dict, style: str) -> str:
                  "| --- | --- | --- | --- |"]
         for (path, strategy), runs in results.items():
             lines.append(f"| {describe[path]} | {strategy} (n = {len(runs)}) | " + " | ".join(
-                transfer_backbone.cell([r[n] for r in runs]) for n in checkpoints) + " |")
+                backbone_cell([r[n] for r in runs]) for n in checkpoints) + " |")
         return "\n".join(lines) + "\n"
     describe = {"backbone": "`--backbone cnn.onnx`, linear head",
                 "pixels": "pixels, MLP-256, FixMatch"}

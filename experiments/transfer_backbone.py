@@ -35,7 +35,6 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -44,11 +43,11 @@ import numpy as np
 from PIL import Image
 
 from experiments.onnx_export import pool_input
+from experiments.published import BACKBONE_CHECKPOINTS as CHECKPOINTS
 
 SIDE = 64
 RENDERS = 6          # renderings of each digit of A (backgrounds, sizes, positions)
 POOL = 4             # the backbone averages 4×4 first: its convolutions then see the digit whole
-CHECKPOINTS = (30, 60)
 BUDGET = 10
 
 
@@ -172,13 +171,6 @@ def run_arm(workdir: Path, images: Path, truth: dict, *, path: str, strategy: st
         if n >= max(CHECKPOINTS):
             return out
         project.add_labels({i: truth[project.paths[i]] for i in ids})
-
-
-def cell(values: list) -> str:
-    """Mean ± SD (sample standard deviation, n − 1) in %, then each seed's value."""
-    mean = 100 * statistics.mean(values)
-    sd = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
-    return f"{mean:.1f}{sd} ({', '.join(f'{100 * v:.1f}' for v in values)})"
 
 
 def main(argv=None):
